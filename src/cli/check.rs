@@ -1,0 +1,10 @@
+//! `vaultgate check` (being built: issue 3).
+
+use std::process::ExitCode;
+
+use super::args::ConfigArg;
+
+pub fn main(_args: ConfigArg) -> ExitCode {
+    eprintln!("vaultgate check: not built yet");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,10 @@
+//! `vaultgate run` (being built: issue 3).
+
+use std::process::ExitCode;
+
+use super::args::ConfigArg;
+
+pub fn main(_args: ConfigArg) -> ExitCode {
+    eprintln!("vaultgate run: not built yet");
+    ExitCode::FAILURE
+}

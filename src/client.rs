@@ -1,0 +1,326 @@
+//! The vault client: one Unix-socket connection, many requests in flight,
+//! answers matched by request id. Used by the admin CLI, `vaultgate run`
+//! and the proxy's signer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use zeroize::Zeroizing;
+
+use crate::protocol::codec::CodecError;
+use crate::protocol::{
+    ErrorCode, Frame, FrameCodec, KeyType, Op, ProtocolError, Request, Response,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the vault at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("vault connection closed")]
+    Closed,
+    #[error("vault did not answer {op} within {timeout:?}")]
+    Timeout { op: Op, timeout: Duration },
+    #[error("bad answer from the vault: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("request too large: {0}")]
+    TooLarge(ProtocolError),
+    #[error("{code}: {message}")]
+    Vault { code: ErrorCode, message: String },
+    #[error("vault answered {op} with an unexpected response")]
+    Unexpected { op: Op },
+}
+
+impl ClientError {
+    /// The vault's error code, when the vault itself refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Vault { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+type Pending = Mutex<HashMap<u32, oneshot::Sender<Frame>>>;
+
+/// A multiplexed connection to the vault. Cheap to clone; all clones share
+/// the connection.
+#[derive(Clone)]
+pub struct VaultClient {
+    tx: mpsc::UnboundedSender<Frame>,
+    pending: Arc<Pending>,
+    next_id: Arc<AtomicU32>,
+    timeout: Option<Duration>,
+}
+
+impl VaultClient {
+    /// Connects to the vault socket at `path`. Must be called inside a
+    /// tokio runtime: it spawns the connection's reader and writer tasks.
+    pub async fn connect(path: &Path) -> Result<VaultClient, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.to_owned(),
+                source,
+            })?;
+        let (read, mut write) = stream.into_split();
+        let pending: Arc<Pending> = Arc::default();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+
+        // Writer: everything queued goes out in one write.
+        tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(8192);
+            while let Some(frame) = rx.recv().await {
+                let mut next = Some(frame);
+                while let Some(f) = next {
+                    if f.encode(&mut buf).is_err() {
+                        // to_frame sizes were checked in `call`; skip anything else
+                    }
+                    next = rx.try_recv().ok();
+                }
+                if write.write_all(&buf).await.is_err() {
+                    break;
+                }
+                buf.clear();
+            }
+        });
+
+        // Reader: hand each answer to whoever waits for its id.
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            let mut frames = FramedRead::new(read, FrameCodec);
+            while let Some(Ok(frame)) = frames.next().await {
+                let waiter = lock(&reader_pending).remove(&frame.request_id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(frame);
+                }
+            }
+            // Dropping the senders wakes every waiter with `Closed`.
+            lock(&reader_pending).clear();
+        });
+
+        Ok(VaultClient {
+            tx,
+            pending,
+            next_id: Arc::new(AtomicU32::new(1)),
+            timeout: None,
+        })
+    }
+
+    /// Returns a client that gives up on any answer after `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> VaultClient {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Whether the connection's reader has ended.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Sends one request and waits for its answer. A vault error becomes
+    /// [`ClientError::Vault`].
+    pub async fn call(&self, req: &Request) -> Result<Response, ClientError> {
+        let op = req.op();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = req.to_frame(id);
+        if frame.body.len() > crate::protocol::MAX_BODY {
+            return Err(ClientError::TooLarge(ProtocolError::FrameTooLarge(
+                frame.body.len(),
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        if self.tx.send(frame).is_err() {
+            lock(&self.pending).remove(&id);
+            return Err(ClientError::Closed);
+        }
+        let answer = match self.timeout {
+            None => rx.await.map_err(|_| ClientError::Closed)?,
+            Some(timeout) => match tokio::time::timeout(timeout, rx).await {
+                Ok(r) => r.map_err(|_| ClientError::Closed)?,
+                Err(_) => {
+                    lock(&self.pending).remove(&id);
+                    return Err(ClientError::Timeout { op, timeout });
+                }
+            },
+        };
+        match Response::from_frame(op, &answer)? {
+            Response::Error { code, message } => Err(ClientError::Vault { code, message }),
+            resp => Ok(resp),
+        }
+    }
+
+    pub async fn ping(&self, payload: &[u8]) -> Result<Vec<u8>, ClientError> {
+        match self
+            .call(&Request::Ping {
+                payload: payload.to_vec(),
+            })
+            .await?
+        {
+            Response::Pong { payload } => Ok(payload),
+            _ => Err(ClientError::Unexpected { op: Op::Ping }),
+        }
+    }
+
+    /// Signs `message` with the TLS signature scheme `scheme`; returns the
+    /// key version that signed and the signature.
+    pub async fn sign(
+        &self,
+        key: &str,
+        version: Option<u32>,
+        scheme: u16,
+        message: &[u8],
+    ) -> Result<(u32, Vec<u8>), ClientError> {
+        let req = Request::Sign {
+            key: key.to_owned(),
+            version,
+            scheme,
+            message: message.to_vec(),
+        };
+        match self.call(&req).await? {
+            Response::Signature { version, signature } => Ok((version, signature)),
+            _ => Err(ClientError::Unexpected { op: Op::Sign }),
+        }
+    }
+
+    pub async fn verify(
+        &self,
+        key: &str,
+        version: Option<u32>,
+        scheme: u16,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<bool, ClientError> {
+        let req = Request::Verify {
+            key: key.to_owned(),
+            version,
+            scheme,
+            message: message.to_vec(),
+            signature: signature.to_vec(),
+        };
+        match self.call(&req).await? {
+            Response::Verified { valid } => Ok(valid),
+            _ => Err(ClientError::Unexpected { op: Op::Verify }),
+        }
+    }
+
+    /// The key's type, the version answered, and its SubjectPublicKeyInfo (DER).
+    pub async fn public_key(
+        &self,
+        key: &str,
+        version: Option<u32>,
+    ) -> Result<(KeyType, u32, Vec<u8>), ClientError> {
+        let req = Request::PublicKey {
+            key: key.to_owned(),
+            version,
+        };
+        match self.call(&req).await? {
+            Response::PublicKey {
+                key_type,
+                version,
+                spki_der,
+            } => Ok((key_type, version, spki_der)),
+            _ => Err(ClientError::Unexpected { op: Op::PublicKey }),
+        }
+    }
+
+    pub async fn encrypt(
+        &self,
+        key: &str,
+        plaintext: &[u8],
+        context: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        let req = Request::Encrypt {
+            key: key.to_owned(),
+            plaintext: Zeroizing::new(plaintext.to_vec()),
+            context: context.to_vec(),
+        };
+        match self.call(&req).await? {
+            Response::Ciphertext { blob, .. } => Ok(blob),
+            _ => Err(ClientError::Unexpected { op: Op::Encrypt }),
+        }
+    }
+
+    /// Decrypts a blob from [`encrypt`](Self::encrypt); returns the key
+    /// name and version that had sealed it, and the plaintext.
+    pub async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        context: &[u8],
+    ) -> Result<(String, u32, Zeroizing<Vec<u8>>), ClientError> {
+        let req = Request::Decrypt {
+            ciphertext: ciphertext.to_vec(),
+            context: context.to_vec(),
+        };
+        match self.call(&req).await? {
+            Response::Plaintext {
+                key,
+                version,
+                plaintext,
+            } => Ok((key, version, plaintext)),
+            _ => Err(ClientError::Unexpected { op: Op::Decrypt }),
+        }
+    }
+
+    /// KMS GenerateDataKey: a fresh random key, in the clear and wrapped.
+    pub async fn generate_data_key(
+        &self,
+        key: &str,
+        length: u32,
+        context: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), ClientError> {
+        let req = Request::GenerateDataKey {
+            key: key.to_owned(),
+            length,
+            context: context.to_vec(),
+        };
+        match self.call(&req).await? {
+            Response::DataKey {
+                plaintext,
+                ciphertext,
+                ..
+            } => Ok((plaintext, ciphertext)),
+            _ => Err(ClientError::Unexpected {
+                op: Op::GenerateDataKey,
+            }),
+        }
+    }
+
+    /// Sends a metadata request (create, list, describe, rotate, …) and
+    /// returns the vault's JSON answer.
+    pub async fn json(&self, req: &Request) -> Result<serde_json::Value, ClientError> {
+        let op = req.op();
+        match self.call(req).await? {
+            Response::Json { json } => {
+                serde_json::from_str(&json).map_err(|_| ClientError::Unexpected { op })
+            }
+            _ => Err(ClientError::Unexpected { op }),
+        }
+    }
+}
+
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Frame>>> {
+    // A panic while holding this lock leaves only a map of waiters; keep going.
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl From<CodecError> for ClientError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Io(_) => ClientError::Closed,
+            CodecError::Protocol(p) => ClientError::Protocol(p),
+        }
+    }
+}

@@ -1,0 +1,616 @@
+//! `[proxy]`: the TLS listener, certificates and their key references,
+//! routes, upstreams, limits and timeouts.
+//!
+//! ```toml
+//! [proxy]
+//! listen = "127.0.0.1:8443"
+//! [[proxy.cert]]
+//! names = ["localhost"]
+//! cert = "../certs/localhost.pem"
+//! key = "vault:default"
+//! [[proxy.route]]
+//! host = "*"
+//! path = "/"
+//! upstream = "web"
+//! [proxy.upstream.web]
+//! backends = ["127.0.0.1:8080", "127.0.0.1:8081 weight=2"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use super::{duration, ConfigError, Loaded, Location, Source};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    pub listen: Option<Spanned<String>>,
+    pub metrics_listen: Option<Spanned<String>>,
+    /// Vault sockets in failover order; default: `[vault].socket`.
+    pub vault_sockets: Option<Spanned<Vec<String>>>,
+    /// Persistent connections per vault socket.
+    pub vault_connections: Option<Spanned<u32>>,
+    pub sign_timeout: Option<Spanned<String>>,
+    /// How long a handshake waits for the vault before handing its worker
+    /// thread over to tokio (`block_in_place`).
+    pub sign_plain_wait: Option<Spanned<String>>,
+    pub min_tls_version: Option<Spanned<String>>,
+    /// The certificate name used for clients that send no SNI.
+    pub default_server_name: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<u32>>,
+    pub handshake_timeout: Option<Spanned<String>>,
+    pub header_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_header_size: Option<Spanned<u32>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
+    pub session_cache_size: Option<Spanned<u32>>,
+    pub access_log: Option<bool>,
+    /// Any of "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+    /// "forwarded".
+    pub forwarded_headers: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub cert: Vec<CertFile>,
+    #[serde(default)]
+    pub route: Vec<RouteFile>,
+    #[serde(default)]
+    pub upstream: BTreeMap<String, UpstreamFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    /// Host names this certificate serves; `*.example.com` wildcards allowed.
+    pub names: Spanned<Vec<String>>,
+    /// PEM chain, leaf first.
+    pub cert: Spanned<String>,
+    /// `vault:NAME` or `file:PATH`.
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Host name or `*.suffix` or `*` (any).
+    pub host: Option<Spanned<String>>,
+    /// Path prefix; default "/".
+    pub path: Option<Spanned<String>>,
+    pub upstream: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// "HOST:PORT" optionally followed by " weight=N".
+    pub backends: Spanned<Vec<String>>,
+    /// "round-robin", "least-conn", "hash:client-ip" or "hash:header:NAME".
+    pub balance: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    /// How long a backend that refused a connection stays out when no
+    /// active health check would bring it back.
+    pub fail_timeout: Option<Spanned<String>>,
+    /// Speak HTTP/2 without TLS (h2c) to these backends.
+    pub h2c: Option<bool>,
+    pub health: Option<HealthFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub healthy: Option<Spanned<u32>>,
+    pub unhealthy: Option<Spanned<u32>>,
+}
+
+/// Where a certificate's private key is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    /// Held by the vault: the proxy only ever asks for signatures.
+    Vault(String),
+    /// A PEM file loaded into the proxy process: no isolation.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyRef::Vault(n) => write!(f, "vault:{n}"),
+            KeyRef::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertSpec {
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: KeyRef,
+    /// Where the entry is written, for `check` errors.
+    pub cert_at: Location,
+    pub key_at: Location,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub host: HostPattern,
+    pub path_prefix: String,
+    pub upstream: String,
+}
+
+/// A host name pattern: exact, `*.suffix` (one or more labels) or any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Any,
+    Exact(String),
+    /// The suffix including its leading dot: ".example.com".
+    Wildcard(String),
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> Result<HostPattern, String> {
+        let s = s.to_ascii_lowercase();
+        if s == "*" {
+            return Ok(HostPattern::Any);
+        }
+        if let Some(rest) = s.strip_prefix("*.") {
+            if valid_host(rest) {
+                return Ok(HostPattern::Wildcard(format!(".{rest}")));
+            }
+        } else if valid_host(&s) {
+            return Ok(HostPattern::Exact(s));
+        }
+        Err(format!("invalid host name {s:?}"))
+    }
+
+    /// `host` must already be lower case, without port.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+        }
+    }
+}
+
+fn valid_host(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '_'))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    HashClientIp,
+    HashHeader(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy: u32,
+    pub unhealthy: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub backends: Vec<BackendSpec>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub fail_timeout: Duration,
+    pub h2c: bool,
+    pub health: Option<HealthSpec>,
+}
+
+/// Which proxy headers are added to requests sent to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedHeaders {
+    pub x_forwarded_for: bool,
+    pub x_forwarded_proto: bool,
+    pub x_forwarded_host: bool,
+    pub forwarded: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_size: usize,
+    pub shutdown_timeout: Duration,
+}
+
+/// Everything the proxy needs to start, validated.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub vault_sockets: Vec<PathBuf>,
+    pub vault_connections: usize,
+    pub sign_timeout: Duration,
+    pub sign_plain_wait: Duration,
+    pub min_tls_version: TlsVersion,
+    pub default_server_name: Option<String>,
+    pub limits: Limits,
+    pub session_cache_size: usize,
+    pub access_log: bool,
+    pub forwarded: ForwardedHeaders,
+    pub certs: Vec<CertSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+impl ProxySettings {
+    /// Validates `[proxy]`. A missing section is an error: a proxy with no
+    /// certificate or upstream cannot serve anything.
+    pub fn from_loaded(loaded: &Loaded) -> Result<ProxySettings, ConfigError> {
+        let src = loaded.source();
+        let Some(p) = &loaded.file.proxy else {
+            return Err(src.file_error("no [proxy] section"));
+        };
+        let vault = super::vault::VaultSettings::from_loaded(loaded)?;
+        let listen = match &p.listen {
+            Some(l) => parse_addr(&src, l, "listen")?,
+            None => DEFAULT_LISTEN.parse().map_err(|_| src.file_error("bad default listen"))?,
+        };
+        let metrics_listen = p
+            .metrics_listen
+            .as_ref()
+            .map(|m| parse_addr(&src, m, "metrics_listen"))
+            .transpose()?;
+        let vault_sockets = match &p.vault_sockets {
+            Some(v) if v.get_ref().is_empty() => {
+                return Err(src.error(v.span(), "vault_sockets must name at least one socket"))
+            }
+            Some(v) => v.get_ref().iter().map(|s| loaded.resolve(s.as_ref())).collect(),
+            None => vec![vault.socket.clone()],
+        };
+        let vault_connections = positive(&src, &p.vault_connections, 2, "vault_connections")? as usize;
+        let sign_timeout = duration::parse_opt(&src, &p.sign_timeout)?.unwrap_or(Duration::from_millis(100));
+        let sign_plain_wait =
+            duration::parse_opt(&src, &p.sign_plain_wait)?.unwrap_or(Duration::from_micros(100));
+        let min_tls_version = match &p.min_tls_version {
+            None => TlsVersion::Tls12,
+            Some(v) => match v.get_ref().as_str() {
+                "1.2" => TlsVersion::Tls12,
+                "1.3" => TlsVersion::Tls13,
+                other => {
+                    return Err(src.error(
+                        v.span(),
+                        format!("invalid min_tls_version {other:?}: \"1.2\" or \"1.3\" (1.0 and 1.1 are never offered)"),
+                    ))
+                }
+            },
+        };
+        let default_server_name = p.default_server_name.as_ref().map(|n| n.get_ref().to_ascii_lowercase());
+        let limits = Limits {
+            max_connections: positive(&src, &p.max_connections, 10_000, "max_connections")? as usize,
+            handshake_timeout: duration::parse_opt(&src, &p.handshake_timeout)?.unwrap_or(Duration::from_secs(10)),
+            header_timeout: duration::parse_opt(&src, &p.header_timeout)?.unwrap_or(Duration::from_secs(30)),
+            idle_timeout: duration::parse_opt(&src, &p.idle_timeout)?.unwrap_or(Duration::from_secs(75)),
+            max_header_size: positive(&src, &p.max_header_size, 64 * 1024, "max_header_size")?.max(8192) as usize,
+            shutdown_timeout: duration::parse_opt(&src, &p.shutdown_timeout)?.unwrap_or(Duration::from_secs(30)),
+        };
+        let session_cache_size = p.session_cache_size.as_ref().map_or(20_000, |s| *s.get_ref()) as usize;
+        let forwarded = forwarded_headers(&src, &p.forwarded_headers)?;
+
+        let mut certs = Vec::new();
+        for c in &p.cert {
+            certs.push(cert_spec(loaded, &src, c)?);
+        }
+        if certs.is_empty() {
+            return Err(src.file_error("[proxy] needs at least one [[proxy.cert]]"));
+        }
+        if let Some(name) = &default_server_name {
+            let known = certs.iter().any(|c| {
+                c.names
+                    .iter()
+                    .any(|n| HostPattern::parse(n).is_ok_and(|p| p.matches(name)))
+            });
+            if !known {
+                let span = p.default_server_name.as_ref().map_or(0..0, |n| n.span());
+                return Err(src.error(span, format!("default_server_name {name:?} matches no [[proxy.cert]] names")));
+            }
+        }
+
+        let mut upstreams = BTreeMap::new();
+        for (name, u) in &p.upstream {
+            upstreams.insert(name.clone(), upstream_spec(&src, name, u)?);
+        }
+        let mut routes = Vec::new();
+        for r in &p.route {
+            let host = match &r.host {
+                None => HostPattern::Any,
+                Some(h) => HostPattern::parse(h.get_ref()).map_err(|e| src.error(h.span(), e))?,
+            };
+            let path_prefix = match &r.path {
+                None => "/".to_owned(),
+                Some(path) if path.get_ref().starts_with('/') => path.get_ref().clone(),
+                Some(path) => {
+                    return Err(src.error(path.span(), format!("route path {:?} must start with '/'", path.get_ref())))
+                }
+            };
+            if !upstreams.contains_key(r.upstream.get_ref()) {
+                return Err(src.error(
+                    r.upstream.span(),
+                    format!("unknown upstream {:?} (define [proxy.upstream.{}])", r.upstream.get_ref(), r.upstream.get_ref()),
+                ));
+            }
+            routes.push(RouteSpec {
+                host,
+                path_prefix,
+                upstream: r.upstream.get_ref().clone(),
+            });
+        }
+        if routes.is_empty() {
+            return Err(src.file_error("[proxy] needs at least one [[proxy.route]]"));
+        }
+        Ok(ProxySettings {
+            listen,
+            metrics_listen,
+            vault_sockets,
+            vault_connections,
+            sign_timeout,
+            sign_plain_wait,
+            min_tls_version,
+            default_server_name,
+            limits,
+            session_cache_size,
+            access_log: p.access_log.unwrap_or(true),
+            forwarded,
+            certs,
+            routes,
+            upstreams,
+        })
+    }
+}
+
+fn parse_addr(src: &Source, v: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
+    v.get_ref()
+        .parse()
+        .map_err(|e| src.error(v.span(), format!("invalid {what} {:?}: {e} (expected IP:PORT)", v.get_ref())))
+}
+
+fn positive(src: &Source, v: &Option<Spanned<u32>>, default: u32, what: &str) -> Result<u32, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) if *n.get_ref() == 0 => Err(src.error(n.span(), format!("{what} must be at least 1"))),
+        Some(n) => Ok(*n.get_ref()),
+    }
+}
+
+fn forwarded_headers(src: &Source, v: &Option<Spanned<Vec<String>>>) -> Result<ForwardedHeaders, ConfigError> {
+    let Some(list) = v else {
+        return Ok(ForwardedHeaders {
+            x_forwarded_for: true,
+            x_forwarded_proto: true,
+            x_forwarded_host: true,
+            forwarded: true,
+        });
+    };
+    let mut f = ForwardedHeaders {
+        x_forwarded_for: false,
+        x_forwarded_proto: false,
+        x_forwarded_host: false,
+        forwarded: false,
+    };
+    for name in list.get_ref() {
+        match name.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => f.x_forwarded_for = true,
+            "x-forwarded-proto" => f.x_forwarded_proto = true,
+            "x-forwarded-host" => f.x_forwarded_host = true,
+            "forwarded" => f.forwarded = true,
+            _ => {
+                return Err(src.error(
+                    list.span(),
+                    format!("unknown forwarded header {name:?} (x-forwarded-for, x-forwarded-proto, x-forwarded-host, forwarded)"),
+                ))
+            }
+        }
+    }
+    Ok(f)
+}
+
+fn cert_spec(loaded: &Loaded, src: &Source, c: &CertFile) -> Result<CertSpec, ConfigError> {
+    if c.names.get_ref().is_empty() {
+        return Err(src.error(c.names.span(), "a certificate needs at least one name"));
+    }
+    for n in c.names.get_ref() {
+        if HostPattern::parse(n).is_err() || n == "*" {
+            return Err(src.error(c.names.span(), format!("invalid certificate name {n:?}")));
+        }
+    }
+    let key = parse_key_ref(loaded, c.key.get_ref()).map_err(|e| src.error(c.key.span(), e))?;
+    Ok(CertSpec {
+        names: c.names.get_ref().iter().map(|n| n.to_ascii_lowercase()).collect(),
+        cert: loaded.resolve(c.cert.get_ref().as_ref()),
+        key,
+        cert_at: src.location(c.cert.span().start),
+        key_at: src.location(c.key.span().start),
+    })
+}
+
+fn parse_key_ref(loaded: &Loaded, s: &str) -> Result<KeyRef, String> {
+    if let Some(name) = s.strip_prefix("vault:") {
+        if !name.is_empty() && name.chars().all(super::vault::is_name_char) {
+            return Ok(KeyRef::Vault(name.to_owned()));
+        }
+        return Err(format!("invalid vault key name in {s:?}"));
+    }
+    if let Some(path) = s.strip_prefix("file:") {
+        if !path.is_empty() {
+            return Ok(KeyRef::File(loaded.resolve(path.as_ref())));
+        }
+    }
+    Err(format!("invalid key {s:?}: expected \"vault:NAME\" or \"file:PATH\""))
+}
+
+fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamSpec, ConfigError> {
+    if u.backends.get_ref().is_empty() {
+        return Err(src.error(u.backends.span(), format!("upstream {name:?} needs at least one backend")));
+    }
+    let mut backends = Vec::new();
+    for b in u.backends.get_ref() {
+        backends.push(parse_backend(b).map_err(|e| src.error(u.backends.span(), e))?);
+    }
+    let balance = match &u.balance {
+        None => Balance::RoundRobin,
+        Some(b) => match b.get_ref().as_str() {
+            "round-robin" => Balance::RoundRobin,
+            "least-conn" => Balance::LeastConn,
+            "hash:client-ip" => Balance::HashClientIp,
+            other => match other.strip_prefix("hash:header:") {
+                Some(h) if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_ok() => {
+                    Balance::HashHeader(h.to_ascii_lowercase())
+                }
+                _ => {
+                    return Err(src.error(
+                        b.span(),
+                        format!("invalid balance {other:?}: \"round-robin\", \"least-conn\", \"hash:client-ip\" or \"hash:header:NAME\""),
+                    ))
+                }
+            },
+        },
+    };
+    let health = match &u.health {
+        None => None,
+        Some(h) => Some(HealthSpec {
+            path: match &h.path {
+                Some(p) if !p.get_ref().starts_with('/') => {
+                    return Err(src.error(p.span(), format!("health path {:?} must start with '/'", p.get_ref())))
+                }
+                Some(p) => p.get_ref().clone(),
+                None => "/".to_owned(),
+            },
+            interval: duration::parse_opt(src, &h.interval)?.unwrap_or(Duration::from_secs(5)),
+            timeout: duration::parse_opt(src, &h.timeout)?.unwrap_or(Duration::from_secs(2)),
+            healthy: positive(src, &h.healthy, 2, "healthy")?,
+            unhealthy: positive(src, &h.unhealthy, 2, "unhealthy")?,
+        }),
+    };
+    Ok(UpstreamSpec {
+        name: name.to_owned(),
+        backends,
+        balance,
+        connect_timeout: duration::parse_opt(src, &u.connect_timeout)?.unwrap_or(Duration::from_secs(5)),
+        response_timeout: duration::parse_opt(src, &u.response_timeout)?.unwrap_or(Duration::from_secs(60)),
+        fail_timeout: duration::parse_opt(src, &u.fail_timeout)?.unwrap_or(Duration::from_secs(10)),
+        h2c: u.h2c.unwrap_or(false),
+        health,
+    })
+}
+
+fn parse_backend(s: &str) -> Result<BackendSpec, String> {
+    let mut parts = s.split_whitespace();
+    let addr_text = parts.next().ok_or_else(|| "empty backend".to_owned())?;
+    let addr = addr_text
+        .parse()
+        .map_err(|e| format!("invalid backend address {addr_text:?}: {e} (expected IP:PORT)"))?;
+    let mut weight = 1;
+    for opt in parts {
+        match opt.strip_prefix("weight=").map(str::parse::<u32>) {
+            Some(Ok(w)) if w > 0 => weight = w,
+            _ => return Err(format!("invalid backend option {opt:?} in {s:?} (only weight=N, N ≥ 1)")),
+        }
+    }
+    Ok(BackendSpec { addr, weight })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn settings(text: &str) -> Result<ProxySettings, ConfigError> {
+        let loaded = super::super::parse(Path::new("/etc/vg/p.toml"), text.to_owned())?;
+        ProxySettings::from_loaded(&loaded)
+    }
+
+    const MINIMAL: &str = r#"
+[proxy]
+listen = "127.0.0.1:0"
+[[proxy.cert]]
+names = ["localhost", "*.example.com"]
+cert = "c.pem"
+key = "vault:default"
+[[proxy.route]]
+upstream = "web"
+[proxy.upstream.web]
+backends = ["127.0.0.1:8080", "127.0.0.1:8081 weight=3"]
+balance = "hash:header:X-User"
+"#;
+
+    #[test]
+    fn minimal_section_validates_with_defaults() {
+        let s = settings(MINIMAL).unwrap();
+        assert_eq!(s.certs[0].key, KeyRef::Vault("default".into()));
+        assert_eq!(s.certs[0].cert, PathBuf::from("/etc/vg/c.pem"));
+        assert_eq!(s.vault_sockets, vec![PathBuf::from(super::super::vault::DEFAULT_SOCKET)]);
+        assert_eq!(s.sign_timeout, Duration::from_millis(100));
+        assert_eq!(s.min_tls_version, TlsVersion::Tls12);
+        let web = &s.upstreams["web"];
+        assert_eq!(web.backends[1].weight, 3);
+        assert_eq!(web.balance, Balance::HashHeader("x-user".into()));
+        assert_eq!(s.routes[0].host, HostPattern::Any);
+        assert!(s.forwarded.forwarded && s.forwarded.x_forwarded_for);
+    }
+
+    #[test]
+    fn errors_point_at_the_value() {
+        let bad = MINIMAL.replace("vault:default", "vault:");
+        let e = settings(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("/etc/vg/p.toml:7:7: invalid vault key name"), "{e}");
+        let bad = MINIMAL.replace("upstream = \"web\"", "upstream = \"api\"");
+        let e = settings(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("/etc/vg/p.toml:9:12: unknown upstream \"api\""), "{e}");
+        let bad = MINIMAL.replace("weight=3", "weight=0");
+        let e = settings(&bad).unwrap_err().to_string();
+        assert!(e.contains("p.toml:11:12: invalid backend option"), "{e}");
+        let bad = MINIMAL.replace("listen = \"127.0.0.1:0\"", "listen = \"localhost\"\nmin_tls_version = \"1.1\"");
+        let e = settings(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("/etc/vg/p.toml:3:10: invalid listen"), "{e}");
+        let bad = MINIMAL.replace("listen = \"127.0.0.1:0\"", "min_tls_version = \"1.1\"");
+        let e = settings(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("/etc/vg/p.toml:3:19: invalid min_tls_version"), "{e}");
+        let e = settings("[proxy]\nlisten = 1\n").unwrap_err().to_string();
+        assert!(e.starts_with("/etc/vg/p.toml:2:10:"), "{e}");
+    }
+
+    #[test]
+    fn host_patterns_match_like_nginx_server_names() {
+        let w = HostPattern::parse("*.Example.com").unwrap();
+        assert!(w.matches("a.example.com") && w.matches("a.b.example.com"));
+        assert!(!w.matches("example.com") && !w.matches("aexample.com"));
+        assert!(HostPattern::parse("a b").is_err());
+    }
+}

@@ -1,0 +1,377 @@
+//! `[vault]`: where the vault listens, where it keeps state, how it gets its
+//! master key, and who may do what.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use super::{duration, ConfigError, Loaded};
+use crate::protocol::Op;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultFile {
+    pub socket: Option<Spanned<String>>,
+    /// Octal permission bits for the socket, e.g. "0660".
+    pub socket_mode: Option<Spanned<String>>,
+    /// Group given the socket, so members (the proxy's user) can connect.
+    pub socket_group: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+    /// "file" (a 0600 key file in the state dir, created on first start),
+    /// "passphrase-env:VAR" or "passphrase-stdin".
+    pub master_key: Option<Spanned<String>>,
+    /// Deletion waits shorter than this are refused.
+    pub min_deletion_wait: Option<Spanned<String>>,
+    /// Waiting period when a deletion request names none.
+    pub default_deletion_wait: Option<Spanned<String>>,
+    /// Prometheus metrics listener, e.g. "127.0.0.1:9101".
+    pub metrics_listen: Option<Spanned<String>>,
+    /// Also send audit records to the local syslog.
+    pub syslog: Option<bool>,
+    #[serde(default)]
+    pub grant: Vec<GrantFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantFile {
+    /// "owner", "uid:N", "gid:N", "user:NAME" or "group:NAME".
+    pub principal: Spanned<String>,
+    /// Key name patterns (`*` and `?` wildcards).
+    pub keys: Spanned<Vec<String>>,
+    /// Operation names, or the groups "use", "admin", "all".
+    pub ops: Spanned<Vec<String>>,
+}
+
+/// Where the master key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterKeySource {
+    /// `master.key` (0600) in the state dir, created on first start.
+    File,
+    /// A passphrase in this environment variable.
+    PassphraseEnv(String),
+    /// A passphrase on standard input (one line).
+    PassphraseStdin,
+}
+
+impl std::str::FromStr for MasterKeySource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "file" => Ok(MasterKeySource::File),
+            "passphrase-stdin" => Ok(MasterKeySource::PassphraseStdin),
+            _ => match s.strip_prefix("passphrase-env:") {
+                Some(var) if !var.is_empty() => Ok(MasterKeySource::PassphraseEnv(var.to_owned())),
+                _ => Err(format!(
+                    "invalid master_key {s:?}: expected \"file\", \"passphrase-env:VAR\" or \"passphrase-stdin\""
+                )),
+            },
+        }
+    }
+}
+
+/// Who a grant is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    Uid(u32),
+    Gid(u32),
+}
+
+/// One validated grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub principal: Principal,
+    pub keys: Vec<String>,
+    pub ops: Vec<Op>,
+}
+
+/// The operations a `use` grant allows: a principal that signs needs no
+/// admin rights.
+pub const USE_OPS: &[Op] = &[
+    Op::Sign,
+    Op::Verify,
+    Op::PublicKey,
+    Op::Encrypt,
+    Op::Decrypt,
+    Op::GenerateDataKey,
+    Op::Describe,
+    Op::List,
+];
+
+/// The operations an `admin` grant allows. It does not imply use.
+pub const ADMIN_OPS: &[Op] = &[
+    Op::Create,
+    Op::Import,
+    Op::Rotate,
+    Op::Enable,
+    Op::Disable,
+    Op::ScheduleDeletion,
+    Op::CancelDeletion,
+    Op::BackupExport,
+    Op::BackupImport,
+    Op::AuditVerify,
+    Op::Describe,
+    Op::List,
+];
+
+/// Everything the vault needs to start, validated.
+#[derive(Debug, Clone)]
+pub struct VaultSettings {
+    pub socket: PathBuf,
+    pub socket_mode: u32,
+    pub socket_group: Option<u32>,
+    pub state_dir: PathBuf,
+    pub master_key: MasterKeySource,
+    pub min_deletion_wait: Duration,
+    pub default_deletion_wait: Duration,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub syslog: bool,
+    /// Empty means "no grants configured": the vault's own uid gets all.
+    pub grants: Vec<Grant>,
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/vaultgate/vault.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vaultgate";
+const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl Default for VaultSettings {
+    fn default() -> Self {
+        VaultSettings {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_mode: 0o660,
+            socket_group: None,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            master_key: MasterKeySource::File,
+            min_deletion_wait: WEEK,
+            default_deletion_wait: WEEK,
+            metrics_listen: None,
+            syslog: false,
+            grants: Vec::new(),
+        }
+    }
+}
+
+impl VaultSettings {
+    /// Validates the `[vault]` section of a loaded file (missing section:
+    /// defaults).
+    pub fn from_loaded(loaded: &Loaded) -> Result<VaultSettings, ConfigError> {
+        let src = loaded.source();
+        let mut s = VaultSettings::default();
+        let Some(v) = &loaded.file.vault else {
+            return Ok(s);
+        };
+        if let Some(p) = &v.socket {
+            s.socket = loaded.resolve(p.get_ref().as_ref());
+        }
+        if let Some(p) = &v.state_dir {
+            s.state_dir = loaded.resolve(p.get_ref().as_ref());
+        }
+        if let Some(m) = &v.socket_mode {
+            s.socket_mode = u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m & !0o777 == 0 && *m & 0o007 == 0)
+                .ok_or_else(|| {
+                    src.error(
+                        m.span(),
+                        format!(
+                            "invalid socket_mode {:?}: octal bits, no access for others (e.g. \"0660\")",
+                            m.get_ref()
+                        ),
+                    )
+                })?;
+        }
+        if let Some(g) = &v.socket_group {
+            s.socket_group = Some(resolve_group(g.get_ref()).map_err(|e| src.error(g.span(), e))?);
+        }
+        if let Some(m) = &v.master_key {
+            s.master_key = m
+                .get_ref()
+                .parse()
+                .map_err(|e: String| src.error(m.span(), e))?;
+        }
+        if let Some(d) = duration::parse_opt(&src, &v.min_deletion_wait)? {
+            s.min_deletion_wait = d;
+        }
+        match duration::parse_opt(&src, &v.default_deletion_wait)? {
+            Some(d) => s.default_deletion_wait = d,
+            None => s.default_deletion_wait = s.default_deletion_wait.max(s.min_deletion_wait),
+        }
+        if s.default_deletion_wait < s.min_deletion_wait {
+            let span = v.default_deletion_wait.as_ref().map_or(0..0, |d| d.span());
+            return Err(src.error(
+                span,
+                "default_deletion_wait is shorter than min_deletion_wait",
+            ));
+        }
+        if let Some(m) = &v.metrics_listen {
+            s.metrics_listen = Some(m.get_ref().parse().map_err(|e| {
+                src.error(
+                    m.span(),
+                    format!("invalid metrics_listen {:?}: {e}", m.get_ref()),
+                )
+            })?);
+        }
+        s.syslog = v.syslog.unwrap_or(false);
+        for g in &v.grant {
+            s.grants.push(validate_grant(&src, g)?);
+        }
+        Ok(s)
+    }
+}
+
+fn validate_grant(src: &super::Source, g: &GrantFile) -> Result<Grant, ConfigError> {
+    let principal =
+        parse_principal(g.principal.get_ref()).map_err(|e| src.error(g.principal.span(), e))?;
+    if g.keys.get_ref().is_empty() {
+        return Err(src.error(g.keys.span(), "a grant needs at least one key pattern"));
+    }
+    for k in g.keys.get_ref() {
+        if k.is_empty() || !k.chars().all(|c| is_name_char(c) || c == '*' || c == '?') {
+            return Err(src.error(g.keys.span(), format!("invalid key pattern {k:?}")));
+        }
+    }
+    let mut ops = Vec::new();
+    for name in g.ops.get_ref() {
+        let group: &[Op] = match name.as_str() {
+            "use" => USE_OPS,
+            "admin" => ADMIN_OPS,
+            "all" => &Op::ALL,
+            other => match Op::from_name(other) {
+                Some(op) => {
+                    ops.push(op);
+                    continue;
+                }
+                None => {
+                    return Err(src.error(
+                        g.ops.span(),
+                        format!("unknown operation {other:?} (use \"use\", \"admin\", \"all\" or an operation name such as \"sign\")"),
+                    ))
+                }
+            },
+        };
+        ops.extend_from_slice(group);
+    }
+    if ops.is_empty() {
+        return Err(src.error(g.ops.span(), "a grant needs at least one operation"));
+    }
+    ops.sort_by_key(|o| *o as u8);
+    ops.dedup();
+    Ok(Grant {
+        principal,
+        keys: g.keys.get_ref().clone(),
+        ops,
+    })
+}
+
+/// Characters allowed in key names (and so in patterns).
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+fn parse_principal(s: &str) -> Result<Principal, String> {
+    let bad = || {
+        format!("invalid principal {s:?}: expected \"owner\", \"uid:N\", \"gid:N\", \"user:NAME\" or \"group:NAME\"")
+    };
+    if s == "owner" {
+        return Ok(Principal::Uid(nix::unistd::geteuid().as_raw()));
+    }
+    let (kind, value) = s.split_once(':').ok_or_else(bad)?;
+    match kind {
+        "uid" => value.parse().map(Principal::Uid).map_err(|_| bad()),
+        "gid" => value.parse().map(Principal::Gid).map_err(|_| bad()),
+        "user" => match nix::unistd::User::from_name(value) {
+            Ok(Some(u)) => Ok(Principal::Uid(u.uid.as_raw())),
+            _ => Err(format!("unknown user {value:?}")),
+        },
+        "group" => resolve_group(value).map(Principal::Gid),
+        _ => Err(bad()),
+    }
+}
+
+fn resolve_group(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(format!("unknown group {name:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn settings(text: &str) -> Result<VaultSettings, ConfigError> {
+        let loaded = super::super::parse(Path::new("/etc/vg/v.toml"), text.to_owned())?;
+        VaultSettings::from_loaded(&loaded)
+    }
+
+    #[test]
+    fn full_section_validates_and_resolves_paths() {
+        let s = settings(
+            r#"
+[vault]
+socket = "run/v.sock"
+state_dir = "/var/lib/x"
+socket_mode = "0600"
+master_key = "passphrase-env:PW"
+min_deletion_wait = "1s"
+default_deletion_wait = "2s"
+metrics_listen = "127.0.0.1:0"
+[[vault.grant]]
+principal = "uid:33"
+keys = ["web*"]
+ops = ["use"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.socket, PathBuf::from("/etc/vg/run/v.sock"));
+        assert_eq!(s.state_dir, PathBuf::from("/var/lib/x"));
+        assert_eq!(s.socket_mode, 0o600);
+        assert_eq!(s.master_key, MasterKeySource::PassphraseEnv("PW".into()));
+        assert_eq!(s.min_deletion_wait, Duration::from_secs(1));
+        assert_eq!(s.grants[0].principal, Principal::Uid(33));
+        assert!(s.grants[0].ops.contains(&Op::Sign));
+        assert!(!s.grants[0].ops.contains(&Op::Rotate));
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = settings("[vault]\nsocket_mode = \"0666\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/vg/v.toml:2:15: invalid socket_mode"),
+            "{e}"
+        );
+        let e = settings(
+            "[vault]\n[[vault.grant]]\nprincipal = \"uid:1\"\nkeys = [\"*\"]\nops = [\"fly\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/etc/vg/v.toml:5:7: unknown operation \"fly\""),
+            "{e}"
+        );
+        let e = settings("[vault]\nsokcet = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/vg/v.toml:2:1: unknown field `sokcet`"),
+            "{e}"
+        );
+        let e = settings("[vault]\nmin_deletion_wait = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/vg/v.toml:2:21: invalid duration"),
+            "{e}"
+        );
+    }
+}

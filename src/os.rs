@@ -1,0 +1,33 @@
+//! Process hardening through safe wrappers over OS calls (nix): no core
+//! dumps, memory locked against swap, privileges dropped.
+
+use nix::sys::mman::{mlockall, MlockAllFlags};
+use nix::sys::resource::{setrlimit, Resource};
+
+/// What [`harden`] managed to do; the caller logs it.
+#[derive(Debug)]
+pub struct Hardening {
+    pub non_dumpable: Result<(), nix::Error>,
+    pub no_core: Result<(), nix::Error>,
+    pub mlocked: Result<(), nix::Error>,
+}
+
+/// Marks the process non-dumpable (no ptrace by other users, no core file),
+/// sets the core size limit to zero and locks all memory so key bytes are
+/// never written to swap. Each step may fail without stopping the others.
+pub fn harden() -> Hardening {
+    Hardening {
+        non_dumpable: nix::sys::prctl::set_dumpable(false),
+        no_core: setrlimit(Resource::RLIMIT_CORE, 0, 0),
+        mlocked: mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE),
+    }
+}
+
+/// Switches to `uid`/`gid` for good (group first, while still allowed).
+pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), nix::Error> {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    let gid = Gid::from_raw(gid);
+    setgroups(&[gid])?;
+    setgid(gid)?;
+    setuid(Uid::from_raw(uid))
+}

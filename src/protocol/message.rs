@@ -1,0 +1,847 @@
+//! Message layer: typed requests and responses, and their field encodings.
+//!
+//! A response frame's opcode is the request's opcode with the high bit set
+//! ([`RESPONSE_BIT`]), or [`OP_ERROR`]; vault events use [`OP_EVENT`].
+
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+use super::fields::{Fields, Tag, Writer};
+use super::frame::Frame;
+use super::ProtocolError;
+
+pub const RESPONSE_BIT: u8 = 0x80;
+pub const OP_ERROR: u8 = 0xff;
+pub const OP_EVENT: u8 = 0xfe;
+
+/// Request opcodes. Values are fixed by docs/PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Op {
+    Ping = 0x01,
+    Sign = 0x02,
+    Verify = 0x03,
+    PublicKey = 0x04,
+    Encrypt = 0x05,
+    Decrypt = 0x06,
+    GenerateDataKey = 0x07,
+    Create = 0x10,
+    Import = 0x11,
+    List = 0x12,
+    Describe = 0x13,
+    Rotate = 0x14,
+    Enable = 0x15,
+    Disable = 0x16,
+    ScheduleDeletion = 0x17,
+    CancelDeletion = 0x18,
+    BackupExport = 0x19,
+    BackupImport = 0x1a,
+    AuditVerify = 0x1b,
+}
+
+impl Op {
+    pub const ALL: [Op; 19] = [
+        Op::Ping,
+        Op::Sign,
+        Op::Verify,
+        Op::PublicKey,
+        Op::Encrypt,
+        Op::Decrypt,
+        Op::GenerateDataKey,
+        Op::Create,
+        Op::Import,
+        Op::List,
+        Op::Describe,
+        Op::Rotate,
+        Op::Enable,
+        Op::Disable,
+        Op::ScheduleDeletion,
+        Op::CancelDeletion,
+        Op::BackupExport,
+        Op::BackupImport,
+        Op::AuditVerify,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<Op> {
+        Op::ALL.iter().copied().find(|o| *o as u8 == v)
+    }
+
+    /// The name used in config grants, audit records and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Ping => "ping",
+            Op::Sign => "sign",
+            Op::Verify => "verify",
+            Op::PublicKey => "public-key",
+            Op::Encrypt => "encrypt",
+            Op::Decrypt => "decrypt",
+            Op::GenerateDataKey => "generate-data-key",
+            Op::Create => "create",
+            Op::Import => "import",
+            Op::List => "list",
+            Op::Describe => "describe",
+            Op::Rotate => "rotate",
+            Op::Enable => "enable",
+            Op::Disable => "disable",
+            Op::ScheduleDeletion => "schedule-deletion",
+            Op::CancelDeletion => "cancel-deletion",
+            Op::BackupExport => "backup-export",
+            Op::BackupImport => "backup-import",
+            Op::AuditVerify => "audit-verify",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.iter().copied().find(|o| o.name() == name)
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Key types the vault holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum KeyType {
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    #[serde(rename = "ecdsa-p384")]
+    EcdsaP384,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+    #[serde(rename = "ed25519")]
+    Ed25519,
+    #[serde(rename = "aes-256")]
+    Aes256,
+}
+
+impl KeyType {
+    pub const ALL: [KeyType; 7] = [
+        KeyType::EcdsaP256,
+        KeyType::EcdsaP384,
+        KeyType::Rsa2048,
+        KeyType::Rsa3072,
+        KeyType::Rsa4096,
+        KeyType::Ed25519,
+        KeyType::Aes256,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::EcdsaP384 => "ecdsa-p384",
+            KeyType::Rsa2048 => "rsa-2048",
+            KeyType::Rsa3072 => "rsa-3072",
+            KeyType::Rsa4096 => "rsa-4096",
+            KeyType::Ed25519 => "ed25519",
+            KeyType::Aes256 => "aes-256",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<KeyType> {
+        KeyType::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    pub fn is_signing(self) -> bool {
+        self != KeyType::Aes256
+    }
+
+    pub fn rsa_bits(self) -> Option<usize> {
+        match self {
+            KeyType::Rsa2048 => Some(2048),
+            KeyType::Rsa3072 => Some(3072),
+            KeyType::Rsa4096 => Some(4096),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A secret carried in a message; wiped from memory when dropped.
+pub type Secret = Zeroizing<Vec<u8>>;
+
+/// What a caller asks of the vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Ping {
+        payload: Vec<u8>,
+    },
+    /// Sign `message` (not a digest: the vault hashes) with the TLS
+    /// SignatureScheme `scheme`. `version: None` means the primary version.
+    Sign {
+        key: String,
+        version: Option<u32>,
+        scheme: u16,
+        message: Vec<u8>,
+    },
+    Verify {
+        key: String,
+        version: Option<u32>,
+        scheme: u16,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    },
+    PublicKey {
+        key: String,
+        version: Option<u32>,
+    },
+    Encrypt {
+        key: String,
+        plaintext: Secret,
+        context: Vec<u8>,
+    },
+    Decrypt {
+        ciphertext: Vec<u8>,
+        context: Vec<u8>,
+    },
+    GenerateDataKey {
+        key: String,
+        length: u32,
+        context: Vec<u8>,
+    },
+    Create {
+        key: String,
+        key_type: KeyType,
+        /// Rotate automatically this often (seconds); `None` = never.
+        rotate_every: Option<u64>,
+    },
+    /// Import a PKCS#8 PEM private key as a new key, or, with
+    /// `new_version`, as the next version of an existing one.
+    Import {
+        key: String,
+        pem: Secret,
+        new_version: bool,
+    },
+    List,
+    Describe {
+        key: String,
+    },
+    Rotate {
+        key: String,
+    },
+    Enable {
+        key: String,
+    },
+    Disable {
+        key: String,
+    },
+    ScheduleDeletion {
+        key: String,
+        wait_secs: Option<u64>,
+    },
+    CancelDeletion {
+        key: String,
+    },
+    /// One key, every version, wrapped under a key derived from
+    /// `passphrase` and `salt`.
+    BackupExport {
+        key: String,
+        passphrase: Secret,
+        salt: Vec<u8>,
+    },
+    BackupImport {
+        blob: Vec<u8>,
+        passphrase: Secret,
+        salt: Vec<u8>,
+    },
+    AuditVerify,
+}
+
+impl Request {
+    pub fn op(&self) -> Op {
+        match self {
+            Request::Ping { .. } => Op::Ping,
+            Request::Sign { .. } => Op::Sign,
+            Request::Verify { .. } => Op::Verify,
+            Request::PublicKey { .. } => Op::PublicKey,
+            Request::Encrypt { .. } => Op::Encrypt,
+            Request::Decrypt { .. } => Op::Decrypt,
+            Request::GenerateDataKey { .. } => Op::GenerateDataKey,
+            Request::Create { .. } => Op::Create,
+            Request::Import { .. } => Op::Import,
+            Request::List => Op::List,
+            Request::Describe { .. } => Op::Describe,
+            Request::Rotate { .. } => Op::Rotate,
+            Request::Enable { .. } => Op::Enable,
+            Request::Disable { .. } => Op::Disable,
+            Request::ScheduleDeletion { .. } => Op::ScheduleDeletion,
+            Request::CancelDeletion { .. } => Op::CancelDeletion,
+            Request::BackupExport { .. } => Op::BackupExport,
+            Request::BackupImport { .. } => Op::BackupImport,
+            Request::AuditVerify => Op::AuditVerify,
+        }
+    }
+
+    /// The key named in the request, if it names one (decrypt and backup
+    /// import carry it inside their blob instead).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Request::Sign { key, .. }
+            | Request::Verify { key, .. }
+            | Request::PublicKey { key, .. }
+            | Request::Encrypt { key, .. }
+            | Request::GenerateDataKey { key, .. }
+            | Request::Create { key, .. }
+            | Request::Import { key, .. }
+            | Request::Describe { key }
+            | Request::Rotate { key }
+            | Request::Enable { key }
+            | Request::Disable { key }
+            | Request::ScheduleDeletion { key, .. }
+            | Request::CancelDeletion { key }
+            | Request::BackupExport { key, .. } => Some(key),
+            Request::Ping { .. }
+            | Request::Decrypt { .. }
+            | Request::List
+            | Request::BackupImport { .. }
+            | Request::AuditVerify => None,
+        }
+    }
+
+    pub fn to_frame(&self, request_id: u32) -> Frame {
+        let mut w = Writer::new();
+        match self {
+            Request::Ping { payload } => {
+                w.bytes(Tag::Payload, payload);
+            }
+            Request::Sign {
+                key,
+                version,
+                scheme,
+                message,
+            } => {
+                w.str(Tag::KeyName, key)
+                    .opt_u32(Tag::KeyVersion, *version)
+                    .u16(Tag::Scheme, *scheme)
+                    .bytes(Tag::Payload, message);
+            }
+            Request::Verify {
+                key,
+                version,
+                scheme,
+                message,
+                signature,
+            } => {
+                w.str(Tag::KeyName, key)
+                    .opt_u32(Tag::KeyVersion, *version)
+                    .u16(Tag::Scheme, *scheme)
+                    .bytes(Tag::Payload, message)
+                    .bytes(Tag::Signature, signature);
+            }
+            Request::PublicKey { key, version } => {
+                w.str(Tag::KeyName, key).opt_u32(Tag::KeyVersion, *version);
+            }
+            Request::Encrypt {
+                key,
+                plaintext,
+                context,
+            } => {
+                w.str(Tag::KeyName, key)
+                    .bytes(Tag::Plaintext, plaintext)
+                    .bytes(Tag::Context, context);
+            }
+            Request::Decrypt {
+                ciphertext,
+                context,
+            } => {
+                w.bytes(Tag::Ciphertext, ciphertext)
+                    .bytes(Tag::Context, context);
+            }
+            Request::GenerateDataKey {
+                key,
+                length,
+                context,
+            } => {
+                w.str(Tag::KeyName, key)
+                    .u32(Tag::Length, *length)
+                    .bytes(Tag::Context, context);
+            }
+            Request::Create {
+                key,
+                key_type,
+                rotate_every,
+            } => {
+                w.str(Tag::KeyName, key)
+                    .str(Tag::KeyType, key_type.name())
+                    .opt_u64(Tag::Seconds, *rotate_every);
+            }
+            Request::Import {
+                key,
+                pem,
+                new_version,
+            } => {
+                w.str(Tag::KeyName, key).bytes(Tag::Pem, pem);
+                if *new_version {
+                    w.bytes(Tag::Flag, &[1]);
+                }
+            }
+            Request::List | Request::AuditVerify => {}
+            Request::Describe { key }
+            | Request::Rotate { key }
+            | Request::Enable { key }
+            | Request::Disable { key }
+            | Request::CancelDeletion { key } => {
+                w.str(Tag::KeyName, key);
+            }
+            Request::ScheduleDeletion { key, wait_secs } => {
+                w.str(Tag::KeyName, key).opt_u64(Tag::Seconds, *wait_secs);
+            }
+            Request::BackupExport {
+                key,
+                passphrase,
+                salt,
+            } => {
+                w.str(Tag::KeyName, key)
+                    .bytes(Tag::Passphrase, passphrase)
+                    .bytes(Tag::Salt, salt);
+            }
+            Request::BackupImport {
+                blob,
+                passphrase,
+                salt,
+            } => {
+                w.bytes(Tag::Blob, blob)
+                    .bytes(Tag::Passphrase, passphrase)
+                    .bytes(Tag::Salt, salt);
+            }
+        }
+        Frame::new(self.op() as u8, request_id, w.finish().freeze())
+    }
+
+    /// Decodes a request frame. Unknown opcodes, missing or unexpected
+    /// fields and malformed values are errors.
+    pub fn from_frame(frame: &Frame) -> Result<Request, ProtocolError> {
+        let op = Op::from_u8(frame.opcode).ok_or(ProtocolError::UnknownOpcode(frame.opcode))?;
+        let f = Fields::parse(&frame.body)?;
+        let key =
+            |f: &Fields| -> Result<String, ProtocolError> { Ok(f.str(Tag::KeyName)?.to_owned()) };
+        let req = match op {
+            Op::Ping => {
+                f.only(&[Tag::Payload])?;
+                Request::Ping {
+                    payload: f.opt_bytes(Tag::Payload).unwrap_or_default().to_vec(),
+                }
+            }
+            Op::Sign => {
+                f.only(&[Tag::KeyName, Tag::KeyVersion, Tag::Scheme, Tag::Payload])?;
+                Request::Sign {
+                    key: key(&f)?,
+                    version: f.opt_u32(Tag::KeyVersion)?,
+                    scheme: f.u16(Tag::Scheme)?,
+                    message: f.bytes(Tag::Payload)?.to_vec(),
+                }
+            }
+            Op::Verify => {
+                f.only(&[
+                    Tag::KeyName,
+                    Tag::KeyVersion,
+                    Tag::Scheme,
+                    Tag::Payload,
+                    Tag::Signature,
+                ])?;
+                Request::Verify {
+                    key: key(&f)?,
+                    version: f.opt_u32(Tag::KeyVersion)?,
+                    scheme: f.u16(Tag::Scheme)?,
+                    message: f.bytes(Tag::Payload)?.to_vec(),
+                    signature: f.bytes(Tag::Signature)?.to_vec(),
+                }
+            }
+            Op::PublicKey => {
+                f.only(&[Tag::KeyName, Tag::KeyVersion])?;
+                Request::PublicKey {
+                    key: key(&f)?,
+                    version: f.opt_u32(Tag::KeyVersion)?,
+                }
+            }
+            Op::Encrypt => {
+                f.only(&[Tag::KeyName, Tag::Plaintext, Tag::Context])?;
+                Request::Encrypt {
+                    key: key(&f)?,
+                    plaintext: Zeroizing::new(f.bytes(Tag::Plaintext)?.to_vec()),
+                    context: f.opt_bytes(Tag::Context).unwrap_or_default().to_vec(),
+                }
+            }
+            Op::Decrypt => {
+                f.only(&[Tag::Ciphertext, Tag::Context])?;
+                Request::Decrypt {
+                    ciphertext: f.bytes(Tag::Ciphertext)?.to_vec(),
+                    context: f.opt_bytes(Tag::Context).unwrap_or_default().to_vec(),
+                }
+            }
+            Op::GenerateDataKey => {
+                f.only(&[Tag::KeyName, Tag::Length, Tag::Context])?;
+                Request::GenerateDataKey {
+                    key: key(&f)?,
+                    length: f.u32(Tag::Length)?,
+                    context: f.opt_bytes(Tag::Context).unwrap_or_default().to_vec(),
+                }
+            }
+            Op::Create => {
+                f.only(&[Tag::KeyName, Tag::KeyType, Tag::Seconds])?;
+                let t = f.str(Tag::KeyType)?;
+                Request::Create {
+                    key: key(&f)?,
+                    key_type: KeyType::from_name(t)
+                        .ok_or(ProtocolError::BadField(Tag::KeyType as u8))?,
+                    rotate_every: f.opt_u64(Tag::Seconds)?,
+                }
+            }
+            Op::Import => {
+                f.only(&[Tag::KeyName, Tag::Pem, Tag::Flag])?;
+                let new_version = match f.opt_bytes(Tag::Flag) {
+                    None => false,
+                    Some([1]) => true,
+                    Some(_) => return Err(ProtocolError::BadField(Tag::Flag as u8)),
+                };
+                Request::Import {
+                    key: key(&f)?,
+                    pem: Zeroizing::new(f.bytes(Tag::Pem)?.to_vec()),
+                    new_version,
+                }
+            }
+            Op::List | Op::AuditVerify => {
+                f.only(&[])?;
+                if op == Op::List {
+                    Request::List
+                } else {
+                    Request::AuditVerify
+                }
+            }
+            Op::Describe | Op::Rotate | Op::Enable | Op::Disable | Op::CancelDeletion => {
+                f.only(&[Tag::KeyName])?;
+                let key = key(&f)?;
+                match op {
+                    Op::Describe => Request::Describe { key },
+                    Op::Rotate => Request::Rotate { key },
+                    Op::Enable => Request::Enable { key },
+                    Op::Disable => Request::Disable { key },
+                    _ => Request::CancelDeletion { key },
+                }
+            }
+            Op::ScheduleDeletion => {
+                f.only(&[Tag::KeyName, Tag::Seconds])?;
+                Request::ScheduleDeletion {
+                    key: key(&f)?,
+                    wait_secs: f.opt_u64(Tag::Seconds)?,
+                }
+            }
+            Op::BackupExport => {
+                f.only(&[Tag::KeyName, Tag::Passphrase, Tag::Salt])?;
+                Request::BackupExport {
+                    key: key(&f)?,
+                    passphrase: Zeroizing::new(f.bytes(Tag::Passphrase)?.to_vec()),
+                    salt: f.bytes(Tag::Salt)?.to_vec(),
+                }
+            }
+            Op::BackupImport => {
+                f.only(&[Tag::Blob, Tag::Passphrase, Tag::Salt])?;
+                Request::BackupImport {
+                    blob: f.bytes(Tag::Blob)?.to_vec(),
+                    passphrase: Zeroizing::new(f.bytes(Tag::Passphrase)?.to_vec()),
+                    salt: f.bytes(Tag::Salt)?.to_vec(),
+                }
+            }
+        };
+        Ok(req)
+    }
+}
+
+/// Why the vault refused or failed a request. Values are fixed by
+/// docs/PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The frame or its fields were malformed; the vault closes the connection.
+    BadRequest = 1,
+    /// The caller has no grant for this operation on this key.
+    Denied = 2,
+    NotFound = 3,
+    Disabled = 4,
+    PendingDeletion = 5,
+    AlreadyExists = 6,
+    /// The key type cannot do this (e.g. encrypt with an ECDSA key) or the
+    /// scheme does not fit the key.
+    Unsupported = 7,
+    /// A ciphertext or backup blob failed authentication.
+    InvalidCiphertext = 8,
+    Internal = 9,
+    /// The keystore could not be written; nothing was changed.
+    Storage = 10,
+    /// The stored record failed its integrity check.
+    CorruptKey = 11,
+    /// The version asked for may no longer sign.
+    VersionRetired = 12,
+    /// Invalid argument (bad name, bad PEM, bad length).
+    InvalidInput = 13,
+}
+
+impl ErrorCode {
+    const ALL: [ErrorCode; 13] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Denied,
+        ErrorCode::NotFound,
+        ErrorCode::Disabled,
+        ErrorCode::PendingDeletion,
+        ErrorCode::AlreadyExists,
+        ErrorCode::Unsupported,
+        ErrorCode::InvalidCiphertext,
+        ErrorCode::Internal,
+        ErrorCode::Storage,
+        ErrorCode::CorruptKey,
+        ErrorCode::VersionRetired,
+        ErrorCode::InvalidInput,
+    ];
+
+    pub fn from_u16(v: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| *c as u16 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad-request",
+            ErrorCode::Denied => "denied",
+            ErrorCode::NotFound => "not-found",
+            ErrorCode::Disabled => "disabled",
+            ErrorCode::PendingDeletion => "pending-deletion",
+            ErrorCode::AlreadyExists => "already-exists",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::InvalidCiphertext => "invalid-ciphertext",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Storage => "storage",
+            ErrorCode::CorruptKey => "corrupt-key",
+            ErrorCode::VersionRetired => "version-retired",
+            ErrorCode::InvalidInput => "invalid-input",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the vault answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Pong {
+        payload: Vec<u8>,
+    },
+    Signature {
+        version: u32,
+        signature: Vec<u8>,
+    },
+    Verified {
+        valid: bool,
+    },
+    PublicKey {
+        key_type: KeyType,
+        version: u32,
+        spki_der: Vec<u8>,
+    },
+    Ciphertext {
+        version: u32,
+        blob: Vec<u8>,
+    },
+    Plaintext {
+        key: String,
+        version: u32,
+        plaintext: Secret,
+    },
+    DataKey {
+        version: u32,
+        plaintext: Secret,
+        ciphertext: Vec<u8>,
+    },
+    /// Metadata answers (list, describe, create, rotate, …) as a JSON
+    /// document; its shape is described in docs/PROTOCOL.md.
+    Json {
+        json: String,
+    },
+    BackupEntry {
+        blob: Vec<u8>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Encodes this as the answer to request `request_id` of opcode `op`.
+    pub fn to_frame(&self, op: Op, request_id: u32) -> Frame {
+        let mut w = Writer::new();
+        let mut opcode = op as u8 | RESPONSE_BIT;
+        match self {
+            Response::Pong { payload } => {
+                w.bytes(Tag::Payload, payload);
+            }
+            Response::Signature { version, signature } => {
+                w.u32(Tag::KeyVersion, *version)
+                    .bytes(Tag::Signature, signature);
+            }
+            Response::Verified { valid } => {
+                w.bytes(Tag::Flag, &[*valid as u8]);
+            }
+            Response::PublicKey {
+                key_type,
+                version,
+                spki_der,
+            } => {
+                w.str(Tag::KeyType, key_type.name())
+                    .u32(Tag::KeyVersion, *version)
+                    .bytes(Tag::Spki, spki_der);
+            }
+            Response::Ciphertext { version, blob } => {
+                w.u32(Tag::KeyVersion, *version)
+                    .bytes(Tag::Ciphertext, blob);
+            }
+            Response::Plaintext {
+                key,
+                version,
+                plaintext,
+            } => {
+                w.str(Tag::KeyName, key)
+                    .u32(Tag::KeyVersion, *version)
+                    .bytes(Tag::Plaintext, plaintext);
+            }
+            Response::DataKey {
+                version,
+                plaintext,
+                ciphertext,
+            } => {
+                w.u32(Tag::KeyVersion, *version)
+                    .bytes(Tag::Plaintext, plaintext)
+                    .bytes(Tag::Ciphertext, ciphertext);
+            }
+            Response::Json { json } => {
+                w.str(Tag::Json, json);
+            }
+            Response::BackupEntry { blob } => {
+                w.bytes(Tag::Blob, blob);
+            }
+            Response::Error { code, message } => {
+                opcode = OP_ERROR;
+                w.u16(Tag::ErrorCode, *code as u16)
+                    .str(Tag::Message, message);
+            }
+        }
+        Frame::new(opcode, request_id, w.finish().freeze())
+    }
+
+    /// Decodes the answer to a request of opcode `op`.
+    pub fn from_frame(op: Op, frame: &Frame) -> Result<Response, ProtocolError> {
+        let f = Fields::parse(&frame.body)?;
+        if frame.opcode == OP_ERROR {
+            f.only(&[Tag::ErrorCode, Tag::Message])?;
+            let code = f.u16(Tag::ErrorCode)?;
+            return Ok(Response::Error {
+                code: ErrorCode::from_u16(code)
+                    .ok_or(ProtocolError::BadField(Tag::ErrorCode as u8))?,
+                message: f.opt_str(Tag::Message)?.unwrap_or_default().to_owned(),
+            });
+        }
+        if frame.opcode != op as u8 | RESPONSE_BIT {
+            return Err(ProtocolError::UnexpectedOpcode(frame.opcode));
+        }
+        let resp = match op {
+            Op::Ping => {
+                f.only(&[Tag::Payload])?;
+                Response::Pong {
+                    payload: f.opt_bytes(Tag::Payload).unwrap_or_default().to_vec(),
+                }
+            }
+            Op::Sign => {
+                f.only(&[Tag::KeyVersion, Tag::Signature])?;
+                Response::Signature {
+                    version: f.u32(Tag::KeyVersion)?,
+                    signature: f.bytes(Tag::Signature)?.to_vec(),
+                }
+            }
+            Op::Verify => {
+                f.only(&[Tag::Flag])?;
+                let valid = match f.bytes(Tag::Flag)? {
+                    [0] => false,
+                    [1] => true,
+                    _ => return Err(ProtocolError::BadField(Tag::Flag as u8)),
+                };
+                Response::Verified { valid }
+            }
+            Op::PublicKey => {
+                f.only(&[Tag::KeyType, Tag::KeyVersion, Tag::Spki])?;
+                Response::PublicKey {
+                    key_type: KeyType::from_name(f.str(Tag::KeyType)?)
+                        .ok_or(ProtocolError::BadField(Tag::KeyType as u8))?,
+                    version: f.u32(Tag::KeyVersion)?,
+                    spki_der: f.bytes(Tag::Spki)?.to_vec(),
+                }
+            }
+            Op::Encrypt => {
+                f.only(&[Tag::KeyVersion, Tag::Ciphertext])?;
+                Response::Ciphertext {
+                    version: f.u32(Tag::KeyVersion)?,
+                    blob: f.bytes(Tag::Ciphertext)?.to_vec(),
+                }
+            }
+            Op::Decrypt => {
+                f.only(&[Tag::KeyName, Tag::KeyVersion, Tag::Plaintext])?;
+                Response::Plaintext {
+                    key: f.str(Tag::KeyName)?.to_owned(),
+                    version: f.u32(Tag::KeyVersion)?,
+                    plaintext: Zeroizing::new(f.bytes(Tag::Plaintext)?.to_vec()),
+                }
+            }
+            Op::GenerateDataKey => {
+                f.only(&[Tag::KeyVersion, Tag::Plaintext, Tag::Ciphertext])?;
+                Response::DataKey {
+                    version: f.u32(Tag::KeyVersion)?,
+                    plaintext: Zeroizing::new(f.bytes(Tag::Plaintext)?.to_vec()),
+                    ciphertext: f.bytes(Tag::Ciphertext)?.to_vec(),
+                }
+            }
+            Op::BackupExport => {
+                f.only(&[Tag::Blob])?;
+                Response::BackupEntry {
+                    blob: f.bytes(Tag::Blob)?.to_vec(),
+                }
+            }
+            Op::Create
+            | Op::Import
+            | Op::List
+            | Op::Describe
+            | Op::Rotate
+            | Op::Enable
+            | Op::Disable
+            | Op::ScheduleDeletion
+            | Op::CancelDeletion
+            | Op::BackupImport
+            | Op::AuditVerify => {
+                f.only(&[Tag::Json])?;
+                Response::Json {
+                    json: f.str(Tag::Json)?.to_owned(),
+                }
+            }
+        };
+        Ok(resp)
+    }
+}

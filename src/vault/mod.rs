@@ -1,0 +1,162 @@
+//! The vault: the only process that holds private keys.
+//!
+//! - [`keys`]     — key material: generate, import, sign, verify, AES-GCM
+//! - [`record`]   — one key as stored: authenticated metadata, sealed versions
+//! - [`keystore`] — the `keys/` directory, loaded at start, written crash-safely
+//! - [`master`]   — the master key (file or passphrase) and derived subkeys
+//! - [`policy`]   — grants matched against peer credentials
+//! - [`audit`]    — the chained, tamper-evident audit log
+//! - [`envelope`] — the ciphertext blob format of encrypt/decrypt
+//! - [`backup`]   — wrapped backup entries
+//! - [`ops`]      — what each request does
+//! - [`server`]   — the Unix socket and per-connection pipelining
+
+pub mod audit;
+pub mod backup;
+pub mod envelope;
+pub mod keys;
+pub mod keystore;
+pub mod master;
+pub mod ops;
+pub mod policy;
+pub mod record;
+pub mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::vault::VaultSettings;
+
+/// Why the vault could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("state dir {path}: {source}", path = .path.display())]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("master key: {0}")]
+    Master(#[from] master::MasterError),
+    #[error("audit log: {0}")]
+    Audit(#[from] audit::AuditError),
+    #[error("keystore: {0}")]
+    Store(#[from] keystore::StoreError),
+    #[error("socket {path}: {message}", path = .path.display())]
+    Socket { path: PathBuf, message: String },
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("key derivation failed")]
+    Derive,
+}
+
+/// Opens the state dir and builds the vault (no socket yet).
+pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
+    crate::fsutil::ensure_dir(&settings.state_dir, 0o700).map_err(|source| {
+        VaultError::StateDir {
+            path: settings.state_dir.clone(),
+            source,
+        }
+    })?;
+    let master_key = master::obtain(&settings.state_dir, &settings.master_key)?;
+    let subkeys = master::Subkeys::derive(&master_key).map_err(|_| VaultError::Derive)?;
+    drop(master_key);
+    let audit_key = subkeys.audit_mac.clone();
+    let store = keystore::Keystore::open(&settings.state_dir, Arc::new(subkeys))?;
+    let audit = audit::Audit::open(&settings.state_dir, audit_key, settings.syslog)?;
+    let policy = policy::Policy::new(&settings.grants, nix::unistd::geteuid().as_raw());
+    Ok(Vault::new(settings, store, policy, audit))
+}
+
+pub use ops::Vault;
+
+/// Runs the vault until SIGTERM or SIGINT: hardens the process, opens the
+/// keystore, binds the socket, serves. `on_ready` is called once the
+/// socket accepts connections.
+pub async fn run(
+    settings: VaultSettings,
+    on_ready: impl FnOnce(&VaultSettings),
+) -> Result<(), VaultError> {
+    let h = crate::os::harden();
+    if let Err(e) = h.non_dumpable {
+        tracing::warn!(error = %e, "could not mark the process non-dumpable");
+    }
+    if let Err(e) = h.no_core {
+        tracing::warn!(error = %e, "could not disable core dumps");
+    }
+    if let Err(e) = h.mlocked {
+        tracing::warn!(
+            error = %e,
+            "could not lock memory (mlockall); key material may be swapped to disk. \
+             Raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity in systemd) or grant CAP_IPC_LOCK"
+        );
+    }
+    let socket = settings.socket.clone();
+    let (mode, group) = (settings.socket_mode, settings.socket_group);
+    let metrics_addr = settings.metrics_listen;
+    let vault = Arc::new(
+        tokio::task::spawn_blocking(move || open(settings))
+            .await
+            .map_err(|_| VaultError::Derive)??,
+    );
+    vault
+        .audit()
+        .record(audit::Event::system("vault-start", None));
+
+    if let Some(addr) = metrics_addr {
+        let handle = crate::telemetry::install_recorder();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| VaultError::Metrics { addr, source })?;
+        if let Ok(local) = listener.local_addr() {
+            tracing::info!(%local, "vault metrics listening");
+            println!("metrics {local}");
+        }
+        tokio::spawn(crate::telemetry::serve_metrics(listener, handle));
+    }
+
+    let listener = server::bind(&socket, mode, group)?;
+    tracing::info!(socket = %socket.display(), "vault listening");
+    on_ready(&vault.settings);
+
+    let housekeeping = {
+        let vault = vault.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let v = vault.clone();
+                let _ = tokio::task::spawn_blocking(move || v.housekeeping()).await;
+            }
+        })
+    };
+
+    server::serve(listener, vault.clone(), shutdown_signal()).await;
+    housekeeping.abort();
+    let _ = std::fs::remove_file(&socket);
+    vault
+        .audit()
+        .record(audit::Event::system("vault-stop", None));
+    vault.audit().flush();
+    tracing::info!("vault stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

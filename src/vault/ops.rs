@@ -1,0 +1,733 @@
+//! What each request does: the vault's operations over the keystore,
+//! checked against the policy and written to the audit log.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::audit::{Audit, Event};
+use super::backup;
+use super::envelope;
+use super::keys::{self, KeyError, Material};
+use super::keystore::{Keystore, StoreError};
+use super::policy::{Caller, Policy};
+use super::record::{Key, KeyState, Origin, RecordError};
+use crate::config::vault::{is_name_char, VaultSettings};
+use crate::protocol::{ErrorCode, KeyType, Op, Request, Response};
+
+/// Largest plaintext `encrypt` takes (KMS takes 4 KiB; we allow 64 KiB).
+pub const MAX_PLAINTEXT: usize = 64 * 1024;
+/// Largest data key `generate-data-key` makes.
+pub const MAX_DATA_KEY: u32 = 1024;
+
+/// A refused or failed operation: the code the client sees and a message
+/// naming the key or value involved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl OpError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> OpError {
+        OpError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<KeyError> for OpError {
+    fn from(e: KeyError) -> Self {
+        let code = match e {
+            KeyError::SchemeMismatch { .. }
+            | KeyError::NotSigning(_)
+            | KeyError::NotSymmetric(_) => ErrorCode::Unsupported,
+            KeyError::Import(_) => ErrorCode::InvalidInput,
+            KeyError::Open => ErrorCode::InvalidCiphertext,
+            KeyError::Generate(_) | KeyError::Material(_) | KeyError::Sign => ErrorCode::Internal,
+        };
+        OpError::new(code, e.to_string())
+    }
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        OpError::new(ErrorCode::Storage, format!("keystore not changed: {e}"))
+    }
+}
+
+impl From<RecordError> for OpError {
+    fn from(e: RecordError) -> Self {
+        OpError::new(ErrorCode::CorruptKey, e.to_string())
+    }
+}
+
+impl From<backup::BackupError> for OpError {
+    fn from(e: backup::BackupError) -> Self {
+        let code = match e {
+            backup::BackupError::Open => ErrorCode::InvalidCiphertext,
+            backup::BackupError::Key(k) => return k.into(),
+            _ => ErrorCode::InvalidInput,
+        };
+        OpError::new(code, e.to_string())
+    }
+}
+
+/// What a handler hands back for the reply and the audit record.
+struct Done {
+    response: Response,
+    key: Option<String>,
+    version: Option<u32>,
+}
+
+impl Done {
+    fn new(response: Response) -> Done {
+        Done {
+            response,
+            key: None,
+            version: None,
+        }
+    }
+
+    fn key(mut self, key: &str, version: Option<u32>) -> Done {
+        self.key = Some(key.to_owned());
+        self.version = version;
+        self
+    }
+}
+
+pub struct Vault {
+    pub settings: VaultSettings,
+    store: Keystore,
+    policy: Policy,
+    audit: Audit,
+    /// Serialises keystore changes: read, modify, write, publish.
+    write_lock: Mutex<()>,
+    backup_keys: backup::KeyCache,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Operations that touch the disk or burn CPU for long (RSA generation,
+/// argon2); the server runs them off the connection's task.
+pub fn is_slow(op: Op) -> bool {
+    matches!(
+        op,
+        Op::Create
+            | Op::Import
+            | Op::Rotate
+            | Op::Enable
+            | Op::Disable
+            | Op::ScheduleDeletion
+            | Op::CancelDeletion
+            | Op::BackupExport
+            | Op::BackupImport
+            | Op::AuditVerify
+    )
+}
+
+fn check_name(name: &str) -> Result<(), OpError> {
+    if name.is_empty()
+        || name.len() > 64
+        || name.starts_with('.')
+        || !name.chars().all(is_name_char)
+    {
+        return Err(OpError::new(
+            ErrorCode::InvalidInput,
+            format!("invalid key name {name:?}: 1-64 of A-Z a-z 0-9 . _ -, not starting with '.'"),
+        ));
+    }
+    Ok(())
+}
+
+impl Vault {
+    pub fn new(settings: VaultSettings, store: Keystore, policy: Policy, audit: Audit) -> Vault {
+        Vault {
+            settings,
+            store,
+            policy,
+            audit,
+            write_lock: Mutex::new(()),
+            backup_keys: backup::KeyCache::default(),
+        }
+    }
+
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Runs one request for `caller`: policy, operation, audit, metrics.
+    pub fn handle(&self, caller: &Caller, req: &Request) -> Response {
+        let op = req.op();
+        let started = Instant::now();
+        let outcome = self.dispatch(caller, req);
+        let (response, key, version, result, error) = match outcome {
+            Ok(done) => (done.response, done.key, done.version, "ok", None),
+            Err((e, key)) => {
+                let result = if e.code == ErrorCode::Denied {
+                    "denied"
+                } else {
+                    "error"
+                };
+                let key = key.or_else(|| req.key().map(str::to_owned));
+                (
+                    Response::error(e.code, e.message.clone()),
+                    key,
+                    None,
+                    result,
+                    Some(e.message),
+                )
+            }
+        };
+        metrics::counter!("vaultgate_vault_requests_total", "op" => op.name(), "result" => result)
+            .increment(1);
+        metrics::histogram!("vaultgate_vault_request_duration_seconds", "op" => op.name(), "result" => result)
+            .record(started.elapsed().as_secs_f64());
+        if op != Op::Ping {
+            self.audit.record(Event {
+                caller: Some(*caller),
+                op: op.name().to_owned(),
+                key,
+                version,
+                result,
+                error,
+            });
+        }
+        response
+    }
+
+    /// Errors carry the key they concern when the request did not name it
+    /// (decrypt, backup import).
+    fn dispatch(&self, caller: &Caller, req: &Request) -> Result<Done, (OpError, Option<String>)> {
+        let op = req.op();
+        if let Some(key) = req.key() {
+            self.authorize(caller, op, Some(key))
+                .map_err(|e| (e, None))?;
+        } else if !matches!(op, Op::Decrypt | Op::BackupImport | Op::List) {
+            self.authorize(caller, op, None).map_err(|e| (e, None))?;
+        }
+        let plain = |r: Result<Done, OpError>| r.map_err(|e| (e, None));
+        match req {
+            Request::Ping { payload } => Ok(Done::new(Response::Pong {
+                payload: payload.clone(),
+            })),
+            Request::Sign {
+                key,
+                version,
+                scheme,
+                message,
+            } => plain(self.sign(key, *version, *scheme, message)),
+            Request::Verify {
+                key,
+                version,
+                scheme,
+                message,
+                signature,
+            } => plain(self.verify(key, *version, *scheme, message, signature)),
+            Request::PublicKey { key, version } => plain(self.public_key(key, *version)),
+            Request::Encrypt {
+                key,
+                plaintext,
+                context,
+            } => plain(self.encrypt(key, plaintext, context)),
+            Request::Decrypt {
+                ciphertext,
+                context,
+            } => self.decrypt(caller, ciphertext, context),
+            Request::GenerateDataKey {
+                key,
+                length,
+                context,
+            } => plain(self.generate_data_key(key, *length, context)),
+            Request::Create {
+                key,
+                key_type,
+                rotate_every,
+            } => plain(self.create(key, *key_type, *rotate_every)),
+            Request::Import {
+                key,
+                pem,
+                new_version,
+            } => plain(self.import(key, pem, *new_version)),
+            Request::List => plain(Ok(self.list(caller))),
+            Request::Describe { key } => plain(self.describe(key)),
+            Request::Rotate { key } => plain(self.rotate(key, false)),
+            Request::Enable { key } => plain(self.set_state(key, KeyState::Enabled)),
+            Request::Disable { key } => plain(self.set_state(key, KeyState::Disabled)),
+            Request::ScheduleDeletion { key, wait_secs } => {
+                plain(self.schedule_deletion(key, *wait_secs))
+            }
+            Request::CancelDeletion { key } => plain(self.cancel_deletion(key)),
+            Request::BackupExport {
+                key,
+                passphrase,
+                salt,
+            } => plain(self.backup_export(key, passphrase, salt)),
+            Request::BackupImport {
+                blob,
+                passphrase,
+                salt,
+            } => self.backup_import(caller, blob, passphrase, salt),
+            Request::AuditVerify => plain(self.audit_verify()),
+        }
+    }
+
+    fn authorize(&self, caller: &Caller, op: Op, key: Option<&str>) -> Result<(), OpError> {
+        if self.policy.allows(caller, op, key) {
+            return Ok(());
+        }
+        metrics::counter!("vaultgate_vault_denied_total", "op" => op.name()).increment(1);
+        Err(OpError::new(
+            ErrorCode::Denied,
+            match key {
+                Some(k) => format!("uid {} has no grant for {op} on key {k:?}", caller.uid),
+                None => format!("uid {} has no grant for {op}", caller.uid),
+            },
+        ))
+    }
+
+    /// The key, present and parsed (any state).
+    fn find(&self, name: &str) -> Result<Arc<Key>, OpError> {
+        match self.store.get(name) {
+            None => Err(OpError::new(
+                ErrorCode::NotFound,
+                format!("no key named {name:?}"),
+            )),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(k)) => Ok(k),
+        }
+    }
+
+    /// The key, if it may be used now.
+    fn usable(&self, name: &str) -> Result<Arc<Key>, OpError> {
+        let key = self.find(name)?;
+        match key.record.state {
+            KeyState::Enabled => Ok(key),
+            KeyState::Disabled => Err(OpError::new(
+                ErrorCode::Disabled,
+                format!("key {name:?} is disabled"),
+            )),
+            KeyState::PendingDeletion => Err(OpError::new(
+                ErrorCode::PendingDeletion,
+                format!("key {name:?} is pending deletion"),
+            )),
+        }
+    }
+
+    fn version<'k>(
+        key: &'k Key,
+        version: Option<u32>,
+    ) -> Result<(u32, &'k Arc<Material>), OpError> {
+        key.material(version).ok_or_else(|| {
+            OpError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "key {:?} has no version {}",
+                    key.name(),
+                    version.unwrap_or(0)
+                ),
+            )
+        })
+    }
+
+    fn sign(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        scheme: u16,
+        message: &[u8],
+    ) -> Result<Done, OpError> {
+        let key = self.usable(name)?;
+        let (v, m) = Self::version(&key, version)?;
+        let signature = m.sign(scheme, message)?;
+        Ok(Done::new(Response::Signature {
+            version: v,
+            signature,
+        })
+        .key(name, Some(v)))
+    }
+
+    fn verify(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        scheme: u16,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<Done, OpError> {
+        let key = self.usable(name)?;
+        let (v, m) = Self::version(&key, version)?;
+        let valid = m.verify(scheme, message, signature)?;
+        Ok(Done::new(Response::Verified { valid }).key(name, Some(v)))
+    }
+
+    fn public_key(&self, name: &str, version: Option<u32>) -> Result<Done, OpError> {
+        let key = self.usable(name)?;
+        if !key.key_type().is_signing() {
+            return Err(KeyError::NotSigning(key.key_type()).into());
+        }
+        let (v, m) = Self::version(&key, version)?;
+        Ok(Done::new(Response::PublicKey {
+            key_type: key.key_type(),
+            version: v,
+            spki_der: m.spki().to_vec(),
+        })
+        .key(name, Some(v)))
+    }
+
+    fn encrypt(&self, name: &str, plaintext: &[u8], context: &[u8]) -> Result<Done, OpError> {
+        if plaintext.len() > MAX_PLAINTEXT {
+            return Err(OpError::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "plaintext of {} bytes exceeds {MAX_PLAINTEXT}",
+                    plaintext.len()
+                ),
+            ));
+        }
+        let key = self.usable(name)?;
+        let (v, m) = Self::version(&key, None)?;
+        let header = envelope::header(name, v);
+        let sealed = m.seal(&envelope::aad(&header, context), plaintext)?;
+        let mut blob = header;
+        blob.extend_from_slice(&sealed);
+        Ok(Done::new(Response::Ciphertext { version: v, blob }).key(name, Some(v)))
+    }
+
+    fn decrypt(
+        &self,
+        caller: &Caller,
+        blob: &[u8],
+        context: &[u8],
+    ) -> Result<Done, (OpError, Option<String>)> {
+        let parsed = envelope::parse(blob).ok_or_else(|| {
+            (
+                OpError::new(
+                    ErrorCode::InvalidCiphertext,
+                    "not a vaultgate ciphertext blob",
+                ),
+                None,
+            )
+        })?;
+        let name = parsed.key;
+        let fail = |e: OpError| (e, Some(name.to_owned()));
+        self.authorize(caller, Op::Decrypt, Some(name))
+            .map_err(fail)?;
+        let key = self.usable(name).map_err(fail)?;
+        let (v, m) = Self::version(&key, Some(parsed.version)).map_err(fail)?;
+        let plaintext = m
+            .open(&envelope::aad(parsed.header, context), parsed.sealed)
+            .map_err(|e| fail(e.into()))?;
+        Ok(Done::new(Response::Plaintext {
+            key: name.to_owned(),
+            version: v,
+            plaintext,
+        })
+        .key(name, Some(v)))
+    }
+
+    fn generate_data_key(&self, name: &str, length: u32, context: &[u8]) -> Result<Done, OpError> {
+        if length == 0 || length > MAX_DATA_KEY {
+            return Err(OpError::new(
+                ErrorCode::InvalidInput,
+                format!("data key length {length} not in 1..={MAX_DATA_KEY}"),
+            ));
+        }
+        let plaintext = keys::random_bytes(length as usize)?;
+        let done = self.encrypt(name, &plaintext, context)?;
+        let Response::Ciphertext { version, blob } = done.response else {
+            return Err(OpError::new(
+                ErrorCode::Internal,
+                "encrypt answered unexpectedly",
+            ));
+        };
+        Ok(Done::new(Response::DataKey {
+            version,
+            plaintext,
+            ciphertext: blob,
+        })
+        .key(name, Some(version)))
+    }
+
+    fn describe_json(key: &Key) -> Response {
+        Response::Json {
+            json: key.describe().to_string(),
+        }
+    }
+
+    fn list(&self, caller: &Caller) -> Done {
+        let items: Vec<serde_json::Value> = self
+            .store
+            .list()
+            .into_iter()
+            .filter(|(name, _)| self.policy.allows(caller, Op::List, Some(name)))
+            .map(|(name, k)| match k {
+                Ok(k) => serde_json::json!({
+                    "name": name,
+                    "type": k.key_type().name(),
+                    "state": k.record.state.name(),
+                    "primary": k.record.primary,
+                    "versions": k.record.versions.len(),
+                }),
+                Err(e) => {
+                    serde_json::json!({"name": name, "state": "corrupt", "error": e.to_string()})
+                }
+            })
+            .collect();
+        Done::new(Response::Json {
+            json: serde_json::Value::Array(items).to_string(),
+        })
+    }
+
+    fn describe(&self, name: &str) -> Result<Done, OpError> {
+        let key = self.find(name)?;
+        Ok(Done::new(Self::describe_json(&key)).key(name, Some(key.record.primary)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn create(
+        &self,
+        name: &str,
+        key_type: KeyType,
+        rotate_every: Option<u64>,
+    ) -> Result<Done, OpError> {
+        check_name(name)?;
+        if self.store.get(name).is_some() {
+            return Err(OpError::new(
+                ErrorCode::AlreadyExists,
+                format!("key {name:?} already exists"),
+            ));
+        }
+        // Generate before taking the lock: RSA-4096 can take seconds.
+        let material = Material::generate(key_type)?;
+        let _guard = self.lock();
+        if self.store.get(name).is_some() {
+            return Err(OpError::new(
+                ErrorCode::AlreadyExists,
+                format!("key {name:?} already exists"),
+            ));
+        }
+        let key = Key::new(
+            self.store.subkeys(),
+            name,
+            material,
+            Origin::Generated,
+            rotate_every,
+            now(),
+        )?;
+        let key = self.store.put(key)?;
+        Ok(Done::new(Self::describe_json(&key)).key(name, Some(1)))
+    }
+
+    fn import(&self, name: &str, pem: &[u8], new_version: bool) -> Result<Done, OpError> {
+        check_name(name)?;
+        let material = Material::import_pem(pem)?;
+        let _guard = self.lock();
+        let key = match (self.store.get(name), new_version) {
+            (None, false) => Key::new(
+                self.store.subkeys(),
+                name,
+                material,
+                Origin::Imported,
+                None,
+                now(),
+            )?,
+            (Some(_), false) => {
+                return Err(OpError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("key {name:?} already exists (use --new-version to add a version)"),
+                ))
+            }
+            (None, true) => {
+                return Err(OpError::new(
+                    ErrorCode::NotFound,
+                    format!("no key named {name:?}"),
+                ))
+            }
+            (Some(existing), true) => {
+                let existing = existing?;
+                if existing.key_type() != material.key_type() {
+                    return Err(OpError::new(
+                        ErrorCode::InvalidInput,
+                        format!(
+                            "key {name:?} is {}, the imported key is {}",
+                            existing.key_type(),
+                            material.key_type()
+                        ),
+                    ));
+                }
+                let mut key = (*existing).clone();
+                key.add_version(self.store.subkeys(), material, Origin::Imported, now())?;
+                key
+            }
+        };
+        let version = key.record.primary;
+        let key = self.store.put(key)?;
+        Ok(Done::new(Self::describe_json(&key)).key(name, Some(version)))
+    }
+
+    /// Makes a new version primary. `scheduled` rotations skip keys that
+    /// are not enabled.
+    fn rotate(&self, name: &str, scheduled: bool) -> Result<Done, OpError> {
+        let current = if scheduled {
+            self.usable(name)?
+        } else {
+            self.find(name)?
+        };
+        if current.record.state == KeyState::PendingDeletion {
+            return Err(OpError::new(
+                ErrorCode::PendingDeletion,
+                format!("key {name:?} is pending deletion"),
+            ));
+        }
+        let material = Material::generate(current.key_type())?;
+        let _guard = self.lock();
+        let mut key = (*self.find(name)?).clone();
+        let version = key.add_version(self.store.subkeys(), material, Origin::Generated, now())?;
+        let key = self.store.put(key)?;
+        Ok(Done::new(Self::describe_json(&key)).key(name, Some(version)))
+    }
+
+    fn modify(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Key) -> Result<(), OpError>,
+    ) -> Result<Done, OpError> {
+        let _guard = self.lock();
+        let mut key = (*self.find(name)?).clone();
+        f(&mut key)?;
+        let key = self.store.put(key)?;
+        Ok(Done::new(Self::describe_json(&key)).key(name, None))
+    }
+
+    fn set_state(&self, name: &str, state: KeyState) -> Result<Done, OpError> {
+        self.modify(name, |key| {
+            if key.record.state == KeyState::PendingDeletion {
+                return Err(OpError::new(
+                    ErrorCode::PendingDeletion,
+                    format!("key {name:?} is pending deletion; cancel the deletion first"),
+                ));
+            }
+            key.record.state = state;
+            Ok(())
+        })
+    }
+
+    fn schedule_deletion(&self, name: &str, wait_secs: Option<u64>) -> Result<Done, OpError> {
+        let min = self.settings.min_deletion_wait.as_secs();
+        let wait = wait_secs.unwrap_or(self.settings.default_deletion_wait.as_secs());
+        if wait < min {
+            return Err(OpError::new(
+                ErrorCode::InvalidInput,
+                format!("waiting period of {wait}s is shorter than the minimum of {min}s"),
+            ));
+        }
+        self.modify(name, |key| {
+            key.record.state = KeyState::PendingDeletion;
+            key.record.deletion_at = Some(now() + wait);
+            Ok(())
+        })
+    }
+
+    fn cancel_deletion(&self, name: &str) -> Result<Done, OpError> {
+        self.modify(name, |key| {
+            if key.record.state != KeyState::PendingDeletion {
+                return Err(OpError::new(
+                    ErrorCode::InvalidInput,
+                    format!("key {name:?} is not pending deletion"),
+                ));
+            }
+            // As KMS: a key whose deletion is cancelled comes back disabled.
+            key.record.state = KeyState::Disabled;
+            key.record.deletion_at = None;
+            Ok(())
+        })
+    }
+
+    fn backup_export(&self, name: &str, passphrase: &[u8], salt: &[u8]) -> Result<Done, OpError> {
+        let key = self.find(name)?;
+        let wrap = self.backup_keys.key(passphrase, salt)?;
+        let blob = backup::export(&key, &wrap)?;
+        Ok(Done::new(Response::BackupEntry { blob }).key(name, Some(key.record.primary)))
+    }
+
+    fn backup_import(
+        &self,
+        caller: &Caller,
+        blob: &[u8],
+        passphrase: &[u8],
+        salt: &[u8],
+    ) -> Result<Done, (OpError, Option<String>)> {
+        let wrap = self
+            .backup_keys
+            .key(passphrase, salt)
+            .map_err(|e| (e.into(), None))?;
+        let key =
+            backup::import(blob, &wrap, self.store.subkeys()).map_err(|e| (e.into(), None))?;
+        let name = key.name().to_owned();
+        let fail = |e: OpError| (e, Some(name.clone()));
+        self.authorize(caller, Op::BackupImport, Some(&name))
+            .map_err(fail)?;
+        check_name(&name).map_err(fail)?;
+        let _guard = self.lock();
+        if self.store.get(&name).is_some() {
+            return Err(fail(OpError::new(
+                ErrorCode::AlreadyExists,
+                format!("key {name:?} already exists; restore into an empty vault"),
+            )));
+        }
+        let key = self.store.put(key).map_err(|e| fail(e.into()))?;
+        Ok(Done::new(Self::describe_json(&key)).key(&name, Some(key.record.primary)))
+    }
+
+    fn audit_verify(&self) -> Result<Done, OpError> {
+        self.audit.flush();
+        let n = super::audit::verify(&self.settings.state_dir, &self.store.subkeys().audit_mac)
+            .map_err(|e| OpError::new(ErrorCode::CorruptKey, e.to_string()))?;
+        Ok(Done::new(Response::Json {
+            json: serde_json::json!({"ok": true, "records": n}).to_string(),
+        }))
+    }
+
+    /// Deletes keys whose waiting period is over and rotates keys whose
+    /// `rotate_every` has passed. Called periodically by the server.
+    pub fn housekeeping(&self) {
+        let now = now();
+        for (name, key) in self.store.list() {
+            let Ok(key) = key else { continue };
+            let r = &key.record;
+            if r.state == KeyState::PendingDeletion && r.deletion_at.is_some_and(|t| t <= now) {
+                let _guard = self.lock();
+                let result = self.store.remove(&name);
+                let error = result.as_ref().err().map(|e| e.to_string());
+                self.audit.record(Event {
+                    key: Some(name.clone()),
+                    ..Event::system("delete", error)
+                });
+                tracing::info!(key = %name, "deleted key after its waiting period");
+            } else if r.state == KeyState::Enabled
+                && r.rotate_every
+                    .is_some_and(|every| r.rotated.unwrap_or(r.created) + every <= now)
+            {
+                let result = self.rotate(&name, true);
+                let (version, error) = match &result {
+                    Ok(d) => (d.version, None),
+                    Err(e) => (None, Some(e.message.clone())),
+                };
+                self.audit.record(Event {
+                    key: Some(name.clone()),
+                    version,
+                    ..Event::system("scheduled-rotate", error)
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Who may do what: grants from the config, matched against the caller's
+//! peer credentials. Deny by default; root is an ordinary uid here.
+
+use wildmatch::WildMatch;
+
+use crate::config::vault::{Grant, Principal};
+use crate::protocol::Op;
+
+/// A caller, as the kernel reported it on connect (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+struct CompiledGrant {
+    principal: Principal,
+    keys: Vec<WildMatch>,
+    ops: Vec<Op>,
+}
+
+pub struct Policy {
+    grants: Vec<CompiledGrant>,
+}
+
+impl Policy {
+    /// Builds the policy. With no grants configured, the vault's own uid
+    /// (`owner`) gets every operation on every key: the embedded default.
+    pub fn new(grants: &[Grant], owner_uid: u32) -> Policy {
+        let default = [Grant {
+            principal: Principal::Uid(owner_uid),
+            keys: vec!["*".into()],
+            ops: Op::ALL.to_vec(),
+        }];
+        let grants = if grants.is_empty() {
+            &default[..]
+        } else {
+            grants
+        };
+        Policy {
+            grants: grants
+                .iter()
+                .map(|g| CompiledGrant {
+                    principal: g.principal,
+                    keys: g.keys.iter().map(|k| WildMatch::new(k)).collect(),
+                    ops: g.ops.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether `caller` may perform `op` on `key`. Ping needs no grant.
+    /// For key-less operations (list, audit verify) any grant of that op
+    /// suffices; list then shows only keys the caller may list.
+    pub fn allows(&self, caller: &Caller, op: Op, key: Option<&str>) -> bool {
+        if op == Op::Ping {
+            return true;
+        }
+        self.grants.iter().any(|g| {
+            let who = match g.principal {
+                Principal::Uid(u) => u == caller.uid,
+                Principal::Gid(gid) => gid == caller.gid,
+            };
+            who && g.ops.contains(&op)
+                && match key {
+                    Some(k) => g.keys.iter().any(|p| p.matches(k)),
+                    None => true,
+                }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::vault::{ADMIN_OPS, USE_OPS};
+
+    fn caller(uid: u32, gid: u32) -> Caller {
+        Caller {
+            uid,
+            gid,
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn use_and_admin_are_separate_and_deny_is_default() {
+        let p = Policy::new(
+            &[
+                Grant {
+                    principal: Principal::Uid(33),
+                    keys: vec!["web*".into()],
+                    ops: USE_OPS.to_vec(),
+                },
+                Grant {
+                    principal: Principal::Gid(50),
+                    keys: vec!["*".into()],
+                    ops: ADMIN_OPS.to_vec(),
+                },
+            ],
+            0,
+        );
+        assert!(p.allows(&caller(33, 33), Op::Sign, Some("web1")));
+        assert!(!p.allows(&caller(33, 33), Op::Sign, Some("api")));
+        assert!(!p.allows(&caller(33, 33), Op::Rotate, Some("web1")));
+        assert!(p.allows(&caller(1000, 50), Op::Rotate, Some("web1")));
+        assert!(!p.allows(&caller(1000, 50), Op::Sign, Some("web1")));
+        // root is not special once grants are configured
+        assert!(!p.allows(&caller(0, 0), Op::Sign, Some("web1")));
+        assert!(p.allows(&caller(0, 0), Op::Ping, None));
+    }
+
+    #[test]
+    fn no_grants_means_the_owner_only() {
+        let p = Policy::new(&[], 1000);
+        assert!(p.allows(&caller(1000, 1), Op::Create, Some("x")));
+        assert!(!p.allows(&caller(1001, 1), Op::Sign, Some("x")));
+    }
+}

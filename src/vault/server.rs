@@ -1,0 +1,255 @@
+//! The vault's socket: binding it safely, accepting callers, and serving
+//! each connection's pipelined requests.
+//!
+//! Each connection's reader decodes every complete frame it has, runs the
+//! fast operations (sign, encrypt, …) right there, and writes all their
+//! answers in one write: no thread hop on the signing path, and batches
+//! form by themselves under load. Slow operations (key generation, disk
+//! writes, argon2) run on the blocking pool and answer when done, out of
+//! order, matched by request id.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Mutex, Semaphore};
+
+use super::audit::Event;
+use super::ops::{is_slow, Vault};
+use super::policy::Caller;
+use super::VaultError;
+use crate::protocol::{frame, ErrorCode, Frame, Request, Response};
+
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 1024;
+/// Slow operations one connection may have running.
+const MAX_SLOW_PER_CONNECTION: usize = 8;
+/// A caller that does not read its answers for this long is cut off.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds the vault socket at `path` with `mode` (and `group`), refusing a
+/// path where another process listens and replacing a stale socket.
+pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, VaultError> {
+    let err = |message: String| VaultError::Socket {
+        path: path.to_owned(),
+        message,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            if !meta.file_type().is_socket() {
+                return Err(err(
+                    "exists and is not a socket; refusing to replace it".into()
+                ));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(err(
+                    "another process is listening on it (is a vault already running?)".into(),
+                ));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| err(format!("cannot remove stale socket: {e}")))?;
+            tracing::info!(path = %path.display(), "removed stale socket");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e.to_string())),
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::fsutil::ensure_dir(dir, 0o755)
+            .map_err(|e| err(format!("cannot create its directory: {e}")))?;
+    }
+    // Bind under a tight umask so the socket is never briefly open to all.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(|e| err(e.to_string()))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| err(format!("cannot give the socket group {gid}: {e}")))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| err(format!("cannot set mode {mode:o}: {e}")))?;
+    Ok(listener)
+}
+
+/// Accepts and serves connections until `shutdown` resolves.
+pub async fn serve(
+    listener: UnixListener,
+    vault: Arc<Vault>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => return,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(1);
+                let vault = vault.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, vault).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait, don't spin or die.
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: UnixStream, vault: Arc<Vault>) {
+    let caller = match stream.peer_cred() {
+        Ok(c) => Caller {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "no peer credentials; closing");
+            return;
+        }
+    };
+    metrics::gauge!("vaultgate_vault_connections").increment(1.0);
+    let (mut read, write) = stream.into_split();
+    let write = Arc::new(Mutex::new(write));
+    let slow = Arc::new(Semaphore::new(MAX_SLOW_PER_CONNECTION));
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    'conn: loop {
+        match read.read_buf(&mut buf).await {
+            Ok(0) => {
+                if !buf.is_empty() {
+                    reject(
+                        &vault,
+                        &caller,
+                        &write,
+                        0,
+                        "connection closed inside a frame",
+                    )
+                    .await;
+                }
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+        loop {
+            let frame = match frame::decode(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    write_out(&write, &mut out).await;
+                    reject(&vault, &caller, &write, 0, &e.to_string()).await;
+                    break 'conn;
+                }
+            };
+            let req = match Request::from_frame(&frame) {
+                Ok(r) => r,
+                Err(e) => {
+                    write_out(&write, &mut out).await;
+                    reject(&vault, &caller, &write, frame.request_id, &e.to_string()).await;
+                    break 'conn;
+                }
+            };
+            if is_slow(req.op()) {
+                let Ok(permit) = slow.clone().acquire_owned().await else {
+                    break 'conn;
+                };
+                let (vault, write) = (vault.clone(), write.clone());
+                let id = frame.request_id;
+                tokio::spawn(async move {
+                    let op = req.op();
+                    let v = vault.clone();
+                    let resp = tokio::task::spawn_blocking(move || v.handle(&caller, &req))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Response::error(ErrorCode::Internal, "operation panicked")
+                        });
+                    let mut one = BytesMut::new();
+                    if resp.to_frame(op, id).encode(&mut one).is_ok() {
+                        write_out(&write, &mut one).await;
+                    }
+                    drop(permit);
+                });
+            } else {
+                let resp = vault.handle(&caller, &req);
+                encode_into(
+                    &resp.to_frame(req.op(), frame.request_id),
+                    &mut out,
+                    req.op(),
+                );
+            }
+        }
+        if !out.is_empty() && !write_out(&write, &mut out).await {
+            vault.audit().record(Event {
+                caller: Some(caller),
+                ..Event::system(
+                    "disconnect",
+                    Some("caller did not read its answers; disconnected".into()),
+                )
+            });
+            break;
+        }
+    }
+    metrics::gauge!("vaultgate_vault_connections").decrement(1.0);
+}
+
+fn encode_into(frame: &Frame, out: &mut BytesMut, op: crate::protocol::Op) {
+    if frame.encode(out).is_err() {
+        // Answers are bounded by request limits; this is a bug, not input.
+        tracing::error!(%op, "answer exceeds the frame limit");
+    }
+}
+
+/// Writes and clears `out`; false if the peer is gone or not reading.
+async fn write_out(write: &Mutex<OwnedWriteHalf>, out: &mut BytesMut) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let mut w = write.lock().await;
+    let ok = matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, w.write_all(out)).await,
+        Ok(Ok(()))
+    );
+    out.clear();
+    ok
+}
+
+/// Answers a malformed frame with an error, audits it; the caller then
+/// closes the connection.
+async fn reject(vault: &Vault, caller: &Caller, write: &Mutex<OwnedWriteHalf>, id: u32, why: &str) {
+    tracing::warn!(uid = caller.uid, pid = ?caller.pid, error = %why, "bad frame; closing connection");
+    metrics::counter!("vaultgate_vault_bad_frames_total").increment(1);
+    vault.audit().record(Event {
+        caller: Some(*caller),
+        op: "bad-frame".into(),
+        key: None,
+        version: None,
+        result: "error",
+        error: Some(why.to_owned()),
+    });
+    let mut out = BytesMut::new();
+    let frame = Response::error(ErrorCode::BadRequest, why).to_frame(crate::protocol::Op::Ping, id);
+    if frame.encode(&mut out).is_ok() {
+        write_out(write, &mut out).await;
+    }
+}

@@ -1,0 +1,590 @@
+//! The vault as users meet it: the real `vaultgate vault` process, driven
+//! through the CLI, the library client and raw bytes on its socket.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::vault::{http_get, run_cli, Opts, VaultProc};
+use vaultgate::client::VaultClient;
+use vaultgate::protocol::{scheme, ErrorCode, KeyType, Request};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+const SHORT_DELETION: &str = "[vault]\nmin_deletion_wait = \"1s\"\n";
+
+#[test]
+fn key_lifecycle_through_the_cli() {
+    let v = VaultProc::start_with(Opts {
+        config: Some(SHORT_DELETION.into()),
+        ..Opts::default()
+    });
+    // The exact surface users script against.
+    assert!(v
+        .ok(&["key", "create", "web", "--type", "ecdsa-p256"])
+        .contains("created web"));
+    let list = v.ok(&["key", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("web ") && l.contains("ecdsa-p256") && l.contains("enabled")),
+        "{list}"
+    );
+
+    for t in [
+        "ecdsa-p384",
+        "rsa-2048",
+        "rsa-3072",
+        "rsa-4096",
+        "ed25519",
+        "aes-256",
+    ] {
+        v.ok(&["key", "create", &format!("k-{t}"), "--type", t]);
+    }
+    let listed: serde_json::Value =
+        serde_json::from_str(&v.ok(&["key", "list", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 7);
+
+    // duplicate names, bad names and bad types are refused with a reason
+    assert!(v
+        .err(&["key", "create", "web", "--type", "ed25519"])
+        .contains("already-exists"));
+    assert!(v
+        .err(&["key", "create", "../x", "--type", "ed25519"])
+        .contains("invalid key name"));
+    assert!(v
+        .err(&["key", "create", "x", "--type", "dsa"])
+        .contains("unknown key type"));
+
+    // sign with every scheme each type allows; verify through the vault
+    let cases: &[(&str, &[&str])] = &[
+        ("web", &["ecdsa-p256-sha256"]),
+        ("k-ecdsa-p384", &["ecdsa-p384-sha384"]),
+        ("k-ed25519", &["ed25519"]),
+        (
+            "k-rsa-3072",
+            &[
+                "rsa-pkcs1-sha256",
+                "rsa-pkcs1-sha384",
+                "rsa-pkcs1-sha512",
+                "rsa-pss-sha256",
+                "rsa-pss-sha384",
+                "rsa-pss-sha512",
+            ],
+        ),
+    ];
+    for (key, schemes) in cases {
+        for s in *schemes {
+            let out = v.cli_stdin(&["key", "sign", key, "--scheme", s], b"to be signed");
+            assert!(
+                out.status.success(),
+                "{key} {s}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let sig = v.dir.path().join("sig");
+            std::fs::write(&sig, &out.stdout).unwrap();
+            let sig = sig.to_str().unwrap();
+            let ok = v.cli_stdin(
+                &["key", "verify", key, "--scheme", s, "--signature", sig],
+                b"to be signed",
+            );
+            assert!(ok.status.success(), "{key} {s} should verify");
+            let bad = v.cli_stdin(
+                &["key", "verify", key, "--scheme", s, "--signature", sig],
+                b"tampered",
+            );
+            assert!(!bad.status.success(), "{key} {s} verified a wrong message");
+        }
+    }
+    let wrong = v.cli_stdin(&["key", "sign", "web", "--scheme", "rsa-pss-sha256"], b"m");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("unsupported"));
+
+    // public key: PEM plus the SPKI SHA-256 id, matching describe
+    let public = v.ok(&["key", "public", "web"]);
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    let id = public
+        .lines()
+        .last()
+        .unwrap()
+        .strip_prefix("spki-sha256: ")
+        .unwrap()
+        .to_owned();
+    let described: serde_json::Value =
+        serde_json::from_str(&v.ok(&["key", "describe", "web"])).unwrap();
+    assert_eq!(described["versions"][0]["spki_sha256"], id.as_str());
+    assert_eq!(described["state"], "enabled");
+
+    // disable / enable
+    v.ok(&["key", "disable", "web"]);
+    let out = v.cli_stdin(
+        &["key", "sign", "web", "--scheme", "ecdsa-p256-sha256"],
+        b"m",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disabled"));
+    v.ok(&["key", "enable", "web"]);
+
+    // deletion: pending, refused, cancelled (comes back disabled), then for real
+    assert!(v
+        .err(&["key", "schedule-deletion", "web", "--wait", "0s"])
+        .contains("shorter than the minimum"));
+    v.ok(&["key", "schedule-deletion", "web", "--wait", "1h"]);
+    let out = v.cli_stdin(
+        &["key", "sign", "web", "--scheme", "ecdsa-p256-sha256"],
+        b"m",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pending-deletion"));
+    assert!(v
+        .ok(&["key", "cancel-deletion", "web"])
+        .contains("disabled"));
+    v.ok(&["key", "schedule-deletion", "web", "--wait", "1s"]);
+    common::wait_for("the key to be deleted", Duration::from_secs(10), || {
+        (!v.ok(&["key", "list"]).contains("web ")).then_some(())
+    });
+    assert!(v.err(&["key", "describe", "web"]).contains("not-found"));
+    assert!(v.audit_log().contains("\"op\":\"delete\",\"key\":\"web\""));
+}
+
+#[test]
+fn envelope_encryption_survives_rotations_and_a_crash() {
+    let mut v = VaultProc::start();
+    v.ok(&["key", "create", "data", "--type", "aes-256"]);
+    let secret = (0..=255u8).cycle().take(10_000).collect::<Vec<u8>>(); // binary-safe
+    let enc = v.cli_stdin(
+        &["data", "encrypt", "--key", "data", "--context", "tenant=1"],
+        &secret,
+    );
+    assert!(enc.status.success());
+    let blob = enc.stdout;
+    let gen = v.ok(&["data", "generate-key", "--key", "data"]);
+    let gen: serde_json::Value = serde_json::from_str(&gen).unwrap();
+
+    for _ in 0..3 {
+        v.ok(&["key", "rotate", "data"]);
+    }
+    v.kill9();
+    v.restart();
+    let described: serde_json::Value =
+        serde_json::from_str(&v.ok(&["key", "describe", "data"])).unwrap();
+    assert_eq!(described["primary"], 4);
+
+    let dec = v.cli_stdin(&["data", "decrypt", "--context", "tenant=1"], &blob);
+    assert!(
+        dec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dec.stderr)
+    );
+    assert_eq!(dec.stdout, secret);
+    // wrong context, tampered blob: refused
+    let wrong = v.cli_stdin(&["data", "decrypt", "--context", "tenant=2"], &blob);
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("invalid-ciphertext"));
+    let mut bad = blob.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(!v
+        .cli_stdin(&["data", "decrypt", "--context", "tenant=1"], &bad)
+        .status
+        .success());
+
+    // the data key's wrapped copy opens to its plaintext
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let wrapped = b64.decode(gen["ciphertext"].as_str().unwrap()).unwrap();
+    let plain = b64.decode(gen["plaintext"].as_str().unwrap()).unwrap();
+    assert_eq!(plain.len(), 32);
+    assert_eq!(v.cli_stdin(&["data", "decrypt"], &wrapped).stdout, plain);
+
+    // new encryptions use the new primary version
+    rt().block_on(async {
+        let c = VaultClient::connect(&v.socket).await.unwrap();
+        let b = c.encrypt("data", b"x", b"").await.unwrap();
+        let (_, version, _) = c.decrypt(&b, b"").await.unwrap();
+        assert_eq!(version, 4);
+        // signing keys cannot encrypt, aes keys cannot sign
+        let e = c
+            .sign("data", None, scheme::ED25519, b"m")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Unsupported));
+    });
+}
+
+#[test]
+fn kill9_between_operations_loses_nothing_committed() {
+    let mut v = VaultProc::start();
+    let mut expected = Vec::new();
+    for i in 0..6 {
+        let name = format!("k{i}");
+        let t = ["ecdsa-p256", "ed25519", "aes-256"][i % 3];
+        v.ok(&["key", "create", &name, "--type", t]);
+        if i % 2 == 0 {
+            v.ok(&["key", "rotate", &name]);
+        }
+        expected.push((name, t, if i % 2 == 0 { 2 } else { 1 }));
+        v.kill9();
+        v.restart();
+    }
+    for (name, t, primary) in &expected {
+        let d: serde_json::Value = serde_json::from_str(&v.ok(&["key", "describe", name])).unwrap();
+        assert_eq!(
+            (d["type"].as_str().unwrap(), d["primary"].as_u64().unwrap()),
+            (*t, *primary as u64),
+            "{name}"
+        );
+    }
+    // nothing half-written is left in the keystore directory
+    let stray: Vec<_> = std::fs::read_dir(v.state.join("keys"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".json"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    assert!(v.ok(&["audit", "verify"]).starts_with("ok "));
+}
+
+#[test]
+fn tampering_with_keystore_and_audit_log_is_detected() {
+    let mut v = VaultProc::start();
+    v.ok(&["key", "create", "good", "--type", "ecdsa-p256"]);
+    v.ok(&["key", "create", "victim", "--type", "ecdsa-p256"]);
+    v.kill9();
+
+    // flip one byte inside the victim's sealed material
+    let path = v.state.join("keys/victim.json");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = String::from_utf8_lossy(&bytes)
+        .find("\"sealed\": \"")
+        .unwrap()
+        + 15;
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&path, &bytes).unwrap();
+    v.restart();
+
+    let out = v.cli_stdin(
+        &["key", "sign", "victim", "--scheme", "ecdsa-p256-sha256"],
+        b"m",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("corrupt-key") && err.contains("victim"),
+        "{err}"
+    );
+    assert!(v.ok(&["key", "list"]).contains("corrupt"));
+    // the rest is served
+    let ok = v.cli_stdin(
+        &["key", "sign", "good", "--scheme", "ecdsa-p256-sha256"],
+        b"m",
+    );
+    assert!(ok.status.success());
+
+    // audit: edit one record's key name
+    assert!(v.ok(&["audit", "verify"]).starts_with("ok "));
+    v.kill9();
+    let log = v.audit_log();
+    std::fs::write(
+        v.state.join("audit.log"),
+        log.replacen("\"key\":\"good\"", "\"key\":\"gooD\"", 1),
+    )
+    .unwrap();
+    let out = Command::new(common::bin())
+        .args(["audit", "verify", "--state-dir"])
+        .arg(&v.state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("audit record") && err.contains("MAC mismatch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn callers_are_refused_beyond_their_grants_and_refusals_are_audited() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test spawns clients as other uids and must run as root (CI does; locally: sudo -E scripts/test.sh)"
+    );
+    let me = nix::unistd::geteuid().as_raw();
+    let config = format!(
+        r#"[vault]
+socket_mode = "0660"
+socket_group = "65534"
+[[vault.grant]]
+principal = "uid:{me}"
+keys = ["*"]
+ops = ["admin"]
+[[vault.grant]]
+principal = "uid:65534"
+keys = ["shared-*"]
+ops = ["sign", "public-key"]
+"#
+    );
+    let v = VaultProc::start_with(Opts {
+        config: Some(config),
+        ..Opts::default()
+    });
+    // admin may create but, without a use grant, not sign
+    v.ok(&["key", "create", "shared-web", "--type", "ecdsa-p256"]);
+    v.ok(&["key", "create", "private", "--type", "ecdsa-p256"]);
+    let out = v.cli_stdin(
+        &["key", "sign", "shared-web", "--scheme", "ecdsa-p256-sha256"],
+        b"m",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("denied"));
+
+    let as_uid = |uid: u32, gid: u32, args: &[&str]| {
+        let mut cmd = Command::new(common::bin());
+        cmd.args(args).uid(uid).gid(gid).current_dir("/");
+        run_cli(&mut cmd, &v.socket, b"message")
+    };
+    // nobody (65534, in the socket's group) may sign with shared-*, nothing more
+    let ok = as_uid(
+        65534,
+        65534,
+        &["key", "sign", "shared-web", "--scheme", "ecdsa-p256-sha256"],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for args in [
+        &["key", "sign", "private", "--scheme", "ecdsa-p256-sha256"][..],
+        &["key", "rotate", "shared-web"][..],
+        &["key", "create", "shared-new", "--type", "ed25519"][..],
+        &["key", "disable", "shared-web"][..],
+    ] {
+        let out = as_uid(65534, 65534, args);
+        assert!(!out.status.success(), "{args:?} was allowed");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("denied"),
+            "{args:?}"
+        );
+    }
+    // a uid outside the socket's group cannot even connect
+    let out = as_uid(65533, 65533, &["key", "list"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+
+    v.ok(&["audit", "verify"]);
+    let log = v.audit_log();
+    let denied: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"uid\":65534") && l.contains("\"result\":\"denied\""))
+        .collect();
+    assert_eq!(denied.len(), 4, "{log}");
+    assert!(denied.iter().any(|l| l.contains("\"op\":\"rotate\"")));
+    assert!(log.lines().any(|l| l.contains("\"uid\":65534")
+        && l.contains("\"op\":\"sign\"")
+        && l.contains("\"result\":\"ok\"")));
+}
+
+#[test]
+fn bad_frames_close_the_connection_and_the_vault_lives() {
+    let v = VaultProc::start();
+    let junk: [&[u8]; 4] = [
+        b"GET / HTTP/1.1\r\n\r\n",                         // wrong protocol
+        &[1, 2, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff], // huge length
+        &[1, 0x77, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0],          // unknown opcode
+        &[1, 2, 0, 0, 0, 0, 0, 3, 0, 0, 0, 2, 0x01, 0],    // truncated field
+    ];
+    for bytes in junk {
+        let mut s = UnixStream::connect(&v.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut answer = Vec::new();
+        // the vault answers with an error frame (where it can) and closes
+        s.read_to_end(&mut answer)
+            .expect("vault closed the connection");
+        if !answer.is_empty() {
+            assert_eq!(answer[1], 0xff, "error frame expected");
+        }
+    }
+    // a client that stops mid-frame
+    let mut s = UnixStream::connect(&v.socket).unwrap();
+    s.write_all(&[1, 1, 0, 0]).unwrap();
+    drop(s);
+
+    // everyone else is still served
+    rt().block_on(async {
+        let c = VaultClient::connect(&v.socket).await.unwrap();
+        assert_eq!(c.ping(b"still here").await.unwrap(), b"still here");
+    });
+    v.ok(&["audit", "verify"]);
+    let bad = v
+        .audit_log()
+        .lines()
+        .filter(|l| l.contains("\"op\":\"bad-frame\""))
+        .count();
+    assert_eq!(bad, 5, "{}", v.audit_log());
+}
+
+#[test]
+fn many_signatures_in_flight_on_one_connection() {
+    let v = VaultProc::start_with(Opts {
+        metrics: true,
+        ..Opts::default()
+    });
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    v.ok(&["key", "create", "rsa", "--type", "rsa-2048"]);
+    rt().block_on(async {
+        let c = VaultClient::connect(&v.socket).await.unwrap();
+        let (_, _, spki) = c.public_key("web", None).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..256u32 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let (key, s) = if i % 8 == 0 {
+                    ("rsa", scheme::RSA_PSS_SHA256)
+                } else {
+                    ("web", scheme::ECDSA_P256_SHA256)
+                };
+                let msg = i.to_be_bytes();
+                let (version, sig) = c.sign(key, None, s, &msg).await.unwrap();
+                (i, key, version, sig)
+            }));
+        }
+        for t in tasks {
+            let (i, key, version, sig) = t.await.unwrap();
+            assert_eq!(version, 1);
+            if key == "web" {
+                // each answer belongs to its own request: verify independently
+                let pk = ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_ASN1,
+                    &spki[26..],
+                );
+                pk.verify(&i.to_be_bytes(), &sig)
+                    .expect("signature matches its request");
+            }
+        }
+        let e = c
+            .call(&Request::Describe { key: "nope".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::NotFound));
+        let (t, _, _) = c.public_key("rsa", None).await.unwrap();
+        assert_eq!(t, KeyType::Rsa2048);
+    });
+    let metrics = http_get(v.metrics.expect("metrics address"), "/metrics");
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("vaultgate_vault_requests_total{")
+                && l.contains("op=\"sign\"")
+                && l.contains("result=\"ok\"")
+        })
+        .unwrap_or_else(|| panic!("no sign counter in:\n{metrics}"));
+    assert!(line.ends_with(" 256"), "{line}");
+    assert!(metrics.contains("vaultgate_vault_request_duration_seconds_bucket"));
+}
+
+#[test]
+fn backup_restores_into_an_empty_vault() {
+    let a = VaultProc::start();
+    a.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    a.ok(&["key", "rotate", "web"]);
+    a.ok(&["key", "create", "data", "--type", "aes-256"]);
+    let blob = a
+        .cli_stdin(&["data", "encrypt", "--key", "data"], b"kept")
+        .stdout;
+    let file = a.dir.path().join("backup.json");
+    let file_s = file.to_str().unwrap();
+    let export = a.cli_stdin(
+        &["backup", "export", "--out", file_s],
+        b"long backup passphrase\n",
+    );
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains("PRIVATE"), "backup must hold no clear key");
+
+    let b = VaultProc::start();
+    let wrong = b.cli_stdin(
+        &["backup", "import", "--in", file_s],
+        b"wrong passphrase!\n",
+    );
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"));
+    let restore = b.cli_stdin(
+        &["backup", "import", "--in", file_s],
+        b"long backup passphrase\n",
+    );
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    assert_eq!(
+        a.ok(&["key", "public", "web", "--version", "1"]),
+        b.ok(&["key", "public", "web", "--version", "1"])
+    );
+    assert_eq!(
+        a.ok(&["key", "public", "web"]),
+        b.ok(&["key", "public", "web"])
+    );
+    assert_eq!(b.cli_stdin(&["data", "decrypt"], &blob).stdout, b"kept");
+    // restoring over existing keys is refused
+    let again = b.cli_stdin(
+        &["backup", "import", "--in", file_s],
+        b"long backup passphrase\n",
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already-exists"));
+}
+
+#[test]
+fn passphrase_master_key_and_socket_ownership() {
+    let env = vec![("VG_TEST_PW".to_owned(), "correct horse battery".to_owned())];
+    let mut v = VaultProc::start_with(Opts {
+        env: env.clone(),
+        args: vec!["--master-key".into(), "passphrase-env:VG_TEST_PW".into()],
+        ..Opts::default()
+    });
+    v.ok(&["key", "create", "web", "--type", "ed25519"]);
+    let before = v.ok(&["key", "public", "web"]);
+
+    // a second vault on a live socket refuses to start
+    let err = v
+        .try_start_again()
+        .err()
+        .expect("second vault must not start");
+    assert!(err.contains("another process is listening"), "{err}");
+
+    // after a crash the stale socket is replaced; the same passphrase opens the keystore
+    v.restart();
+    assert_eq!(v.ok(&["key", "public", "web"]), before);
+
+    // a wrong passphrase is refused at start, with a clear message
+    v.kill9();
+    let out = Command::new(common::bin())
+        .args([
+            "vault",
+            "--master-key",
+            "passphrase-env:VG_TEST_PW",
+            "--socket",
+        ])
+        .arg(&v.socket)
+        .arg("--state-dir")
+        .arg(&v.state)
+        .env("VG_TEST_PW", "battery staple")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match this keystore"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(v.state.join("keys/web.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
