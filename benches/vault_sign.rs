@@ -1,0 +1,139 @@
+//! Signing through the vault versus signing in-process with ring, in the
+//! same run: one signature at a time (latency) and 64 in flight on one
+//! connection (throughput). Starts the real `vaultgate vault` binary.
+//!
+//! Run: `cargo bench --bench vault_sign` (figures go to BENCHMARKS.md).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use vaultgate::client::VaultClient;
+use vaultgate::protocol::{scheme, Request};
+
+struct Vault {
+    child: Child,
+    _dir: tempfile::TempDir,
+    socket: std::path::PathBuf,
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_vault() -> Vault {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("v.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vaultgate"))
+        .arg("vault")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--ready-line")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn vault");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("ready") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("vault did not start"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Vault {
+        child,
+        _dir: dir,
+        socket,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let vault = start_vault();
+    let client = rt.block_on(async {
+        let c = VaultClient::connect(&vault.socket).await.expect("connect");
+        for (name, t) in [("ec", "ecdsa-p256"), ("rsa", "rsa-2048")] {
+            c.json(&Request::Create {
+                key: name.into(),
+                key_type: vaultgate::protocol::KeyType::from_name(t).expect("type"),
+                rotate_every: None,
+            })
+            .await
+            .expect("create");
+        }
+        c
+    });
+    // A TLS 1.3 CertificateVerify input is 64 spaces + context + 0 + hash: ~130 bytes.
+    let message = vec![0x20u8; 130];
+    let rng = SystemRandom::new();
+    let ec_pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("ec");
+    let ec = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, ec_pkcs8.as_ref(), &rng).expect("ec");
+    let rsa_der = {
+        use rsa::pkcs8::EncodePrivateKey;
+        let k = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).expect("rsa");
+        k.to_pkcs8_der().expect("der").as_bytes().to_vec()
+    };
+    let rsa = RsaKeyPair::from_pkcs8(&rsa_der).expect("rsa");
+    let _ = ec.public_key();
+
+    for (alg, key, code) in [
+        ("ecdsa-p256", "ec", scheme::ECDSA_P256_SHA256),
+        ("rsa-2048", "rsa", scheme::RSA_PSS_SHA256),
+    ] {
+        let mut g = c.benchmark_group(format!("sign/{alg}"));
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("ring-in-process", |b| {
+            b.iter(|| {
+                if alg == "rsa-2048" {
+                    let mut sig = vec![0; rsa.public().modulus_len()];
+                    rsa.sign(&ring::signature::RSA_PSS_SHA256, &rng, &message, &mut sig)
+                        .expect("sign");
+                    sig
+                } else {
+                    ec.sign(&rng, &message).expect("sign").as_ref().to_vec()
+                }
+            })
+        });
+        g.bench_function("vault-one-at-a-time", |b| {
+            b.to_async(&rt)
+                .iter(|| async { client.sign(key, None, code, &message).await.expect("sign") })
+        });
+        let depth = 64;
+        g.throughput(Throughput::Elements(depth));
+        g.bench_with_input(BenchmarkId::new("vault-pipelined", depth), &depth, |b, &depth| {
+            b.to_async(&rt).iter(|| async {
+                let mut waits = Vec::with_capacity(depth as usize);
+                for _ in 0..depth {
+                    let c = client.clone();
+                    let m = message.clone();
+                    waits.push(tokio::spawn(async move { c.sign(key, None, code, &m).await }));
+                }
+                for w in waits {
+                    w.await.expect("join").expect("sign");
+                }
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = vault_sign;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(4));
+    targets = benches
+}
+criterion_main!(vault_sign);
