@@ -105,6 +105,22 @@ fn key_lifecycle_through_the_cli() {
             assert!(!bad.status.success(), "{key} {s} verified a wrong message");
         }
     }
+    // import a PKCS#8 PEM made elsewhere; its public key is the one served
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let pem_path = v.dir.path().join("imported.pem");
+    std::fs::write(&pem_path, kp.serialize_pem()).unwrap();
+    let pem_path = pem_path.to_str().unwrap();
+    assert!(v.ok(&["key", "import", "legacy", "--pem", pem_path]).contains("imported legacy (ecdsa-p256)"));
+    let served = v.ok(&["key", "public", "legacy"]);
+    assert!(served.starts_with(&kp.public_key_pem()), "{served}");
+    let kp2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(v.dir.path().join("imported.pem"), kp2.serialize_pem()).unwrap();
+    assert!(v.ok(&["key", "import", "legacy", "--pem", pem_path, "--new-version"]).contains("version 2"));
+    assert!(v.ok(&["key", "public", "legacy"]).starts_with(&kp2.public_key_pem()));
+    assert!(v.ok(&["key", "public", "legacy", "--version", "1"]).starts_with(&kp.public_key_pem()));
+    std::fs::write(v.dir.path().join("imported.pem"), "not a key").unwrap();
+    assert!(v.err(&["key", "import", "junk", "--pem", pem_path]).contains("invalid-input"));
+
     let wrong = v.cli_stdin(&["key", "sign", "web", "--scheme", "rsa-pss-sha256"], b"m");
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("unsupported"));
 

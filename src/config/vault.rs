@@ -375,3 +375,24 @@ ops = ["use"]
         );
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// Every example in config/ parses and its [vault] section validates.
+    #[test]
+    fn every_shipped_config_has_a_valid_vault_section() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let loaded = super::super::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                VaultSettings::from_loaded(&loaded).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "expected the shipped examples in {}", dir.display());
+    }
+}
