@@ -128,7 +128,73 @@ fn benches(c: &mut Criterion) {
             })
         });
         g.finish();
+        cpu_per_signature(&rt, &client, &vault, alg, key, code, &message, || {
+            if alg == "rsa-2048" {
+                let mut sig = vec![0; rsa.public().modulus_len()];
+                let _ = rsa.sign(&ring::signature::RSA_PSS_SHA256, &rng, &message, &mut sig);
+            } else {
+                let _ = ec.sign(&rng, &message);
+            }
+        });
     }
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // fields after the ")" that ends the command name: utime is 14th overall
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// The figure to trust on a shared machine: CPU time per signature, the
+/// vault process's (everything it does for a signature: decode, policy,
+/// sign, audit) against ring's in this process.
+#[allow(clippy::too_many_arguments)]
+fn cpu_per_signature(
+    rt: &tokio::runtime::Runtime,
+    client: &VaultClient,
+    vault: &Vault,
+    alg: &str,
+    key: &'static str,
+    code: u16,
+    message: &[u8],
+    in_process: impl Fn(),
+) {
+    let n: u32 = if alg == "rsa-2048" { 2_000 } else { 40_000 };
+    let t0 = cpu_time_self();
+    for _ in 0..n {
+        in_process();
+    }
+    let ring_us = (cpu_time_self() - t0) * 1e6 / n as f64;
+    let before = cpu_seconds(vault.child.id());
+    rt.block_on(async {
+        let mut inflight = tokio::task::JoinSet::new();
+        for i in 0..n {
+            if inflight.len() >= 64 {
+                inflight.join_next().await;
+            }
+            let (c, m) = (client.clone(), message.to_vec());
+            inflight.spawn(async move { c.sign(key, None, code, &m).await.map(|_| i) });
+        }
+        while inflight.join_next().await.is_some() {}
+    });
+    let vault_us = (cpu_seconds(vault.child.id()) - before) * 1e6 / n as f64;
+    println!(
+        "cpu/{alg}: ring in-process {ring_us:.1} us/sig, vault process {vault_us:.1} us/sig, \
+         vault throughput per core = {:.2} x in-process",
+        ring_us / vault_us
+    );
+}
+
+fn cpu_time_self() -> f64 {
+    cpu_seconds(std::process::id())
 }
 
 criterion_group! {
