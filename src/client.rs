@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::protocol::codec::CodecError;
 use crate::protocol::{
-    ErrorCode, Frame, FrameCodec, KeyType, Op, ProtocolError, Request, Response,
+    ErrorCode, Frame, FrameCodec, KeyEvent, KeyType, Op, ProtocolError, Request, Response, OP_EVENT,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,7 @@ impl ClientError {
 }
 
 type Pending = Mutex<HashMap<u32, oneshot::Sender<Frame>>>;
+type Subscriptions = Mutex<HashMap<u32, mpsc::UnboundedSender<KeyEvent>>>;
 
 /// A multiplexed connection to the vault. Cheap to clone; all clones share
 /// the connection.
@@ -60,6 +61,7 @@ type Pending = Mutex<HashMap<u32, oneshot::Sender<Frame>>>;
 pub struct VaultClient {
     tx: mpsc::UnboundedSender<Frame>,
     pending: Arc<Pending>,
+    subscriptions: Arc<Subscriptions>,
     next_id: Arc<AtomicU32>,
     timeout: Option<Duration>,
 }
@@ -98,21 +100,40 @@ impl VaultClient {
 
         // Reader: hand each answer to whoever waits for its id.
         let reader_pending = pending.clone();
+        let subscriptions: Arc<Subscriptions> = Arc::default();
+        let reader_subs = subscriptions.clone();
         tokio::spawn(async move {
             let mut frames = FramedRead::new(read, FrameCodec);
             while let Some(Ok(frame)) = frames.next().await {
+                if frame.opcode == OP_EVENT {
+                    let mut subs = reader_subs.lock().unwrap_or_else(|e| e.into_inner());
+                    if let (Some(tx), Ok(event)) =
+                        (subs.get(&frame.request_id), KeyEvent::from_frame(&frame))
+                    {
+                        if tx.send(event).is_err() {
+                            subs.remove(&frame.request_id);
+                        }
+                    }
+                    continue;
+                }
                 let waiter = lock(&reader_pending).remove(&frame.request_id);
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(frame);
                 }
             }
-            // Dropping the senders wakes every waiter with `Closed`.
+            // Dropping the senders wakes every waiter with `Closed` and
+            // ends every subscription's stream.
             lock(&reader_pending).clear();
+            reader_subs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
         });
 
         Ok(VaultClient {
             tx,
             pending,
+            subscriptions,
             next_id: Arc::new(AtomicU32::new(1)),
             timeout: None,
         })
@@ -132,8 +153,49 @@ impl VaultClient {
     /// Sends one request and waits for its answer. A vault error becomes
     /// [`ClientError::Vault`].
     pub async fn call(&self, req: &Request) -> Result<Response, ClientError> {
-        let op = req.op();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.call_with_id(req, id).await
+    }
+
+    /// Subscribes to key changes: rotations, state changes, certificates
+    /// bound, deletions. The stream ends when the connection does.
+    pub async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<KeyEvent>, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        match self.call_with_id(&Request::Subscribe, id).await {
+            Ok(_) => Ok(rx),
+            Err(e) => {
+                self.subscriptions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The certificate chain (PEM) bound to a key version, and the version.
+    pub async fn cert_get(
+        &self,
+        key: &str,
+        version: Option<u32>,
+    ) -> Result<(u32, String), ClientError> {
+        let req = Request::CertGet {
+            key: key.to_owned(),
+            version,
+        };
+        match self.call(&req).await? {
+            Response::Certificate { version, chain_pem } => Ok((version, chain_pem)),
+            _ => Err(ClientError::Unexpected { op: Op::CertGet }),
+        }
+    }
+
+    async fn call_with_id(&self, req: &Request, id: u32) -> Result<Response, ClientError> {
+        let op = req.op();
         let frame = req.to_frame(id);
         if frame.body.len() > crate::protocol::MAX_BODY {
             return Err(ClientError::TooLarge(ProtocolError::FrameTooLarge(

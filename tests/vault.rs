@@ -110,16 +110,33 @@ fn key_lifecycle_through_the_cli() {
     let pem_path = v.dir.path().join("imported.pem");
     std::fs::write(&pem_path, kp.serialize_pem()).unwrap();
     let pem_path = pem_path.to_str().unwrap();
-    assert!(v.ok(&["key", "import", "legacy", "--pem", pem_path]).contains("imported legacy (ecdsa-p256)"));
+    assert!(v
+        .ok(&["key", "import", "legacy", "--pem", pem_path])
+        .contains("imported legacy (ecdsa-p256)"));
     let served = v.ok(&["key", "public", "legacy"]);
     assert!(served.starts_with(&kp.public_key_pem()), "{served}");
     let kp2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     std::fs::write(v.dir.path().join("imported.pem"), kp2.serialize_pem()).unwrap();
-    assert!(v.ok(&["key", "import", "legacy", "--pem", pem_path, "--new-version"]).contains("version 2"));
-    assert!(v.ok(&["key", "public", "legacy"]).starts_with(&kp2.public_key_pem()));
-    assert!(v.ok(&["key", "public", "legacy", "--version", "1"]).starts_with(&kp.public_key_pem()));
+    assert!(v
+        .ok(&[
+            "key",
+            "import",
+            "legacy",
+            "--pem",
+            pem_path,
+            "--new-version"
+        ])
+        .contains("version 2"));
+    assert!(v
+        .ok(&["key", "public", "legacy"])
+        .starts_with(&kp2.public_key_pem()));
+    assert!(v
+        .ok(&["key", "public", "legacy", "--version", "1"])
+        .starts_with(&kp.public_key_pem()));
     std::fs::write(v.dir.path().join("imported.pem"), "not a key").unwrap();
-    assert!(v.err(&["key", "import", "junk", "--pem", pem_path]).contains("invalid-input"));
+    assert!(v
+        .err(&["key", "import", "junk", "--pem", pem_path])
+        .contains("invalid-input"));
 
     let wrong = v.cli_stdin(&["key", "sign", "web", "--scheme", "rsa-pss-sha256"], b"m");
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("unsupported"));
@@ -572,8 +589,7 @@ fn passphrase_master_key_and_socket_ownership() {
     // a second vault on a live socket refuses to start
     let err = v
         .try_start_again()
-        .err()
-        .expect("second vault must not start");
+        .expect_err("second vault must not start");
     assert!(err.contains("another process is listening"), "{err}");
 
     // after a crash the stale socket is replaced; the same passphrase opens the keystore
@@ -603,4 +619,106 @@ fn passphrase_master_key_and_socket_ownership() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn rotation_keeps_the_old_version_signing_for_the_grace_period_and_pushes_events() {
+    let v = VaultProc::start_with(Opts {
+        config: Some("[vault]\nsign_grace = \"2s\"\n".into()),
+        ..Opts::default()
+    });
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    rt().block_on(async {
+        let c = VaultClient::connect(&v.socket).await.unwrap();
+        let mut events = c.subscribe().await.unwrap();
+
+        v.ok(&["key", "rotate", "web"]);
+        let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.key.as_str(), e.primary), ("web", 2));
+        let described: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+        assert!(described["versions"][0]["retire_at"].is_u64());
+
+        // within the grace period both versions sign; the primary by default
+        let (v1, _) = c
+            .sign("web", Some(1), scheme::ECDSA_P256_SHA256, b"m")
+            .await
+            .unwrap();
+        let (v2, _) = c
+            .sign("web", None, scheme::ECDSA_P256_SHA256, b"m")
+            .await
+            .unwrap();
+        assert_eq!((v1, v2), (1, 2));
+        // after it, version 1 is retired for signing but still verifies
+        let (_, old_sig) = c
+            .sign("web", Some(1), scheme::ECDSA_P256_SHA256, b"x")
+            .await
+            .unwrap();
+        let retired = common::wait_for("version 1 to retire", Duration::from_secs(10), || {
+            let out = v.cli_stdin(
+                &[
+                    "key",
+                    "sign",
+                    "web",
+                    "--version",
+                    "1",
+                    "--scheme",
+                    "ecdsa-p256-sha256",
+                ],
+                b"m",
+            );
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            (!out.status.success()).then_some(err)
+        });
+        assert!(retired.contains("version-retired"), "{retired}");
+        assert!(c
+            .verify("web", Some(1), scheme::ECDSA_P256_SHA256, b"x", &old_sig)
+            .await
+            .unwrap());
+
+        // state changes are pushed too
+        v.ok(&["key", "disable", "web"]);
+        let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let described: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+        assert_eq!(described["state"], "disabled");
+    });
+}
+
+#[test]
+fn certificates_bind_to_the_key_version_they_match() {
+    let v = VaultProc::start();
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let pem = v.dir.path().join("k.pem");
+    std::fs::write(&pem, kp.serialize_pem()).unwrap();
+    v.ok(&["key", "import", "web", "--pem", pem.to_str().unwrap()]);
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&kp)
+        .unwrap();
+    let chain = v.dir.path().join("chain.pem");
+    std::fs::write(&chain, cert.pem()).unwrap();
+    let chain = chain.to_str().unwrap();
+
+    assert!(v
+        .err(&["cert", "show", "web"])
+        .contains("no certificate is bound"));
+    assert!(v
+        .ok(&["cert", "install", "web", "--chain", chain])
+        .contains("version 1"));
+    assert_eq!(v.ok(&["cert", "show", "web"]), cert.pem());
+
+    // after a rotation the new version has a new key: the old cert does not fit it
+    v.ok(&["key", "rotate", "web"]);
+    let err = v.err(&["cert", "install", "web", "--chain", chain]);
+    assert!(err.contains("is not key \"web\" version 2"), "{err}");
+    assert_eq!(v.ok(&["cert", "show", "web", "--version", "1"]), cert.pem());
+    std::fs::write(v.dir.path().join("chain.pem"), "junk").unwrap();
+    assert!(v
+        .err(&["cert", "install", "web", "--chain", chain, "--version", "1"])
+        .contains("no certificate in the chain"));
 }

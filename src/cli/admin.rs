@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use zeroize::Zeroizing;
 
-use super::args::{AuditCommand, BackupCommand, Conn, DataCommand, KeyCommand};
+use super::args::{AuditCommand, BackupCommand, CertCommand, Conn, DataCommand, KeyCommand};
 use super::fail;
 use crate::client::VaultClient;
 use crate::config::{self, vault::VaultSettings};
@@ -336,6 +336,38 @@ pub fn data(cmd: DataCommand) -> ExitCode {
                         )
                     }
                 }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn cert(cmd: CertCommand) -> ExitCode {
+    block_on(async move {
+        match cmd {
+            CertCommand::Install {
+                key,
+                chain,
+                version,
+                conn,
+            } => {
+                let pem = std::fs::read_to_string(&chain)
+                    .map_err(|e| format!("{}: {e}", chain.display()))?;
+                let c = connect(&conn).await?;
+                c.json(&Request::CertInstall {
+                    key: key.clone(),
+                    version,
+                    chain_pem: pem,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                let (v, _) = c.cert_get(&key, version).await.map_err(|e| e.to_string())?;
+                println!("installed certificate for {key} version {v}");
+            }
+            CertCommand::Show { key, version, conn } => {
+                let c = connect(&conn).await?;
+                let (_, pem) = c.cert_get(&key, version).await.map_err(|e| e.to_string())?;
+                print!("{pem}");
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -32,6 +32,9 @@ pub enum Command {
     /// Envelope encryption with `aes-256` keys (stdin to stdout, binary-safe).
     #[command(subcommand)]
     Data(DataCommand),
+    /// Certificates bound to key versions.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -214,6 +217,30 @@ pub enum DataCommand {
         /// Write the wrapped key here instead of printing it.
         #[arg(long)]
         ciphertext_out: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Bind a certificate chain (PEM, leaf first) to a key version, after
+    /// checking that the leaf's public key is that version's.
+    Install {
+        key: String,
+        #[arg(long)]
+        chain: PathBuf,
+        /// Key version [default: the primary]
+        #[arg(long)]
+        version: Option<u32>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the chain bound to a key version.
+    Show {
+        key: String,
+        #[arg(long)]
+        version: Option<u32>,
         #[command(flatten)]
         conn: Conn,
     },

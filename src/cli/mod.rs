@@ -20,6 +20,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Check(a) => check::main(a),
         Command::Key(c) => admin::key(c),
         Command::Data(c) => admin::data(c),
+        Command::Cert(c) => admin::cert(c),
         Command::Audit(c) => admin::audit(c),
         Command::Backup(c) => admin::backup(c),
     }

@@ -26,6 +26,10 @@ pub struct VaultFile {
     pub min_deletion_wait: Option<Spanned<String>>,
     /// Waiting period when a deletion request names none.
     pub default_deletion_wait: Option<Spanned<String>>,
+    /// How long a signing version keeps signing after a rotation made
+    /// another version primary, so handshakes that chose its certificate
+    /// complete. Then it is retired (it still verifies).
+    pub sign_grace: Option<Spanned<String>>,
     /// Prometheus metrics listener, e.g. "127.0.0.1:9101".
     pub metrics_listen: Option<Spanned<String>>,
     /// Also send audit records to the local syslog.
@@ -91,6 +95,8 @@ pub struct Grant {
 /// The operations a `use` grant allows: a principal that signs needs no
 /// admin rights.
 pub const USE_OPS: &[Op] = &[
+    Op::Subscribe,
+    Op::CertGet,
     Op::Sign,
     Op::Verify,
     Op::PublicKey,
@@ -103,6 +109,9 @@ pub const USE_OPS: &[Op] = &[
 
 /// The operations an `admin` grant allows. It does not imply use.
 pub const ADMIN_OPS: &[Op] = &[
+    Op::CertInstall,
+    Op::Subscribe,
+    Op::CertGet,
     Op::Create,
     Op::Import,
     Op::Rotate,
@@ -127,6 +136,7 @@ pub struct VaultSettings {
     pub master_key: MasterKeySource,
     pub min_deletion_wait: Duration,
     pub default_deletion_wait: Duration,
+    pub sign_grace: Duration,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub syslog: bool,
     /// Empty means "no grants configured": the vault's own uid gets all.
@@ -147,6 +157,7 @@ impl Default for VaultSettings {
             master_key: MasterKeySource::File,
             min_deletion_wait: WEEK,
             default_deletion_wait: WEEK,
+            sign_grace: Duration::from_secs(3600),
             metrics_listen: None,
             syslog: false,
             grants: Vec::new(),
@@ -205,6 +216,9 @@ impl VaultSettings {
                 span,
                 "default_deletion_wait is shorter than min_deletion_wait",
             ));
+        }
+        if let Some(d) = duration::parse_opt(&src, &v.sign_grace)? {
+            s.sign_grace = d;
         }
         if let Some(m) = &v.metrics_listen {
             s.metrics_listen = Some(m.get_ref().parse().map_err(|e| {

@@ -38,10 +38,13 @@ pub enum Op {
     BackupExport = 0x19,
     BackupImport = 0x1a,
     AuditVerify = 0x1b,
+    Subscribe = 0x20,
+    CertInstall = 0x21,
+    CertGet = 0x22,
 }
 
 impl Op {
-    pub const ALL: [Op; 19] = [
+    pub const ALL: [Op; 22] = [
         Op::Ping,
         Op::Sign,
         Op::Verify,
@@ -61,6 +64,9 @@ impl Op {
         Op::BackupExport,
         Op::BackupImport,
         Op::AuditVerify,
+        Op::Subscribe,
+        Op::CertInstall,
+        Op::CertGet,
     ];
 
     pub fn from_u8(v: u8) -> Option<Op> {
@@ -89,6 +95,9 @@ impl Op {
             Op::BackupExport => "backup-export",
             Op::BackupImport => "backup-import",
             Op::AuditVerify => "audit-verify",
+            Op::Subscribe => "subscribe",
+            Op::CertInstall => "cert-install",
+            Op::CertGet => "cert-get",
         }
     }
 
@@ -257,6 +266,22 @@ pub enum Request {
         salt: Vec<u8>,
     },
     AuditVerify,
+    /// Ask for a [`KeyEvent`] whenever a key the caller may see changes
+    /// (rotation, state, certificate). Events arrive as `OP_EVENT` frames
+    /// carrying this request's id, until the connection closes.
+    Subscribe,
+    /// Bind a certificate chain (PEM, leaf first) to a key version; the
+    /// leaf's public key must be that version's.
+    CertInstall {
+        key: String,
+        version: Option<u32>,
+        chain_pem: String,
+    },
+    /// The chain bound to a version (the primary if none is named).
+    CertGet {
+        key: String,
+        version: Option<u32>,
+    },
 }
 
 impl Request {
@@ -281,6 +306,9 @@ impl Request {
             Request::BackupExport { .. } => Op::BackupExport,
             Request::BackupImport { .. } => Op::BackupImport,
             Request::AuditVerify => Op::AuditVerify,
+            Request::Subscribe => Op::Subscribe,
+            Request::CertInstall { .. } => Op::CertInstall,
+            Request::CertGet { .. } => Op::CertGet,
         }
     }
 
@@ -301,12 +329,15 @@ impl Request {
             | Request::Disable { key }
             | Request::ScheduleDeletion { key, .. }
             | Request::CancelDeletion { key }
-            | Request::BackupExport { key, .. } => Some(key),
+            | Request::BackupExport { key, .. }
+            | Request::CertInstall { key, .. }
+            | Request::CertGet { key, .. } => Some(key),
             Request::Ping { .. }
             | Request::Decrypt { .. }
             | Request::List
             | Request::BackupImport { .. }
-            | Request::AuditVerify => None,
+            | Request::AuditVerify
+            | Request::Subscribe => None,
         }
     }
 
@@ -387,7 +418,19 @@ impl Request {
                     w.bytes(Tag::Flag, &[1]);
                 }
             }
-            Request::List | Request::AuditVerify => {}
+            Request::List | Request::AuditVerify | Request::Subscribe => {}
+            Request::CertInstall {
+                key,
+                version,
+                chain_pem,
+            } => {
+                w.str(Tag::KeyName, key)
+                    .opt_u32(Tag::KeyVersion, *version)
+                    .str(Tag::Pem, chain_pem);
+            }
+            Request::CertGet { key, version } => {
+                w.str(Tag::KeyName, key).opt_u32(Tag::KeyVersion, *version);
+            }
             Request::Describe { key }
             | Request::Rotate { key }
             | Request::Enable { key }
@@ -512,12 +555,27 @@ impl Request {
                     new_version,
                 }
             }
-            Op::List | Op::AuditVerify => {
+            Op::List | Op::AuditVerify | Op::Subscribe => {
                 f.only(&[])?;
-                if op == Op::List {
-                    Request::List
-                } else {
-                    Request::AuditVerify
+                match op {
+                    Op::List => Request::List,
+                    Op::AuditVerify => Request::AuditVerify,
+                    _ => Request::Subscribe,
+                }
+            }
+            Op::CertInstall => {
+                f.only(&[Tag::KeyName, Tag::KeyVersion, Tag::Pem])?;
+                Request::CertInstall {
+                    key: key(&f)?,
+                    version: f.opt_u32(Tag::KeyVersion)?,
+                    chain_pem: f.str(Tag::Pem)?.to_owned(),
+                }
+            }
+            Op::CertGet => {
+                f.only(&[Tag::KeyName, Tag::KeyVersion])?;
+                Request::CertGet {
+                    key: key(&f)?,
+                    version: f.opt_u32(Tag::KeyVersion)?,
                 }
             }
             Op::Describe | Op::Rotate | Op::Enable | Op::Disable | Op::CancelDeletion => {
@@ -674,6 +732,10 @@ pub enum Response {
     BackupEntry {
         blob: Vec<u8>,
     },
+    Certificate {
+        version: u32,
+        chain_pem: String,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -739,6 +801,9 @@ impl Response {
             }
             Response::BackupEntry { blob } => {
                 w.bytes(Tag::Blob, blob);
+            }
+            Response::Certificate { version, chain_pem } => {
+                w.u32(Tag::KeyVersion, *version).str(Tag::Pem, chain_pem);
             }
             Response::Error { code, message } => {
                 opcode = OP_ERROR;
@@ -825,6 +890,13 @@ impl Response {
                     blob: f.bytes(Tag::Blob)?.to_vec(),
                 }
             }
+            Op::CertGet => {
+                f.only(&[Tag::KeyVersion, Tag::Pem])?;
+                Response::Certificate {
+                    version: f.u32(Tag::KeyVersion)?,
+                    chain_pem: f.str(Tag::Pem)?.to_owned(),
+                }
+            }
             Op::Create
             | Op::Import
             | Op::List
@@ -835,7 +907,9 @@ impl Response {
             | Op::ScheduleDeletion
             | Op::CancelDeletion
             | Op::BackupImport
-            | Op::AuditVerify => {
+            | Op::AuditVerify
+            | Op::Subscribe
+            | Op::CertInstall => {
                 f.only(&[Tag::Json])?;
                 Response::Json {
                     json: f.str(Tag::Json)?.to_owned(),
@@ -843,5 +917,40 @@ impl Response {
             }
         };
         Ok(resp)
+    }
+}
+
+/// A change to a key, pushed to subscribers as an `OP_EVENT` frame with the
+/// subscribe request's id. `key` is `"*"` when events were dropped (the
+/// subscriber fell behind): re-read every key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEvent {
+    pub key: String,
+    /// The key's primary version after the change (0 if deleted or unknown).
+    pub primary: u32,
+    /// The key's describe JSON after the change (`null` if deleted).
+    pub json: String,
+}
+
+impl KeyEvent {
+    pub fn to_frame(&self, request_id: u32) -> Frame {
+        let mut w = Writer::new();
+        w.str(Tag::KeyName, &self.key)
+            .u32(Tag::KeyVersion, self.primary)
+            .str(Tag::Json, &self.json);
+        Frame::new(OP_EVENT, request_id, w.finish().freeze())
+    }
+
+    pub fn from_frame(frame: &Frame) -> Result<KeyEvent, ProtocolError> {
+        if frame.opcode != OP_EVENT {
+            return Err(ProtocolError::UnexpectedOpcode(frame.opcode));
+        }
+        let f = Fields::parse(&frame.body)?;
+        f.only(&[Tag::KeyName, Tag::KeyVersion, Tag::Json])?;
+        Ok(KeyEvent {
+            key: f.str(Tag::KeyName)?.to_owned(),
+            primary: f.u32(Tag::KeyVersion)?,
+            json: f.str(Tag::Json)?.to_owned(),
+        })
     }
 }

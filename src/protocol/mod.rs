@@ -13,7 +13,9 @@ pub mod scheme;
 
 pub use codec::FrameCodec;
 pub use frame::{Frame, HEADER_LEN, MAX_BODY, VERSION};
-pub use message::{ErrorCode, KeyType, Op, Request, Response, Secret, OP_ERROR, OP_EVENT};
+pub use message::{
+    ErrorCode, KeyEvent, KeyType, Op, Request, Response, Secret, OP_ERROR, OP_EVENT,
+};
 
 /// Why bytes from a peer are not a valid message. Every variant means the
 /// peer is broken or hostile: the connection is closed.
@@ -56,6 +58,11 @@ pub fn fuzz_decode(data: &[u8]) {
             let again = req.to_frame(frame.request_id);
             let back = Request::from_frame(&again).expect("re-encoded request must decode");
             assert_eq!(req, back, "request round trip");
+        }
+        if let Ok(event) = KeyEvent::from_frame(&frame) {
+            let back = KeyEvent::from_frame(&event.to_frame(frame.request_id))
+                .expect("re-encoded event must decode");
+            assert_eq!(event, back, "event round trip");
         }
         if let Some(op) = Op::from_u8(frame.opcode & !message::RESPONSE_BIT) {
             if let Ok(resp) = Response::from_frame(op, &frame) {

@@ -77,6 +77,16 @@ fn sample_requests() -> Vec<Request> {
             salt: vec![9; 16],
         },
         Request::AuditVerify,
+        Request::Subscribe,
+        Request::CertInstall {
+            key: "k".into(),
+            version: Some(2),
+            chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+        },
+        Request::CertGet {
+            key: "k".into(),
+            version: None,
+        },
     ]
 }
 
@@ -133,6 +143,14 @@ fn sample_responses() -> Vec<(Op, Response)> {
             Response::BackupEntry { blob: vec![8; 10] },
         ),
         (Op::Sign, Response::error(ErrorCode::Denied, "no grant")),
+        (
+            Op::CertGet,
+            Response::Certificate {
+                version: 3,
+                chain_pem: "pem".into(),
+            },
+        ),
+        (Op::Subscribe, Response::Json { json: "{}".into() }),
     ]
 }
 
@@ -250,4 +268,16 @@ proptest! {
         prop_assert_eq!(frame.request_id, id);
         prop_assert_eq!(Request::from_frame(&frame).unwrap(), req);
     }
+}
+
+#[test]
+fn key_events_round_trip() {
+    let e = KeyEvent {
+        key: "web".into(),
+        primary: 3,
+        json: "{}".into(),
+    };
+    let frame = Frame::parse_exact(&wire(&e.to_frame(9))).unwrap();
+    assert_eq!((frame.opcode, frame.request_id), (OP_EVENT, 9));
+    assert_eq!(KeyEvent::from_frame(&frame).unwrap(), e);
 }

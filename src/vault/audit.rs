@@ -11,11 +11,11 @@
 //! is appended and fdatasync'ed at most every few milliseconds; the head
 //! is replaced atomically every quarter second, on flush and at exit.
 
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::fmt::Write as _;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -232,7 +232,11 @@ impl Writer {
         };
         num(&mut line, "uid", e.caller.map(|c| c.uid.into()));
         num(&mut line, "gid", e.caller.map(|c| c.gid.into()));
-        num(&mut line, "pid", e.caller.and_then(|c| c.pid).map(i64::from));
+        num(
+            &mut line,
+            "pid",
+            e.caller.and_then(|c| c.pid).map(i64::from),
+        );
         line.push_str(",\"op\":");
         json_str(&mut line, Some(&e.op));
         line.push_str(",\"key\":");

@@ -50,6 +50,10 @@ struct EntryVersion {
     version: u32,
     created: u64,
     origin: Origin,
+    #[serde(default)]
+    retire_at: Option<u64>,
+    #[serde(default)]
+    cert_chain: Option<String>,
     secret: String,
 }
 
@@ -117,6 +121,8 @@ pub fn export(key: &Key, wrap: &ring::aead::LessSafeKey) -> Result<Vec<u8>, Back
             version: v.version,
             created: v.created,
             origin: v.origin,
+            retire_at: v.retire_at,
+            cert_chain: v.cert_chain.clone(),
             secret: B64.encode(m.secret()),
         });
     }
@@ -170,7 +176,14 @@ pub fn import(
             BackupError::Malformed(format!("version {} secret is not base64", v.version))
         })?);
         let material = Material::from_secret(entry.key_type, secret)?;
-        key.restore_version(subkeys, v.version, v.created, v.origin, material)?;
+        key.restore_version(
+            subkeys,
+            v.version,
+            v.created,
+            v.origin,
+            (v.retire_at, v.cert_chain.clone()),
+            material,
+        )?;
     }
     if !key.versions.contains_key(&entry.primary) {
         return Err(BackupError::Malformed("primary version missing".into()));
@@ -188,6 +201,7 @@ impl Key {
         version: u32,
         created: u64,
         origin: Origin,
+        (retire_at, cert_chain): (Option<u64>, Option<String>),
         material: Material,
     ) -> Result<(), keys::KeyError> {
         let aad = super::record::version_aad(&self.record, version);
@@ -197,6 +211,8 @@ impl Key {
             created,
             origin,
             sealed: B64.encode(sealed),
+            retire_at,
+            cert_chain,
         });
         self.versions.insert(version, Arc::new(material));
         Ok(())

@@ -48,7 +48,8 @@ enum Inner {
     Ecdsa(EcdsaKeyPair),
     Rsa(RsaKeyPair),
     Ed25519(Ed25519KeyPair),
-    Aes(ring::aead::LessSafeKey),
+    // Boxed: the expanded AES key schedule is twice the size of the others.
+    Aes(Box<ring::aead::LessSafeKey>),
 }
 
 impl std::fmt::Debug for Material {
@@ -137,7 +138,7 @@ impl Material {
                 let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &secret)
                     .map_err(|_| bad())?;
                 (
-                    Inner::Aes(ring::aead::LessSafeKey::new(unbound)),
+                    Inner::Aes(Box::new(ring::aead::LessSafeKey::new(unbound))),
                     Vec::new(),
                 )
             }

@@ -12,7 +12,7 @@ use super::keystore::{Keystore, StoreError};
 use super::policy::{Caller, Policy};
 use super::record::{Key, KeyState, Origin, RecordError};
 use crate::config::vault::{is_name_char, VaultSettings};
-use crate::protocol::{ErrorCode, KeyType, Op, Request, Response};
+use crate::protocol::{ErrorCode, KeyEvent, KeyType, Op, Request, Response};
 
 /// Largest plaintext `encrypt` takes (KMS takes 4 KiB; we allow 64 KiB).
 pub const MAX_PLAINTEXT: usize = 64 * 1024;
@@ -104,6 +104,8 @@ pub struct Vault {
     /// Serialises keystore changes: read, modify, write, publish.
     write_lock: Mutex<()>,
     backup_keys: backup::KeyCache,
+    /// Key changes, for subscribers (proxies swapping certificates).
+    events: tokio::sync::broadcast::Sender<KeyEvent>,
 }
 
 pub fn now() -> u64 {
@@ -128,6 +130,7 @@ pub fn is_slow(op: Op) -> bool {
             | Op::BackupExport
             | Op::BackupImport
             | Op::AuditVerify
+            | Op::CertInstall
     )
 }
 
@@ -154,7 +157,33 @@ impl Vault {
             audit,
             write_lock: Mutex::new(()),
             backup_keys: backup::KeyCache::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// A receiver of every key change from now on. Subscribe before
+    /// reading current state, so nothing falls between.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<KeyEvent> {
+        self.events.subscribe()
+    }
+
+    /// Whether `caller` may be told about changes to `key`.
+    pub fn may_watch(&self, caller: &Caller, key: &str) -> bool {
+        key == "*" || self.policy.allows(caller, Op::Subscribe, Some(key))
+    }
+
+    fn publish(&self, key: &Key) {
+        let _ = self.events.send(KeyEvent {
+            key: key.name().to_owned(),
+            primary: key.record.primary,
+            json: key.describe().to_string(),
+        });
+    }
+
+    fn put(&self, key: Key) -> Result<Arc<Key>, OpError> {
+        let key = self.store.put(key)?;
+        self.publish(&key);
+        Ok(key)
     }
 
     pub fn audit(&self) -> &Audit {
@@ -274,6 +303,15 @@ impl Vault {
                 salt,
             } => self.backup_import(caller, blob, passphrase, salt),
             Request::AuditVerify => plain(self.audit_verify()),
+            Request::Subscribe => plain(Ok(Done::new(Response::Json {
+                json: serde_json::json!({"subscribed": true}).to_string(),
+            }))),
+            Request::CertInstall {
+                key,
+                version,
+                chain_pem,
+            } => plain(self.cert_install(key, *version, chain_pem)),
+            Request::CertGet { key, version } => plain(self.cert_get(key, *version)),
         }
     }
 
@@ -319,10 +357,7 @@ impl Vault {
         }
     }
 
-    fn version<'k>(
-        key: &'k Key,
-        version: Option<u32>,
-    ) -> Result<(u32, &'k Arc<Material>), OpError> {
+    fn version(key: &Key, version: Option<u32>) -> Result<(u32, &Arc<Material>), OpError> {
         key.material(version).ok_or_else(|| {
             OpError::new(
                 ErrorCode::NotFound,
@@ -344,6 +379,20 @@ impl Vault {
     ) -> Result<Done, OpError> {
         let key = self.usable(name)?;
         let (v, m) = Self::version(&key, version)?;
+        if v != key.record.primary {
+            let retire_at = key
+                .record
+                .versions
+                .iter()
+                .find(|r| r.version == v)
+                .and_then(|r| r.retire_at);
+            if retire_at.is_some_and(|t| t <= now()) {
+                return Err(OpError::new(
+                    ErrorCode::VersionRetired,
+                    format!("key {name:?} version {v} is retired and no longer signs"),
+                ));
+            }
+        }
         let signature = m.sign(scheme, message)?;
         Ok(Done::new(Response::Signature {
             version: v,
@@ -523,7 +572,7 @@ impl Vault {
             rotate_every,
             now(),
         )?;
-        let key = self.store.put(key)?;
+        let key = self.put(key)?;
         Ok(Done::new(Self::describe_json(&key)).key(name, Some(1)))
     }
 
@@ -565,12 +614,13 @@ impl Vault {
                     ));
                 }
                 let mut key = (*existing).clone();
+                Self::start_grace(&mut key, self.settings.sign_grace.as_secs());
                 key.add_version(self.store.subkeys(), material, Origin::Imported, now())?;
                 key
             }
         };
         let version = key.record.primary;
-        let key = self.store.put(key)?;
+        let key = self.put(key)?;
         Ok(Done::new(Self::describe_json(&key)).key(name, Some(version)))
     }
 
@@ -591,9 +641,83 @@ impl Vault {
         let material = Material::generate(current.key_type())?;
         let _guard = self.lock();
         let mut key = (*self.find(name)?).clone();
+        Self::start_grace(&mut key, self.settings.sign_grace.as_secs());
         let version = key.add_version(self.store.subkeys(), material, Origin::Generated, now())?;
-        let key = self.store.put(key)?;
+        let key = self.put(key)?;
         Ok(Done::new(Self::describe_json(&key)).key(name, Some(version)))
+    }
+
+    /// The primary version is about to be replaced: let it keep signing
+    /// for `grace` seconds, for handshakes that already chose its
+    /// certificate.
+    fn start_grace(key: &mut Key, grace: u64) {
+        if !key.key_type().is_signing() {
+            return;
+        }
+        let primary = key.record.primary;
+        if let Some(v) = key
+            .record
+            .versions
+            .iter_mut()
+            .find(|v| v.version == primary)
+        {
+            v.retire_at = Some(now() + grace);
+        }
+    }
+
+    fn cert_install(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        chain_pem: &str,
+    ) -> Result<Done, OpError> {
+        let bad = |m: String| OpError::new(ErrorCode::InvalidInput, m);
+        let chain: Vec<_> = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(format!("certificate chain does not parse: {e}")))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| bad("no certificate in the chain".into()))?;
+        let parsed = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| bad(format!("leaf certificate does not parse: {e}")))?;
+        let leaf_spki = parsed.subject_public_key_info();
+        let _guard = self.lock();
+        let mut key = (*self.find(name)?).clone();
+        let (v, m) = Self::version(&key, version)?;
+        if m.spki() != leaf_spki.as_ref() {
+            return Err(bad(format!(
+                "the certificate's public key ({}) is not key {name:?} version {v}'s ({})",
+                keys::spki_sha256(leaf_spki.as_ref()),
+                keys::spki_sha256(m.spki())
+            )));
+        }
+        if let Some(r) = key.record.versions.iter_mut().find(|r| r.version == v) {
+            r.cert_chain = Some(chain_pem.to_owned());
+        }
+        let key = self.put(key)?;
+        Ok(Done::new(Self::describe_json(&key)).key(name, Some(v)))
+    }
+
+    fn cert_get(&self, name: &str, version: Option<u32>) -> Result<Done, OpError> {
+        let key = self.find(name)?;
+        let (v, _) = Self::version(&key, version)?;
+        let chain = key
+            .record
+            .versions
+            .iter()
+            .find(|r| r.version == v)
+            .and_then(|r| r.cert_chain.clone())
+            .ok_or_else(|| {
+                OpError::new(
+                    ErrorCode::NotFound,
+                    format!("no certificate is bound to key {name:?} version {v}"),
+                )
+            })?;
+        Ok(Done::new(Response::Certificate {
+            version: v,
+            chain_pem: chain,
+        })
+        .key(name, Some(v)))
     }
 
     fn modify(
@@ -604,7 +728,7 @@ impl Vault {
         let _guard = self.lock();
         let mut key = (*self.find(name)?).clone();
         f(&mut key)?;
-        let key = self.store.put(key)?;
+        let key = self.put(key)?;
         Ok(Done::new(Self::describe_json(&key)).key(name, None))
     }
 
@@ -684,7 +808,7 @@ impl Vault {
                 format!("key {name:?} already exists; restore into an empty vault"),
             )));
         }
-        let key = self.store.put(key).map_err(|e| fail(e.into()))?;
+        let key = self.put(key).map_err(fail)?;
         Ok(Done::new(Self::describe_json(&key)).key(&name, Some(key.record.primary)))
     }
 
@@ -707,6 +831,11 @@ impl Vault {
             if r.state == KeyState::PendingDeletion && r.deletion_at.is_some_and(|t| t <= now) {
                 let _guard = self.lock();
                 let result = self.store.remove(&name);
+                let _ = self.events.send(KeyEvent {
+                    key: name.clone(),
+                    primary: 0,
+                    json: "null".into(),
+                });
                 let error = result.as_ref().err().map(|e| e.to_string());
                 self.audit.record(Event {
                     key: Some(name.clone()),

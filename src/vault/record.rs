@@ -52,6 +52,14 @@ pub struct VersionRecord {
     pub origin: Origin,
     /// base64 of `nonce || ciphertext || tag`.
     pub sealed: String,
+    /// Unix seconds after which this version may no longer sign (set when
+    /// a rotation makes another version primary). It still verifies and
+    /// decrypts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<u64>,
+    /// The certificate chain (PEM, leaf first) bound to this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_chain: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +197,8 @@ impl Key {
             created: now,
             origin,
             sealed: B64.encode(sealed),
+            retire_at: None,
+            cert_chain: None,
         });
         if version > 1 {
             self.record.rotated = Some(now);
@@ -282,6 +292,8 @@ impl Key {
                 "version": v.version,
                 "created": v.created,
                 "origin": v.origin,
+                "retire_at": v.retire_at,
+                "certificate": v.cert_chain.is_some(),
                 "spki_sha256": self.versions.get(&v.version)
                     .filter(|m| !m.spki().is_empty())
                     .map(|m| keys::spki_sha256(m.spki())),

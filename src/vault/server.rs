@@ -23,7 +23,7 @@ use super::audit::Event;
 use super::ops::{is_slow, Vault};
 use super::policy::Caller;
 use super::VaultError;
-use crate::protocol::{frame, ErrorCode, Frame, Request, Response};
+use crate::protocol::{frame, ErrorCode, Frame, KeyEvent, Request, Response};
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 1024;
@@ -134,6 +134,7 @@ async fn serve_connection(stream: UnixStream, vault: Arc<Vault>) {
     let slow = Arc::new(Semaphore::new(MAX_SLOW_PER_CONNECTION));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut forwarders: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     'conn: loop {
         match read.read_buf(&mut buf).await {
             Ok(0) => {
@@ -190,6 +191,24 @@ async fn serve_connection(stream: UnixStream, vault: Arc<Vault>) {
                     }
                     drop(permit);
                 });
+            } else if req == Request::Subscribe {
+                // Receive from before the answer, so no change falls between.
+                let events = vault.subscribe();
+                let resp = vault.handle(&caller, &req);
+                if !matches!(resp, Response::Error { .. }) {
+                    forwarders.push(tokio::spawn(forward_events(
+                        events,
+                        vault.clone(),
+                        caller,
+                        write.clone(),
+                        frame.request_id,
+                    )));
+                }
+                encode_into(
+                    &resp.to_frame(req.op(), frame.request_id),
+                    &mut out,
+                    req.op(),
+                );
             } else {
                 let resp = vault.handle(&caller, &req);
                 encode_into(
@@ -210,7 +229,41 @@ async fn serve_connection(stream: UnixStream, vault: Arc<Vault>) {
             break;
         }
     }
+    for f in forwarders {
+        f.abort();
+    }
     metrics::gauge!("vaultgate_vault_connections").decrement(1.0);
+}
+
+/// Pushes key changes the caller may see, as event frames carrying the
+/// subscribe request's id, until the connection goes.
+async fn forward_events(
+    mut events: tokio::sync::broadcast::Receiver<KeyEvent>,
+    vault: Arc<Vault>,
+    caller: Caller,
+    write: Arc<Mutex<OwnedWriteHalf>>,
+    id: u32,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            // Fell behind: tell the subscriber to re-read everything.
+            Err(RecvError::Lagged(_)) => KeyEvent {
+                key: "*".into(),
+                primary: 0,
+                json: "null".into(),
+            },
+            Err(RecvError::Closed) => return,
+        };
+        if !vault.may_watch(&caller, &event.key) {
+            continue;
+        }
+        let mut out = BytesMut::new();
+        if event.to_frame(id).encode(&mut out).is_err() || !write_out(&write, &mut out).await {
+            return;
+        }
+    }
 }
 
 fn encode_into(frame: &Frame, out: &mut BytesMut, op: crate::protocol::Op) {
