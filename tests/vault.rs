@@ -722,3 +722,30 @@ fn certificates_bind_to_the_key_version_they_match() {
         .err(&["cert", "install", "web", "--chain", chain, "--version", "1"])
         .contains("no certificate in the chain"));
 }
+
+#[test]
+fn keys_rotate_on_their_schedule() {
+    let v = VaultProc::start();
+    v.ok(&[
+        "key",
+        "create",
+        "data",
+        "--type",
+        "aes-256",
+        "--rotate-every",
+        "1s",
+    ]);
+    let blob = v
+        .cli_stdin(&["data", "encrypt", "--key", "data"], b"before")
+        .stdout;
+    common::wait_for("a scheduled rotation", Duration::from_secs(15), || {
+        let d: serde_json::Value =
+            serde_json::from_str(&v.ok(&["key", "describe", "data"])).ok()?;
+        (d["primary"].as_u64()? >= 2).then_some(())
+    });
+    assert_eq!(v.cli_stdin(&["data", "decrypt"], &blob).stdout, b"before");
+    v.ok(&["audit", "verify"]);
+    assert!(v.audit_log().lines().any(|l| l
+        .contains("\"op\":\"scheduled-rotate\",\"key\":\"data\"")
+        && l.contains("\"result\":\"ok\"")));
+}
