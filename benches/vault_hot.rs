@@ -1,0 +1,100 @@
+//! The vault's hot pieces, one at a time: protocol encode/decode of a sign
+//! request and its answer, an audit record, an envelope encryption.
+//!
+//! Run: `cargo bench --bench vault_hot`.
+
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use vaultgate::protocol::{frame, scheme, Op, Request, Response};
+use vaultgate::vault::audit::{Audit, Event};
+use vaultgate::vault::keys::Material;
+use vaultgate::vault::policy::Caller;
+
+fn protocol(c: &mut Criterion) {
+    let req = Request::Sign {
+        key: "default".into(),
+        version: Some(3),
+        scheme: scheme::ECDSA_P256_SHA256,
+        message: vec![0x20; 130],
+    };
+    let mut wire = BytesMut::new();
+    req.to_frame(7).encode(&mut wire).expect("encode");
+    let wire = wire.freeze();
+    let resp = Response::Signature {
+        version: 3,
+        signature: vec![0x30; 71],
+    };
+    let mut g = c.benchmark_group("protocol");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sign-request-encode", |b| {
+        b.iter(|| {
+            let mut out = BytesMut::with_capacity(256);
+            req.to_frame(7).encode(&mut out).expect("encode");
+            out
+        })
+    });
+    g.bench_function("sign-request-decode", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(&wire[..]);
+            let f = frame::decode(&mut buf).expect("frame").expect("whole");
+            Request::from_frame(&f).expect("request")
+        })
+    });
+    g.bench_function("signature-answer-round-trip", |b| {
+        b.iter(|| {
+            let f = resp.to_frame(Op::Sign, 7);
+            Response::from_frame(Op::Sign, &f).expect("response")
+        })
+    });
+    g.finish();
+}
+
+fn audit(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]);
+    let audit = Audit::open(dir.path(), key, false).expect("audit");
+    let caller = Caller {
+        uid: 33,
+        gid: 33,
+        pid: Some(1234),
+    };
+    let mut g = c.benchmark_group("audit");
+    let batch = 20_000u64;
+    g.throughput(Throughput::Elements(batch));
+    // Records queued and written (JSON line, HMAC chain, fdatasync per
+    // group); per element = per signature's record.
+    g.bench_function("sign-record", |b| {
+        b.iter(|| {
+            for _ in 0..batch {
+                audit.record(Event {
+                    caller: Some(caller),
+                    op: "sign".into(),
+                    key: Some("default".into()),
+                    version: Some(3),
+                    result: "ok",
+                    error: None,
+                });
+            }
+            audit.flush();
+        })
+    });
+    g.finish();
+}
+
+fn envelope(c: &mut Criterion) {
+    let m = Material::generate(vaultgate::protocol::KeyType::Aes256).expect("aes key");
+    let plain = vec![7u8; 4096];
+    let mut g = c.benchmark_group("envelope");
+    g.throughput(Throughput::Bytes(plain.len() as u64));
+    g.bench_function("aes-256-gcm-seal-4k", |b| {
+        b.iter(|| m.seal(b"ctx", &plain).expect("seal"))
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = hot;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(3));
+    targets = protocol, audit, envelope
+}
+criterion_main!(hot);
