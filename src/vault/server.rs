@@ -82,6 +82,13 @@ pub async fn serve(
     vault: Arc<Vault>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let workers = match Workers::start() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start connection workers");
+            return;
+        }
+    };
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(1);
@@ -100,9 +107,19 @@ pub async fn serve(
         match accepted {
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(1);
+                // Hand the socket to a worker's own reactor.
+                let std_stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot hand over a connection");
+                        continue;
+                    }
+                };
                 let vault = vault.clone();
-                tokio::spawn(async move {
-                    serve_connection(stream, vault).await;
+                workers.next().spawn(async move {
+                    if let Ok(stream) = UnixStream::from_std(std_stream) {
+                        serve_connection(stream, vault).await;
+                    }
                     drop(permit);
                 });
             }
@@ -113,6 +130,47 @@ pub async fn serve(
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// One single-threaded runtime per core, each serving its share of the
+/// connections. A connection's reads, signatures and writes then stay on
+/// one thread: no cross-thread wake-ups on the signing path, which on a
+/// work-stealing runtime cost more kernel time than the decode and encode.
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Workers {
+    fn start() -> std::io::Result<Workers> {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut handles = Vec::with_capacity(n);
+        let mut stops = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            stops.push(stop);
+            std::thread::Builder::new()
+                .name(format!("vault-conn-{i}"))
+                .spawn(move || {
+                    let _ = rt.block_on(stopped);
+                })?;
+        }
+        Ok(Workers {
+            handles,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            _stop: stops,
+        })
+    }
+
+    fn next(&self) -> &tokio::runtime::Handle {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.handles[i % self.handles.len()]
     }
 }
 
