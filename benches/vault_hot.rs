@@ -72,7 +72,7 @@ fn audit(c: &mut Criterion) {
                 for _ in 0..batch {
                     audit.record(Event {
                         caller: Some(caller),
-                        op: "sign".into(),
+                        op: "sign",
                         key: Some("default".into()),
                         version: Some(3),
                         result: "ok",

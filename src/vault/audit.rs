@@ -37,7 +37,7 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 #[derive(Debug, Clone)]
 pub struct Event {
     pub caller: Option<Caller>,
-    pub op: String,
+    pub op: &'static str,
     pub key: Option<String>,
     pub version: Option<u32>,
     /// "ok", "denied" or "error".
@@ -46,10 +46,10 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn system(op: &str, error: Option<String>) -> Event {
+    pub fn system(op: &'static str, error: Option<String>) -> Event {
         Event {
             caller: None,
-            op: op.to_owned(),
+            op,
             key: None,
             version: None,
             result: if error.is_some() { "error" } else { "ok" },
@@ -119,6 +119,7 @@ impl Audit {
             key,
             seq,
             prev,
+            line: String::with_capacity(512),
             syslog: if syslog { Syslog::connect() } else { None },
         };
         let (tx, rx) = mpsc::channel();
@@ -159,6 +160,8 @@ struct Writer {
     key: ring::hmac::Key,
     seq: u64,
     prev: String,
+    /// Reused for every line, to spare an allocation per record.
+    line: String,
     syslog: Option<Syslog>,
 }
 
@@ -220,10 +223,13 @@ impl Writer {
     fn append(&mut self, buf: &mut Vec<u8>, e: Event, clock: &mut Clock) {
         self.seq += 1;
         let start = buf.len();
-        // Written by hand, not through serde: this runs once per signature.
-        // `verify` reads it back with serde, so the two must agree.
-        let mut line = String::with_capacity(320);
-        let _ = write!(line, "{{\"seq\":{},\"time\":\"{}\"", self.seq, clock.now());
+        // Written by hand into a reused buffer, not through serde: this
+        // runs once per signature. `verify` reads it back with serde.
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        let _ = write!(line, "{{\"seq\":{},\"time\":\"", self.seq);
+        clock.write(&mut line);
+        line.push('"');
         let num = |line: &mut String, name: &str, v: Option<i64>| {
             let _ = match v {
                 Some(v) => write!(line, ",\"{name}\":{v}"),
@@ -238,7 +244,7 @@ impl Writer {
             e.caller.and_then(|c| c.pid).map(i64::from),
         );
         line.push_str(",\"op\":");
-        json_str(&mut line, Some(&e.op));
+        json_str(&mut line, Some(e.op));
         line.push_str(",\"key\":");
         json_str(&mut line, e.key.as_deref());
         num(&mut line, "version", e.version.map(i64::from));
@@ -246,16 +252,23 @@ impl Writer {
         json_str(&mut line, Some(e.result));
         line.push_str(",\"error\":");
         json_str(&mut line, e.error.as_deref());
-        let _ = write!(line, ",\"prev\":\"{}\"", self.prev);
-        let mac = hex::encode(ring::hmac::sign(&self.key, line.as_bytes()));
+        line.push_str(",\"prev\":\"");
+        line.push_str(&self.prev);
+        line.push('"');
+        let tag = ring::hmac::sign(&self.key, line.as_bytes());
+        let mut mac = [0u8; 64];
+        let _ = hex::encode_to_slice(tag.as_ref(), &mut mac);
         buf.extend_from_slice(line.as_bytes());
         buf.extend_from_slice(MAC_FIELD.as_bytes());
-        buf.extend_from_slice(mac.as_bytes());
+        buf.extend_from_slice(&mac);
         buf.extend_from_slice(b"\"}\n");
         if let Some(s) = &self.syslog {
             s.send(&buf[start..buf.len() - 1]);
         }
-        self.prev = mac;
+        self.prev.clear();
+        self.prev
+            .push_str(std::str::from_utf8(&mac).unwrap_or_default());
+        self.line = line;
     }
 
     fn commit(&mut self, buf: &[u8], head: bool) -> std::io::Result<()> {
@@ -297,7 +310,7 @@ struct Clock {
 }
 
 impl Clock {
-    fn now(&mut self) -> String {
+    fn write(&mut self, out: &mut String) {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -310,7 +323,8 @@ impl Clock {
                 .unwrap_or_default();
             self.prefix = full.trim_end_matches('Z').to_owned();
         }
-        format!("{}.{:09}Z", self.prefix, d.subsec_nanos())
+        out.push_str(&self.prefix);
+        let _ = write!(out, ".{:09}Z", d.subsec_nanos());
     }
 }
 
@@ -463,7 +477,7 @@ mod tests {
                     gid: 2,
                     pid: Some(3),
                 }),
-                op: "sign".into(),
+                op: "sign",
                 key: Some(format!("k{i}")),
                 version: Some(1),
                 result: "ok",

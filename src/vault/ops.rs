@@ -220,7 +220,7 @@ impl Vault {
         if op != Op::Ping {
             self.audit.record(Event {
                 caller: Some(*caller),
-                op: op.name().to_owned(),
+                op: op.name(),
                 key,
                 version,
                 result,

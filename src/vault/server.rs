@@ -352,7 +352,7 @@ async fn reject(vault: &Vault, caller: &Caller, write: &Mutex<OwnedWriteHalf>, i
     metrics::counter!("vaultgate_vault_bad_frames_total").increment(1);
     vault.audit().record(Event {
         caller: Some(*caller),
-        op: "bad-frame".into(),
+        op: "bad-frame",
         key: None,
         version: None,
         result: "error",
