@@ -749,3 +749,74 @@ fn keys_rotate_on_their_schedule() {
         .contains("\"op\":\"scheduled-rotate\",\"key\":\"data\"")
         && l.contains("\"result\":\"ok\"")));
 }
+
+#[test]
+fn a_ca_key_in_the_vault_issues_and_reissues_across_rotations() {
+    let v = VaultProc::start();
+    v.ok(&["key", "create", "ca", "--type", "ecdsa-p384"]);
+    v.ok(&["cert", "issue", "ca", "--is-ca", "--common-name", "test CA"]);
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    assert!(v
+        .err(&["cert", "issue", "web", "--ca", "ca"])
+        .contains("needs at least one name"));
+    v.ok(&[
+        "cert",
+        "issue",
+        "web",
+        "--ca",
+        "ca",
+        "--name",
+        "localhost",
+        "--name",
+        "127.0.0.1",
+        "--days",
+        "30",
+    ]);
+
+    let ca_pem = v.ok(&["cert", "show", "ca"]);
+    use rustls::client::danger::ServerCertVerifier;
+    let verify = |chain_pem: &str| {
+        // the leaf verifies against the CA for its names, as a TLS client would
+        let certs: Vec<_> = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let ca = rustls_pemfile::certs(&mut ca_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        verifier
+            .verify_server_cert(
+                &certs[0],
+                &certs[1..],
+                &rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .expect("leaf verifies against the vault CA");
+        certs[0].clone()
+    };
+    let first = verify(&v.ok(&["cert", "show", "web"]));
+
+    // rotate, reissue without naming anything: same names, new key
+    v.ok(&["key", "rotate", "web"]);
+    v.ok(&["cert", "issue", "web", "--ca", "ca"]);
+    let second = verify(&v.ok(&["cert", "show", "web"]));
+    assert_ne!(first, second);
+    let d: serde_json::Value = serde_json::from_str(&v.ok(&["key", "describe", "web"])).unwrap();
+    assert_eq!(d["versions"][1]["certificate"], true);
+
+    // a CSR for an external CA, signed by the vault key
+    let csr = v.ok(&["cert", "csr", "web", "--name", "www.example.test"]);
+    assert!(
+        csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+        "{csr}"
+    );
+}

@@ -364,6 +364,64 @@ pub fn cert(cmd: CertCommand) -> ExitCode {
                 let (v, _) = c.cert_get(&key, version).await.map_err(|e| e.to_string())?;
                 println!("installed certificate for {key} version {v}");
             }
+            CertCommand::Csr {
+                key,
+                names,
+                common_name,
+                version,
+                out,
+                conn,
+            } => {
+                let params =
+                    serde_json::json!({"names": names, "common_name": common_name}).to_string();
+                let c = connect(&conn).await?;
+                let resp = c
+                    .call(&Request::CertCsr {
+                        key,
+                        version,
+                        params,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let crate::protocol::Response::Certificate { chain_pem, .. } = resp else {
+                    return Err("unexpected answer".into());
+                };
+                match out {
+                    Some(path) => crate::fsutil::write_atomic(&path, chain_pem.as_bytes(), 0o644)
+                        .map_err(|e| format!("{}: {e}", path.display()))?,
+                    None => print!("{chain_pem}"),
+                }
+            }
+            CertCommand::Issue {
+                key,
+                ca,
+                names,
+                common_name,
+                days,
+                is_ca,
+                version,
+                conn,
+            } => {
+                let params = serde_json::json!({
+                    "ca": ca,
+                    "names": names,
+                    "common_name": common_name,
+                    "days": days,
+                    "is_ca": is_ca,
+                })
+                .to_string();
+                let c = connect(&conn).await?;
+                let v = c
+                    .json(&Request::CertIssue {
+                        key: key.clone(),
+                        version,
+                        params,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let issued = version.unwrap_or(v["primary"].as_u64().unwrap_or(0) as u32);
+                println!("issued a certificate for {key} version {issued}");
+            }
             CertCommand::Show { key, version, conn } => {
                 let c = connect(&conn).await?;
                 let (_, pem) = c.cert_get(&key, version).await.map_err(|e| e.to_string())?;

@@ -236,6 +236,46 @@ pub enum CertCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Write a CSR signed by the key (for an external CA); then
+    /// `cert install` binds the chain the CA returns.
+    Csr {
+        key: String,
+        /// DNS name or IP address (repeatable).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        common_name: Option<String>,
+        #[arg(long)]
+        version: Option<u32>,
+        /// Write the CSR here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Issue and bind a certificate for a key version, signed by a CA key
+    /// held in the vault (or self-signed without --ca). Without --name, the
+    /// names and lifetime of the certificate being replaced are kept.
+    Issue {
+        key: String,
+        /// The vault key of the issuing CA.
+        #[arg(long)]
+        ca: Option<String>,
+        #[arg(long = "name")]
+        names: Vec<String>,
+        #[arg(long)]
+        common_name: Option<String>,
+        /// Lifetime in days.
+        #[arg(long)]
+        days: Option<u32>,
+        /// Make a CA certificate.
+        #[arg(long)]
+        is_ca: bool,
+        #[arg(long)]
+        version: Option<u32>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Print the chain bound to a key version.
     Show {
         key: String,

@@ -110,6 +110,8 @@ pub const USE_OPS: &[Op] = &[
 /// The operations an `admin` grant allows. It does not imply use.
 pub const ADMIN_OPS: &[Op] = &[
     Op::CertInstall,
+    Op::CertCsr,
+    Op::CertIssue,
     Op::Subscribe,
     Op::CertGet,
     Op::Create,

@@ -41,10 +41,12 @@ pub enum Op {
     Subscribe = 0x20,
     CertInstall = 0x21,
     CertGet = 0x22,
+    CertCsr = 0x23,
+    CertIssue = 0x24,
 }
 
 impl Op {
-    pub const ALL: [Op; 22] = [
+    pub const ALL: [Op; 24] = [
         Op::Ping,
         Op::Sign,
         Op::Verify,
@@ -67,6 +69,8 @@ impl Op {
         Op::Subscribe,
         Op::CertInstall,
         Op::CertGet,
+        Op::CertCsr,
+        Op::CertIssue,
     ];
 
     pub fn from_u8(v: u8) -> Option<Op> {
@@ -98,6 +102,8 @@ impl Op {
             Op::Subscribe => "subscribe",
             Op::CertInstall => "cert-install",
             Op::CertGet => "cert-get",
+            Op::CertCsr => "cert-csr",
+            Op::CertIssue => "cert-issue",
         }
     }
 
@@ -282,6 +288,22 @@ pub enum Request {
         key: String,
         version: Option<u32>,
     },
+    /// A CSR signed by the key version; `params` is JSON
+    /// `{"names": [...], "common_name": "..."}`.
+    CertCsr {
+        key: String,
+        version: Option<u32>,
+        params: String,
+    },
+    /// Issue and bind a certificate for the key version; `params` is JSON
+    /// `{"ca": "KEY", "names": [...], "common_name": "...", "days": N,
+    /// "is_ca": bool}`, every member optional (no `ca`: self-signed; no
+    /// `names`: those of the certificate being replaced).
+    CertIssue {
+        key: String,
+        version: Option<u32>,
+        params: String,
+    },
 }
 
 impl Request {
@@ -309,6 +331,8 @@ impl Request {
             Request::Subscribe => Op::Subscribe,
             Request::CertInstall { .. } => Op::CertInstall,
             Request::CertGet { .. } => Op::CertGet,
+            Request::CertCsr { .. } => Op::CertCsr,
+            Request::CertIssue { .. } => Op::CertIssue,
         }
     }
 
@@ -331,7 +355,9 @@ impl Request {
             | Request::CancelDeletion { key }
             | Request::BackupExport { key, .. }
             | Request::CertInstall { key, .. }
-            | Request::CertGet { key, .. } => Some(key),
+            | Request::CertGet { key, .. }
+            | Request::CertCsr { key, .. }
+            | Request::CertIssue { key, .. } => Some(key),
             Request::Ping { .. }
             | Request::Decrypt { .. }
             | Request::List
@@ -430,6 +456,20 @@ impl Request {
             }
             Request::CertGet { key, version } => {
                 w.str(Tag::KeyName, key).opt_u32(Tag::KeyVersion, *version);
+            }
+            Request::CertCsr {
+                key,
+                version,
+                params,
+            }
+            | Request::CertIssue {
+                key,
+                version,
+                params,
+            } => {
+                w.str(Tag::KeyName, key)
+                    .opt_u32(Tag::KeyVersion, *version)
+                    .str(Tag::Json, params);
             }
             Request::Describe { key }
             | Request::Rotate { key }
@@ -576,6 +616,27 @@ impl Request {
                 Request::CertGet {
                     key: key(&f)?,
                     version: f.opt_u32(Tag::KeyVersion)?,
+                }
+            }
+            Op::CertCsr | Op::CertIssue => {
+                f.only(&[Tag::KeyName, Tag::KeyVersion, Tag::Json])?;
+                let (key, version, params) = (
+                    key(&f)?,
+                    f.opt_u32(Tag::KeyVersion)?,
+                    f.str(Tag::Json)?.to_owned(),
+                );
+                if op == Op::CertCsr {
+                    Request::CertCsr {
+                        key,
+                        version,
+                        params,
+                    }
+                } else {
+                    Request::CertIssue {
+                        key,
+                        version,
+                        params,
+                    }
                 }
             }
             Op::Describe | Op::Rotate | Op::Enable | Op::Disable | Op::CancelDeletion => {
@@ -890,7 +951,7 @@ impl Response {
                     blob: f.bytes(Tag::Blob)?.to_vec(),
                 }
             }
-            Op::CertGet => {
+            Op::CertGet | Op::CertCsr => {
                 f.only(&[Tag::KeyVersion, Tag::Pem])?;
                 Response::Certificate {
                     version: f.u32(Tag::KeyVersion)?,
@@ -909,7 +970,8 @@ impl Response {
             | Op::BackupImport
             | Op::AuditVerify
             | Op::Subscribe
-            | Op::CertInstall => {
+            | Op::CertInstall
+            | Op::CertIssue => {
                 f.only(&[Tag::Json])?;
                 Response::Json {
                     json: f.str(Tag::Json)?.to_owned(),

@@ -256,7 +256,7 @@ impl Material {
     }
 
     /// The raw public key ring's verifiers take (point, RSAPublicKey, …).
-    fn public_key_bytes(&self) -> &[u8] {
+    pub fn public_key_bytes(&self) -> &[u8] {
         match &self.inner {
             Inner::Ecdsa(p) => p.public_key().as_ref(),
             Inner::Ed25519(p) => p.public_key().as_ref(),

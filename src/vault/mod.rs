@@ -8,12 +8,14 @@
 //! - [`audit`]    — the chained, tamper-evident audit log
 //! - [`envelope`] — the ciphertext blob format of encrypt/decrypt
 //! - [`backup`]   — wrapped backup entries
+//! - [`issue`]    — CSRs and certificates made with vault keys (rcgen)
 //! - [`ops`]      — what each request does
 //! - [`server`]   — the Unix socket and per-connection pipelining
 
 pub mod audit;
 pub mod backup;
 pub mod envelope;
+pub mod issue;
 pub mod keys;
 pub mod keystore;
 pub mod master;

@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::audit::{Audit, Event};
 use super::backup;
 use super::envelope;
+use super::issue;
 use super::keys::{self, KeyError, Material};
 use super::keystore::{Keystore, StoreError};
 use super::policy::{Caller, Policy};
@@ -131,7 +132,31 @@ pub fn is_slow(op: Op) -> bool {
             | Op::BackupImport
             | Op::AuditVerify
             | Op::CertInstall
+            | Op::CertCsr
+            | Op::CertIssue
     )
+}
+
+/// Parameters of `cert-issue`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueParams {
+    ca: Option<String>,
+    #[serde(default)]
+    names: Vec<String>,
+    common_name: Option<String>,
+    days: Option<u32>,
+    #[serde(default)]
+    is_ca: bool,
+}
+
+fn issue_error(e: issue::IssueError) -> OpError {
+    let code = match e {
+        issue::IssueError::NotSigning(_) => ErrorCode::Unsupported,
+        issue::IssueError::Rcgen(_) => ErrorCode::Internal,
+        _ => ErrorCode::InvalidInput,
+    };
+    OpError::new(code, e.to_string())
 }
 
 fn check_name(name: &str) -> Result<(), OpError> {
@@ -312,6 +337,16 @@ impl Vault {
                 chain_pem,
             } => plain(self.cert_install(key, *version, chain_pem)),
             Request::CertGet { key, version } => plain(self.cert_get(key, *version)),
+            Request::CertCsr {
+                key,
+                version,
+                params,
+            } => plain(self.cert_csr(key, *version, params)),
+            Request::CertIssue {
+                key,
+                version,
+                params,
+            } => plain(self.cert_issue(caller, key, *version, params)),
         }
     }
 
@@ -696,6 +731,91 @@ impl Vault {
         }
         let key = self.put(key)?;
         Ok(Done::new(Self::describe_json(&key)).key(name, Some(v)))
+    }
+
+    fn cert_csr(&self, name: &str, version: Option<u32>, params: &str) -> Result<Done, OpError> {
+        let names: issue::Names = serde_json::from_str(params)
+            .map_err(|e| OpError::new(ErrorCode::InvalidInput, format!("CSR parameters: {e}")))?;
+        let key = self.usable(name)?;
+        let (v, m) = Self::version(&key, version)?;
+        let csr = issue::csr(m, &names).map_err(issue_error)?;
+        Ok(Done::new(Response::Certificate {
+            version: v,
+            chain_pem: csr,
+        })
+        .key(name, Some(v)))
+    }
+
+    /// Issues a certificate for a key version (self-signed, or by a CA key
+    /// held here) and binds it, as `cert_install` would.
+    fn cert_issue(
+        &self,
+        caller: &Caller,
+        name: &str,
+        version: Option<u32>,
+        params: &str,
+    ) -> Result<Done, OpError> {
+        let p: IssueParams = serde_json::from_str(params)
+            .map_err(|e| OpError::new(ErrorCode::InvalidInput, format!("issue parameters: {e}")))?;
+        let ca = match &p.ca {
+            Some(ca) => {
+                // Using a CA key to issue is governed by that key's grants too.
+                self.authorize(caller, Op::CertIssue, Some(ca))?;
+                let ca_key = self.usable(ca)?;
+                let (cv, cm) = Self::version(&ca_key, None)?;
+                let chain = Self::chain_of(&ca_key, cv).ok_or_else(|| {
+                    OpError::new(
+                        ErrorCode::NotFound,
+                        format!(
+                            "CA key {ca:?} has no certificate; issue it one with is_ca and no ca"
+                        ),
+                    )
+                })?;
+                Some((cm.clone(), chain))
+            }
+            None => None,
+        };
+        let _guard = self.lock();
+        let mut key = (*self.usable(name)?).clone();
+        let (v, m) = Self::version(&key, version)?;
+        let m = m.clone();
+        // The certificate being replaced: this version's, or the newest
+        // earlier version's.
+        let previous = key
+            .record
+            .versions
+            .iter()
+            .filter(|r| r.version <= v && r.cert_chain.is_some())
+            .max_by_key(|r| r.version)
+            .and_then(|r| r.cert_chain.clone());
+        let names = (!p.names.is_empty() || p.common_name.is_some()).then(|| issue::Names {
+            names: p.names.clone(),
+            common_name: p.common_name.clone(),
+        });
+        let chain = issue::issue(issue::Issue {
+            subject: &m,
+            names,
+            previous: previous.as_deref(),
+            lifetime: p
+                .days
+                .map(|d| std::time::Duration::from_secs(u64::from(d) * 86400)),
+            ca: ca.as_ref().map(|(m, c)| (m, c.as_str())),
+            is_ca: p.is_ca,
+        })
+        .map_err(issue_error)?;
+        if let Some(r) = key.record.versions.iter_mut().find(|r| r.version == v) {
+            r.cert_chain = Some(chain);
+        }
+        let key = self.put(key)?;
+        Ok(Done::new(Self::describe_json(&key)).key(name, Some(v)))
+    }
+
+    fn chain_of(key: &Key, version: u32) -> Option<String> {
+        key.record
+            .versions
+            .iter()
+            .find(|r| r.version == version)
+            .and_then(|r| r.cert_chain.clone())
     }
 
     fn cert_get(&self, name: &str, version: Option<u32>) -> Result<Done, OpError> {

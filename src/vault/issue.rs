@@ -1,0 +1,201 @@
+//! Certificates made inside the vault with rcgen: CSRs signed by a vault
+//! key, and certificates issued by a CA key held in the vault. rcgen signs
+//! through [`VaultSigner`], so it never holds a copy of any private key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, RemoteKeyPair,
+    SignatureAlgorithm,
+};
+use rustls::pki_types::CertificateDer;
+
+use super::keys::Material;
+use crate::protocol::{scheme, KeyType};
+
+/// Why a certificate or CSR could not be made. Names the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("{0} keys cannot sign certificates")]
+    NotSigning(KeyType),
+    #[error("invalid name {name:?}: {message}")]
+    Name { name: String, message: String },
+    #[error("the {what} certificate does not parse")]
+    Parse { what: &'static str },
+    #[error("certificate generation failed: {0}")]
+    Rcgen(String),
+    #[error("a certificate needs at least one name (DNS name or IP address)")]
+    NoNames,
+}
+
+/// A vault key version as rcgen's signer.
+struct VaultSigner {
+    material: Arc<Material>,
+    alg: &'static SignatureAlgorithm,
+    scheme: u16,
+}
+
+impl RemoteKeyPair for VaultSigner {
+    fn public_key(&self) -> &[u8] {
+        self.material.public_key_bytes()
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.material
+            .sign(self.scheme, msg)
+            .map_err(|_| rcgen::Error::RemoteKeyError)
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.alg
+    }
+}
+
+fn key_pair(material: &Arc<Material>) -> Result<KeyPair, IssueError> {
+    let (alg, scheme) = match material.key_type() {
+        KeyType::EcdsaP256 => (&rcgen::PKCS_ECDSA_P256_SHA256, scheme::ECDSA_P256_SHA256),
+        KeyType::EcdsaP384 => (&rcgen::PKCS_ECDSA_P384_SHA384, scheme::ECDSA_P384_SHA384),
+        KeyType::Ed25519 => (&rcgen::PKCS_ED25519, scheme::ED25519),
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
+            (&rcgen::PKCS_RSA_SHA256, scheme::RSA_PKCS1_SHA256)
+        }
+        t @ KeyType::Aes256 => return Err(IssueError::NotSigning(t)),
+    };
+    KeyPair::from_remote(Box::new(VaultSigner {
+        material: material.clone(),
+        alg,
+        scheme,
+    }))
+    .map_err(|e| IssueError::Rcgen(e.to_string()))
+}
+
+/// What to put in a certificate or CSR.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Names {
+    /// DNS names and IP addresses (subjectAltName).
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub common_name: Option<String>,
+}
+
+fn params(names: &Names) -> Result<CertificateParams, IssueError> {
+    let mut p = CertificateParams::new(names.names.clone()).map_err(|e| IssueError::Name {
+        name: names.names.join(","),
+        message: e.to_string(),
+    })?;
+    let cn = names
+        .common_name
+        .clone()
+        .or_else(|| names.names.first().cloned());
+    if let Some(cn) = cn {
+        p.distinguished_name.push(DnType::CommonName, cn);
+    }
+    Ok(p)
+}
+
+/// A PKCS#10 request for `subject`, signed by it, PEM.
+pub fn csr(subject: &Arc<Material>, names: &Names) -> Result<String, IssueError> {
+    if names.names.is_empty() {
+        return Err(IssueError::NoNames);
+    }
+    let kp = key_pair(subject)?;
+    params(names)?
+        .serialize_request(&kp)
+        .and_then(|r| r.pem())
+        .map_err(|e| IssueError::Rcgen(e.to_string()))
+}
+
+/// How to issue.
+pub struct Issue<'a> {
+    pub subject: &'a Arc<Material>,
+    /// Names for the new certificate; `None` keeps those of `previous`.
+    pub names: Option<Names>,
+    /// The certificate being replaced (PEM chain, leaf first): its names
+    /// and its lifetime are kept.
+    pub previous: Option<&'a str>,
+    /// Lifetime; `None` keeps the previous one, or 90 days (10 years for a CA).
+    pub lifetime: Option<Duration>,
+    /// The issuing CA's key and its chain (PEM, CA certificate first);
+    /// `None` makes a self-signed certificate.
+    pub ca: Option<(&'a Arc<Material>, &'a str)>,
+    pub is_ca: bool,
+}
+
+fn first_der(pem: &str, what: &'static str) -> Result<CertificateDer<'static>, IssueError> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .ok_or(IssueError::Parse { what })
+}
+
+/// Issues a certificate; returns the chain to serve (PEM: the new leaf,
+/// then the CA's chain).
+pub fn issue(req: Issue) -> Result<String, IssueError> {
+    let rc = |e: rcgen::Error| IssueError::Rcgen(e.to_string());
+    let prev = match req.previous {
+        Some(pem) => Some(
+            CertificateParams::from_ca_cert_der(&first_der(pem, "previous")?)
+                .map_err(|_| IssueError::Parse { what: "previous" })?,
+        ),
+        None => None,
+    };
+    let mut p = match (&req.names, &prev) {
+        (Some(n), _) => params(n)?,
+        (None, Some(prev)) => {
+            let mut p = CertificateParams::default();
+            p.subject_alt_names = prev.subject_alt_names.clone();
+            p.distinguished_name = prev.distinguished_name.clone();
+            p
+        }
+        (None, None) => return Err(IssueError::NoNames),
+    };
+    if p.subject_alt_names.is_empty() && !req.is_ca {
+        return Err(IssueError::NoNames);
+    }
+    let lifetime = req.lifetime.unwrap_or_else(|| match &prev {
+        Some(prev) => (prev.not_after - prev.not_before).unsigned_abs(),
+        None if req.is_ca => Duration::from_secs(10 * 365 * 86400),
+        None => Duration::from_secs(90 * 86400),
+    });
+    let now = time::OffsetDateTime::now_utc();
+    // A minute of slack for clocks slightly behind ours.
+    p.not_before = now - Duration::from_secs(60);
+    p.not_after = now + lifetime;
+    let mut serial = [0u8; 16];
+    serial.copy_from_slice(
+        &super::keys::random_bytes(16).map_err(|e| IssueError::Rcgen(e.to_string()))?,
+    );
+    serial[0] &= 0x7f;
+    p.serial_number = Some(serial.to_vec().into());
+    if req.is_ca {
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+    } else {
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    }
+    let subject = key_pair(req.subject)?;
+    match req.ca {
+        None => Ok(p.self_signed(&subject).map_err(rc)?.pem()),
+        Some((ca_material, ca_chain)) => {
+            let ca_key = key_pair(ca_material)?;
+            let ca_params = CertificateParams::from_ca_cert_der(&first_der(ca_chain, "CA")?)
+                .map_err(|_| IssueError::Parse { what: "CA" })?;
+            let ca_cert = ca_params.self_signed(&ca_key).map_err(rc)?;
+            let leaf = p.signed_by(&subject, &ca_cert, &ca_key).map_err(rc)?;
+            let mut chain = leaf.pem();
+            if !chain.ends_with('\n') {
+                chain.push('\n');
+            }
+            chain.push_str(ca_chain);
+            Ok(chain)
+        }
+    }
+}
