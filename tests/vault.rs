@@ -820,3 +820,64 @@ fn a_ca_key_in_the_vault_issues_and_reissues_across_rotations() {
         "{csr}"
     );
 }
+
+#[test]
+fn sighup_reloads_grants_and_an_invalid_config_changes_nothing() {
+    let me = nix::unistd::geteuid().as_raw();
+    let grants = |ops: &str| {
+        format!(
+            "[vault]\n[[vault.grant]]\nprincipal = \"uid:{me}\"\nkeys = [\"*\"]\nops = [{ops}]\n"
+        )
+    };
+    let v = VaultProc::start_with(Opts {
+        config: Some(grants("\"use\"")),
+        ..Opts::default()
+    });
+    let config = v.config.clone().unwrap();
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(v.child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap()
+    };
+    let reloads = |v: &VaultProc| v.audit_log().matches("\"op\":\"config-reload\"").count();
+
+    assert!(v
+        .err(&["key", "create", "a", "--type", "ed25519"])
+        .contains("denied"));
+    std::fs::write(&config, grants("\"use\", \"admin\"")).unwrap();
+    hup();
+    common::wait_for("the reload to be audited", Duration::from_secs(10), || {
+        v.ok(&["audit", "verify"]); // flushes the log
+        (reloads(&v) == 1).then_some(())
+    });
+    v.ok(&["key", "create", "a", "--type", "ed25519"]);
+
+    // an invalid config: logged with its location, the running grants stay
+    std::fs::write(
+        &config,
+        "[vault]\n[[vault.grant]]\nprincipal = \"uid:x\"\nkeys = [\"*\"]\nops = [\"all\"]\n",
+    )
+    .unwrap();
+    hup();
+    common::wait_for(
+        "the failed reload to be audited",
+        Duration::from_secs(10),
+        || {
+            v.ok(&["audit", "verify"]);
+            (reloads(&v) == 2).then_some(())
+        },
+    );
+    let log = v.audit_log();
+    let failed = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("config-reload"))
+        .unwrap();
+    assert!(
+        failed.contains("\"result\":\"error\"") && failed.contains("vault.toml:3:13"),
+        "{failed}"
+    );
+    v.ok(&["key", "create", "b", "--type", "ed25519"]);
+}

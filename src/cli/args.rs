@@ -50,7 +50,7 @@ pub struct ConfigArg {
     pub config: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct VaultArgs {
     /// Config file with a [vault] section; flags override it.
     #[arg(long, short = 'c')]

@@ -9,37 +9,21 @@ use crate::config::{self, vault::VaultSettings};
 
 pub fn main(args: VaultArgs) -> ExitCode {
     crate::telemetry::init_tracing();
-    let mut settings = match &args.config {
-        Some(path) => match config::load(path).and_then(|l| VaultSettings::from_loaded(&l)) {
-            Ok(s) => s,
-            Err(e) => return fail(e),
-        },
-        None => VaultSettings::default(),
+    let initial = match settings(&args) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
     };
-    if let Some(s) = args.socket {
-        settings.socket = s;
-    }
-    if let Some(d) = args.state_dir {
-        settings.state_dir = d;
-    }
-    if let Some(m) = &args.master_key {
-        match m.parse() {
-            Ok(m) => settings.master_key = m,
-            Err(e) => return fail(e),
-        }
-    }
-    if let Some(m) = &args.metrics_listen {
-        match m.parse() {
-            Ok(a) => settings.metrics_listen = Some(a),
-            Err(e) => return fail(format!("invalid --metrics-listen {m:?}: {e}")),
-        }
-    }
+    // SIGHUP re-reads the file with the same flags on top.
+    let reload: Option<crate::vault::Reloader> = args.config.is_some().then(|| {
+        let args = args.clone();
+        Box::new(move || settings(&args)) as crate::vault::Reloader
+    });
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     let ready_line = args.ready_line;
-    let result = rt.block_on(crate::vault::run(settings, |s| {
+    let result = rt.block_on(crate::vault::run(initial, reload, |s| {
         if ready_line {
             println!("ready {}", s.socket.display());
             let _ = std::io::stdout().flush();
@@ -49,4 +33,30 @@ pub fn main(args: VaultArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
+}
+
+/// The config file's `[vault]` settings with the flags on top.
+fn settings(args: &VaultArgs) -> Result<VaultSettings, String> {
+    let mut settings = match &args.config {
+        Some(path) => config::load(path)
+            .and_then(|l| VaultSettings::from_loaded(&l))
+            .map_err(|e| e.to_string())?,
+        None => VaultSettings::default(),
+    };
+    if let Some(s) = &args.socket {
+        settings.socket = s.clone();
+    }
+    if let Some(d) = &args.state_dir {
+        settings.state_dir = d.clone();
+    }
+    if let Some(m) = &args.master_key {
+        settings.master_key = m.parse()?;
+    }
+    if let Some(m) = &args.metrics_listen {
+        settings.metrics_listen = Some(
+            m.parse()
+                .map_err(|e| format!("invalid --metrics-listen {m:?}: {e}"))?,
+        );
+    }
+    Ok(settings)
 }

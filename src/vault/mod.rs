@@ -78,8 +78,13 @@ pub use ops::Vault;
 /// Runs the vault until SIGTERM or SIGINT: hardens the process, opens the
 /// keystore, binds the socket, serves. `on_ready` is called once the
 /// socket accepts connections.
+/// Re-reads the vault's settings on SIGHUP; an error message names the
+/// file, line and column.
+pub type Reloader = Box<dyn Fn() -> Result<VaultSettings, String> + Send + Sync>;
+
 pub async fn run(
     settings: VaultSettings,
+    reload: Option<Reloader>,
     on_ready: impl FnOnce(&VaultSettings),
 ) -> Result<(), VaultError> {
     let h = crate::os::harden();
@@ -122,7 +127,9 @@ pub async fn run(
 
     let listener = server::bind(&socket, mode, group)?;
     tracing::info!(socket = %socket.display(), "vault listening");
-    on_ready(&vault.settings);
+    on_ready(&vault.settings());
+
+    let reloads = tokio::spawn(reload_on_sighup(vault.clone(), reload));
 
     let housekeeping = {
         let vault = vault.clone();
@@ -138,6 +145,7 @@ pub async fn run(
 
     server::serve(listener, vault.clone(), shutdown_signal()).await;
     housekeeping.abort();
+    reloads.abort();
     let _ = std::fs::remove_file(&socket);
     vault
         .audit()
@@ -145,6 +153,42 @@ pub async fn run(
     vault.audit().flush();
     tracing::info!("vault stopped");
     Ok(())
+}
+
+/// Applies a re-read config on every SIGHUP. An invalid config changes
+/// nothing: the error is logged, audited and counted.
+async fn reload_on_sighup(vault: Arc<Vault>, reload: Option<Reloader>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(reload) = &reload else {
+            tracing::info!("SIGHUP: no config file to re-read (started from flags)");
+            continue;
+        };
+        match reload() {
+            Ok(settings) => {
+                let ignored = vault.reload(settings);
+                if !ignored.is_empty() {
+                    tracing::warn!(?ignored, "these settings change only on restart");
+                }
+                tracing::info!("config reloaded");
+                metrics::counter!("vaultgate_vault_reloads_total", "result" => "ok").increment(1);
+                vault
+                    .audit()
+                    .record(audit::Event::system("config-reload", None));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; the running config stays");
+                metrics::counter!("vaultgate_vault_reloads_total", "result" => "error")
+                    .increment(1);
+                vault
+                    .audit()
+                    .record(audit::Event::system("config-reload", Some(e)));
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

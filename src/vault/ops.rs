@@ -2,6 +2,8 @@
 //! checked against the policy and written to the audit log.
 
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::audit::{Audit, Event};
@@ -98,9 +100,11 @@ impl Done {
 }
 
 pub struct Vault {
-    pub settings: VaultSettings,
+    /// Replaced whole on reload (SIGHUP); what cannot change without a
+    /// restart (socket, state dir, master key) is kept by the reloader.
+    settings: ArcSwap<VaultSettings>,
     store: Keystore,
-    policy: Policy,
+    policy: ArcSwap<Policy>,
     audit: Audit,
     /// Serialises keystore changes: read, modify, write, publish.
     write_lock: Mutex<()>,
@@ -176,9 +180,9 @@ fn check_name(name: &str) -> Result<(), OpError> {
 impl Vault {
     pub fn new(settings: VaultSettings, store: Keystore, policy: Policy, audit: Audit) -> Vault {
         Vault {
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             store,
-            policy,
+            policy: ArcSwap::from_pointee(policy),
             audit,
             write_lock: Mutex::new(()),
             backup_keys: backup::KeyCache::default(),
@@ -194,7 +198,7 @@ impl Vault {
 
     /// Whether `caller` may be told about changes to `key`.
     pub fn may_watch(&self, caller: &Caller, key: &str) -> bool {
-        key == "*" || self.policy.allows(caller, Op::Subscribe, Some(key))
+        key == "*" || self.policy.load().allows(caller, Op::Subscribe, Some(key))
     }
 
     fn publish(&self, key: &Key) {
@@ -213,6 +217,51 @@ impl Vault {
 
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    pub fn settings(&self) -> Arc<VaultSettings> {
+        self.settings.load_full()
+    }
+
+    /// Applies reloaded settings: grants, deletion waits, signing grace.
+    /// Returns what was ignored because it needs a restart.
+    pub fn reload(&self, new: VaultSettings) -> Vec<&'static str> {
+        let old = self.settings.load();
+        let mut ignored = Vec::new();
+        if new.socket != old.socket
+            || new.socket_mode != old.socket_mode
+            || new.socket_group != old.socket_group
+        {
+            ignored.push("socket");
+        }
+        if new.state_dir != old.state_dir {
+            ignored.push("state_dir");
+        }
+        if new.master_key != old.master_key {
+            ignored.push("master_key");
+        }
+        if new.metrics_listen != old.metrics_listen {
+            ignored.push("metrics_listen");
+        }
+        if new.syslog != old.syslog {
+            ignored.push("syslog");
+        }
+        let kept = VaultSettings {
+            socket: old.socket.clone(),
+            socket_mode: old.socket_mode,
+            socket_group: old.socket_group,
+            state_dir: old.state_dir.clone(),
+            master_key: old.master_key.clone(),
+            metrics_listen: old.metrics_listen,
+            syslog: old.syslog,
+            ..new
+        };
+        self.policy.store(Arc::new(Policy::new(
+            &kept.grants,
+            nix::unistd::geteuid().as_raw(),
+        )));
+        self.settings.store(Arc::new(kept));
+        ignored
     }
 
     /// Runs one request for `caller`: policy, operation, audit, metrics.
@@ -351,7 +400,7 @@ impl Vault {
     }
 
     fn authorize(&self, caller: &Caller, op: Op, key: Option<&str>) -> Result<(), OpError> {
-        if self.policy.allows(caller, op, key) {
+        if self.policy.load().allows(caller, op, key) {
             return Ok(());
         }
         metrics::counter!("vaultgate_vault_denied_total", "op" => op.name()).increment(1);
@@ -549,7 +598,7 @@ impl Vault {
             .store
             .list()
             .into_iter()
-            .filter(|(name, _)| self.policy.allows(caller, Op::List, Some(name)))
+            .filter(|(name, _)| self.policy.load().allows(caller, Op::List, Some(name)))
             .map(|(name, k)| match k {
                 Ok(k) => serde_json::json!({
                     "name": name,
@@ -649,7 +698,7 @@ impl Vault {
                     ));
                 }
                 let mut key = (*existing).clone();
-                Self::start_grace(&mut key, self.settings.sign_grace.as_secs());
+                Self::start_grace(&mut key, self.settings.load().sign_grace.as_secs());
                 key.add_version(self.store.subkeys(), material, Origin::Imported, now())?;
                 key
             }
@@ -676,7 +725,7 @@ impl Vault {
         let material = Material::generate(current.key_type())?;
         let _guard = self.lock();
         let mut key = (*self.find(name)?).clone();
-        Self::start_grace(&mut key, self.settings.sign_grace.as_secs());
+        Self::start_grace(&mut key, self.settings.load().sign_grace.as_secs());
         let version = key.add_version(self.store.subkeys(), material, Origin::Generated, now())?;
         let key = self.put(key)?;
         Ok(Done::new(Self::describe_json(&key)).key(name, Some(version)))
@@ -866,8 +915,9 @@ impl Vault {
     }
 
     fn schedule_deletion(&self, name: &str, wait_secs: Option<u64>) -> Result<Done, OpError> {
-        let min = self.settings.min_deletion_wait.as_secs();
-        let wait = wait_secs.unwrap_or(self.settings.default_deletion_wait.as_secs());
+        let settings = self.settings.load();
+        let min = settings.min_deletion_wait.as_secs();
+        let wait = wait_secs.unwrap_or(settings.default_deletion_wait.as_secs());
         if wait < min {
             return Err(OpError::new(
                 ErrorCode::InvalidInput,
@@ -934,8 +984,11 @@ impl Vault {
 
     fn audit_verify(&self) -> Result<Done, OpError> {
         self.audit.flush();
-        let n = super::audit::verify(&self.settings.state_dir, &self.store.subkeys().audit_mac)
-            .map_err(|e| OpError::new(ErrorCode::CorruptKey, e.to_string()))?;
+        let n = super::audit::verify(
+            &self.settings.load().state_dir,
+            &self.store.subkeys().audit_mac,
+        )
+        .map_err(|e| OpError::new(ErrorCode::CorruptKey, e.to_string()))?;
         Ok(Done::new(Response::Json {
             json: serde_json::json!({"ok": true, "records": n}).to_string(),
         }))
