@@ -881,3 +881,61 @@ fn sighup_reloads_grants_and_an_invalid_config_changes_nothing() {
     );
     v.ok(&["key", "create", "b", "--type", "ed25519"]);
 }
+
+#[test]
+fn a_caller_that_never_reads_is_cut_off_and_others_are_served() {
+    let v = VaultProc::start_with(Opts {
+        config: Some("[vault]\nclient_write_timeout = \"1s\"\n".into()),
+        ..Opts::default()
+    });
+    // Thousands of pings with 4 KiB payloads, answers never read: far more
+    // than the socket buffers hold, so the vault's writes block.
+    let mut flood = UnixStream::connect(&v.socket).unwrap();
+    let mut one = bytes::BytesMut::new();
+    let mut wire = Vec::new();
+    for id in 0..4000u32 {
+        one.clear();
+        Request::Ping {
+            payload: vec![7; 4096],
+        }
+        .to_frame(id)
+        .encode(&mut one)
+        .unwrap();
+        wire.extend_from_slice(&one);
+    }
+    let writer = {
+        let mut s = flood.try_clone().unwrap();
+        std::thread::spawn(move || {
+            // ends with an error once the vault hangs up
+            let _ = s.write_all(&wire);
+        })
+    };
+    // meanwhile everyone else is served
+    rt().block_on(async {
+        let c = VaultClient::connect(&v.socket).await.unwrap();
+        for _ in 0..10 {
+            assert_eq!(c.ping(b"x").await.unwrap(), b"x");
+        }
+    });
+    common::wait_for(
+        "the flooding caller to be disconnected",
+        Duration::from_secs(20),
+        || {
+            v.ok(&["audit", "verify"]);
+            v.audit_log()
+                .contains("did not read its answers")
+                .then_some(())
+        },
+    );
+    let _ = writer.join();
+    // the vault hung up: reading drains what was sent, then ends
+    flood
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = flood.read_to_end(&mut sink);
+    assert!(
+        sink.len() < 4000 * (4096 + 17),
+        "the vault kept answering a caller that never read"
+    );
+}

@@ -30,6 +30,8 @@ pub struct VaultFile {
     /// another version primary, so handshakes that chose its certificate
     /// complete. Then it is retired (it still verifies).
     pub sign_grace: Option<Spanned<String>>,
+    /// A caller that leaves its answers unread this long is disconnected.
+    pub client_write_timeout: Option<Spanned<String>>,
     /// Prometheus metrics listener, e.g. "127.0.0.1:9101".
     pub metrics_listen: Option<Spanned<String>>,
     /// Also send audit records to the local syslog.
@@ -139,6 +141,7 @@ pub struct VaultSettings {
     pub min_deletion_wait: Duration,
     pub default_deletion_wait: Duration,
     pub sign_grace: Duration,
+    pub client_write_timeout: Duration,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub syslog: bool,
     /// Empty means "no grants configured": the vault's own uid gets all.
@@ -160,6 +163,7 @@ impl Default for VaultSettings {
             min_deletion_wait: WEEK,
             default_deletion_wait: WEEK,
             sign_grace: Duration::from_secs(3600),
+            client_write_timeout: Duration::from_secs(10),
             metrics_listen: None,
             syslog: false,
             grants: Vec::new(),
@@ -221,6 +225,9 @@ impl VaultSettings {
         }
         if let Some(d) = duration::parse_opt(&src, &v.sign_grace)? {
             s.sign_grace = d;
+        }
+        if let Some(d) = duration::parse_opt(&src, &v.client_write_timeout)? {
+            s.client_write_timeout = d;
         }
         if let Some(m) = &v.metrics_listen {
             s.metrics_listen = Some(m.get_ref().parse().map_err(|e| {

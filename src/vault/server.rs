@@ -29,8 +29,14 @@ use crate::protocol::{frame, ErrorCode, Frame, KeyEvent, Request, Response};
 const MAX_CONNECTIONS: usize = 1024;
 /// Slow operations one connection may have running.
 const MAX_SLOW_PER_CONNECTION: usize = 8;
-/// A caller that does not read its answers for this long is cut off.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection's sending half, shared by the reader (fast answers), slow
+/// operations and event forwarding.
+struct Out {
+    half: Mutex<OwnedWriteHalf>,
+    /// A caller that does not read its answers for this long is cut off.
+    timeout: Duration,
+}
 
 /// Binds the vault socket at `path` with `mode` (and `group`), refusing a
 /// path where another process listens and replacing a stale socket.
@@ -188,7 +194,10 @@ async fn serve_connection(stream: UnixStream, vault: Arc<Vault>) {
     };
     metrics::gauge!("vaultgate_vault_connections").increment(1.0);
     let (mut read, write) = stream.into_split();
-    let write = Arc::new(Mutex::new(write));
+    let write = Arc::new(Out {
+        half: Mutex::new(write),
+        timeout: vault.settings().client_write_timeout,
+    });
     let slow = Arc::new(Semaphore::new(MAX_SLOW_PER_CONNECTION));
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
@@ -299,7 +308,7 @@ async fn forward_events(
     mut events: tokio::sync::broadcast::Receiver<KeyEvent>,
     vault: Arc<Vault>,
     caller: Caller,
-    write: Arc<Mutex<OwnedWriteHalf>>,
+    write: Arc<Out>,
     id: u32,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -332,13 +341,13 @@ fn encode_into(frame: &Frame, out: &mut BytesMut, op: crate::protocol::Op) {
 }
 
 /// Writes and clears `out`; false if the peer is gone or not reading.
-async fn write_out(write: &Mutex<OwnedWriteHalf>, out: &mut BytesMut) -> bool {
+async fn write_out(write: &Out, out: &mut BytesMut) -> bool {
     if out.is_empty() {
         return true;
     }
-    let mut w = write.lock().await;
+    let mut w = write.half.lock().await;
     let ok = matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, w.write_all(out)).await,
+        tokio::time::timeout(write.timeout, w.write_all(out)).await,
         Ok(Ok(()))
     );
     out.clear();
@@ -347,7 +356,7 @@ async fn write_out(write: &Mutex<OwnedWriteHalf>, out: &mut BytesMut) -> bool {
 
 /// Answers a malformed frame with an error, audits it; the caller then
 /// closes the connection.
-async fn reject(vault: &Vault, caller: &Caller, write: &Mutex<OwnedWriteHalf>, id: u32, why: &str) {
+async fn reject(vault: &Vault, caller: &Caller, write: &Out, id: u32, why: &str) {
     tracing::warn!(uid = caller.uid, pid = ?caller.pid, error = %why, "bad frame; closing connection");
     metrics::counter!("vaultgate_vault_bad_frames_total").increment(1);
     vault.audit().record(Event {
