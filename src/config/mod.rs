@@ -75,3 +75,35 @@ pub fn parse(path: &Path, text: String) -> Result<Loaded, ConfigError> {
         file,
     })
 }
+
+/// Fuzz entry point: parse arbitrary bytes as a config file and validate
+/// its `[vault]` section. Must never panic.
+pub fn fuzz_parse(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(loaded) = parse(Path::new("fuzz.toml"), text.to_owned()) {
+        let _ = vault::VaultSettings::from_loaded(&loaded);
+    }
+}
+
+#[cfg(test)]
+mod fuzz_tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            super::fuzz_parse(&data);
+        }
+
+        #[test]
+        fn random_vault_sections_never_panic(
+            key in "(socket|socket_mode|state_dir|master_key|min_deletion_wait|sign_grace|metrics_listen)",
+            value in "[ -~]{0,40}",
+        ) {
+            let text = format!("[vault]\n{key} = {value:?}\n[[vault.grant]]\nprincipal = {value:?}\nkeys = [{value:?}]\nops = [{value:?}]\n");
+            super::fuzz_parse(text.as_bytes());
+        }
+    }
+}

@@ -302,6 +302,22 @@ impl Key {
     }
 }
 
+/// Fuzz entry point: parse arbitrary bytes as a stored key record, under
+/// a fixed master key. Must never panic; anything that opens must
+/// serialise back to a record that opens to the same thing.
+pub fn fuzz_record(data: &[u8]) {
+    static SUBKEYS: std::sync::OnceLock<Option<Subkeys>> = std::sync::OnceLock::new();
+    let Some(subkeys) = SUBKEYS.get_or_init(|| Subkeys::derive(&[0x42; 32]).ok()) else {
+        return;
+    };
+    if let Ok(mut key) = Key::from_bytes(subkeys, "fuzz.json", data) {
+        let again = key.to_bytes(subkeys);
+        let back = Key::from_bytes(subkeys, "fuzz.json", &again)
+            .expect("a record that opened must reopen");
+        assert_eq!(back.record, key.record);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +372,26 @@ mod tests {
             Key::from_bytes(&Subkeys::derive(&[4u8; 32]).unwrap(), "web.json", &bytes),
             Err(RecordError::Mac { .. })
         ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_records_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            fuzz_record(&data);
+        }
+
+        #[test]
+        fn mutated_records_never_panic(at in 0usize..2000, byte in proptest::prelude::any::<u8>()) {
+            static GOOD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            let good = GOOD.get_or_init(|| {
+                let sk = Subkeys::derive(&[0x42; 32]).unwrap();
+                let mut k = Key::new(&sk, "fuzz", Material::generate(KeyType::Ed25519).unwrap(), Origin::Generated, None, 1).unwrap();
+                k.to_bytes(&sk)
+            });
+            let mut data = good.clone();
+            let i = at % data.len();
+            data[i] = byte;
+            fuzz_record(&data);
+        }
     }
 }
