@@ -81,7 +81,8 @@ fn benches(c: &mut Criterion) {
     let message = vec![0x20u8; 130];
     let rng = SystemRandom::new();
     let ec_pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("ec");
-    let ec = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, ec_pkcs8.as_ref(), &rng).expect("ec");
+    let ec = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, ec_pkcs8.as_ref(), &rng)
+        .expect("ec");
     let rsa_der = {
         use rsa::pkcs8::EncodePrivateKey;
         let k = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).expect("rsa");
@@ -114,19 +115,25 @@ fn benches(c: &mut Criterion) {
         });
         let depth = 64;
         g.throughput(Throughput::Elements(depth));
-        g.bench_with_input(BenchmarkId::new("vault-pipelined", depth), &depth, |b, &depth| {
-            b.to_async(&rt).iter(|| async {
-                let mut waits = Vec::with_capacity(depth as usize);
-                for _ in 0..depth {
-                    let c = client.clone();
-                    let m = message.clone();
-                    waits.push(tokio::spawn(async move { c.sign(key, None, code, &m).await }));
-                }
-                for w in waits {
-                    w.await.expect("join").expect("sign");
-                }
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("vault-pipelined", depth),
+            &depth,
+            |b, &depth| {
+                b.to_async(&rt).iter(|| async {
+                    let mut waits = Vec::with_capacity(depth as usize);
+                    for _ in 0..depth {
+                        let c = client.clone();
+                        let m = message.clone();
+                        waits.push(tokio::spawn(
+                            async move { c.sign(key, None, code, &m).await },
+                        ));
+                    }
+                    for w in waits {
+                        w.await.expect("join").expect("sign");
+                    }
+                })
+            },
+        );
         g.finish();
         cpu_per_signature(&rt, &client, &vault, alg, key, code, &message, || {
             if alg == "rsa-2048" {

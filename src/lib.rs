@@ -7,6 +7,9 @@
 //! - [`protocol`] — the vault wire protocol: frames, fields, messages, codec
 //! - [`client`]   — multiplexed async vault client (CLI, `run`, proxy signer)
 //! - [`vault`]    — the signing process: keystore, keys, policy, audit, server
+//! - [`signer`]   — the proxy's vault client: pooled, pipelined, rustls signing keys
+//! - [`proxy`]    — TLS termination, routing, upstreams, health, access log, shutdown
+//! - [`pki`]      — rcgen: dev CA and certificates for vault-held keys
 //! - [`fsutil`]   — crash-safe file writes (temp, fsync, rename, fsync dir)
 //! - [`os`]       — process hardening: no core dumps, mlockall, privileges
 //! - [`telemetry`] — tracing setup and the Prometheus `/metrics` listener
@@ -17,6 +20,9 @@ pub mod client;
 pub mod config;
 pub mod fsutil;
 pub mod os;
+pub mod pki;
 pub mod protocol;
+pub mod proxy;
+pub mod signer;
 pub mod telemetry;
 pub mod vault;

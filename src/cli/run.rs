@@ -1,10 +1,282 @@
-//! `vaultgate run` (being built: issue 3).
+//! `vaultgate run`: the embedded default for one machine. Starts the vault
+//! as a child process (the same binary, its own address space), bootstraps
+//! a dev CA, keys and certificates on first start, runs the proxy, and
+//! restarts the vault if it dies (the proxy's signer reconnects by itself).
 
-use std::process::ExitCode;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use super::args::ConfigArg;
+use crate::config::proxy::{KeyRef, ProxySettings};
+use crate::config::run::RunSettings;
+use crate::config::vault::VaultSettings;
+use crate::config::{self};
+use crate::pki::{self, PkiError};
+use crate::proxy::{server, Proxy};
+use crate::signer::{PoolOptions, SignerError, VaultKey, VaultPool};
 
-pub fn main(_args: ConfigArg) -> ExitCode {
-    eprintln!("vaultgate run: not built yet");
-    ExitCode::FAILURE
+pub fn main(args: ConfigArg) -> ExitCode {
+    crate::telemetry::init_tracing();
+    let _ = crate::telemetry::install_recorder();
+    let path = args
+        .config
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let loaded = match config::load(&path) {
+        Ok(l) => l,
+        Err(e) => return super::fail(e),
+    };
+    let (vault, proxy_settings, run) = match (
+        VaultSettings::from_loaded(&loaded),
+        ProxySettings::from_loaded(&loaded),
+        RunSettings::from_loaded(&loaded),
+    ) {
+        (Ok(v), Ok(p), Ok(r)) => (v, p, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return super::fail(e),
+    };
+    if let Some(dir) = vault.socket.parent() {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return super::fail(format!("{}: {e}", dir.display()));
+        }
+    }
+    let stopping = Arc::new(AtomicBool::new(false));
+    let child = match spawn_vault(&path, &run) {
+        Ok(c) => c,
+        Err(e) => return super::fail(e),
+    };
+    let mut vault_pid = child.id();
+    println!("vault pid {vault_pid} on {}", vault.socket.display());
+
+    if let Err(e) = bootstrap(&vault, &proxy_settings, &run) {
+        stop_child(vault_pid);
+        return super::fail(format!("bootstrap: {e}"));
+    }
+    let curl_host = proxy_settings
+        .certs
+        .iter()
+        .flat_map(|c| c.names.iter())
+        .find(|n| *n == "localhost")
+        .or_else(|| proxy_settings.certs.first().and_then(|c| c.names.first()))
+        .cloned()
+        .unwrap_or_else(|| "localhost".into());
+    let proxy = match Proxy::build(proxy_settings) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            stop_child(vault_pid);
+            return super::fail(e);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            stop_child(vault_pid);
+            return super::fail(format!("cannot start the runtime: {e}"));
+        }
+    };
+    let (pid_tx, pid_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let supervisor = {
+        let stopping = stopping.clone();
+        let run = run.clone();
+        std::thread::Builder::new()
+            .name("vault-supervisor".into())
+            .spawn(move || {
+                supervise(child, &path, &run, &stopping, &pid_tx);
+                let _ = done_tx.send(());
+            })
+    };
+    if let Err(e) = supervisor {
+        stop_child(vault_pid);
+        return super::fail(format!("cannot start the supervisor: {e}"));
+    }
+    let ca = tidy(&run.dev_ca);
+    let result = server::run_until_signal(&rt, proxy, move |addr| {
+        println!(
+            "try: curl --cacert {} https://{curl_host}:{}/",
+            ca.display(),
+            addr.port()
+        );
+    });
+    stopping.store(true, Ordering::Release);
+    while let Ok(pid) = pid_rx.try_recv() {
+        vault_pid = pid;
+    }
+    stop_child(vault_pid);
+    // The supervisor reaps the child; give the vault a moment to close its
+    // socket and audit log cleanly before we exit.
+    if done_rx.recv_timeout(Duration::from_secs(5)).is_err() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(vault_pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => super::fail(e),
+    }
+}
+
+/// Starts `vaultgate vault --config FILE --ready-line` and waits for its
+/// `ready` line.
+fn spawn_vault(config: &Path, run: &RunSettings) -> Result<Child, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("vault")
+        .arg("--config")
+        .arg(config)
+        .arg("--ready-line")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: prctl and setpgid are async-signal-safe. PDEATHSIG makes the
+    // kernel SIGTERM the child when this process dies, so a crashed `run`
+    // leaves no orphan vault holding the socket. Its own process group
+    // keeps a terminal's Ctrl-C from reaching it: `run` stops it after
+    // the proxy has drained, since draining handshakes still need it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the vault: {e}"))?;
+    let stdout = child.stdout.take().ok_or("vault has no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining after `ready` so the vault never blocks on stdout.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(run.vault_start_timeout) {
+            Ok(line) if line.starts_with("ready") => return Ok(child),
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                return Err(format!(
+                    "the vault did not become ready ({status}); see its messages above"
+                ));
+            }
+        }
+    }
+}
+
+/// Waits on the vault child; restarts it when it dies (not when we stop).
+fn supervise(
+    mut child: Child,
+    config: &Path,
+    run: &RunSettings,
+    stopping: &AtomicBool,
+    pids: &mpsc::Sender<u32>,
+) {
+    loop {
+        let status = child.wait();
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
+        tracing::error!(status = ?status.map(|s| s.to_string()), "vault child died; restarting it");
+        metrics::counter!("vaultgate_run_vault_restarts_total").increment(1);
+        loop {
+            std::thread::sleep(run.restart_backoff);
+            if stopping.load(Ordering::Acquire) {
+                return;
+            }
+            match spawn_vault(config, run) {
+                Ok(c) => {
+                    child = c;
+                    let _ = pids.send(child.id());
+                    tracing::info!(pid = child.id(), "vault restarted");
+                    break;
+                }
+                Err(e) => tracing::error!(error = %e, "vault restart failed"),
+            }
+        }
+    }
+}
+
+fn stop_child(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+}
+
+/// First-run setup: the dev CA, and a key and certificate for every
+/// `[[proxy.cert]]` with a `vault:` key whose certificate is missing or
+/// no longer matches the vault (its state was reset).
+fn bootstrap(
+    vault: &VaultSettings,
+    proxy: &ProxySettings,
+    run: &RunSettings,
+) -> Result<(), PkiError> {
+    let pool = VaultPool::start(PoolOptions {
+        sockets: vec![vault.socket.clone()],
+        connections_per_socket: 1,
+        timeout: Duration::from_secs(10),
+        plain_wait: Duration::from_millis(1),
+    });
+    if !pool.wait_connected(run.vault_start_timeout) {
+        return Err(PkiError::Vault(SignerError::Unavailable));
+    }
+    let (ca, ca_new) = pki::ensure_dev_ca(&pool, &run.ca_key, &run.dev_ca)?;
+    if ca_new {
+        println!(
+            "created dev CA {} (key vault:{})",
+            tidy(&run.dev_ca).display(),
+            run.ca_key
+        );
+    }
+    for spec in &proxy.certs {
+        let KeyRef::Vault(name) = &spec.key else {
+            continue;
+        };
+        let current = !ca_new
+            && pki::read_pem_certs(&spec.cert)
+                .ok()
+                .and_then(|c| pki::cert_spki(&c[0]).ok().map(<[u8]>::to_vec))
+                .is_some_and(|spki| VaultKey::load(&pool, name, Some(&spki), "-").is_ok());
+        if current {
+            continue;
+        }
+        if pki::ensure_key(&pool, name, run.key_type)? {
+            println!("created key vault:{name} ({})", run.key_type);
+        }
+        let pem = pki::issue_leaf(&ca, &pool, name, &spec.names, run.cert_validity)?;
+        pki::write_file(&spec.cert, pem.as_bytes())?;
+        println!(
+            "issued {} for {} (key vault:{name})",
+            tidy(&spec.cert).display(),
+            spec.names.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `config/../certs/x.pem` → `certs/x.pem`, for messages people copy.
+fn tidy(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }

@@ -48,7 +48,14 @@ pub struct ProxyFile {
     pub idle_timeout: Option<Spanned<String>>,
     pub max_header_size: Option<Spanned<u32>>,
     pub shutdown_timeout: Option<Spanned<String>>,
+    /// TLS 1.2 session-id cache entries; 0 turns the cache off.
     pub session_cache_size: Option<Spanned<u32>>,
+    /// Session tickets (TLS 1.3 and 1.2); on by default. Off only to
+    /// measure full handshakes.
+    pub session_tickets: Option<bool>,
+    /// How often the ticket key is replaced; a ticket is accepted for at
+    /// most twice this.
+    pub ticket_rotation: Option<Spanned<String>>,
     pub access_log: Option<bool>,
     /// Any of "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
     /// "forwarded".
@@ -96,6 +103,9 @@ pub struct UpstreamFile {
     pub fail_timeout: Option<Spanned<String>>,
     /// Speak HTTP/2 without TLS (h2c) to these backends.
     pub h2c: Option<bool>,
+    /// Start each backend connection with a PROXY protocol v2 header;
+    /// such connections are private to one client connection.
+    pub proxy_protocol: Option<bool>,
     pub health: Option<HealthFile>,
 }
 
@@ -180,7 +190,9 @@ impl HostPattern {
         match self {
             HostPattern::Any => true,
             HostPattern::Exact(h) => h == host,
-            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            HostPattern::Wildcard(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
         }
     }
 }
@@ -188,8 +200,7 @@ impl HostPattern {
 fn valid_host(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':' | '_'))
 }
 
@@ -225,6 +236,7 @@ pub struct UpstreamSpec {
     pub response_timeout: Duration,
     pub fail_timeout: Duration,
     pub h2c: bool,
+    pub proxy_protocol: bool,
     pub health: Option<HealthSpec>,
 }
 
@@ -260,6 +272,8 @@ pub struct ProxySettings {
     pub default_server_name: Option<String>,
     pub limits: Limits,
     pub session_cache_size: usize,
+    pub session_tickets: bool,
+    pub ticket_rotation: Duration,
     pub access_log: bool,
     pub forwarded: ForwardedHeaders,
     pub certs: Vec<CertSpec>,
@@ -280,7 +294,9 @@ impl ProxySettings {
         let vault = super::vault::VaultSettings::from_loaded(loaded)?;
         let listen = match &p.listen {
             Some(l) => parse_addr(&src, l, "listen")?,
-            None => DEFAULT_LISTEN.parse().map_err(|_| src.file_error("bad default listen"))?,
+            None => DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| src.file_error("bad default listen"))?,
         };
         let metrics_listen = p
             .metrics_listen
@@ -291,11 +307,17 @@ impl ProxySettings {
             Some(v) if v.get_ref().is_empty() => {
                 return Err(src.error(v.span(), "vault_sockets must name at least one socket"))
             }
-            Some(v) => v.get_ref().iter().map(|s| loaded.resolve(s.as_ref())).collect(),
+            Some(v) => v
+                .get_ref()
+                .iter()
+                .map(|s| loaded.resolve(s.as_ref()))
+                .collect(),
             None => vec![vault.socket.clone()],
         };
-        let vault_connections = positive(&src, &p.vault_connections, 2, "vault_connections")? as usize;
-        let sign_timeout = duration::parse_opt(&src, &p.sign_timeout)?.unwrap_or(Duration::from_millis(100));
+        let vault_connections =
+            positive(&src, &p.vault_connections, 2, "vault_connections")? as usize;
+        let sign_timeout =
+            duration::parse_opt(&src, &p.sign_timeout)?.unwrap_or(Duration::from_millis(100));
         let sign_plain_wait =
             duration::parse_opt(&src, &p.sign_plain_wait)?.unwrap_or(Duration::from_micros(100));
         let min_tls_version = match &p.min_tls_version {
@@ -311,16 +333,28 @@ impl ProxySettings {
                 }
             },
         };
-        let default_server_name = p.default_server_name.as_ref().map(|n| n.get_ref().to_ascii_lowercase());
+        let default_server_name = p
+            .default_server_name
+            .as_ref()
+            .map(|n| n.get_ref().to_ascii_lowercase());
         let limits = Limits {
-            max_connections: positive(&src, &p.max_connections, 10_000, "max_connections")? as usize,
-            handshake_timeout: duration::parse_opt(&src, &p.handshake_timeout)?.unwrap_or(Duration::from_secs(10)),
-            header_timeout: duration::parse_opt(&src, &p.header_timeout)?.unwrap_or(Duration::from_secs(30)),
-            idle_timeout: duration::parse_opt(&src, &p.idle_timeout)?.unwrap_or(Duration::from_secs(75)),
-            max_header_size: positive(&src, &p.max_header_size, 64 * 1024, "max_header_size")?.max(8192) as usize,
-            shutdown_timeout: duration::parse_opt(&src, &p.shutdown_timeout)?.unwrap_or(Duration::from_secs(30)),
+            max_connections: positive(&src, &p.max_connections, 10_000, "max_connections")?
+                as usize,
+            handshake_timeout: duration::parse_opt(&src, &p.handshake_timeout)?
+                .unwrap_or(Duration::from_secs(10)),
+            header_timeout: duration::parse_opt(&src, &p.header_timeout)?
+                .unwrap_or(Duration::from_secs(30)),
+            idle_timeout: duration::parse_opt(&src, &p.idle_timeout)?
+                .unwrap_or(Duration::from_secs(75)),
+            max_header_size: positive(&src, &p.max_header_size, 64 * 1024, "max_header_size")?
+                .max(8192) as usize,
+            shutdown_timeout: duration::parse_opt(&src, &p.shutdown_timeout)?
+                .unwrap_or(Duration::from_secs(30)),
         };
-        let session_cache_size = p.session_cache_size.as_ref().map_or(20_000, |s| *s.get_ref()) as usize;
+        let session_cache_size = p
+            .session_cache_size
+            .as_ref()
+            .map_or(20_000, |s| *s.get_ref()) as usize;
         let forwarded = forwarded_headers(&src, &p.forwarded_headers)?;
 
         let mut certs = Vec::new();
@@ -338,7 +372,10 @@ impl ProxySettings {
             });
             if !known {
                 let span = p.default_server_name.as_ref().map_or(0..0, |n| n.span());
-                return Err(src.error(span, format!("default_server_name {name:?} matches no [[proxy.cert]] names")));
+                return Err(src.error(
+                    span,
+                    format!("default_server_name {name:?} matches no [[proxy.cert]] names"),
+                ));
             }
         }
 
@@ -356,13 +393,20 @@ impl ProxySettings {
                 None => "/".to_owned(),
                 Some(path) if path.get_ref().starts_with('/') => path.get_ref().clone(),
                 Some(path) => {
-                    return Err(src.error(path.span(), format!("route path {:?} must start with '/'", path.get_ref())))
+                    return Err(src.error(
+                        path.span(),
+                        format!("route path {:?} must start with '/'", path.get_ref()),
+                    ))
                 }
             };
             if !upstreams.contains_key(r.upstream.get_ref()) {
                 return Err(src.error(
                     r.upstream.span(),
-                    format!("unknown upstream {:?} (define [proxy.upstream.{}])", r.upstream.get_ref(), r.upstream.get_ref()),
+                    format!(
+                        "unknown upstream {:?} (define [proxy.upstream.{}])",
+                        r.upstream.get_ref(),
+                        r.upstream.get_ref()
+                    ),
                 ));
             }
             routes.push(RouteSpec {
@@ -385,6 +429,9 @@ impl ProxySettings {
             default_server_name,
             limits,
             session_cache_size,
+            session_tickets: p.session_tickets.unwrap_or(true),
+            ticket_rotation: duration::parse_opt(&src, &p.ticket_rotation)?
+                .unwrap_or(Duration::from_secs(6 * 3600)),
             access_log: p.access_log.unwrap_or(true),
             forwarded,
             certs,
@@ -395,20 +442,33 @@ impl ProxySettings {
 }
 
 fn parse_addr(src: &Source, v: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
-    v.get_ref()
-        .parse()
-        .map_err(|e| src.error(v.span(), format!("invalid {what} {:?}: {e} (expected IP:PORT)", v.get_ref())))
+    v.get_ref().parse().map_err(|e| {
+        src.error(
+            v.span(),
+            format!("invalid {what} {:?}: {e} (expected IP:PORT)", v.get_ref()),
+        )
+    })
 }
 
-fn positive(src: &Source, v: &Option<Spanned<u32>>, default: u32, what: &str) -> Result<u32, ConfigError> {
+fn positive(
+    src: &Source,
+    v: &Option<Spanned<u32>>,
+    default: u32,
+    what: &str,
+) -> Result<u32, ConfigError> {
     match v {
         None => Ok(default),
-        Some(n) if *n.get_ref() == 0 => Err(src.error(n.span(), format!("{what} must be at least 1"))),
+        Some(n) if *n.get_ref() == 0 => {
+            Err(src.error(n.span(), format!("{what} must be at least 1")))
+        }
         Some(n) => Ok(*n.get_ref()),
     }
 }
 
-fn forwarded_headers(src: &Source, v: &Option<Spanned<Vec<String>>>) -> Result<ForwardedHeaders, ConfigError> {
+fn forwarded_headers(
+    src: &Source,
+    v: &Option<Spanned<Vec<String>>>,
+) -> Result<ForwardedHeaders, ConfigError> {
     let Some(list) = v else {
         return Ok(ForwardedHeaders {
             x_forwarded_for: true,
@@ -451,7 +511,12 @@ fn cert_spec(loaded: &Loaded, src: &Source, c: &CertFile) -> Result<CertSpec, Co
     }
     let key = parse_key_ref(loaded, c.key.get_ref()).map_err(|e| src.error(c.key.span(), e))?;
     Ok(CertSpec {
-        names: c.names.get_ref().iter().map(|n| n.to_ascii_lowercase()).collect(),
+        names: c
+            .names
+            .get_ref()
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect(),
         cert: loaded.resolve(c.cert.get_ref().as_ref()),
         key,
         cert_at: src.location(c.cert.span().start),
@@ -471,12 +536,17 @@ fn parse_key_ref(loaded: &Loaded, s: &str) -> Result<KeyRef, String> {
             return Ok(KeyRef::File(loaded.resolve(path.as_ref())));
         }
     }
-    Err(format!("invalid key {s:?}: expected \"vault:NAME\" or \"file:PATH\""))
+    Err(format!(
+        "invalid key {s:?}: expected \"vault:NAME\" or \"file:PATH\""
+    ))
 }
 
 fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamSpec, ConfigError> {
     if u.backends.get_ref().is_empty() {
-        return Err(src.error(u.backends.span(), format!("upstream {name:?} needs at least one backend")));
+        return Err(src.error(
+            u.backends.span(),
+            format!("upstream {name:?} needs at least one backend"),
+        ));
     }
     let mut backends = Vec::new();
     for b in u.backends.get_ref() {
@@ -501,12 +571,21 @@ fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamS
             },
         },
     };
+    if u.h2c == Some(true) && u.proxy_protocol == Some(true) {
+        return Err(src.error(
+            u.backends.span(),
+            format!("upstream {name:?}: h2c and proxy_protocol together are not supported"),
+        ));
+    }
     let health = match &u.health {
         None => None,
         Some(h) => Some(HealthSpec {
             path: match &h.path {
                 Some(p) if !p.get_ref().starts_with('/') => {
-                    return Err(src.error(p.span(), format!("health path {:?} must start with '/'", p.get_ref())))
+                    return Err(src.error(
+                        p.span(),
+                        format!("health path {:?} must start with '/'", p.get_ref()),
+                    ))
                 }
                 Some(p) => p.get_ref().clone(),
                 None => "/".to_owned(),
@@ -521,10 +600,13 @@ fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamS
         name: name.to_owned(),
         backends,
         balance,
-        connect_timeout: duration::parse_opt(src, &u.connect_timeout)?.unwrap_or(Duration::from_secs(5)),
-        response_timeout: duration::parse_opt(src, &u.response_timeout)?.unwrap_or(Duration::from_secs(60)),
+        connect_timeout: duration::parse_opt(src, &u.connect_timeout)?
+            .unwrap_or(Duration::from_secs(5)),
+        response_timeout: duration::parse_opt(src, &u.response_timeout)?
+            .unwrap_or(Duration::from_secs(60)),
         fail_timeout: duration::parse_opt(src, &u.fail_timeout)?.unwrap_or(Duration::from_secs(10)),
         h2c: u.h2c.unwrap_or(false),
+        proxy_protocol: u.proxy_protocol.unwrap_or(false),
         health,
     })
 }
@@ -539,7 +621,11 @@ fn parse_backend(s: &str) -> Result<BackendSpec, String> {
     for opt in parts {
         match opt.strip_prefix("weight=").map(str::parse::<u32>) {
             Some(Ok(w)) if w > 0 => weight = w,
-            _ => return Err(format!("invalid backend option {opt:?} in {s:?} (only weight=N, N ≥ 1)")),
+            _ => {
+                return Err(format!(
+                    "invalid backend option {opt:?} in {s:?} (only weight=N, N ≥ 1)"
+                ))
+            }
         }
     }
     Ok(BackendSpec { addr, weight })
@@ -575,7 +661,10 @@ balance = "hash:header:X-User"
         let s = settings(MINIMAL).unwrap();
         assert_eq!(s.certs[0].key, KeyRef::Vault("default".into()));
         assert_eq!(s.certs[0].cert, PathBuf::from("/etc/vg/c.pem"));
-        assert_eq!(s.vault_sockets, vec![PathBuf::from(super::super::vault::DEFAULT_SOCKET)]);
+        assert_eq!(
+            s.vault_sockets,
+            vec![PathBuf::from(super::super::vault::DEFAULT_SOCKET)]
+        );
         assert_eq!(s.sign_timeout, Duration::from_millis(100));
         assert_eq!(s.min_tls_version, TlsVersion::Tls12);
         let web = &s.upstreams["web"];
@@ -589,19 +678,31 @@ balance = "hash:header:X-User"
     fn errors_point_at_the_value() {
         let bad = MINIMAL.replace("vault:default", "vault:");
         let e = settings(&bad).unwrap_err().to_string();
-        assert!(e.starts_with("/etc/vg/p.toml:7:7: invalid vault key name"), "{e}");
+        assert!(
+            e.starts_with("/etc/vg/p.toml:7:7: invalid vault key name"),
+            "{e}"
+        );
         let bad = MINIMAL.replace("upstream = \"web\"", "upstream = \"api\"");
         let e = settings(&bad).unwrap_err().to_string();
-        assert!(e.starts_with("/etc/vg/p.toml:9:12: unknown upstream \"api\""), "{e}");
+        assert!(
+            e.starts_with("/etc/vg/p.toml:9:12: unknown upstream \"api\""),
+            "{e}"
+        );
         let bad = MINIMAL.replace("weight=3", "weight=0");
         let e = settings(&bad).unwrap_err().to_string();
         assert!(e.contains("p.toml:11:12: invalid backend option"), "{e}");
-        let bad = MINIMAL.replace("listen = \"127.0.0.1:0\"", "listen = \"localhost\"\nmin_tls_version = \"1.1\"");
+        let bad = MINIMAL.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"localhost\"\nmin_tls_version = \"1.1\"",
+        );
         let e = settings(&bad).unwrap_err().to_string();
         assert!(e.starts_with("/etc/vg/p.toml:3:10: invalid listen"), "{e}");
         let bad = MINIMAL.replace("listen = \"127.0.0.1:0\"", "min_tls_version = \"1.1\"");
         let e = settings(&bad).unwrap_err().to_string();
-        assert!(e.starts_with("/etc/vg/p.toml:3:19: invalid min_tls_version"), "{e}");
+        assert!(
+            e.starts_with("/etc/vg/p.toml:3:19: invalid min_tls_version"),
+            "{e}"
+        );
         let e = settings("[proxy]\nlisten = 1\n").unwrap_err().to_string();
         assert!(e.starts_with("/etc/vg/p.toml:2:10:"), "{e}");
     }

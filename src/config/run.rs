@@ -47,7 +47,10 @@ impl RunSettings {
         let empty = RunFile::default();
         let r = loaded.file.run.as_ref().unwrap_or(&empty);
         let ca_key = match &r.ca_key {
-            Some(k) if k.get_ref().is_empty() || !k.get_ref().chars().all(super::vault::is_name_char) => {
+            Some(k)
+                if k.get_ref().is_empty()
+                    || !k.get_ref().chars().all(super::vault::is_name_char) =>
+            {
                 return Err(src.error(k.span(), format!("invalid key name {:?}", k.get_ref())))
             }
             Some(k) => k.get_ref().clone(),
@@ -66,12 +69,18 @@ impl RunSettings {
             },
         };
         Ok(RunSettings {
-            dev_ca: loaded.resolve(r.dev_ca.as_ref().map_or("../certs/dev-ca.pem", |p| p.get_ref()).as_ref()),
+            dev_ca: loaded.resolve(
+                r.dev_ca
+                    .as_ref()
+                    .map_or("../certs/dev-ca.pem", |p| p.get_ref())
+                    .as_ref(),
+            ),
             ca_key,
             key_type,
             cert_validity: duration::parse_opt(&src, &r.cert_validity)?
                 .unwrap_or(Duration::from_secs(90 * 24 * 3600)),
-            restart_backoff: duration::parse_opt(&src, &r.restart_backoff)?.unwrap_or(Duration::from_secs(1)),
+            restart_backoff: duration::parse_opt(&src, &r.restart_backoff)?
+                .unwrap_or(Duration::from_secs(1)),
             vault_start_timeout: duration::parse_opt(&src, &r.vault_start_timeout)?
                 .unwrap_or(Duration::from_secs(30)),
         })
@@ -90,8 +99,11 @@ mod tests {
         let s = RunSettings::from_loaded(&loaded).unwrap();
         assert_eq!(s.dev_ca, PathBuf::from("/x/config/../certs/dev-ca.pem"));
         assert_eq!(s.key_type, KeyType::EcdsaP256);
-        let loaded =
-            super::super::parse(Path::new("v.toml"), "[run]\nkey_type = \"aes-256\"\n".into()).unwrap();
+        let loaded = super::super::parse(
+            Path::new("v.toml"),
+            "[run]\nkey_type = \"aes-256\"\n".into(),
+        )
+        .unwrap();
         let e = RunSettings::from_loaded(&loaded).unwrap_err().to_string();
         assert!(e.starts_with("v.toml:2:12: invalid key_type"), "{e}");
     }

@@ -1,0 +1,140 @@
+//! The access log: one structured line per request, written when the
+//! response body ends (so sizes and total time are final), plus the
+//! per-request metrics.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::upstream::Backend;
+
+/// Facts about the TLS connection a request came on, and its private
+/// backend connections (PROXY protocol upstreams).
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    /// The proxy's address the client connected to.
+    pub local: SocketAddr,
+    pub sni: Option<String>,
+    pub tls_version: String,
+    pub cipher: String,
+    pub alpn: Option<String>,
+    pub resumed: bool,
+    pub private: super::private::PrivatePool,
+    pub activity: Activity,
+}
+
+/// Requests in flight on a connection and when the last one started or
+/// ended, for the idle keep-alive timeout.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: AtomicU64,
+    epoch: Instant,
+    /// Milliseconds after `epoch`.
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            in_flight: AtomicU64::new(0),
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a request as in flight until the guard is dropped, which
+    /// happens however the request ends (a cancelled HTTP/2 stream drops
+    /// the handler without finishing it).
+    pub fn begin(conn: &Arc<ConnInfo>) -> InFlight {
+        conn.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        conn.activity.touch();
+        InFlight(conn.clone())
+    }
+}
+
+/// See [`Activity::begin`].
+pub struct InFlight(Arc<ConnInfo>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.activity.touch();
+    }
+}
+
+impl ConnInfo {
+    /// How long the connection has had no request in flight (zero while
+    /// one is).
+    pub fn idle_for(&self) -> Duration {
+        let a = &self.activity;
+        if a.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        a.epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(a.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Everything about one request but its response size.
+pub struct AccessRecord {
+    pub enabled: bool,
+    pub conn: Arc<ConnInfo>,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub status: u16,
+    pub bytes_in: Arc<AtomicU64>,
+    pub upstream: String,
+    pub backend: Option<Arc<Backend>>,
+    pub upstream_time: Option<Duration>,
+    pub start: Instant,
+    pub in_flight: InFlight,
+}
+
+impl AccessRecord {
+    pub fn finish(self, bytes_out: u64) {
+        if let Some(b) = &self.backend {
+            b.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        let total = self.start.elapsed();
+        metrics::counter!("vaultgate_proxy_requests_total", "status" => self.status.to_string())
+            .increment(1);
+        metrics::histogram!("vaultgate_proxy_request_seconds").record(total.as_secs_f64());
+        if !self.enabled {
+            return;
+        }
+        let c = &self.conn;
+        tracing::info!(
+            target: "vaultgate::access",
+            client = %c.client,
+            sni = c.sni.as_deref().unwrap_or("-"),
+            // Client-controlled text is quoted and escaped (Debug), so a
+            // crafted path cannot forge fields or lines in the log.
+            method = ?self.method,
+            host = ?self.host,
+            path = ?self.path,
+            status = self.status,
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out,
+            upstream = %self.upstream,
+            backend = %self.backend.as_ref().map_or("-".to_owned(), |b| b.addr.to_string()),
+            upstream_ms = self.upstream_time.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
+            total_ms = total.as_secs_f64() * 1000.0,
+            tls = %c.tls_version,
+            cipher = %c.cipher,
+            alpn = c.alpn.as_deref().unwrap_or("-"),
+            resumed = c.resumed,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! Body wrappers: byte counting (client → backend) and the response body
+//! that writes the access log line when it is finished or dropped.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Body, Frame, SizeHint};
+
+use super::access::AccessRecord;
+
+pub type BoxBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Counts data bytes as they stream through.
+pub struct Counting<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+}
+
+impl<B> Counting<B> {
+    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+        Counting { inner, count }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                self.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body sent to the client. Its drop is the end of the
+/// request: that is when the access record is complete.
+pub struct Logged {
+    inner: BoxBody,
+    sent: u64,
+    record: Option<AccessRecord>,
+}
+
+impl Logged {
+    pub fn new(inner: BoxBody, record: AccessRecord) -> Self {
+        Logged {
+            inner,
+            sent: 0,
+            record: Some(record),
+        }
+    }
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                self.sent += d.len() as u64;
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.take() {
+            r.finish(self.sent);
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Proxy headers: hop-by-hop removal (RFC 9110 §7.6.1) and the
+//! `X-Forwarded-*` / RFC 7239 `Forwarded` additions.
+
+use std::net::IpAddr;
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, UPGRADE};
+
+use crate::config::proxy::ForwardedHeaders;
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Whether the request asks to switch protocols (WebSocket and such).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers.get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Removes hop-by-hop headers, including any named in `Connection`. An
+/// upgrade keeps its `Upgrade` and `Connection: upgrade`, which must reach
+/// the other side for the switch to happen.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // "TE: trailers" is the one TE value worth passing on: gRPC over h2c
+    // backends requires it.
+    let te_trailers = headers
+        .get(TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Adds the configured forwarding headers for a request from `client`
+/// for `host` over TLS.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    which: ForwardedHeaders,
+    client: IpAddr,
+    host: Option<&str>,
+) {
+    let ip = client.to_canonical();
+    if which.x_forwarded_for {
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    if which.x_forwarded_proto {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    }
+    if which.x_forwarded_host {
+        if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert("x-forwarded-host", v);
+        }
+    }
+    if which.forwarded {
+        // RFC 7239: IPv6 addresses are bracketed and the value quoted.
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let mut elem = format!("for={node};proto=https");
+        if let Some(h) = host.filter(|h| {
+            h.chars()
+                .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\')
+        }) {
+            elem.push_str(&format!(";host=\"{h}\""));
+        }
+        let value = match headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {elem}"),
+            _ => elem,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert("forwarded", v);
+        }
+    }
+}
+
+/// The request's host: the `Host` header, else the URI authority (HTTP/2).
+pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a hyper::Uri) -> Option<&'a str> {
+    headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
+/// A host without its port, lower-cased, for routing.
+pub fn host_for_routing(host: &str) -> String {
+    let h = if host.starts_with('[') {
+        host.split_once(']')
+            .map_or(host, |(h, _)| h.trim_start_matches('['))
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
+    };
+    h.to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> ForwardedHeaders {
+        ForwardedHeaders {
+            x_forwarded_for: true,
+            x_forwarded_proto: true,
+            x_forwarded_host: true,
+            forwarded: true,
+        }
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+        h.insert("te", HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrade_survives_when_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn appends_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        add_forwarded(&mut h, all(), "::1".parse().unwrap(), Some("a.test:8443"));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, ::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "a.test:8443");
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[::1]\";proto=https;host=\"a.test:8443\""
+        );
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, all(), "::ffff:10.1.2.3".parse().unwrap(), None);
+        assert_eq!(h["forwarded"], "for=10.1.2.3;proto=https");
+    }
+
+    #[test]
+    fn routing_host_drops_port() {
+        assert_eq!(host_for_routing("A.test:8443"), "a.test");
+        assert_eq!(host_for_routing("[::1]:8443"), "::1");
+        assert_eq!(host_for_routing("a.test"), "a.test");
+    }
+}

@@ -1,0 +1,302 @@
+//! Forwarding: route a request to an upstream, pick a backend, send the
+//! request with proxy headers, stream the answer back. 502 when no backend
+//! can be reached, 504 when one does not answer in time.
+
+pub mod access;
+pub mod body;
+pub mod headers;
+pub mod health;
+pub mod private;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Incoming};
+use hyper::header::{HeaderValue, HOST};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+
+use crate::config::proxy::{Balance, ForwardedHeaders, HostPattern, ProxySettings, RouteSpec};
+use access::{AccessRecord, ConnInfo};
+use body::{BoxBody, Counting, Logged};
+use private::SendError;
+use upstream::{UpBody, Upstream};
+
+/// Routes and upstreams, shared by every connection.
+pub struct Forwarder {
+    routes: Vec<RouteSpec>,
+    upstreams: HashMap<String, Arc<Upstream>>,
+    forwarded: ForwardedHeaders,
+    access_log: bool,
+}
+
+impl Forwarder {
+    pub fn new(settings: &ProxySettings) -> Forwarder {
+        Forwarder {
+            routes: settings.routes.clone(),
+            upstreams: settings
+                .upstreams
+                .iter()
+                .map(|(name, spec)| (name.clone(), Arc::new(Upstream::new(spec.clone()))))
+                .collect(),
+            forwarded: settings.forwarded,
+            access_log: settings.access_log,
+        }
+    }
+
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.upstreams.values()
+    }
+
+    /// The most specific route: exact host over wildcard over any, then
+    /// the longest path prefix (as nginx picks locations).
+    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Upstream>> {
+        self.routes
+            .iter()
+            .filter(|r| r.host.matches(host) && path.starts_with(r.path_prefix.as_str()))
+            .max_by_key(|r| {
+                let host_rank = match &r.host {
+                    HostPattern::Exact(_) => 2,
+                    HostPattern::Wildcard(_) => 1,
+                    HostPattern::Any => 0,
+                };
+                (host_rank, r.path_prefix.len())
+            })
+            .and_then(|r| self.upstreams.get(&r.upstream))
+    }
+}
+
+fn full(text: String) -> BoxBody {
+    Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn empty_up() -> UpBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Handles one request from a client.
+pub async fn handle(
+    mut req: Request<Incoming>,
+    fwd: Arc<Forwarder>,
+    conn: Arc<ConnInfo>,
+) -> Result<Response<Logged>, Infallible> {
+    let start = Instant::now();
+    let in_flight = access::Activity::begin(&conn);
+    let host = headers::request_host(req.headers(), req.uri())
+        .unwrap_or("")
+        .to_owned();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let mut record = AccessRecord {
+        enabled: fwd.access_log,
+        conn: conn.clone(),
+        method: req.method().to_string(),
+        host: host.clone(),
+        path: path_and_query.clone(),
+        status: 0,
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        upstream: "-".to_owned(),
+        backend: None,
+        upstream_time: None,
+        start,
+        in_flight,
+    };
+    let routing_host = headers::host_for_routing(&host);
+    let Some(up) = fwd.route(&routing_host, req.uri().path()).cloned() else {
+        return Ok(fail(
+            record,
+            StatusCode::NOT_FOUND,
+            "no route for this host and path",
+        ));
+    };
+    record.upstream = up.spec.name.clone();
+
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut hdrs = parts.headers;
+    headers::strip_hop_by_hop(&mut hdrs, upgrade);
+    headers::add_forwarded(
+        &mut hdrs,
+        fwd.forwarded,
+        conn.client.ip(),
+        (!host.is_empty()).then_some(host.as_str()),
+    );
+    if !hdrs.contains_key(HOST) {
+        // HTTP/2 clients send :authority instead; HTTP/1.1 backends need Host.
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            hdrs.insert(HOST, v);
+        }
+    }
+    let hash_value = match &up.spec.balance {
+        Balance::HashHeader(name) => hdrs.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+        _ => None,
+    };
+    // A request without a body can be sent again to another backend when
+    // the first refuses the connection; one with a body cannot.
+    let retryable = body.is_end_stream();
+    let mut body = Some(Counting::new(body, record.bytes_in.clone()).boxed_unsync());
+
+    let mut exclude = None;
+    let mut refused: Option<String> = None;
+    let (resp, backend_i) = loop {
+        let Some(i) = up.pick(conn.client.ip(), hash_value.as_deref(), exclude) else {
+            let why = refused
+                .unwrap_or_else(|| "no available backend (all ejected or unhealthy)".to_owned());
+            return Ok(fail(record, StatusCode::BAD_GATEWAY, &why));
+        };
+        let backend = up.backends[i].clone();
+        // HTTP/2 carries the host in :authority (taken from the URI);
+        // HTTP/1.1 in the Host header, with the backend in the URI.
+        let authority = if up.spec.h2c && !host.is_empty() {
+            host.clone()
+        } else {
+            backend.addr.to_string()
+        };
+        let uri = match Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path_and_query.as_str())
+            .build()
+        {
+            Ok(u) => u,
+            Err(_) => {
+                return Ok(fail(
+                    record,
+                    StatusCode::BAD_REQUEST,
+                    "invalid request target",
+                ))
+            }
+        };
+        let mut out = Request::new(body.take().unwrap_or_else(empty_up));
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.headers_mut() = hdrs.clone();
+        if up.spec.h2c {
+            *out.version_mut() = Version::HTTP_2;
+            out.headers_mut().remove(HOST);
+        } else {
+            *out.version_mut() = Version::HTTP_11;
+        }
+        let sent = Instant::now();
+        let result = if up.spec.h2c {
+            let send = up.h2c.send(backend.addr, up.spec.connect_timeout, out);
+            tokio::time::timeout(up.spec.response_timeout, send).await
+        } else if up.spec.proxy_protocol {
+            let send = conn.private.send(
+                backend.addr,
+                conn.client,
+                conn.local,
+                up.spec.connect_timeout,
+                out,
+            );
+            tokio::time::timeout(up.spec.response_timeout, send).await
+        } else {
+            let send = async { up.client.request(out).await.map_err(SendError::Pooled) };
+            tokio::time::timeout(up.spec.response_timeout, send).await
+        };
+        match result {
+            Ok(Ok(resp)) => {
+                record.upstream_time = Some(sent.elapsed());
+                break (resp, i);
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                let why = format!(
+                    "backend {} refused the connection: {}",
+                    backend.addr,
+                    error_chain(&e)
+                );
+                up.eject(i, &why);
+                if retryable && exclude.is_none() {
+                    exclude = Some(i);
+                    refused = Some(why);
+                    continue;
+                }
+                return Ok(fail(record, StatusCode::BAD_GATEWAY, &why));
+            }
+            Ok(Err(e)) => {
+                let why = format!("backend {} failed: {}", backend.addr, error_chain(&e));
+                return Ok(fail(record, StatusCode::BAD_GATEWAY, &why));
+            }
+            Err(_) => {
+                let why = format!(
+                    "backend {} did not answer within {:?}",
+                    backend.addr, up.spec.response_timeout
+                );
+                return Ok(fail(record, StatusCode::GATEWAY_TIMEOUT, &why));
+            }
+        }
+    };
+    let backend = up.backends[backend_i].clone();
+    backend.active.fetch_add(1, Ordering::Relaxed);
+    record.backend = Some(backend);
+    metrics::histogram!("vaultgate_proxy_upstream_seconds", "upstream" => up.spec.name.clone())
+        .record(record.upstream_time.map_or(0.0, |d| d.as_secs_f64()));
+
+    let mut resp = resp;
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let backend_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, backend_upgrade) {
+                Ok((c, b)) => {
+                    let mut c = TokioIo::new(c);
+                    let mut b = TokioIo::new(b);
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
+            }
+        });
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
+    record.status = rparts.status.as_u16();
+    let body = rbody.boxed_unsync();
+    Ok(Response::from_parts(rparts, Logged::new(body, record)))
+}
+
+/// "client error (Connect): tcp connect error: Connection refused": hyper's
+/// top-level message alone hides the cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// An error answer: a short body, and a log line saying why.
+fn fail(mut record: AccessRecord, status: StatusCode, why: &str) -> Response<Logged> {
+    record.status = status.as_u16();
+    if status.is_server_error() {
+        tracing::warn!(upstream = %record.upstream, host = ?record.host, path = ?record.path, status = status.as_u16(), "{why}");
+    }
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut resp = Response::new(Logged::new(full(text), record));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

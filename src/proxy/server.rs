@@ -1,0 +1,348 @@
+//! The accept loop and per-connection work: connection limit, TLS
+//! handshake with a deadline, HTTP/1.1 + HTTP/2 serving, idle keep-alive
+//! timeout, and graceful shutdown (stop accepting, let in-flight requests
+//! finish, up to a deadline).
+//!
+//! Every connection task holds a receiver of one `watch` channel: sending
+//! on it asks each connection to finish gracefully (HTTP/2 GOAWAY, HTTP/1
+//! close after the current response), and the sender's `closed()` resolves
+//! once the last connection is gone: that is the drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use super::forward::access::ConnInfo;
+use super::forward::{self, Forwarder};
+use super::Proxy;
+
+/// Serves `listener` until `shutdown` resolves, then drains. Returns
+/// whether every connection finished within the shutdown deadline.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> bool {
+    let limits = proxy.settings.limits.clone();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let acceptor = TlsAcceptor::from(proxy.tls.clone());
+    let http = Arc::new(http_builder(&proxy));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => {
+                    backoff = Duration::from_millis(5);
+                    x
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait and retry
+                    // rather than end the server.
+                    tracing::warn!(error = %e, "accept failed; backing off {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(connection(
+            tcp,
+            peer,
+            acceptor.clone(),
+            http.clone(),
+            proxy.forwarder.clone(),
+            limits.clone(),
+            permit,
+            drain_rx.clone(),
+        ));
+    }
+    drop(listener);
+    drop(drain_rx);
+    tracing::info!("shutting down: no longer accepting; draining connections");
+    let _ = drain_tx.send(true);
+    match tokio::time::timeout(limits.shutdown_timeout, drain_tx.closed()).await {
+        Ok(()) => true,
+        Err(_) => {
+            tracing::warn!(
+                "shutdown deadline {:?} passed with connections still open",
+                limits.shutdown_timeout
+            );
+            false
+        }
+    }
+}
+
+fn http_builder(proxy: &Proxy) -> auto::Builder<TokioExecutor> {
+    let l = &proxy.settings.limits;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    // hyper runs this timer whenever it waits for a request head, which
+    // includes an idle keep-alive connection: it is the HTTP/1 idle timeout too.
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(l.header_timeout.min(l.idle_timeout))
+        .max_buf_size(l.max_header_size)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(l.max_header_size as u32)
+        .keep_alive_interval(Some(l.idle_timeout))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    fwd: Arc<Forwarder>,
+    limits: crate::config::proxy::Limits,
+    permit: OwnedSemaphorePermit,
+    mut drain: watch::Receiver<bool>,
+) {
+    let _permit = permit;
+    let _open = OpenGauge::new();
+    let Ok(local) = tcp.local_addr() else { return };
+    let start = Instant::now();
+    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            metrics::counter!("vaultgate_proxy_handshake_failures_total", "reason" => failure_reason(&e)).increment(1);
+            tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!("vaultgate_proxy_handshake_failures_total", "reason" => "timeout")
+                .increment(1);
+            tracing::debug!(client = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let resumed = matches!(
+        session.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let kind = if resumed { "resumed" } else { "full" };
+    metrics::counter!("vaultgate_proxy_handshakes_total", "kind" => kind).increment(1);
+    metrics::histogram!("vaultgate_proxy_handshake_seconds", "kind" => kind)
+        .record(start.elapsed().as_secs_f64());
+    let info = Arc::new(ConnInfo {
+        client: peer,
+        local,
+        sni: session.server_name().map(str::to_owned),
+        tls_version: session
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("-")
+            .to_owned(),
+        cipher: session
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("-")
+            .to_owned(),
+        alpn: session
+            .alpn_protocol()
+            .map(|a| String::from_utf8_lossy(a).into_owned()),
+        resumed,
+        private: Default::default(),
+        activity: Default::default(),
+    });
+    let service = {
+        let info = info.clone();
+        hyper::service::service_fn(move |req| forward::handle(req, fwd.clone(), info.clone()))
+    };
+    let conn = http.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    // Checked a few times per timeout period: exactness is not needed,
+    // closing idle connections eventually is.
+    let mut idle_check =
+        tokio::time::interval((limits.idle_timeout / 4).max(Duration::from_millis(50)));
+    let mut closing = *drain.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = drain.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = idle_check.tick(), if !closing => {
+                if info.idle_for() >= limits.idle_timeout {
+                    closing = true;
+                    metrics::counter!("vaultgate_proxy_idle_closes_total").increment(1);
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+fn failure_reason(e: &std::io::Error) -> &'static str {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::General(m)) if m.starts_with("vault") => "vault",
+        Some(rustls::Error::NoCertificatesPresented) => "no_certificate",
+        Some(rustls::Error::AlertReceived(_)) => "alert_received",
+        Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
+        Some(_) => "tls",
+        None => "io",
+    }
+}
+
+/// Keeps `vaultgate_proxy_connections_open` right however a connection ends.
+struct OpenGauge;
+
+impl OpenGauge {
+    fn new() -> OpenGauge {
+        metrics::gauge!("vaultgate_proxy_connections_open").increment(1.0);
+        OpenGauge
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("vaultgate_proxy_connections_open").decrement(1.0);
+    }
+}
+
+/// Why the proxy could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the proxy task failed: {0}")]
+    Task(String),
+}
+
+/// [`run`] until SIGTERM/SIGINT, from outside the runtime. The accept loop
+/// runs on a worker thread rather than the calling one, so the connection
+/// tasks it spawns go to that worker's own queue without a cross-thread
+/// wake-up.
+pub fn run_until_signal(
+    rt: &tokio::runtime::Runtime,
+    proxy: Arc<Proxy>,
+    on_listen: impl FnOnce(SocketAddr) + Send + 'static,
+) -> Result<bool, ServeError> {
+    let task = rt.spawn(run(proxy, shutdown_signal(), on_listen));
+    rt.block_on(task)
+        .map_err(|e| ServeError::Task(e.to_string()))?
+}
+
+/// Binds the proxy's listener (and the metrics listener, if configured),
+/// prints `listen ADDR` / `metrics ADDR` on stdout (the addresses actually
+/// bound, so port 0 works), starts health checks and serves until
+/// `shutdown`. Returns whether the drain finished in time.
+pub async fn run(
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+    on_listen: impl FnOnce(SocketAddr),
+) -> Result<bool, ServeError> {
+    let addr = proxy.settings.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let mut tasks = Vec::new();
+    if let Some(maddr) = proxy.settings.metrics_listen {
+        let ml = TcpListener::bind(maddr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: maddr,
+                source,
+            })?;
+        let mlocal = ml.local_addr().map_err(|source| ServeError::Bind {
+            addr: maddr,
+            source,
+        })?;
+        println!("metrics {mlocal}");
+        tasks.push(tokio::spawn(crate::telemetry::serve_metrics(
+            ml,
+            crate::telemetry::install_recorder(),
+        )));
+    }
+    tasks.extend(proxy.spawn_health_checks());
+    tasks.push(tokio::spawn(reload_on_sighup(proxy.clone())));
+    println!("listen {local}");
+    tracing::info!(%local, "proxy listening");
+    on_listen(local);
+    let clean = serve(proxy, listener, shutdown).await;
+    for t in tasks {
+        t.abort();
+    }
+    Ok(clean)
+}
+
+/// SIGHUP reloads the certificates (files and vault key lookups) and swaps
+/// the store; a failed reload keeps the old store and says why.
+async fn reload_on_sighup(proxy: Arc<Proxy>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let p = proxy.clone();
+        match tokio::task::spawn_blocking(move || p.reload_certs()).await {
+            Ok(Ok(())) => {
+                metrics::counter!("vaultgate_proxy_cert_reloads_total", "result" => "ok")
+                    .increment(1);
+                tracing::info!("certificates reloaded");
+            }
+            Ok(Err(e)) => {
+                metrics::counter!("vaultgate_proxy_cert_reloads_total", "result" => "error")
+                    .increment(1);
+                tracing::error!(error = %e, "certificate reload failed; keeping the current certificates");
+            }
+            Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers there is nothing to wait for but the end.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

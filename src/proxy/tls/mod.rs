@@ -1,0 +1,81 @@
+//! TLS termination: the certificate store ([`store`]), the SNI/algorithm
+//! resolver ([`resolver`]) and the rustls server config (versions, AEAD
+//! suites, ALPN, resumption).
+
+pub mod resolver;
+pub mod store;
+pub mod tickets;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::ServerSessionMemoryCache;
+use rustls::ServerConfig;
+
+use crate::config::proxy::{ProxySettings, TlsVersion};
+use crate::pki::PkiError;
+use crate::signer::SignerError;
+
+pub use store::CertStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{at}: certificate: {source}")]
+    Cert { at: String, source: PkiError },
+    #[error("{at}: key file {path}: {message}", path = .path.display())]
+    FileKey {
+        at: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("{at}: vault key {key:?}: {source}")]
+    Vault {
+        at: String,
+        key: String,
+        source: SignerError,
+    },
+    #[error("{at}: key {key} does not match the public key of certificate {cert}")]
+    Mismatch {
+        at: String,
+        cert: String,
+        key: String,
+    },
+    #[error("vault key {key:?} is configured but no vault socket is usable")]
+    NoVault { key: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The server config. Certificates come from `store` at each handshake,
+/// so swapping the store needs no new config.
+pub fn server_config(
+    settings: &ProxySettings,
+    store: Arc<ArcSwap<CertStore>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    // ring's suites are all AEAD (AES-GCM, ChaCha20-Poly1305); rustls has
+    // no TLS 1.0/1.1 at all.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_tls_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver::Resolver::new(store)));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Resumption skips the vault entirely: tickets (TLS 1.3, and 1.2
+    // clients that ask) with keys rotated every `ticket_rotation`, plus a
+    // session-id cache for TLS 1.2 clients without tickets.
+    cfg.session_storage = match settings.session_cache_size {
+        0 => Arc::new(rustls::server::NoServerSessionStorage {}),
+        n => ServerSessionMemoryCache::new(n),
+    };
+    if settings.session_tickets {
+        cfg.ticketer = tickets::rotating(settings.ticket_rotation)?;
+    } else {
+        cfg.send_tls13_tickets = 0;
+    }
+    Ok(Arc::new(cfg))
+}

@@ -1,0 +1,174 @@
+//! The certificate store: every configured certificate with its key,
+//! indexed by host name. Built whole, then published through an `ArcSwap`
+//! so a reload replaces it atomically while handshakes keep reading the
+//! old one.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::sign::{CertifiedKey, SigningKey};
+use rustls::SignatureAlgorithm;
+
+use super::TlsError;
+use crate::config::proxy::{CertSpec, KeyRef, ProxySettings};
+use crate::pki;
+use crate::signer::{VaultKey, VaultPool};
+
+/// One certificate chain with its key, and what it was loaded from.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub certified: Arc<CertifiedKey>,
+    pub algorithm: SignatureAlgorithm,
+    pub key: KeyRef,
+    pub cert_path: PathBuf,
+}
+
+/// Certificates by name. Each name may have several entries (an ECDSA and
+/// an RSA one); ECDSA comes first, as it is cheaper to sign with.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    exact: HashMap<String, Vec<Entry>>,
+    /// (".suffix", entries), longest suffix first.
+    wildcard: Vec<(String, Vec<Entry>)>,
+    /// For clients without SNI, or with a name nothing matches.
+    default: Vec<Entry>,
+}
+
+impl CertStore {
+    /// Loads every `[[proxy.cert]]`. `vault:` keys need `pool`.
+    pub fn load(settings: &ProxySettings, pool: Option<&VaultPool>) -> Result<CertStore, TlsError> {
+        let mut entries = Vec::new();
+        for spec in &settings.certs {
+            entries.push((spec, load_entry(spec, pool)?));
+        }
+        let mut store = CertStore::default();
+        for (spec, entry) in &entries {
+            for name in &spec.names {
+                match name.strip_prefix('*') {
+                    Some(suffix) => match store.wildcard.iter_mut().find(|(s, _)| s == suffix) {
+                        Some((_, v)) => v.push(entry.clone()),
+                        None => store
+                            .wildcard
+                            .push((suffix.to_owned(), vec![entry.clone()])),
+                    },
+                    None => store
+                        .exact
+                        .entry(name.clone())
+                        .or_default()
+                        .push(entry.clone()),
+                }
+            }
+        }
+        store
+            .wildcard
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        let default_name = settings.default_server_name.clone().or_else(|| {
+            settings
+                .certs
+                .first()
+                .and_then(|c| c.names.first().cloned())
+        });
+        if let Some(name) = default_name {
+            store.default = store.lookup(Some(&name)).to_vec();
+        }
+        for v in store
+            .exact
+            .values_mut()
+            .chain(store.wildcard.iter_mut().map(|(_, v)| v))
+        {
+            v.sort_by_key(|e| e.algorithm != SignatureAlgorithm::ECDSA);
+        }
+        store
+            .default
+            .sort_by_key(|e| e.algorithm != SignatureAlgorithm::ECDSA);
+        Ok(store)
+    }
+
+    /// The candidates for a server name (lower case), falling back to the
+    /// default certificate.
+    pub fn lookup(&self, sni: Option<&str>) -> &[Entry] {
+        if let Some(name) = sni {
+            if let Some(v) = self.exact.get(name) {
+                return v;
+            }
+            for (suffix, v) in &self.wildcard {
+                if name.len() > suffix.len() && name.ends_with(suffix.as_str()) {
+                    return v;
+                }
+            }
+        }
+        &self.default
+    }
+
+    /// Every entry, for reports (`check`) and tests.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.exact
+            .values()
+            .chain(self.wildcard.iter().map(|(_, v)| v))
+            .flatten()
+    }
+}
+
+/// Loads one certificate and its key, and refuses a key whose public half
+/// is not the certificate's.
+pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, TlsError> {
+    let certs = pki::read_pem_certs(&spec.cert).map_err(|source| TlsError::Cert {
+        at: spec.cert_at.to_string(),
+        source,
+    })?;
+    let cert_spki = pki::cert_spki(&certs[0])
+        .map_err(|source| TlsError::Cert {
+            at: spec.cert_at.to_string(),
+            source,
+        })?
+        .to_vec();
+    let label = spec.cert.display().to_string();
+    let key: Arc<dyn SigningKey> = match &spec.key {
+        KeyRef::Vault(name) => {
+            let pool = pool.ok_or_else(|| TlsError::NoVault { key: name.clone() })?;
+            let key = VaultKey::load(pool, name, Some(&cert_spki), &label).map_err(|source| {
+                TlsError::Vault {
+                    at: spec.key_at.to_string(),
+                    key: name.clone(),
+                    source,
+                }
+            })?;
+            Arc::new(key)
+        }
+        KeyRef::File(path) => {
+            let key = load_file_key(path).map_err(|message| TlsError::FileKey {
+                at: spec.key_at.to_string(),
+                path: path.clone(),
+                message,
+            })?;
+            let matches = key
+                .public_key()
+                .is_some_and(|k| k.as_ref() == cert_spki.as_slice());
+            if !matches {
+                return Err(TlsError::Mismatch {
+                    at: spec.key_at.to_string(),
+                    cert: label,
+                    key: spec.key.to_string(),
+                });
+            }
+            key
+        }
+    };
+    let algorithm = key.algorithm();
+    Ok(Entry {
+        certified: Arc::new(CertifiedKey::new(certs, key)),
+        algorithm,
+        key: spec.key.clone(),
+        cert_path: spec.cert.clone(),
+    })
+}
+
+/// An in-process key from a PEM file: the comparison/migration path.
+fn load_file_key(path: &std::path::Path) -> Result<Arc<dyn SigningKey>, String> {
+    let data = std::fs::read(path).map_err(|e| e.to_string())?;
+    let der = rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "no private key in PEM file".to_owned())?;
+    rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())
+}

@@ -1,0 +1,236 @@
+//! rustls [`SigningKey`]s whose private half stays in the vault.
+//!
+//! Each key is pinned to the key version whose public key is in the
+//! certificate it serves: after a rotation in the vault, handshakes keep
+//! signing with the version that matches the certificate in use until the
+//! certificate store is swapped.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::SubjectPublicKeyInfoDer;
+use rustls::sign::{Signer, SigningKey};
+use rustls::{SignatureAlgorithm, SignatureScheme};
+
+use super::{SignerError, VaultPool};
+use crate::protocol::{KeyType, Op, Request, Response};
+
+/// Admin-style lookups (public keys) are not on the handshake path and get
+/// a more forgiving timeout than signatures.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A vault key usable by rustls. Cheap to clone.
+#[derive(Clone)]
+pub struct VaultKey {
+    inner: Arc<KeyInner>,
+}
+
+struct KeyInner {
+    name: String,
+    version: u32,
+    key_type: KeyType,
+    spki: Vec<u8>,
+    pool: VaultPool,
+}
+
+impl fmt::Debug for VaultKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultKey")
+            .field("name", &self.inner.name)
+            .field("version", &self.inner.version)
+            .field("key_type", &self.inner.key_type)
+            .finish()
+    }
+}
+
+/// The public half of a vault key version.
+pub fn public_key(
+    pool: &VaultPool,
+    name: &str,
+    version: Option<u32>,
+) -> Result<(KeyType, u32, Vec<u8>), SignerError> {
+    let req = Request::PublicKey {
+        key: name.to_owned(),
+        version,
+    };
+    match pool.call_with_timeout(&req, LOOKUP_TIMEOUT)? {
+        Response::PublicKey {
+            key_type,
+            version,
+            spki_der,
+        } => Ok((key_type, version, spki_der)),
+        _ => Err(SignerError::Unexpected(Op::PublicKey)),
+    }
+}
+
+impl VaultKey {
+    /// Looks the key up in the vault. With `cert_spki`, pins the newest
+    /// version whose public key is that one (searching back from the
+    /// primary); without, pins the primary.
+    pub fn load(
+        pool: &VaultPool,
+        name: &str,
+        cert_spki: Option<&[u8]>,
+        cert_label: &str,
+    ) -> Result<VaultKey, SignerError> {
+        let (key_type, primary, spki) = public_key(pool, name, None)?;
+        let (version, spki) = match cert_spki {
+            Some(want) if want != spki.as_slice() => {
+                let mut found = None;
+                for v in (1..primary).rev() {
+                    match public_key(pool, name, Some(v)) {
+                        Ok((_, v, s)) if s == want => {
+                            found = Some((v, s));
+                            break;
+                        }
+                        // Retired or missing versions are skipped, not fatal.
+                        Ok(_) | Err(SignerError::Vault { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                found.ok_or_else(|| SignerError::Mismatch {
+                    key: name.to_owned(),
+                    cert: cert_label.to_owned(),
+                })?
+            }
+            _ => (primary, spki),
+        };
+        if schemes(key_type).is_empty() {
+            return Err(SignerError::NotSigning {
+                key: name.to_owned(),
+                key_type: key_type.to_string(),
+            });
+        }
+        Ok(VaultKey {
+            inner: Arc::new(KeyInner {
+                name: name.to_owned(),
+                version,
+                key_type,
+                spki,
+                pool: pool.clone(),
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn version(&self) -> u32 {
+        self.inner.version
+    }
+
+    pub fn key_type(&self) -> KeyType {
+        self.inner.key_type
+    }
+
+    pub fn spki(&self) -> &[u8] {
+        &self.inner.spki
+    }
+
+    /// Signs `message` with `scheme` (the vault hashes), blocking the
+    /// calling thread as described in [`super::pool`].
+    pub fn sign_blocking(
+        &self,
+        scheme: SignatureScheme,
+        message: &[u8],
+    ) -> Result<Vec<u8>, SignerError> {
+        let k = &self.inner;
+        let req = Request::Sign {
+            key: k.name.clone(),
+            version: Some(k.version),
+            scheme: u16::from(scheme),
+            message: message.to_vec(),
+        };
+        match k.pool.call(&req)? {
+            Response::Signature { signature, .. } => Ok(signature),
+            _ => Err(SignerError::Unexpected(Op::Sign)),
+        }
+    }
+}
+
+/// The TLS schemes a key type can sign, best first.
+pub fn schemes(key_type: KeyType) -> &'static [SignatureScheme] {
+    match key_type {
+        KeyType::EcdsaP256 => &[SignatureScheme::ECDSA_NISTP256_SHA256],
+        KeyType::EcdsaP384 => &[SignatureScheme::ECDSA_NISTP384_SHA384],
+        KeyType::Ed25519 => &[SignatureScheme::ED25519],
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => &[
+            SignatureScheme::RSA_PSS_SHA512,
+            SignatureScheme::RSA_PSS_SHA384,
+            SignatureScheme::RSA_PSS_SHA256,
+            SignatureScheme::RSA_PKCS1_SHA512,
+            SignatureScheme::RSA_PKCS1_SHA384,
+            SignatureScheme::RSA_PKCS1_SHA256,
+        ],
+        KeyType::Aes256 => &[],
+    }
+}
+
+/// The rustls algorithm family of a key type.
+pub fn algorithm(key_type: KeyType) -> SignatureAlgorithm {
+    match key_type {
+        KeyType::EcdsaP256 | KeyType::EcdsaP384 => SignatureAlgorithm::ECDSA,
+        KeyType::Ed25519 => SignatureAlgorithm::ED25519,
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => SignatureAlgorithm::RSA,
+        KeyType::Aes256 => SignatureAlgorithm::Unknown(0),
+    }
+}
+
+impl SigningKey for VaultKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        schemes(self.inner.key_type)
+            .iter()
+            .find(|s| offered.contains(s))
+            .map(|&scheme| {
+                Box::new(VaultSigner {
+                    key: self.clone(),
+                    scheme,
+                }) as Box<dyn Signer>
+            })
+    }
+
+    fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
+        Some(SubjectPublicKeyInfoDer::from(self.inner.spki.as_slice()))
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        algorithm(self.inner.key_type)
+    }
+}
+
+#[derive(Debug)]
+struct VaultSigner {
+    key: VaultKey,
+    scheme: SignatureScheme,
+}
+
+impl Signer for VaultSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        let start = Instant::now();
+        let result = self.key.sign_blocking(self.scheme, message);
+        let elapsed = start.elapsed().as_secs_f64();
+        match result {
+            Ok(sig) => {
+                metrics::histogram!("vaultgate_proxy_sign_seconds", "result" => "ok")
+                    .record(elapsed);
+                Ok(sig)
+            }
+            Err(e) => {
+                metrics::histogram!("vaultgate_proxy_sign_seconds", "result" => "error")
+                    .record(elapsed);
+                metrics::counter!("vaultgate_proxy_vault_errors_total", "reason" => e.reason())
+                    .increment(1);
+                tracing::warn!(key = %self.key.name(), version = self.key.version(), error = %e, "vault signature failed; failing the handshake");
+                Err(rustls::Error::General(format!(
+                    "vault signature failed: {e}"
+                )))
+            }
+        }
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        self.scheme
+    }
+}

@@ -1,0 +1,408 @@
+//! A few persistent vault connections per socket, kept alive by a
+//! reconnecting supervisor thread, with failover in the configured order.
+//!
+//! [`VaultPool::call`] is synchronous because rustls asks for signatures
+//! synchronously. It never stalls the tokio reactor for long: it waits
+//! plainly only for a short budget (as long as an in-process signature
+//! would take), then hands the worker thread over with `block_in_place`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::conn::Conn;
+use super::SignerError;
+use crate::protocol::{Frame, Request, Response, MAX_BODY};
+
+/// Tuning of a [`VaultPool`].
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Vault sockets in failover order: the first live one is used.
+    pub sockets: Vec<PathBuf>,
+    pub connections_per_socket: usize,
+    /// Hard limit for one call, queueing included.
+    pub timeout: Duration,
+    /// How long to wait for an answer before `block_in_place`.
+    pub plain_wait: Duration,
+}
+
+struct Slot {
+    socket: usize,
+    conn: Mutex<Option<Arc<Conn>>>,
+}
+
+/// Shared by every remote key; cheap to clone.
+#[derive(Clone)]
+pub struct VaultPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    opts: PoolOptions,
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+    /// Index of the socket last used, to count failovers.
+    current_socket: AtomicUsize,
+}
+
+impl VaultPool {
+    /// Starts the pool. Connections are made in the background; the first
+    /// attempt is made before returning so a running vault is usable at once.
+    pub fn start(opts: PoolOptions) -> VaultPool {
+        let mut slots = Vec::new();
+        for socket in 0..opts.sockets.len() {
+            for _ in 0..opts.connections_per_socket.max(1) {
+                slots.push(Slot {
+                    socket,
+                    conn: Mutex::new(None),
+                });
+            }
+        }
+        let inner = Arc::new(Inner {
+            opts,
+            slots,
+            next: AtomicUsize::new(0),
+            current_socket: AtomicUsize::new(0),
+        });
+        inner.reconnect_dead();
+        let weak = Arc::downgrade(&inner);
+        let _ = std::thread::Builder::new()
+            .name("vault-supervisor".into())
+            .spawn(move || supervise(weak));
+        VaultPool { inner }
+    }
+
+    /// Whether at least one connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.inner.slots.iter().any(|s| s.live().is_some())
+    }
+
+    /// Waits (blocking) until a connection is up or `timeout` passes.
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_connected() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.inner.reconnect_dead();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `req` and waits for its answer, retrying on another connection
+    /// if the one used dies first, all within the pool's timeout.
+    pub fn call(&self, req: &Request) -> Result<Response, SignerError> {
+        self.call_with_timeout(req, self.inner.opts.timeout)
+    }
+
+    pub fn call_with_timeout(
+        &self,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, SignerError> {
+        let op = req.op();
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let probe = req.to_frame(0);
+        if probe.body.len() > MAX_BODY {
+            return Err(SignerError::TooLarge(probe.body.len()));
+        }
+        let mut last_err = SignerError::Unavailable;
+        for _attempt in 0..3 {
+            let Some(conn) = self.inner.pick() else {
+                return Err(last_err);
+            };
+            let Some((id, rx)) = conn.send(|id| Frame {
+                request_id: id,
+                ..probe.clone()
+            }) else {
+                last_err = SignerError::Closed;
+                continue;
+            };
+            match wait(&rx, deadline, self.inner.opts.plain_wait) {
+                Ok(frame) => {
+                    return match Response::from_frame(op, &frame)? {
+                        Response::Error { code, message } => {
+                            Err(SignerError::Vault { code, message })
+                        }
+                        resp => Ok(resp),
+                    }
+                }
+                Err(WaitError::Timeout) => {
+                    conn.cancel(id);
+                    return Err(SignerError::Timeout { op, timeout });
+                }
+                Err(WaitError::Closed) => last_err = SignerError::Closed,
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        Err(last_err)
+    }
+}
+
+impl Slot {
+    fn live(&self) -> Option<Arc<Conn>> {
+        let g = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().filter(|c| !c.is_dead()).cloned()
+    }
+}
+
+impl Inner {
+    /// Round robin over the live connections of the first socket that has
+    /// any: later sockets are failovers, not load sharing.
+    fn pick(&self) -> Option<Arc<Conn>> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for socket in 0..self.opts.sockets.len() {
+            for i in 0..n {
+                let slot = &self.slots[(start + i) % n];
+                if slot.socket != socket {
+                    continue;
+                }
+                if let Some(c) = slot.live() {
+                    let prev = self.current_socket.swap(socket, Ordering::Relaxed);
+                    if prev != socket {
+                        metrics::counter!("vaultgate_proxy_vault_failovers_total").increment(1);
+                        tracing::warn!(
+                            from = %self.opts.sockets[prev].display(),
+                            to = %self.opts.sockets[socket].display(),
+                            "vault failover"
+                        );
+                    }
+                    return Some(c);
+                }
+            }
+        }
+        None
+    }
+
+    /// One reconnect attempt for every dead slot; returns whether all are up.
+    fn reconnect_dead(&self) -> bool {
+        let mut all_up = true;
+        for slot in &self.slots {
+            if slot.live().is_some() {
+                continue;
+            }
+            let path = &self.opts.sockets[slot.socket];
+            match Conn::connect(path) {
+                Ok(c) => {
+                    *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(c));
+                }
+                Err(e) => {
+                    all_up = false;
+                    tracing::debug!(socket = %path.display(), error = %e, "vault connect failed");
+                }
+            }
+        }
+        all_up
+    }
+}
+
+/// Reconnects dead connections with exponential backoff (20 ms to 2 s).
+/// Holds only a weak reference: it ends once the pool is dropped.
+fn supervise(weak: std::sync::Weak<Inner>) {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        std::thread::sleep(backoff);
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.reconnect_dead() {
+            backoff = Duration::from_millis(20);
+        } else {
+            metrics::counter!("vaultgate_proxy_vault_reconnect_failures_total").increment(1);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+enum WaitError {
+    Timeout,
+    Closed,
+}
+
+/// The adaptive wait: a plain wait first (no thread hand-off on the fast
+/// path), then `block_in_place` so tokio moves this worker's other tasks
+/// elsewhere while we keep waiting, up to `deadline`.
+fn wait(
+    rx: &mpsc::Receiver<Frame>,
+    deadline: Instant,
+    plain: Duration,
+) -> Result<Frame, WaitError> {
+    let recv =
+        |until: Instant| match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(f) => Ok(f),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(WaitError::Timeout),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(WaitError::Closed),
+        };
+    let plain_until = (Instant::now() + plain).min(deadline);
+    match recv(plain_until) {
+        Err(WaitError::Timeout) if Instant::now() < deadline => {}
+        other => return other,
+    }
+    if on_multi_thread_worker() {
+        metrics::counter!("vaultgate_proxy_sign_block_in_place_total").increment(1);
+        tokio::task::block_in_place(|| recv(deadline))
+    } else {
+        recv(deadline)
+    }
+}
+
+/// `block_in_place` panics on a current-thread runtime; elsewhere (plain
+/// threads, blocking pool) a plain wait stalls nothing.
+fn on_multi_thread_worker() -> bool {
+    matches!(
+        tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()),
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a tiny fake vault speaking only the frame layer: the real
+    //! vault cannot be told to stall or to answer out of order.
+
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::protocol::{frame, Op};
+
+    /// Answers every Sign with a signature equal to its request id, in
+    /// reverse order of arrival per read; never answers when `silent`.
+    fn fake_vault(dir: &std::path::Path, silent: bool) -> PathBuf {
+        let path = dir.join("fake.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                std::thread::spawn(move || {
+                    let mut buf = BytesMut::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        let mut got = Vec::new();
+                        while let Ok(Some(f)) = frame::decode(&mut buf) {
+                            got.push(f);
+                        }
+                        if silent {
+                            continue;
+                        }
+                        let mut out = BytesMut::new();
+                        for f in got.iter().rev() {
+                            let resp = Response::Signature {
+                                version: 1,
+                                signature: f.request_id.to_be_bytes().to_vec(),
+                            };
+                            resp.to_frame(Op::Sign, f.request_id)
+                                .encode(&mut out)
+                                .unwrap();
+                        }
+                        if s.write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        path
+    }
+
+    fn pool(socket: PathBuf, timeout: Duration) -> VaultPool {
+        let p = VaultPool::start(PoolOptions {
+            sockets: vec![socket],
+            connections_per_socket: 1,
+            timeout,
+            plain_wait: Duration::from_micros(50),
+        });
+        assert!(p.wait_connected(Duration::from_secs(5)));
+        p
+    }
+
+    fn sign_req() -> Request {
+        Request::Sign {
+            key: "k".into(),
+            version: Some(1),
+            scheme: 0x0403,
+            message: b"m".to_vec(),
+        }
+    }
+
+    #[test]
+    fn answers_are_matched_by_request_id_across_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(fake_vault(dir.path(), false), Duration::from_secs(5));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|_| match p.call(&sign_req()).unwrap() {
+                            Response::Signature { signature, .. } => signature,
+                            other => panic!("{other:?}"),
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<Vec<u8>> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        // Each caller got the answer to its own id: all 400 distinct.
+        assert_eq!(all.len(), n);
+    }
+
+    #[test]
+    fn a_silent_vault_hits_the_hard_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(fake_vault(dir.path(), true), Duration::from_millis(50));
+        let start = Instant::now();
+        let e = p.call(&sign_req()).unwrap_err();
+        assert!(matches!(e, SignerError::Timeout { .. }), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn no_vault_means_unavailable_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = VaultPool::start(PoolOptions {
+            sockets: vec![dir.path().join("none.sock")],
+            connections_per_socket: 2,
+            timeout: Duration::from_millis(50),
+            plain_wait: Duration::from_micros(50),
+        });
+        assert!(matches!(p.call(&sign_req()), Err(SignerError::Unavailable)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn waiting_on_a_tokio_worker_hands_the_thread_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(fake_vault(dir.path(), true), Duration::from_millis(100));
+        // One worker: a timer on it keeps ticking while a call waits only
+        // if the call handed the worker over.
+        let ticker = tokio::spawn(async {
+            let start = Instant::now();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            start.elapsed()
+        });
+        let r = tokio::spawn(async move { p.call(&sign_req()) })
+            .await
+            .unwrap();
+        assert!(r.is_err());
+        assert!(ticker.await.unwrap() < Duration::from_millis(90));
+    }
+}

@@ -1,0 +1,65 @@
+//! Integration tests of `vaultgate proxy`, `run` and `check`: real vault
+//! and proxy processes, real nginx and Apache backends, curl and rustls
+//! clients.
+
+mod common;
+
+#[path = "proxy/check.rs"]
+mod check;
+#[path = "proxy/failures.rs"]
+mod failures;
+#[path = "proxy/forwarding.rs"]
+mod forwarding;
+#[path = "proxy/isolation.rs"]
+mod isolation;
+#[path = "proxy/run.rs"]
+mod run;
+#[path = "proxy/tls.rs"]
+mod tls;
+
+use std::path::{Path, PathBuf};
+
+use common::proxy::TestCa;
+use common::vault::{Opts, VaultProc};
+
+/// A vault (with metrics), a test CA and a temp dir for configs and certs.
+pub struct Setup {
+    pub vault: VaultProc,
+    pub ca: TestCa,
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    pub fn start() -> Setup {
+        let vault = VaultProc::start_with(Opts {
+            metrics: true,
+            ..Opts::default()
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("vg-proxy-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let ca = TestCa::new(dir.path());
+        Setup { vault, ca, dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A vault key `name` with a certificate for `names`; returns the cert path.
+    pub fn vault_cert(&self, name: &str, key_type: &str, names: &[&str]) -> PathBuf {
+        let out = self.path(&format!("{name}.pem"));
+        self.ca.vault_cert(&self.vault, name, key_type, names, &out);
+        out
+    }
+
+    pub fn ca_path(&self) -> &Path {
+        &self.ca.pem_path
+    }
+
+    pub fn vault_metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = common::vault::http_get(self.vault.metrics.expect("vault metrics"), "/metrics");
+        common::proxy::metric(&text, name, labels)
+    }
+}

@@ -1,0 +1,438 @@
+//! Forwarding through a vault-keyed proxy to real nginx and Apache:
+//! HTTP/1.1 and HTTP/2, exact bytes, large bodies both ways, proxy
+//! headers, WebSocket upgrade.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+
+use crate::common::backends::{ws_accept_key, Apache, Nginx, WsEcho};
+use crate::common::proxy::{client_config, config, curl_ok, https_get, ProxyProc};
+use crate::Setup;
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut v).expect("random");
+    v
+}
+
+fn sha(b: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
+}
+
+/// A proxy with a vault ECDSA certificate for `localhost` in front of `backends`.
+fn proxy_for(s: &Setup, backends: &[SocketAddr]) -> ProxyProc {
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        backends,
+        "",
+        "",
+    );
+    ProxyProc::start(s.dir.path(), &cfg)
+}
+
+fn url(p: &ProxyProc, path: &str) -> String {
+    format!("https://localhost:{}{path}", p.addr.port())
+}
+
+fn curl_args<'a>(s: &'a Setup, p: &ProxyProc, resolve: &'a mut String) -> Vec<&'a str> {
+    *resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
+    vec![
+        "-sS",
+        "--fail",
+        "--cacert",
+        s.ca_path().to_str().expect("utf-8"),
+        "--resolve",
+        resolve,
+    ]
+}
+
+/// GET over HTTP/2 with a rustls client (hyper's h2 client).
+fn h2_get(addr: SocketAddr, ca: &std::path::Path, path: &str) -> (u16, Vec<u8>) {
+    let cfg = client_config(ca, false, &[b"h2"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .expect("handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("https://localhost:{}{path}", addr.port()))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("response");
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        (status, body)
+    })
+}
+
+#[test]
+fn http1_and_http2_return_the_backend_bytes_exactly() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let data = random_bytes(3 * 1024 * 1024 + 17);
+    std::fs::write(nginx.www().join("blob.bin"), &data).expect("write blob");
+    let p = proxy_for(&s, &[nginx.addr]);
+
+    let mut r = String::new();
+    for (flag, want) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let mut args = curl_args(&s, &p, &mut r);
+        let u = url(&p, "/blob.bin");
+        args.extend([flag, u.as_str()]);
+        let body = curl_ok(&args);
+        assert!(
+            body == data,
+            "curl {flag}: {} bytes, sha mismatch",
+            body.len()
+        );
+        let mut args = curl_args(&s, &p, &mut r);
+        args.extend([
+            flag,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            u.as_str(),
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&curl_ok(&args)),
+            format!("{want} 200")
+        );
+    }
+
+    let cfg = client_config(s.ca_path(), false, &[b"http/1.1"]);
+    let f = https_get(p.addr, "localhost", &cfg, "/blob.bin");
+    assert_eq!(f.status, 200);
+    assert!(
+        sha(&f.body) == sha(&data),
+        "rustls h1: body differs ({} bytes)",
+        f.body.len()
+    );
+
+    let (status, body) = h2_get(p.addr, s.ca_path(), "/blob.bin");
+    assert_eq!(status, 200);
+    assert!(
+        sha(&body) == sha(&data),
+        "rustls h2: body differs ({} bytes)",
+        body.len()
+    );
+
+    // The access log has a line per request with the TLS facts.
+    let log = p.log();
+    assert!(
+        log.contains("path=\"/blob.bin\" status=200")
+            && log.contains("alpn=\"h2\"")
+            && log.contains("tls=TLSv1_3"),
+        "{log}"
+    );
+}
+
+#[test]
+fn large_bodies_stream_both_ways_to_nginx_and_apache() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let apache = Apache::start();
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost", "apache.test"]);
+    let cfg = format!(
+        "{}\n[[proxy.route]]\nhost = \"apache.test\"\nupstream = \"apache\"\n\n[proxy.upstream.apache]\nbackends = [\"{}\"]\n",
+        config(&s.vault.socket, &[(&["localhost", "apache.test"], &cert, "vault:tls-local")], &[nginx.addr], "", ""),
+        apache.addr
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let data = random_bytes(40 * 1024 * 1024 + 3);
+    let src = s.path("upload.bin");
+    std::fs::write(&src, &data).expect("write");
+    let src_s = src.display().to_string();
+    let mut r = String::new();
+
+    // Upload (PUT) over HTTP/2 to nginx, then download it back over HTTP/1.1.
+    let mut args = curl_args(&s, &p, &mut r);
+    let up = url(&p, "/upload/big.bin");
+    args.extend(["--http2", "-T", src_s.as_str(), up.as_str()]);
+    curl_ok(&args);
+    let stored =
+        std::fs::read(nginx.www().join("upload/big.bin")).expect("nginx stored the upload");
+    assert!(
+        stored == data,
+        "nginx got {} bytes, sha mismatch",
+        stored.len()
+    );
+    let mut args = curl_args(&s, &p, &mut r);
+    args.extend(["--http1.1", up.as_str()]);
+    assert!(curl_ok(&args) == data, "download differs");
+
+    // Apache echoes a POST body through CGI: both directions at once.
+    let body = random_bytes(8 * 1024 * 1024);
+    std::fs::write(&src, &body).expect("write");
+    let mut args = curl_args(&s, &p, &mut r);
+    let ar = format!("apache.test:{}:127.0.0.1", p.addr.port());
+    let au = format!("https://apache.test:{}/cgi/echo", p.addr.port());
+    let data_arg = format!("@{src_s}");
+    args.extend([
+        "--resolve",
+        ar.as_str(),
+        "--http2",
+        "--data-binary",
+        data_arg.as_str(),
+        "-H",
+        "Content-Type: application/octet-stream",
+        au.as_str(),
+    ]);
+    let echoed = curl_ok(&args);
+    assert!(
+        echoed == body,
+        "apache echoed {} bytes, sha mismatch",
+        echoed.len()
+    );
+}
+
+#[test]
+fn proxy_headers_arrive_at_the_backend() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let p = proxy_for(&s, &[nginx.addr]);
+    let mut r = String::new();
+    let host = format!("localhost:{}", p.addr.port());
+    for flag in ["--http1.1", "--http2"] {
+        let mut args = curl_args(&s, &p, &mut r);
+        let u = url(&p, "/headers");
+        args.extend([
+            flag,
+            "-H",
+            "X-Forwarded-For: 192.0.2.7",
+            "-H",
+            "X-Hop: secret",
+            "-H",
+            "Connection: keep-alive, X-Hop",
+            "-H",
+            "Keep-Alive: timeout=5",
+            u.as_str(),
+        ]);
+        let text = String::from_utf8_lossy(&curl_ok(&args)).into_owned();
+        let want = [
+            format!("host={host}\n"),
+            "xff=192.0.2.7, 127.0.0.1\n".to_owned(),
+            "xfp=https\n".to_owned(),
+            format!("xfh={host}\n"),
+            format!("forwarded=for=127.0.0.1;proto=https;host=\"{host}\"\n"),
+            "keep-alive=\n".to_owned(),
+            "proxy-connection=\n".to_owned(),
+        ];
+        // In HTTP/2 there is no Connection header, so X-Hop is end to end.
+        let want: Vec<String> = want
+            .into_iter()
+            .chain((flag == "--http1.1").then(|| "x-hop=\n".to_owned()))
+            .collect();
+        for w in want {
+            assert!(text.contains(&w), "{flag}: missing {w:?} in:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn websocket_upgrade_passes_through() {
+    let s = Setup::start();
+    let ws = WsEcho::start();
+    let p = proxy_for(&s, &[ws.addr]);
+    let cfg = client_config(s.ca_path(), false, &[b"http/1.1"]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(Arc::clone(&cfg), name).expect("conn");
+    let sock = std::net::TcpStream::connect(p.addr).expect("connect");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    write!(
+        tls,
+        "GET /chat HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .expect("write");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut b).expect("read head");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains(
+            &format!("sec-websocket-accept: {}", ws_accept_key(key)).to_ascii_lowercase()
+        ),
+        "{head}"
+    );
+    for msg in [&b"hello through the proxy"[..], &[7u8; 300][..]] {
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x82];
+        if msg.len() < 126 {
+            frame.push(0x80 | msg.len() as u8);
+        } else {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(msg.iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
+        tls.write_all(&frame).expect("send frame");
+        let mut h = [0u8; 2];
+        tls.read_exact(&mut h).expect("echo header");
+        let mut len = (h[1] & 0x7f) as usize;
+        if len == 126 {
+            let mut l = [0u8; 2];
+            tls.read_exact(&mut l).expect("len");
+            len = u16::from_be_bytes(l) as usize;
+        }
+        let mut payload = vec![0u8; len];
+        tls.read_exact(&mut payload).expect("echo payload");
+        assert_eq!(h[0], 0x82);
+        assert_eq!(payload, msg);
+    }
+}
+
+#[test]
+fn curl_gets_502_when_no_backend_listens() {
+    let s = Setup::start();
+    let dead: SocketAddr = format!("127.0.0.1:{}", crate::common::backends::free_port())
+        .parse()
+        .expect("addr");
+    let p = proxy_for(&s, &[dead]);
+    let mut r = String::new();
+    let mut args = curl_args(&s, &p, &mut r);
+    args.retain(|a| *a != "--fail");
+    let u = url(&p, "/");
+    args.extend(["-w", "\n%{http_code}", u.as_str()]);
+    let out = String::from_utf8_lossy(&curl_ok(&args)).into_owned();
+    assert!(
+        out.ends_with("\n502") && out.starts_with("502 Bad Gateway"),
+        "{out}"
+    );
+    assert!(p.log().contains("refused"), "{}", p.log());
+}
+
+#[test]
+fn proxy_protocol_v2_tells_nginx_the_client_address() {
+    let s = Setup::start();
+    let nginx = Nginx::start_with("pp", " proxy_protocol");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "",
+        "proxy_protocol = true\n",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let mut r = String::new();
+    for flag in ["--http1.1", "--http2"] {
+        let mut args = curl_args(&s, &p, &mut r);
+        let u = url(&p, "/headers");
+        // Two requests on one client connection share its private backend connection.
+        args.extend([flag, u.as_str(), u.as_str()]);
+        let text = String::from_utf8_lossy(&curl_ok(&args)).into_owned();
+        assert_eq!(text.matches("pp=127.0.0.1\n").count(), 2, "{flag}: {text}");
+    }
+}
+
+#[test]
+fn h2c_upstreams_get_http2_without_tls() {
+    let s = Setup::start();
+    let nginx = Nginx::start_with("h2c", " http2");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "",
+        "h2c = true\n",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let mut r = String::new();
+    for flag in ["--http1.1", "--http2"] {
+        let mut args = curl_args(&s, &p, &mut r);
+        let u = url(&p, "/headers");
+        args.extend([flag, u.as_str()]);
+        let text = String::from_utf8_lossy(&curl_ok(&args)).into_owned();
+        let host = format!("host=localhost:{}\n", p.addr.port());
+        assert!(
+            text.contains("protocol=HTTP/2.0\n")
+                && text.contains("xfp=https\n")
+                && text.contains(&host),
+            "{flag}: {text}"
+        );
+    }
+}
+
+#[test]
+fn metrics_cover_connections_handshakes_signatures_requests_and_backends() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "",
+        "[proxy.upstream.web.health]\npath = \"/whoami\"\ninterval = \"100ms\"\n",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let mut r = String::new();
+    for _ in 0..3 {
+        let mut args = curl_args(&s, &p, &mut r);
+        let u = url(&p, "/whoami");
+        args.push(u.as_str());
+        assert_eq!(curl_ok(&args), b"n1\n");
+    }
+    let m = p.metrics_text();
+    for (name, labels) in [
+        ("vaultgate_proxy_handshakes_total", &["kind=\"full\""][..]),
+        (
+            "vaultgate_proxy_handshake_seconds_count",
+            &["kind=\"full\""][..],
+        ),
+        ("vaultgate_proxy_sign_seconds_count", &["result=\"ok\""][..]),
+        ("vaultgate_proxy_requests_total", &["status=\"200\""][..]),
+        (
+            "vaultgate_proxy_upstream_seconds_count",
+            &["upstream=\"web\""][..],
+        ),
+        ("vaultgate_proxy_request_seconds_count", &[][..]),
+    ] {
+        assert!(
+            crate::common::proxy::metric(&m, name, labels) >= 3.0,
+            "{name}{labels:?} in:\n{m}"
+        );
+    }
+    assert!(m.contains("vaultgate_proxy_connections_open"), "{m}");
+    let up = format!("backend=\"{}\"", nginx.addr);
+    assert_eq!(
+        crate::common::proxy::metric(&m, "vaultgate_proxy_backend_up", &[&up]),
+        1.0,
+        "{m}"
+    );
+}

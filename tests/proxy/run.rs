@@ -1,0 +1,147 @@
+//! `vaultgate run`: one command gives a vault child, a dev CA, a key and
+//! a certificate, and a proxy; the printed curl line works; a killed
+//! vault is restarted and the proxy carries on; a second start reuses
+//! everything.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::backends::Nginx;
+use crate::common::proxy::{client_config, https_get, ProxyProc};
+use crate::common::{bin, require_tool, wait_for};
+
+fn run_config(dir: &std::path::Path, backend: std::net::SocketAddr) -> std::path::PathBuf {
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vaultgate.toml"),
+    )
+    .expect("read the shipped config");
+    // The shipped embedded default, moved to a temp dir, port 0 and the test's backend.
+    let text = shipped
+        .replace("127.0.0.1:8443", "127.0.0.1:0")
+        .replace("127.0.0.1:8080", &backend.to_string());
+    let cfg_dir = dir.join("config");
+    std::fs::create_dir_all(&cfg_dir).expect("mkdir");
+    let path = cfg_dir.join("vaultgate.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn run_bootstraps_serves_the_printed_curl_line_and_restarts_the_vault() {
+    let nginx = Nginx::start("n1");
+    std::fs::write(nginx.www().join("index.html"), "hello from nginx\n").expect("index");
+    let dir = tempfile::Builder::new()
+        .prefix("vg-run-")
+        .tempdir_in("/tmp")
+        .expect("temp");
+    let cfg = run_config(dir.path(), nginx.addr);
+    let cfg_s = cfg.display().to_string();
+    let p = ProxyProc::spawn(dir.path(), &["run", "--config", &cfg_s]);
+    let early = p.early.join("\n");
+    assert!(
+        early.contains("created dev CA")
+            && early.contains("created key vault:default")
+            && early.contains("issued"),
+        "{early}"
+    );
+    let vault_pid: i32 = p
+        .early
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("vault pid ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("vault pid line");
+    let try_line = p
+        .stdout
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the curl line");
+    let cmd = try_line.strip_prefix("try: ").expect("try: line");
+    assert!(
+        cmd.starts_with("curl --cacert ")
+            && cmd.contains(&format!("https://localhost:{}/", p.addr.port())),
+        "{cmd}"
+    );
+
+    // The printed command, as printed (localhost may try ::1 first; curl falls back).
+    let curl_bin = require_tool("curl", "curl");
+    let run_printed = || {
+        let args: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+        Command::new(&curl_bin)
+            .args(["-sS"])
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .expect("curl")
+    };
+    let out = run_printed();
+    assert!(
+        out.status.success() && out.stdout == b"hello from nginx\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = dir.path().join("certs/dev-ca.pem");
+    let f = https_get(
+        p.addr,
+        "localhost",
+        &client_config(&ca, false, &[]),
+        "/whoami",
+    );
+    assert_eq!(
+        (f.status, f.body.as_slice(), f.version),
+        (200, &b"n1\n"[..], Some(rustls::ProtocolVersion::TLSv1_3))
+    );
+
+    // Admin commands find the embedded vault through the config.
+    let out = Command::new(bin())
+        .args(["key", "list", "--config", &cfg_s])
+        .output()
+        .expect("key list");
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && list.contains("default") && list.contains("dev-ca"),
+        "{list}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The vault dies; run restarts it and new full handshakes work again.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vault_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill vault");
+    let fresh = || client_config(&ca, false, &[]);
+    wait_for(
+        "handshakes after the vault restart",
+        Duration::from_secs(20),
+        || {
+            let ok = std::panic::catch_unwind(|| {
+                https_get(p.addr, "localhost", &fresh(), "/whoami").status == 200
+            });
+            ok.unwrap_or(false).then_some(())
+        },
+    );
+    assert!(p.log().contains("vault child died"), "{}", p.log());
+
+    // A clean stop, then a second start reuses the CA, key and certificate.
+    p.sigterm();
+    let mut p = p;
+    let status = p.child.wait().expect("wait run");
+    assert!(status.success(), "run exit: {status}");
+    let p2 = ProxyProc::spawn(dir.path(), &["run", "--config", &cfg_s]);
+    let early = p2.early.join("\n");
+    assert!(
+        !early.contains("created") && !early.contains("issued"),
+        "{early}"
+    );
+    let f = https_get(
+        p2.addr,
+        "localhost",
+        &client_config(&ca, false, &[]),
+        "/whoami",
+    );
+    assert_eq!(f.status, 200);
+}

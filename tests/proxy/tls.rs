@@ -1,0 +1,589 @@
+//! TLS: SNI and wildcard certificates, ECDSA and RSA side by side,
+//! resumption without the vault, and a vault that goes away and returns.
+
+use std::time::{Duration, Instant};
+
+use crate::common::backends::Nginx;
+use crate::common::proxy::{
+    client_config, client_config_versions, config, curl, curl_ok, https_get, metric, ProxyProc,
+};
+use crate::Setup;
+
+fn der_of(pem_path: &std::path::Path) -> Vec<u8> {
+    vaultgate::pki::read_pem_certs(pem_path).expect("read cert")[0].to_vec()
+}
+
+#[test]
+fn sni_picks_the_certificate_for_each_hostname() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let a = s.vault_cert("tls-a", "ecdsa-p256", &["a.test"]);
+    let b = s.vault_cert("tls-b", "ecdsa-p384", &["*.b.test"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[
+            (&["a.test"], &a, "vault:tls-a"),
+            (&["*.b.test"], &b, "vault:tls-b"),
+        ],
+        &[nginx.addr],
+        "default_server_name = \"a.test\"",
+        "",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let client = client_config(s.ca_path(), false, &[b"http/1.1"]);
+    let fa = https_get(p.addr, "a.test", &client, "/whoami");
+    assert_eq!((fa.status, fa.body.as_slice()), (200, &b"n1\n"[..]));
+    assert!(fa.peer_cert == der_of(&a), "a.test got another certificate");
+    let fb = https_get(p.addr, "www.b.test", &client, "/whoami");
+    assert!(
+        fb.peer_cert == der_of(&b),
+        "www.b.test got another certificate"
+    );
+
+    // curl, by name, verifying each certificate against the test CA.
+    for host in ["a.test", "x.b.test"] {
+        let resolve = format!("{host}:{}:127.0.0.1", p.addr.port());
+        let u = format!("https://{host}:{}/whoami", p.addr.port());
+        let out = curl_ok(&[
+            "-sS",
+            "--cacert",
+            s.ca_path().to_str().expect("utf-8"),
+            "--resolve",
+            &resolve,
+            &u,
+        ]);
+        assert_eq!(out, b"n1\n");
+    }
+    // A client without SNI (an IP address) gets the default: a.test's.
+    let out = curl(&[
+        "-sS",
+        "-k",
+        "-w",
+        "%{ssl_verify_result}",
+        "-o",
+        "/dev/null",
+        &format!("https://127.0.0.1:{}/", p.addr.port()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_rsa_only_client_gets_the_rsa_certificate() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let ec = s.vault_cert("tls-ec", "ecdsa-p256", &["localhost"]);
+    let rsa = s.vault_cert("tls-rsa", "rsa-2048", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[
+            (&["localhost"], &rsa, "vault:tls-rsa"),
+            (&["localhost"], &ec, "vault:tls-ec"),
+        ],
+        &[nginx.addr],
+        "",
+        "",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let f = https_get(
+        p.addr,
+        "localhost",
+        &client_config(s.ca_path(), false, &[]),
+        "/whoami",
+    );
+    assert!(
+        f.status == 200 && f.peer_cert == der_of(&ec),
+        "a modern client should get the ECDSA certificate"
+    );
+    let f = https_get(
+        p.addr,
+        "localhost",
+        &client_config(s.ca_path(), true, &[]),
+        "/whoami",
+    );
+    assert!(
+        f.status == 200 && f.peer_cert == der_of(&rsa),
+        "an RSA-only client should get the RSA certificate"
+    );
+
+    // TLS 1.2 with only ECDHE-RSA suites: the suite decides, and curl
+    // verifies the RSA certificate the vault signed for.
+    let resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
+    let u = format!("https://localhost:{}/whoami", p.addr.port());
+    let ca = s.ca_path().to_str().expect("utf-8");
+    let out = curl_ok(&[
+        "-sS",
+        "--cacert",
+        ca,
+        "--resolve",
+        &resolve,
+        "--tls-max",
+        "1.2",
+        "--ciphers",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        &u,
+    ]);
+    assert_eq!(out, b"n1\n");
+    let out = curl_ok(&[
+        "-sS",
+        "--cacert",
+        ca,
+        "--resolve",
+        &resolve,
+        "--tls-max",
+        "1.2",
+        "--ciphers",
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        &u,
+    ]);
+    assert_eq!(out, b"n1\n");
+}
+
+#[test]
+fn resumed_handshakes_need_no_signature_from_the_vault() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "",
+        "",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let signs = || {
+        s.vault_metric(
+            "vaultgate_vault_requests_total",
+            &["op=\"sign\"", "result=\"ok\""],
+        )
+    };
+
+    for tls12 in [false, true] {
+        let versions: &[&'static rustls::SupportedProtocolVersion] = if tls12 {
+            &[&rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
+        let cfg = client_config_versions(s.ca_path(), false, &[b"http/1.1"], versions);
+        let before = signs();
+        let first = https_get(p.addr, "localhost", &cfg, "/whoami");
+        assert!(first.status == 200 && !first.resumed);
+        assert_eq!(
+            first.version,
+            Some(if tls12 {
+                rustls::ProtocolVersion::TLSv1_2
+            } else {
+                rustls::ProtocolVersion::TLSv1_3
+            })
+        );
+        let after_full = signs();
+        assert_eq!(
+            after_full,
+            before + 1.0,
+            "a full handshake is one vault signature"
+        );
+        for _ in 0..3 {
+            let again = https_get(p.addr, "localhost", &cfg, "/whoami");
+            assert!(
+                again.status == 200 && again.resumed,
+                "tls12={tls12}: second handshake should resume"
+            );
+        }
+        assert_eq!(
+            signs(),
+            after_full,
+            "tls12={tls12}: resumed handshakes must not reach the vault"
+        );
+    }
+    let m = p.metrics_text();
+    assert!(
+        metric(
+            &m,
+            "vaultgate_proxy_handshakes_total",
+            &["kind=\"resumed\""]
+        ) >= 6.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "vaultgate_proxy_handshakes_total", &["kind=\"full\""]) >= 2.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn handshakes_fail_fast_while_the_vault_is_down_and_recover_when_it_returns() {
+    let mut s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "sign_timeout = \"100ms\"",
+        "",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
+    let u = format!("https://localhost:{}/whoami", p.addr.port());
+    let ca = s.ca_path().to_str().expect("utf-8").to_owned();
+    assert_eq!(
+        curl_ok(&["-sS", "--cacert", &ca, "--resolve", &resolve, &u]),
+        b"n1\n"
+    );
+
+    s.vault.kill9();
+    let start = Instant::now();
+    let out = curl(&["-sS", "--cacert", &ca, "--resolve", &resolve, &u]);
+    assert!(
+        !out.status.success(),
+        "a handshake without the vault must fail"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "it must fail fast, took {:?}",
+        start.elapsed()
+    );
+
+    s.vault.restart();
+    // The signer reconnects with backoff (at most 2 s between attempts).
+    crate::common::wait_for("the proxy to sign again", Duration::from_secs(15), || {
+        let out = curl(&["-sS", "--cacert", &ca, "--resolve", &resolve, &u]);
+        (out.status.success() && out.stdout == b"n1\n").then_some(())
+    });
+    let m = p.metrics_text();
+    assert!(
+        metric(&m, "vaultgate_proxy_handshake_failures_total", &[]) >= 1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn rotating_the_key_in_the_vault_fails_no_handshake() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "",
+        "",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
+    let u = format!("https://localhost:{}/whoami", p.addr.port());
+    let ca = s.ca_path().to_str().expect("utf-8").to_owned();
+    let get = || curl_ok(&["-sS", "--cacert", &ca, "--resolve", &resolve, &u]);
+    assert_eq!(get(), b"n1\n");
+    // The proxy signs with the version its certificate holds, so a new
+    // primary version in the vault changes nothing until the store is swapped.
+    s.vault.ok(&["key", "rotate", "tls-local"]);
+    for _ in 0..5 {
+        assert_eq!(get(), b"n1\n");
+    }
+    // A proxy started after the rotation finds the matching older version.
+    let dir2 = tempfile::tempdir().expect("temp");
+    let p2 = ProxyProc::start(dir2.path(), &cfg);
+    let resolve2 = format!("localhost:{}:127.0.0.1", p2.addr.port());
+    let u2 = format!("https://localhost:{}/whoami", p2.addr.port());
+    assert_eq!(
+        curl_ok(&["-sS", "--cacert", &ca, "--resolve", &resolve2, &u2]),
+        b"n1\n"
+    );
+}
+
+#[test]
+fn signatures_fail_over_to_the_next_vault_socket() {
+    let mut s = Setup::start();
+    let standby = crate::common::vault::VaultProc::start();
+    let nginx = Nginx::start("n1");
+    // The same key in both vaults (as after a backup restore).
+    let (cert, key_file) = (s.path("ha.pem"), s.path("ha.key"));
+    s.ca.file_cert(
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        &["localhost"],
+        &cert,
+        &key_file,
+    );
+    let key_arg = key_file.to_str().expect("utf-8");
+    s.vault.ok(&["key", "import", "ha", "--pem", key_arg]);
+    standby.ok(&["key", "import", "ha", "--pem", key_arg]);
+    let sockets = format!(
+        "vault_sockets = [\"{}\", \"{}\"]",
+        s.vault.socket.display(),
+        standby.socket.display()
+    );
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:ha")],
+        &[nginx.addr],
+        &sockets,
+        "",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
+    let u = format!("https://localhost:{}/whoami", p.addr.port());
+    let ca = s.ca_path().to_str().expect("utf-8").to_owned();
+    let get = || curl(&["-sS", "--cacert", &ca, "--resolve", &resolve, &u]);
+    assert_eq!(get().stdout, b"n1\n");
+
+    s.vault.kill9();
+    // The primary's connections die with it; the next handshake uses the standby.
+    for i in 0..5 {
+        let out = get();
+        assert!(
+            out.status.success(),
+            "handshake {i} after the primary died: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let m = p.metrics_text();
+    assert!(
+        metric(&m, "vaultgate_proxy_vault_failovers_total", &[]) >= 1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn a_stalled_vault_fails_handshakes_at_the_sign_timeout_and_other_traffic_flows() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "sign_timeout = \"200ms\"",
+        "",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    // A client that already has a session keeps working while the vault stalls.
+    let resuming = client_config(s.ca_path(), false, &[b"http/1.1"]);
+    assert_eq!(
+        https_get(p.addr, "localhost", &resuming, "/whoami").status,
+        200
+    );
+
+    let vault_pid = nix::unistd::Pid::from_raw(s.vault.child.id() as i32);
+    nix::sys::signal::kill(vault_pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP vault");
+    let resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
+    let u = format!("https://localhost:{}/whoami", p.addr.port());
+    let ca = s.ca_path().to_str().expect("utf-8").to_owned();
+    let start = Instant::now();
+    let out = curl(&["-sS", "--cacert", &ca, "--resolve", &resolve, &u]);
+    let took = start.elapsed();
+    let resumed = https_get(p.addr, "localhost", &resuming, "/whoami");
+    nix::sys::signal::kill(vault_pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT vault");
+    assert!(
+        !out.status.success(),
+        "a full handshake must fail while the vault is stalled"
+    );
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_secs(2),
+        "failed after {took:?}"
+    );
+    assert!(
+        resumed.status == 200 && resumed.resumed,
+        "resumption needs no vault"
+    );
+    assert_eq!(
+        curl_ok(&["-sS", "--cacert", &ca, "--resolve", &resolve, &u]),
+        b"n1\n"
+    );
+    let m = p.metrics_text();
+    assert!(
+        metric(
+            &m,
+            "vaultgate_proxy_vault_errors_total",
+            &["reason=\"timeout\""]
+        ) >= 1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn min_tls_version_1_3_refuses_tls_1_2_clients_and_alpn_offers_both_protocols() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "min_tls_version = \"1.3\"",
+        "",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
+    let u = format!("https://localhost:{}/whoami", p.addr.port());
+    let ca = s.ca_path().to_str().expect("utf-8").to_owned();
+    let out = curl(&[
+        "-sS",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "--tls-max",
+        "1.2",
+        &u,
+    ]);
+    assert!(!out.status.success(), "TLS 1.2 must be refused");
+    for (flag, want) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = curl_ok(&[
+            "-sS",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            flag,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &u,
+        ]);
+        assert_eq!(String::from_utf8_lossy(&out), want);
+    }
+}
+
+#[test]
+fn sighup_swaps_in_a_rotated_key_and_certificate_without_failing_a_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let live = s.path("live.pem");
+    let old = s.vault_cert("tls-rot", "ecdsa-p256", &["localhost"]);
+    std::fs::copy(&old, &live).expect("copy");
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &live, "vault:tls-rot")],
+        &[nginx.addr],
+        "",
+        "",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+
+    // Fresh clients (full handshakes, so every one signs) in a loop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let (addr, ca) = (p.addr, s.ca_path().to_owned());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let r = std::panic::catch_unwind(|| {
+                    https_get(
+                        addr,
+                        "localhost",
+                        &client_config(&ca, false, &[]),
+                        "/whoami",
+                    )
+                    .status
+                });
+                let counter = if matches!(r, Ok(200)) { &ok } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let traffic = |n| {
+        let target = ok.load(Ordering::Relaxed) + n;
+        crate::common::wait_for("traffic", Duration::from_secs(10), || {
+            (ok.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    };
+    traffic(5);
+
+    // Rotate in the vault (new primary version), issue a certificate for
+    // it, replace the file atomically: handshakes still use version 1.
+    s.vault.ok(&["key", "rotate", "tls-rot"]);
+    let pool = crate::common::proxy::pool(&s.vault);
+    let pem = vaultgate::pki::issue_leaf(
+        &s.ca.ca,
+        &pool,
+        "tls-rot",
+        &["localhost".into()],
+        Duration::from_secs(3600),
+    )
+    .expect("issue");
+    let tmp = s.path("live.tmp");
+    std::fs::write(&tmp, &pem).expect("write");
+    std::fs::rename(&tmp, &live).expect("rename");
+    traffic(5);
+    let sighup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.pid()),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP")
+    };
+    sighup();
+    let new_der = der_of(&live);
+    crate::common::wait_for(
+        "the new certificate to be served",
+        Duration::from_secs(10),
+        || {
+            let f = https_get(
+                p.addr,
+                "localhost",
+                &client_config(s.ca_path(), false, &[]),
+                "/whoami",
+            );
+            (f.peer_cert == new_der).then_some(())
+        },
+    );
+    traffic(5);
+
+    // A broken file: the reload fails and the current store stays.
+    std::fs::write(&live, "not a certificate").expect("write");
+    sighup();
+    crate::common::wait_for("the failed reload", Duration::from_secs(10), || {
+        p.log().contains("certificate reload failed").then_some(())
+    });
+    traffic(5);
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load thread");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed across rotation and reloads"
+    );
+    let f = https_get(
+        p.addr,
+        "localhost",
+        &client_config(s.ca_path(), false, &[]),
+        "/whoami",
+    );
+    assert!(f.peer_cert == new_der && f.peer_cert != der_of(&old));
+}
+
+#[test]
+fn ticket_keys_rotate_on_schedule_and_old_tickets_stop_resuming() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "ticket_rotation = \"1s\"\nsession_cache_size = 0",
+        "",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let client = client_config(s.ca_path(), false, &[b"http/1.1"]);
+    assert!(!https_get(p.addr, "localhost", &client, "/whoami").resumed);
+    assert!(https_get(p.addr, "localhost", &client, "/whoami").resumed);
+    // A ticket is good for at most two rotation periods. The clock is the
+    // thing under test here, so the test waits on it.
+    std::thread::sleep(Duration::from_millis(3500));
+    let late = https_get(p.addr, "localhost", &client, "/whoami");
+    assert!(
+        late.status == 200 && !late.resumed,
+        "a ticket older than two rotations must not resume"
+    );
+    assert!(https_get(p.addr, "localhost", &client, "/whoami").resumed);
+}
