@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod args;
 pub mod check;
+pub mod demo_backend;
 pub mod proxy;
 pub mod run;
 pub mod vault;

@@ -96,6 +96,9 @@ pub fn main(args: ConfigArg) -> ExitCode {
         stop_child(vault_pid);
         return super::fail(format!("cannot start the supervisor: {e}"));
     }
+    if let Some(addr) = run.demo_backend {
+        rt.spawn(super::demo_backend::serve(addr));
+    }
     let ca = tidy(&run.dev_ca);
     let result = server::run_until_signal(&rt, proxy, move |addr| {
         println!(

@@ -28,6 +28,9 @@ pub struct RunFile {
     pub restart_backoff: Option<Spanned<String>>,
     /// How long to wait for a (re)started vault to answer.
     pub vault_start_timeout: Option<Spanned<String>>,
+    /// Serve a small demo page here when nothing else listens there, so
+    /// the embedded default answers out of the box.
+    pub demo_backend: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +41,7 @@ pub struct RunSettings {
     pub cert_validity: Duration,
     pub restart_backoff: Duration,
     pub vault_start_timeout: Duration,
+    pub demo_backend: Option<std::net::SocketAddr>,
 }
 
 impl RunSettings {
@@ -83,6 +87,15 @@ impl RunSettings {
                 .unwrap_or(Duration::from_secs(1)),
             vault_start_timeout: duration::parse_opt(&src, &r.vault_start_timeout)?
                 .unwrap_or(Duration::from_secs(30)),
+            demo_backend: match &r.demo_backend {
+                None => None,
+                Some(a) => Some(a.get_ref().parse().map_err(|e| {
+                    src.error(
+                        a.span(),
+                        format!("invalid demo_backend {:?}: {e}", a.get_ref()),
+                    )
+                })?),
+            },
         })
     }
 }

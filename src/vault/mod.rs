@@ -63,6 +63,11 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
             source,
         }
     })?;
+    // A crash (or an exit racing a last write) can leave a temp file of an
+    // atomic write behind; the real file is intact either way.
+    if let Err(e) = crate::fsutil::remove_stale_temps(&settings.state_dir) {
+        tracing::warn!(error = %e, "could not clear stale temp files in the state dir");
+    }
     let master_key = master::obtain(&settings.state_dir, &settings.master_key)?;
     let subkeys = master::Subkeys::derive(&master_key).map_err(|_| VaultError::Derive)?;
     drop(master_key);
