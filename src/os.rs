@@ -1,5 +1,6 @@
-//! Process hardening through safe wrappers over OS calls (nix): no core
-//! dumps, memory locked against swap, privileges dropped.
+//! OS calls: process hardening through nix's safe wrappers (no core dumps,
+//! memory locked against swap, privileges dropped), and the one `unsafe`
+//! block of the crate, for a child process's setup between fork and exec.
 
 use nix::sys::mman::{mlockall, MlockAllFlags};
 use nix::sys::resource::{setrlimit, Resource};
@@ -30,4 +31,21 @@ pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), nix::Error> {
     setgroups(&[gid])?;
     setgid(gid)?;
     setuid(Uid::from_raw(uid))
+}
+
+/// Makes a child started with `cmd` receive SIGTERM when this process dies
+/// (PR_SET_PDEATHSIG) and live in its own process group.
+pub fn die_with_parent_in_own_group(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed; prctl and setpgid are, and
+    // nothing here allocates or takes a lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

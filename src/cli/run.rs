@@ -4,7 +4,6 @@
 //! restarts the vault if it dies (the proxy's signer reconnects by itself).
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -139,19 +138,11 @@ fn spawn_vault(config: &Path, run: &RunSettings) -> Result<Child, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    // SAFETY: prctl and setpgid are async-signal-safe. PDEATHSIG makes the
-    // kernel SIGTERM the child when this process dies, so a crashed `run`
-    // leaves no orphan vault holding the socket. Its own process group
-    // keeps a terminal's Ctrl-C from reaching it: `run` stops it after
-    // the proxy has drained, since draining handshakes still need it.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // The kernel stops the vault if `run` dies (no orphan holding the
+    // socket); its own process group keeps a terminal's Ctrl-C from
+    // reaching it: `run` stops it after the proxy has drained, since
+    // draining handshakes still need it.
+    crate::os::die_with_parent_in_own_group(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start the vault: {e}"))?;
