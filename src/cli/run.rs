@@ -15,7 +15,7 @@ use crate::config::proxy::{KeyRef, ProxySettings};
 use crate::config::run::RunSettings;
 use crate::config::vault::VaultSettings;
 use crate::config::{self};
-use crate::pki::{self, PkiError};
+use crate::pki::{self, DevCa, PkiError};
 use crate::proxy::{server, Proxy};
 use crate::signer::{PoolOptions, SignerError, VaultKey, VaultPool};
 
@@ -50,10 +50,13 @@ pub fn main(args: ConfigArg) -> ExitCode {
     let mut vault_pid = child.id();
     println!("vault pid {vault_pid} on {}", vault.socket.display());
 
-    if let Err(e) = bootstrap(&vault, &proxy_settings, &run) {
-        stop_child(vault_pid);
-        return super::fail(format!("bootstrap: {e}"));
-    }
+    let (pool, ca) = match bootstrap(&vault, &proxy_settings, &run) {
+        Ok(v) => v,
+        Err(e) => {
+            stop_child(vault_pid);
+            return super::fail(format!("bootstrap: {e}"));
+        }
+    };
     let curl_host = proxy_settings
         .certs
         .iter()
@@ -97,6 +100,15 @@ pub fn main(args: ConfigArg) -> ExitCode {
     }
     if let Some(addr) = run.demo_backend {
         rt.spawn(super::demo_backend::serve(addr));
+    }
+    if run.auto_issue {
+        rt.spawn(watch_rotations(
+            vault.socket.clone(),
+            pool,
+            Arc::new(ca),
+            proxy.clone(),
+            run.clone(),
+        ));
     }
     let ca = tidy(&run.dev_ca);
     let result = server::run_until_signal(&rt, proxy, move |addr| {
@@ -214,7 +226,7 @@ fn bootstrap(
     vault: &VaultSettings,
     proxy: &ProxySettings,
     run: &RunSettings,
-) -> Result<(), PkiError> {
+) -> Result<(VaultPool, DevCa), PkiError> {
     let pool = VaultPool::start(PoolOptions {
         sockets: vec![vault.socket.clone()],
         connections_per_socket: 1,
@@ -255,7 +267,97 @@ fn bootstrap(
             spec.names.join(", ")
         );
     }
-    Ok(())
+    Ok((pool, ca))
+}
+
+/// Issues a new certificate from the dev CA for every `vault:` key whose
+/// primary version no longer matches its certificate file (it rotated),
+/// writes it, and swaps the proxy's certificate store. Returns whether
+/// anything changed.
+fn reissue_rotated(
+    pool: &VaultPool,
+    ca: &DevCa,
+    proxy: &Proxy,
+    certs: &[crate::config::proxy::CertSpec],
+    run: &RunSettings,
+) -> Result<bool, String> {
+    let mut changed = false;
+    for spec in certs {
+        let KeyRef::Vault(name) = &spec.key else {
+            continue;
+        };
+        let (_, primary, spki) = crate::signer::key::public_key(pool, name, None)
+            .map_err(|e| format!("key {name}: {e}"))?;
+        let on_disk = pki::read_pem_certs(&spec.cert)
+            .ok()
+            .and_then(|c| pki::cert_spki(&c[0]).ok().map(<[u8]>::to_vec));
+        if on_disk.as_deref() == Some(spki.as_slice()) {
+            continue;
+        }
+        let pem = pki::issue_leaf(ca, pool, name, &spec.names, run.cert_validity)
+            .map_err(|e| e.to_string())?;
+        pki::write_file(&spec.cert, pem.as_bytes()).map_err(|e| e.to_string())?;
+        tracing::info!(key = %name, version = primary, cert = %spec.cert.display(), "key rotated: issued a new certificate");
+        println!(
+            "re-issued {} for vault:{name} version {primary}",
+            tidy(&spec.cert).display()
+        );
+        changed = true;
+    }
+    if changed {
+        proxy.reload_certs().map_err(|e| e.to_string())?;
+    }
+    Ok(changed)
+}
+
+/// Follows the vault's key-change events (reconnecting after a vault
+/// restart) and re-issues certificates of rotated keys as they happen.
+async fn watch_rotations(
+    socket: PathBuf,
+    pool: VaultPool,
+    ca: Arc<DevCa>,
+    proxy: Arc<Proxy>,
+    run: RunSettings,
+) {
+    let certs: Arc<Vec<_>> = Arc::new(proxy.settings.certs.clone());
+    let ours = |key: &str| {
+        key == "*"
+            || certs
+                .iter()
+                .any(|c| matches!(&c.key, KeyRef::Vault(n) if n == key))
+    };
+    let check = || {
+        let (pool, ca, proxy, certs, run) = (
+            pool.clone(),
+            ca.clone(),
+            proxy.clone(),
+            certs.clone(),
+            run.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = reissue_rotated(&pool, &ca, &proxy, &certs, &run) {
+                tracing::error!(error = %e, "re-issuing a certificate after a rotation failed");
+            }
+        })
+    };
+    loop {
+        let events = match crate::client::VaultClient::connect(&socket).await {
+            Ok(c) => c.subscribe().await.ok(),
+            Err(_) => None,
+        };
+        let Some(mut events) = events else {
+            tokio::time::sleep(run.restart_backoff).await;
+            continue;
+        };
+        // Anything that rotated while we were not listening.
+        let _ = check().await;
+        while let Some(event) = events.recv().await {
+            if ours(&event.key) {
+                let _ = check().await;
+            }
+        }
+        // The vault went away; it is restarted by the supervisor.
+    }
 }
 
 /// `config/../certs/x.pem` → `certs/x.pem`, for messages people copy.

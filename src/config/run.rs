@@ -31,6 +31,9 @@ pub struct RunFile {
     /// Serve a small demo page here when nothing else listens there, so
     /// the embedded default answers out of the box.
     pub demo_backend: Option<Spanned<String>>,
+    /// When a `vault:` key rotates, issue its new version a certificate
+    /// from the dev CA (same names) and serve it. On by default.
+    pub auto_issue: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +45,7 @@ pub struct RunSettings {
     pub restart_backoff: Duration,
     pub vault_start_timeout: Duration,
     pub demo_backend: Option<std::net::SocketAddr>,
+    pub auto_issue: bool,
 }
 
 impl RunSettings {
@@ -87,6 +91,7 @@ impl RunSettings {
                 .unwrap_or(Duration::from_secs(1)),
             vault_start_timeout: duration::parse_opt(&src, &r.vault_start_timeout)?
                 .unwrap_or(Duration::from_secs(30)),
+            auto_issue: r.auto_issue.unwrap_or(true),
             demo_backend: match &r.demo_backend {
                 None => None,
                 Some(a) => Some(a.get_ref().parse().map_err(|e| {

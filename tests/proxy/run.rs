@@ -145,3 +145,65 @@ fn run_bootstraps_serves_the_printed_curl_line_and_restarts_the_vault() {
     );
     assert_eq!(f.status, 200);
 }
+
+#[test]
+fn rotating_the_default_key_alone_changes_the_certificate_served() {
+    let nginx = Nginx::start("n1");
+    let dir = tempfile::Builder::new()
+        .prefix("vg-run-")
+        .tempdir_in("/tmp")
+        .expect("temp");
+    let cfg = run_config(dir.path(), nginx.addr);
+    let cfg_s = cfg.display().to_string();
+    let p = ProxyProc::spawn(dir.path(), &["run", "--config", &cfg_s]);
+    let ca = dir.path().join("certs/dev-ca.pem");
+    let before = https_get(
+        p.addr,
+        "localhost",
+        &client_config(&ca, false, &[]),
+        "/whoami",
+    );
+    assert_eq!(before.status, 200);
+
+    let out = Command::new(bin())
+        .args(["key", "rotate", "default", "--config", &cfg_s])
+        .output()
+        .expect("key rotate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated = std::time::Instant::now();
+    // A new connection (fresh client, so no resumption) sees the new
+    // certificate, verified against the dev CA, and is served.
+    let after = wait_for(
+        "a certificate for the rotated key",
+        Duration::from_secs(10),
+        || {
+            let f = https_get(
+                p.addr,
+                "localhost",
+                &client_config(&ca, false, &[]),
+                "/whoami",
+            );
+            (f.peer_cert != before.peer_cert).then_some(f)
+        },
+    );
+    let delay = rotated.elapsed();
+    eprintln!("rotation to new certificate served: {delay:?}");
+    assert_eq!((after.status, after.body.as_slice()), (200, &b"n1\n"[..]));
+    assert!(delay < Duration::from_secs(1), "took {delay:?}");
+    // The certificate's key is the vault's new primary version.
+    let out = Command::new(bin())
+        .args(["key", "describe", "default", "--config", &cfg_s])
+        .output()
+        .expect("describe");
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("describe json");
+    assert_eq!(d["primary"], 2);
+    let spki = vaultgate::pki::cert_spki(&after.peer_cert)
+        .expect("spki")
+        .to_vec();
+    let id = hex::encode(ring::digest::digest(&ring::digest::SHA256, &spki));
+    assert_eq!(d["versions"][1]["spki_sha256"], id.as_str());
+}
