@@ -587,3 +587,61 @@ fn ticket_keys_rotate_on_schedule_and_old_tickets_stop_resuming() {
     );
     assert!(https_get(p.addr, "localhost", &client, "/whoami").resumed);
 }
+
+#[test]
+fn a_replaced_certificate_file_is_picked_up_without_a_signal() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let live = s.path("watched.pem");
+    let old = s.vault_cert("tls-watch", "ecdsa-p256", &["localhost"]);
+    std::fs::copy(&old, &live).expect("copy");
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &live, "vault:tls-watch")],
+        &[nginx.addr],
+        "",
+        "",
+    );
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let get = || {
+        https_get(
+            p.addr,
+            "localhost",
+            &client_config(s.ca_path(), false, &[]),
+            "/whoami",
+        )
+    };
+    assert_eq!(get().peer_cert, der_of(&old));
+
+    // Rotate in the vault, issue the new version's certificate, replace
+    // the file atomically (as certbot and friends do): no SIGHUP.
+    s.vault.ok(&["key", "rotate", "tls-watch"]);
+    let pool = crate::common::proxy::pool(&s.vault);
+    let pem = vaultgate::pki::issue_leaf(
+        &s.ca.ca,
+        &pool,
+        "tls-watch",
+        &["localhost".into()],
+        Duration::from_secs(3600),
+    )
+    .expect("issue");
+    let tmp = s.path("watched.tmp");
+    std::fs::write(&tmp, &pem).expect("write");
+    std::fs::rename(&tmp, &live).expect("rename");
+    let new_der = der_of(&live);
+    let replaced = Instant::now();
+    crate::common::wait_for(
+        "the replaced file to be served",
+        Duration::from_secs(10),
+        || {
+            let f = get();
+            assert_eq!(f.status, 200);
+            (f.peer_cert == new_der).then_some(())
+        },
+    );
+    eprintln!(
+        "file replaced to new certificate served: {:?}",
+        replaced.elapsed()
+    );
+    assert!(p.log().contains("certificate file changed"), "{}", p.log());
+}
