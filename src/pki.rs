@@ -125,6 +125,22 @@ pub fn read_pem_certs(
     Ok(certs)
 }
 
+/// When a certificate (DER) stops being valid, as Unix seconds.
+pub fn cert_not_after(cert_der: &[u8]) -> Result<i64, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|_| PkiError::Der {
+        what: "certificate",
+    })?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// Seconds until the leaf of the PEM file at `path` expires (negative:
+/// expired).
+pub fn seconds_to_expiry(path: &Path) -> Result<i64, PkiError> {
+    let certs = read_pem_certs(path)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    Ok(cert_not_after(&certs[0])? - now)
+}
+
 // ---- keys in the vault, as rcgen keys ----
 
 fn algorithms(

@@ -271,8 +271,9 @@ fn bootstrap(
 }
 
 /// Issues a new certificate from the dev CA for every `vault:` key whose
-/// primary version no longer matches its certificate file (it rotated),
-/// writes it, and swaps the proxy's certificate store. Returns whether
+/// primary version no longer matches its certificate file (it rotated) or
+/// whose certificate expires within `renew_before`, writes it, and swaps
+/// the proxy's certificate store. Returns whether
 /// anything changed.
 fn reissue_rotated(
     pool: &VaultPool,
@@ -291,13 +292,15 @@ fn reissue_rotated(
         let on_disk = pki::read_pem_certs(&spec.cert)
             .ok()
             .and_then(|c| pki::cert_spki(&c[0]).ok().map(<[u8]>::to_vec));
-        if on_disk.as_deref() == Some(spki.as_slice()) {
+        let expiring = pki::seconds_to_expiry(&spec.cert)
+            .map_or(true, |left| left < run.renew_before.as_secs() as i64);
+        if on_disk.as_deref() == Some(spki.as_slice()) && !expiring {
             continue;
         }
         let pem = pki::issue_leaf(ca, pool, name, &spec.names, run.cert_validity)
             .map_err(|e| e.to_string())?;
         pki::write_file(&spec.cert, pem.as_bytes()).map_err(|e| e.to_string())?;
-        tracing::info!(key = %name, version = primary, cert = %spec.cert.display(), "key rotated: issued a new certificate");
+        tracing::info!(key = %name, version = primary, cert = %spec.cert.display(), expiring, "issued a new certificate");
         println!(
             "re-issued {} for vault:{name} version {primary}",
             tidy(&spec.cert).display()
@@ -311,7 +314,8 @@ fn reissue_rotated(
 }
 
 /// Follows the vault's key-change events (reconnecting after a vault
-/// restart) and re-issues certificates of rotated keys as they happen.
+/// restart) and re-issues certificates of rotated keys as they happen, and
+/// of expiring ones before they expire.
 async fn watch_rotations(
     socket: PathBuf,
     pool: VaultPool,
@@ -351,9 +355,22 @@ async fn watch_rotations(
         };
         // Anything that rotated while we were not listening.
         let _ = check().await;
-        while let Some(event) = events.recv().await {
-            if ours(&event.key) {
-                let _ = check().await;
+        // Expiry is checked on a timer; rotations arrive as events.
+        let every =
+            (run.renew_before / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut renew = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) if ours(&event.key) => {
+                        let _ = check().await;
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = renew.tick() => {
+                    let _ = check().await;
+                }
             }
         }
         // The vault went away; it is restarted by the supervisor.

@@ -57,6 +57,8 @@ pub struct ProxyFile {
     /// most twice this.
     pub ticket_rotation: Option<Spanned<String>>,
     pub access_log: Option<bool>,
+    /// Log a warning while a certificate expires within this.
+    pub cert_expiry_warning: Option<Spanned<String>>,
     /// Any of "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
     /// "forwarded".
     pub forwarded_headers: Option<Spanned<Vec<String>>>,
@@ -275,6 +277,7 @@ pub struct ProxySettings {
     pub session_tickets: bool,
     pub ticket_rotation: Duration,
     pub access_log: bool,
+    pub cert_expiry_warning: Duration,
     pub forwarded: ForwardedHeaders,
     pub certs: Vec<CertSpec>,
     pub routes: Vec<RouteSpec>,
@@ -433,6 +436,8 @@ impl ProxySettings {
             ticket_rotation: duration::parse_opt(&src, &p.ticket_rotation)?
                 .unwrap_or(Duration::from_secs(6 * 3600)),
             access_log: p.access_log.unwrap_or(true),
+            cert_expiry_warning: duration::parse_opt(&src, &p.cert_expiry_warning)?
+                .unwrap_or(Duration::from_secs(14 * 86400)),
             forwarded,
             certs,
             routes,

@@ -34,6 +34,9 @@ pub struct RunFile {
     /// When a `vault:` key rotates, issue its new version a certificate
     /// from the dev CA (same names) and serve it. On by default.
     pub auto_issue: Option<bool>,
+    /// Re-issue a dev certificate when it expires within this; shorter
+    /// than `cert_validity`.
+    pub renew_before: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +49,7 @@ pub struct RunSettings {
     pub vault_start_timeout: Duration,
     pub demo_backend: Option<std::net::SocketAddr>,
     pub auto_issue: bool,
+    pub renew_before: Duration,
 }
 
 impl RunSettings {
@@ -76,7 +80,7 @@ impl RunSettings {
                 }
             },
         };
-        Ok(RunSettings {
+        let settings = RunSettings {
             dev_ca: loaded.resolve(
                 r.dev_ca
                     .as_ref()
@@ -92,6 +96,8 @@ impl RunSettings {
             vault_start_timeout: duration::parse_opt(&src, &r.vault_start_timeout)?
                 .unwrap_or(Duration::from_secs(30)),
             auto_issue: r.auto_issue.unwrap_or(true),
+            renew_before: duration::parse_opt(&src, &r.renew_before)?
+                .unwrap_or(Duration::from_secs(30 * 86400)),
             demo_backend: match &r.demo_backend {
                 None => None,
                 Some(a) => Some(a.get_ref().parse().map_err(|e| {
@@ -101,7 +107,15 @@ impl RunSettings {
                     )
                 })?),
             },
-        })
+        };
+        if settings.renew_before >= settings.cert_validity {
+            let span = r.renew_before.as_ref().map_or(0..0, |d| d.span());
+            return Err(src.error(
+                span,
+                "renew_before must be shorter than cert_validity (or every check would re-issue)",
+            ));
+        }
+        Ok(settings)
     }
 }
 

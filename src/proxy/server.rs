@@ -297,6 +297,7 @@ pub async fn run(
     tasks.extend(proxy.spawn_health_checks());
     tasks.push(tokio::spawn(reload_on_sighup(proxy.clone())));
     tasks.push(tokio::spawn(reload_on_file_change(proxy.clone())));
+    tasks.push(tokio::spawn(watch_expiry(proxy.clone())));
     println!("listen {local}");
     tracing::info!(%local, "proxy listening");
     on_listen(local);
@@ -350,6 +351,33 @@ async fn reload_on_file_change(proxy: Arc<Proxy>) {
             // Remember it even if the reload fails: retry on the next change.
             last = now;
             reload_certs(&proxy, "certificate file changed").await;
+        }
+    }
+}
+
+/// Publishes each certificate's seconds to expiry
+/// (`vaultgate_proxy_cert_expiry_seconds{cert}`) and warns, at most hourly
+/// per certificate, while one expires within `cert_expiry_warning`.
+async fn watch_expiry(proxy: Arc<Proxy>) {
+    let mut warned: std::collections::HashMap<std::path::PathBuf, Instant> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        for spec in &proxy.settings.certs {
+            let Ok(left) = crate::pki::seconds_to_expiry(&spec.cert) else {
+                continue;
+            };
+            let label = spec.cert.display().to_string();
+            metrics::gauge!("vaultgate_proxy_cert_expiry_seconds", "cert" => label.clone())
+                .set(left as f64);
+            let window = proxy.settings.cert_expiry_warning.as_secs() as i64;
+            let due = warned
+                .get(&spec.cert)
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
+            if left < window && due {
+                tracing::warn!(cert = %label, names = ?spec.names, seconds_left = left, "certificate expires soon");
+                warned.insert(spec.cert.clone(), Instant::now());
+            }
         }
     }
 }

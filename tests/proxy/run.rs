@@ -207,3 +207,46 @@ fn rotating_the_default_key_alone_changes_the_certificate_served() {
     let id = hex::encode(ring::digest::digest(&ring::digest::SHA256, &spki));
     assert_eq!(d["versions"][1]["spki_sha256"], id.as_str());
 }
+
+#[test]
+fn dev_certificates_are_reissued_before_they_expire() {
+    let nginx = Nginx::start("n1");
+    let dir = tempfile::Builder::new()
+        .prefix("vg-run-")
+        .tempdir_in("/tmp")
+        .expect("temp");
+    let cfg = run_config(dir.path(), nginx.addr);
+    // Certificates valid for 4 s, renewed when under 3 s remain.
+    let text = std::fs::read_to_string(&cfg).expect("config").replace(
+        "cert_validity = \"90d\"",
+        "cert_validity = \"4s\"\nrenew_before = \"3s\"",
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    let cfg_s = cfg.display().to_string();
+    let p = ProxyProc::spawn(dir.path(), &["run", "--config", &cfg_s]);
+    let ca = dir.path().join("certs/dev-ca.pem");
+    let get = || {
+        https_get(
+            p.addr,
+            "localhost",
+            &client_config(&ca, false, &[]),
+            "/whoami",
+        )
+    };
+    let first = get();
+    assert_eq!(first.status, 200);
+    let not_after = |der: &[u8]| vaultgate::pki::cert_not_after(der).expect("not after");
+    // Without any rotation, a new certificate (for the same key) replaces
+    // the expiring one, and every request is served meanwhile.
+    let renewed = wait_for("a renewed certificate", Duration::from_secs(15), || {
+        let f = get();
+        assert_eq!(f.status, 200, "a request failed during renewal");
+        (f.peer_cert != first.peer_cert).then_some(f)
+    });
+    assert!(not_after(&renewed.peer_cert) > not_after(&first.peer_cert));
+    assert_eq!(
+        vaultgate::pki::cert_spki(&renewed.peer_cert).expect("spki"),
+        vaultgate::pki::cert_spki(&first.peer_cert).expect("spki"),
+        "renewal keeps the key"
+    );
+}
