@@ -5,8 +5,6 @@
 //!
 //! `cargo bench --bench proxy_handshake`
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,50 +16,9 @@ use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, Sig
 use vaultgate::protocol::{KeyType, Request};
 use vaultgate::signer::{PoolOptions, VaultKey, VaultPool};
 
-struct Vault {
-    child: Child,
-    _dir: tempfile::TempDir,
-    socket: std::path::PathBuf,
-}
+mod support;
 
-impl Drop for Vault {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_vault() -> Vault {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let socket = dir.path().join("v.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vaultgate"))
-        .arg("vault")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--ready-line")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn vault");
-    let out = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(out).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("ready") => break,
-            Some(Ok(_)) => {}
-            _ => panic!("vault did not start"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Vault {
-        child,
-        _dir: dir,
-        socket,
-    }
-}
+use support::start_vault;
 
 fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) {
     let name = ServerName::try_from("bench.test").expect("name");

@@ -4,58 +4,15 @@
 //!
 //! Run: `cargo bench --bench vault_sign` (figures go to BENCHMARKS.md).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use vaultgate::client::VaultClient;
 use vaultgate::protocol::{scheme, Request};
 
-struct Vault {
-    child: Child,
-    _dir: tempfile::TempDir,
-    socket: std::path::PathBuf,
-}
+mod support;
 
-impl Drop for Vault {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_vault() -> Vault {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let socket = dir.path().join("v.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vaultgate"))
-        .arg("vault")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--ready-line")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn vault");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("ready") => break,
-            Some(Ok(_)) => continue,
-            _ => panic!("vault did not start"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Vault {
-        child,
-        _dir: dir,
-        socket,
-    }
-}
+use support::{start_vault, Vault};
 
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()

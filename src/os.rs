@@ -49,3 +49,20 @@ pub fn die_with_parent_in_own_group(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// Resolves on the first SIGTERM or SIGINT: the vault's and the proxy's
+/// signal to stop.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers there is nothing to wait for but the end.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

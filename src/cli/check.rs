@@ -10,17 +10,14 @@ use super::args::ConfigArg;
 use crate::config::proxy::{KeyRef, ProxySettings};
 use crate::config::run::RunSettings;
 use crate::config::vault::VaultSettings;
-use crate::config::{self, Loaded};
+use crate::config::Loaded;
 use crate::proxy::tls::store::load_entry;
 use crate::signer::{PoolOptions, VaultPool};
 
 pub fn main(args: ConfigArg) -> ExitCode {
-    let path = args
-        .config
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-    let loaded = match config::load(&path) {
+    let loaded = match super::load_config(&args) {
         Ok(l) => l,
-        Err(e) => return super::fail(e),
+        Err(code) => return code,
     };
     let (errors, notes) = check(&loaded);
     for n in &notes {
@@ -30,10 +27,14 @@ pub fn main(args: ConfigArg) -> ExitCode {
         eprintln!("vaultgate: {e}");
     }
     if errors.is_empty() {
-        println!("{}: ok", path.display());
+        println!("{}: ok", loaded.path.display());
         ExitCode::SUCCESS
     } else {
-        eprintln!("vaultgate: {}: {} error(s)", path.display(), errors.len());
+        eprintln!(
+            "vaultgate: {}: {} error(s)",
+            loaded.path.display(),
+            errors.len()
+        );
         ExitCode::FAILURE
     }
 }

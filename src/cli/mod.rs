@@ -32,3 +32,12 @@ pub fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("vaultgate: {message}");
     ExitCode::FAILURE
 }
+
+/// Loads the config named by `--config`, or the embedded default.
+pub fn load_config(args: &args::ConfigArg) -> Result<crate::config::Loaded, ExitCode> {
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_PATH));
+    crate::config::load(&path).map_err(fail)
+}

@@ -1,23 +1,20 @@
 //! `vaultgate proxy`: the TLS-terminating reverse proxy alone, against a
 //! vault that runs elsewhere.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use super::args::ConfigArg;
-use crate::config::{self, proxy::ProxySettings};
+use crate::config::proxy::ProxySettings;
 use crate::proxy::{server, Proxy};
 
 pub fn main(args: ConfigArg) -> ExitCode {
     crate::telemetry::init_tracing();
     let _ = crate::telemetry::install_recorder();
-    let path = args
-        .config
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-    let settings = match config::load(&path).and_then(|l| ProxySettings::from_loaded(&l)) {
-        Ok(s) => s,
-        Err(e) => return super::fail(e),
+    let settings = match super::load_config(&args).map(|l| ProxySettings::from_loaded(&l)) {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return super::fail(e),
+        Err(code) => return code,
     };
     let proxy = match Proxy::build(settings) {
         Ok(p) => Arc::new(p),

@@ -255,7 +255,7 @@ pub fn run_until_signal(
     proxy: Arc<Proxy>,
     on_listen: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> Result<bool, ServeError> {
-    let task = rt.spawn(run(proxy, shutdown_signal(), on_listen));
+    let task = rt.spawn(run(proxy, crate::os::shutdown_signal(), on_listen));
     rt.block_on(task)
         .map_err(|e| ServeError::Task(e.to_string()))?
 }
@@ -395,21 +395,5 @@ async fn reload_certs(proxy: &Arc<Proxy>, why: &'static str) {
             tracing::error!(why, error = %e, "certificate reload failed; keeping the current certificates");
         }
         Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
-    }
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers there is nothing to wait for but the end.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
     }
 }

@@ -148,7 +148,7 @@ pub async fn run(
         })
     };
 
-    server::serve(listener, vault.clone(), shutdown_signal()).await;
+    server::serve(listener, vault.clone(), crate::os::shutdown_signal()).await;
     housekeeping.abort();
     reloads.abort();
     let _ = std::fs::remove_file(&socket);
@@ -193,21 +193,5 @@ async fn reload_on_sighup(vault: Arc<Vault>, reload: Option<Reloader>) {
                     .record(audit::Event::system("config-reload", Some(e)));
             }
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers, run until killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }
