@@ -12,6 +12,8 @@ mod failures;
 mod forwarding;
 #[path = "proxy/isolation.rs"]
 mod isolation;
+#[path = "proxy/reload.rs"]
+mod reload;
 #[path = "proxy/run.rs"]
 mod run;
 #[path = "proxy/tls.rs"]

@@ -17,7 +17,10 @@ pub fn main(args: ConfigArg) -> ExitCode {
         Err(code) => return code,
     };
     let proxy = match Proxy::build(settings) {
-        Ok(p) => Arc::new(p),
+        Ok(mut p) => {
+            p.config_path = Some(config_path(&args));
+            Arc::new(p)
+        }
         Err(e) => return super::fail(e),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -32,4 +35,10 @@ pub fn main(args: ConfigArg) -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => super::fail(e),
     }
+}
+
+fn config_path(args: &ConfigArg) -> std::path::PathBuf {
+    args.config
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_PATH))
 }

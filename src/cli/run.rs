@@ -66,7 +66,10 @@ pub fn main(args: ConfigArg) -> ExitCode {
         .cloned()
         .unwrap_or_else(|| "localhost".into());
     let proxy = match Proxy::build(proxy_settings) {
-        Ok(p) => Arc::new(p),
+        Ok(mut p) => {
+            p.config_path = Some(path.clone());
+            Arc::new(p)
+        }
         Err(e) => {
             stop_child(vault_pid);
             return super::fail(e);
@@ -323,7 +326,7 @@ async fn watch_rotations(
     proxy: Arc<Proxy>,
     run: RunSettings,
 ) {
-    let certs: Arc<Vec<_>> = Arc::new(proxy.settings.certs.clone());
+    let certs: Arc<Vec<_>> = Arc::new(proxy.live.load().settings.certs.clone());
     let ours = |key: &str| {
         key == "*"
             || certs

@@ -18,15 +18,38 @@ use forward::Forwarder;
 use tls::{CertStore, TlsError};
 
 /// A proxy ready to serve: TLS config over a swappable certificate store,
-/// and the forwarder.
+/// and the forwarder, both replaced whole by a config reload.
 pub struct Proxy {
+    /// The settings it started with: what needs a restart to change
+    /// (listeners, vault sockets) is read from here.
     pub settings: ProxySettings,
     /// The live certificates. Replace with `store.store(..)`: handshakes in
     /// progress keep the store they started with.
     pub store: Arc<ArcSwap<CertStore>>,
+    /// What new connections and requests use; a reload swaps it.
+    pub live: ArcSwap<Live>,
+    pub pool: Option<VaultPool>,
+    /// The file SIGHUP re-reads (none: SIGHUP reloads certificates only).
+    pub config_path: Option<std::path::PathBuf>,
+    health: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// One generation of the reloadable configuration.
+pub struct Live {
+    pub settings: Arc<ProxySettings>,
     pub tls: Arc<ServerConfig>,
     pub forwarder: Arc<Forwarder>,
-    pub pool: Option<VaultPool>,
+}
+
+/// Why a config reload was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("no config file to re-read")]
+    NoConfig,
 }
 
 impl Proxy {
@@ -73,28 +96,95 @@ impl Proxy {
         let tls = tls::server_config(&settings, store.clone())?;
         let forwarder = Arc::new(Forwarder::new(&settings));
         Ok(Proxy {
+            live: ArcSwap::from_pointee(Live {
+                settings: Arc::new(settings.clone()),
+                tls,
+                forwarder,
+            }),
             settings,
             store,
-            tls,
-            forwarder,
             pool,
+            config_path: None,
+            health: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Re-reads the config file and validates it completely; if valid,
+    /// routes, upstreams, backends, certificates, limits and timeouts
+    /// change for new connections and requests (those in flight finish as
+    /// they began), health checks restart for the new upstreams. Returns
+    /// the settings that changed but need a restart. Blocking.
+    pub fn reload_config(&self) -> Result<Vec<&'static str>, ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoConfig)?;
+        let loaded = crate::config::load(path)?;
+        let new = ProxySettings::from_loaded(&loaded)?;
+        let old = self.live.load_full();
+        let mut ignored = Vec::new();
+        if new.listen != self.settings.listen {
+            ignored.push("listen");
+        }
+        if new.metrics_listen != self.settings.metrics_listen {
+            ignored.push("metrics_listen");
+        }
+        if new.vault_sockets != self.settings.vault_sockets {
+            ignored.push("vault_sockets");
+        }
+        if new.limits.max_connections != self.settings.limits.max_connections {
+            ignored.push("max_connections");
+        }
+        let certs = CertStore::load(&new, self.pool.as_ref())?;
+        // A new ServerConfig would start new ticket keys, so returning
+        // clients could not resume: keep it unless TLS settings changed.
+        let tls_same = new.min_tls_version == old.settings.min_tls_version
+            && new.session_tickets == old.settings.session_tickets
+            && new.session_cache_size == old.settings.session_cache_size
+            && new.ticket_rotation == old.settings.ticket_rotation;
+        let tls = if tls_same {
+            old.tls.clone()
+        } else {
+            tls::server_config(&new, self.store.clone())?
+        };
+        self.store.store(Arc::new(certs));
+        self.live.store(Arc::new(Live {
+            forwarder: Arc::new(Forwarder::new(&new)),
+            settings: Arc::new(new),
+            tls,
+        }));
+        self.restart_health_checks();
+        Ok(ignored)
     }
 
     /// Reloads every certificate and key reference and swaps the store.
     /// Handshakes already past certificate selection finish with the old
     /// store; on any error the old store stays. Blocking (vault lookups).
     pub fn reload_certs(&self) -> Result<(), TlsError> {
-        let fresh = CertStore::load(&self.settings, self.pool.as_ref())?;
+        let fresh = CertStore::load(&self.live.load().settings, self.pool.as_ref())?;
         self.store.store(Arc::new(fresh));
         Ok(())
     }
 
-    /// Starts active health checks; they stop when the handles are aborted.
-    pub fn spawn_health_checks(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.forwarder
+    /// (Re)starts active health checks for the live upstreams; the
+    /// previous generation's stop. Needs a tokio runtime.
+    pub fn restart_health_checks(&self) {
+        let fresh: Vec<_> = self
+            .live
+            .load()
+            .forwarder
             .upstreams()
             .flat_map(|u| forward::health::spawn(u.clone()))
-            .collect()
+            .collect();
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        for old in health.drain(..) {
+            old.abort();
+        }
+        *health = fresh;
+    }
+
+    /// Stops every health check (at shutdown).
+    pub fn stop_health_checks(&self) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        for old in health.drain(..) {
+            old.abort();
+        }
     }
 }

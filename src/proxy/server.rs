@@ -32,8 +32,10 @@ pub async fn serve(
 ) -> bool {
     let limits = proxy.settings.limits.clone();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let acceptor = TlsAcceptor::from(proxy.tls.clone());
-    let http = Arc::new(http_builder(&proxy));
+    // Rebuilt only when a reload replaces the live generation.
+    let mut generation = proxy.live.load_full();
+    let mut acceptor = TlsAcceptor::from(generation.tls.clone());
+    let mut http = Arc::new(http_builder(&generation.settings));
     let (drain_tx, drain_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
@@ -63,13 +65,19 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
+        let live = proxy.live.load_full();
+        if !Arc::ptr_eq(&live, &generation) {
+            acceptor = TlsAcceptor::from(live.tls.clone());
+            http = Arc::new(http_builder(&live.settings));
+            generation = live;
+        }
         tokio::spawn(connection(
             tcp,
             peer,
             acceptor.clone(),
             http.clone(),
-            proxy.forwarder.clone(),
-            limits.clone(),
+            generation.forwarder.clone(),
+            generation.settings.limits.clone(),
             permit,
             drain_rx.clone(),
         ));
@@ -90,8 +98,8 @@ pub async fn serve(
     }
 }
 
-fn http_builder(proxy: &Proxy) -> auto::Builder<TokioExecutor> {
-    let l = &proxy.settings.limits;
+fn http_builder(settings: &crate::config::proxy::ProxySettings) -> auto::Builder<TokioExecutor> {
+    let l = &settings.limits;
     let mut b = auto::Builder::new(TokioExecutor::new());
     // hyper runs this timer whenever it waits for a request head, which
     // includes an idle keep-alive connection: it is the HTTP/1 idle timeout too.
@@ -294,17 +302,18 @@ pub async fn run(
             crate::telemetry::install_recorder(),
         )));
     }
-    tasks.extend(proxy.spawn_health_checks());
+    proxy.restart_health_checks();
     tasks.push(tokio::spawn(reload_on_sighup(proxy.clone())));
     tasks.push(tokio::spawn(reload_on_file_change(proxy.clone())));
     tasks.push(tokio::spawn(watch_expiry(proxy.clone())));
     println!("listen {local}");
     tracing::info!(%local, "proxy listening");
     on_listen(local);
-    let clean = serve(proxy, listener, shutdown).await;
+    let clean = serve(proxy.clone(), listener, shutdown).await;
     for t in tasks {
         t.abort();
     }
+    proxy.stop_health_checks();
     Ok(clean)
 }
 
@@ -316,7 +325,11 @@ async fn reload_on_sighup(proxy: Arc<Proxy>) {
         return;
     };
     while hup.recv().await.is_some() {
-        reload_certs(&proxy, "SIGHUP").await;
+        if proxy.config_path.is_some() {
+            reload_config(&proxy).await;
+        } else {
+            reload_certs(&proxy, "SIGHUP").await;
+        }
     }
 }
 
@@ -326,12 +339,15 @@ async fn reload_on_sighup(proxy: Arc<Proxy>) {
 /// and needs no inotify.
 async fn reload_on_file_change(proxy: Arc<Proxy>) {
     use std::os::unix::fs::MetadataExt;
-    let files: Vec<std::path::PathBuf> = proxy
-        .settings
-        .certs
-        .iter()
-        .map(|c| c.cert.clone())
-        .collect();
+    let files = |p: &Proxy| -> Vec<std::path::PathBuf> {
+        p.live
+            .load()
+            .settings
+            .certs
+            .iter()
+            .map(|c| c.cert.clone())
+            .collect()
+    };
     let stamp = |files: &[std::path::PathBuf]| {
         files
             .iter()
@@ -342,11 +358,11 @@ async fn reload_on_file_change(proxy: Arc<Proxy>) {
             })
             .collect::<Vec<_>>()
     };
-    let mut last = stamp(&files);
+    let mut last = stamp(&files(&proxy));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let now = stamp(&files);
+        let now = stamp(&files(&proxy));
         if now != last {
             // Remember it even if the reload fails: retry on the next change.
             last = now;
@@ -363,14 +379,15 @@ async fn watch_expiry(proxy: Arc<Proxy>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
-        for spec in &proxy.settings.certs {
+        let live = proxy.live.load_full();
+        for spec in &live.settings.certs {
             let Ok(left) = crate::pki::seconds_to_expiry(&spec.cert) else {
                 continue;
             };
             let label = spec.cert.display().to_string();
             metrics::gauge!("vaultgate_proxy_cert_expiry_seconds", "cert" => label.clone())
                 .set(left as f64);
-            let window = proxy.settings.cert_expiry_warning.as_secs() as i64;
+            let window = live.settings.cert_expiry_warning.as_secs() as i64;
             let due = warned
                 .get(&spec.cert)
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
@@ -379,6 +396,28 @@ async fn watch_expiry(proxy: Arc<Proxy>) {
                 warned.insert(spec.cert.clone(), Instant::now());
             }
         }
+    }
+}
+
+/// Re-reads the whole config; an invalid one changes nothing, and the
+/// error (file, line, column) is logged and counted.
+async fn reload_config(proxy: &Arc<Proxy>) {
+    let p = proxy.clone();
+    match tokio::task::spawn_blocking(move || p.reload_config()).await {
+        Ok(Ok(ignored)) => {
+            metrics::counter!("vaultgate_proxy_config_reloads_total", "result" => "ok")
+                .increment(1);
+            if !ignored.is_empty() {
+                tracing::warn!(?ignored, "these settings change only on restart");
+            }
+            tracing::info!("config reloaded");
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("vaultgate_proxy_config_reloads_total", "result" => "error")
+                .increment(1);
+            tracing::error!(error = %e, "config reload failed; the running config stays");
+        }
+        Err(e) => tracing::error!(error = %e, "config reload task failed"),
     }
 }
 
