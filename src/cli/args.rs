@@ -26,6 +26,9 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate a config file without starting anything (like `nginx -t`).
     Check(ConfigArg),
+    /// Validate the config, then tell the running proxy (`[proxy]
+    /// pid_file`) to re-read it (SIGHUP).
+    Reload(ConfigArg),
     /// Manage and use keys.
     #[command(subcommand)]
     Key(KeyCommand),

@@ -59,6 +59,8 @@ pub struct ProxyFile {
     pub access_log: Option<bool>,
     /// Log a warning while a certificate expires within this.
     pub cert_expiry_warning: Option<Spanned<String>>,
+    /// Where the running process writes its pid, for `vaultgate reload`.
+    pub pid_file: Option<Spanned<String>>,
     /// Any of "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
     /// "forwarded".
     pub forwarded_headers: Option<Spanned<Vec<String>>>,
@@ -278,6 +280,7 @@ pub struct ProxySettings {
     pub ticket_rotation: Duration,
     pub access_log: bool,
     pub cert_expiry_warning: Duration,
+    pub pid_file: Option<PathBuf>,
     pub forwarded: ForwardedHeaders,
     pub certs: Vec<CertSpec>,
     pub routes: Vec<RouteSpec>,
@@ -438,6 +441,10 @@ impl ProxySettings {
             access_log: p.access_log.unwrap_or(true),
             cert_expiry_warning: duration::parse_opt(&src, &p.cert_expiry_warning)?
                 .unwrap_or(Duration::from_secs(14 * 86400)),
+            pid_file: p
+                .pid_file
+                .as_ref()
+                .map(|f| loaded.resolve(f.get_ref().as_ref())),
             forwarded,
             certs,
             routes,

@@ -252,6 +252,11 @@ pub enum ServeError {
     },
     #[error("the proxy task failed: {0}")]
     Task(String),
+    #[error("cannot write the pid file {path}: {source}", path = .path.display())]
+    PidFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// [`run`] until SIGTERM/SIGINT, from outside the runtime. The accept loop
@@ -306,6 +311,22 @@ pub async fn run(
     tasks.push(tokio::spawn(reload_on_sighup(proxy.clone())));
     tasks.push(tokio::spawn(reload_on_file_change(proxy.clone())));
     tasks.push(tokio::spawn(watch_expiry(proxy.clone())));
+    let pid_file = proxy.settings.pid_file.clone();
+    if let Some(f) = &pid_file {
+        let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
+        dir.map_or(Ok(()), |d| crate::fsutil::ensure_dir(d, 0o755))
+            .and_then(|()| {
+                crate::fsutil::write_atomic(
+                    f,
+                    format!("{}\n", std::process::id()).as_bytes(),
+                    0o644,
+                )
+            })
+            .map_err(|source| ServeError::PidFile {
+                path: f.clone(),
+                source,
+            })?;
+    }
     println!("listen {local}");
     tracing::info!(%local, "proxy listening");
     on_listen(local);
@@ -314,6 +335,9 @@ pub async fn run(
         t.abort();
     }
     proxy.stop_health_checks();
+    if let Some(f) = &pid_file {
+        let _ = std::fs::remove_file(f);
+    }
     Ok(clean)
 }
 

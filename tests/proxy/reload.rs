@@ -19,7 +19,10 @@ fn sighup_reloads_the_config_and_an_invalid_one_changes_nothing() {
             &s.vault.socket,
             &[(&["localhost"], &cert, "vault:tls-reload")],
             &[backend],
-            "",
+            &format!(
+                "pid_file = \"{}\"",
+                s.dir.path().join("proxy.pid").display()
+            ),
             "",
         )
     };
@@ -36,9 +39,19 @@ fn sighup_reloads_the_config_and_an_invalid_one_changes_nothing() {
         .expect("SIGHUP")
     };
 
-    // The upstream moves to n2: new requests go there, none fails.
+    // The upstream moves to n2 (`vaultgate reload`: validate, then signal
+    // the pid in pid_file): new requests go there, none fails.
     std::fs::write(&path, cfg(n2.addr)).expect("write config");
-    hup();
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["reload", "--config"])
+        .arg(&path)
+        .output()
+        .expect("vaultgate reload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for("requests to reach n2", Duration::from_secs(10), || {
         let f = whoami();
         assert_eq!(f.status, 200);
