@@ -18,6 +18,8 @@ mod reload;
 mod run;
 #[path = "proxy/tls.rs"]
 mod tls;
+#[path = "proxy/under_load.rs"]
+mod under_load;
 
 use std::path::{Path, PathBuf};
 

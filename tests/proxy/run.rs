@@ -10,7 +10,7 @@ use crate::common::backends::Nginx;
 use crate::common::proxy::{client_config, https_get, ProxyProc};
 use crate::common::{bin, require_tool, wait_for};
 
-fn run_config(dir: &std::path::Path, backend: std::net::SocketAddr) -> std::path::PathBuf {
+pub fn run_config(dir: &std::path::Path, backend: std::net::SocketAddr) -> std::path::PathBuf {
     let shipped = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vaultgate.toml"),
     )
