@@ -58,6 +58,26 @@ impl Setup {
         out
     }
 
+    /// `vaultgate proxy` with one certificate for `localhost` whose key
+    /// (`tls-local`, ECDSA P-256) is in the vault, in front of `backends`;
+    /// `extra` and `upstream_extra` as for [`common::proxy::config`].
+    pub fn localhost_proxy(
+        &self,
+        backends: &[std::net::SocketAddr],
+        extra: &str,
+        upstream_extra: &str,
+    ) -> common::proxy::ProxyProc {
+        let cert = self.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+        let cfg = common::proxy::config(
+            &self.vault.socket,
+            &[(&["localhost"], &cert, "vault:tls-local")],
+            backends,
+            extra,
+            upstream_extra,
+        );
+        common::proxy::ProxyProc::start(self.dir.path(), &cfg)
+    }
+
     pub fn ca_path(&self) -> &Path {
         &self.ca.pem_path
     }

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::backends::{Nginx, Silent};
-use crate::common::proxy::{config, curl_ok, ProxyProc};
+use crate::common::proxy::{curl_ok, ProxyProc};
 use crate::common::{require_tool, wait_for};
 use crate::Setup;
 
@@ -48,15 +48,7 @@ fn a_killed_backend_is_ejected_and_returns_when_restarted() {
     let s = Setup::start();
     let mut n1 = Nginx::start("n1");
     let n2 = Nginx::start("n2");
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
-        &[n1.addr, n2.addr],
-        "",
-        "[proxy.upstream.web.health]\npath = \"/whoami\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy = 2\nunhealthy = 1\n",
-    );
-    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let p = s.localhost_proxy(&[n1.addr, n2.addr], "", "[proxy.upstream.web.health]\npath = \"/whoami\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy = 2\nunhealthy = 1\n");
     let c = Client::new(&s, &p);
     let seen: Vec<String> = (0..6).map(|_| c.get("/whoami").1).collect();
     assert!(
@@ -88,15 +80,7 @@ fn a_killed_backend_is_ejected_and_returns_when_restarted() {
 fn a_backend_that_does_not_answer_in_time_gets_504() {
     let s = Setup::start();
     let silent = Silent::start();
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
-        &[silent.addr],
-        "",
-        "response_timeout = \"300ms\"\n",
-    );
-    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let p = s.localhost_proxy(&[silent.addr], "", "response_timeout = \"300ms\"\n");
     let c = Client::new(&s, &p);
     let start = Instant::now();
     assert_eq!(
@@ -117,15 +101,7 @@ fn graceful_shutdown_completes_in_flight_requests() {
     let nginx = Nginx::start("n1");
     let data: Vec<u8> = (0..6 * 1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(nginx.www().join("big.bin"), &data).expect("write");
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
-        &[nginx.addr],
-        "shutdown_timeout = \"20s\"",
-        "",
-    );
-    let mut p = ProxyProc::start(s.dir.path(), &cfg);
+    let mut p = s.localhost_proxy(&[nginx.addr], "shutdown_timeout = \"20s\"", "");
     let c = Client::new(&s, &p);
     let out = s.path("download.bin");
     // A slow reader keeps the request in flight for about 3 seconds.
@@ -176,15 +152,7 @@ fn graceful_shutdown_completes_in_flight_requests() {
 }
 
 fn limits_proxy(s: &Setup, nginx: &Nginx, limits: &str) -> ProxyProc {
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
-        &[nginx.addr],
-        limits,
-        "",
-    );
-    ProxyProc::start(s.dir.path(), &cfg)
+    s.localhost_proxy(&[nginx.addr], limits, "")
 }
 
 fn tls_connect(

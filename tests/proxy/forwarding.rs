@@ -27,15 +27,7 @@ fn sha(b: &[u8]) -> Vec<u8> {
 
 /// A proxy with a vault ECDSA certificate for `localhost` in front of `backends`.
 fn proxy_for(s: &Setup, backends: &[SocketAddr]) -> ProxyProc {
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
-        backends,
-        "",
-        "",
-    );
-    ProxyProc::start(s.dir.path(), &cfg)
+    s.localhost_proxy(backends, "", "")
 }
 
 fn url(p: &ProxyProc, path: &str) -> String {
@@ -339,15 +331,7 @@ fn curl_gets_502_when_no_backend_listens() {
 fn proxy_protocol_v2_tells_nginx_the_client_address() {
     let s = Setup::start();
     let nginx = Nginx::start_with("pp", " proxy_protocol");
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
-        &[nginx.addr],
-        "",
-        "proxy_protocol = true\n",
-    );
-    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let p = s.localhost_proxy(&[nginx.addr], "", "proxy_protocol = true\n");
     let mut r = String::new();
     for flag in ["--http1.1", "--http2"] {
         let mut args = curl_args(&s, &p, &mut r);
@@ -363,15 +347,7 @@ fn proxy_protocol_v2_tells_nginx_the_client_address() {
 fn h2c_upstreams_get_http2_without_tls() {
     let s = Setup::start();
     let nginx = Nginx::start_with("h2c", " http2");
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
-        &[nginx.addr],
-        "",
-        "h2c = true\n",
-    );
-    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let p = s.localhost_proxy(&[nginx.addr], "", "h2c = true\n");
     let mut r = String::new();
     for flag in ["--http1.1", "--http2"] {
         let mut args = curl_args(&s, &p, &mut r);
@@ -392,15 +368,11 @@ fn h2c_upstreams_get_http2_without_tls() {
 fn metrics_cover_connections_handshakes_signatures_requests_and_backends() {
     let s = Setup::start();
     let nginx = Nginx::start("n1");
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
+    let p = s.localhost_proxy(
         &[nginx.addr],
         "",
         "[proxy.upstream.web.health]\npath = \"/whoami\"\ninterval = \"100ms\"\n",
     );
-    let p = ProxyProc::start(s.dir.path(), &cfg);
     let mut r = String::new();
     for _ in 0..3 {
         let mut args = curl_args(&s, &p, &mut r);

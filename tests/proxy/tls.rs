@@ -146,15 +146,7 @@ fn an_rsa_only_client_gets_the_rsa_certificate() {
 fn resumed_handshakes_need_no_signature_from_the_vault() {
     let s = Setup::start();
     let nginx = Nginx::start("n1");
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
-        &[nginx.addr],
-        "",
-        "",
-    );
-    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let p = s.localhost_proxy(&[nginx.addr], "", "");
     let signs = || {
         s.vault_metric(
             "vaultgate_vault_requests_total",
@@ -218,15 +210,7 @@ fn resumed_handshakes_need_no_signature_from_the_vault() {
 fn handshakes_fail_fast_while_the_vault_is_down_and_recover_when_it_returns() {
     let mut s = Setup::start();
     let nginx = Nginx::start("n1");
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
-        &[nginx.addr],
-        "sign_timeout = \"100ms\"",
-        "",
-    );
-    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let p = s.localhost_proxy(&[nginx.addr], "sign_timeout = \"100ms\"", "");
     let resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
     let u = format!("https://localhost:{}/whoami", p.addr.port());
     let ca = s.ca_path().to_str().expect("utf-8").to_owned();
@@ -352,15 +336,7 @@ fn signatures_fail_over_to_the_next_vault_socket() {
 fn a_stalled_vault_fails_handshakes_at_the_sign_timeout_and_other_traffic_flows() {
     let s = Setup::start();
     let nginx = Nginx::start("n1");
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
-        &[nginx.addr],
-        "sign_timeout = \"200ms\"",
-        "",
-    );
-    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let p = s.localhost_proxy(&[nginx.addr], "sign_timeout = \"200ms\"", "");
     // A client that already has a session keeps working while the vault stalls.
     let resuming = client_config(s.ca_path(), false, &[b"http/1.1"]);
     assert_eq!(
@@ -409,15 +385,7 @@ fn a_stalled_vault_fails_handshakes_at_the_sign_timeout_and_other_traffic_flows(
 fn min_tls_version_1_3_refuses_tls_1_2_clients_and_alpn_offers_both_protocols() {
     let s = Setup::start();
     let nginx = Nginx::start("n1");
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
-        &[nginx.addr],
-        "min_tls_version = \"1.3\"",
-        "",
-    );
-    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let p = s.localhost_proxy(&[nginx.addr], "min_tls_version = \"1.3\"", "");
     let resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
     let u = format!("https://localhost:{}/whoami", p.addr.port());
     let ca = s.ca_path().to_str().expect("utf-8").to_owned();
@@ -565,15 +533,11 @@ fn sighup_swaps_in_a_rotated_key_and_certificate_without_failing_a_request() {
 fn ticket_keys_rotate_on_schedule_and_old_tickets_stop_resuming() {
     let s = Setup::start();
     let nginx = Nginx::start("n1");
-    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:tls-local")],
+    let p = s.localhost_proxy(
         &[nginx.addr],
         "ticket_rotation = \"1s\"\nsession_cache_size = 0",
         "",
     );
-    let p = ProxyProc::start(s.dir.path(), &cfg);
     let client = client_config(s.ca_path(), false, &[b"http/1.1"]);
     assert!(!https_get(p.addr, "localhost", &client, "/whoami").resumed);
     assert!(https_get(p.addr, "localhost", &client, "/whoami").resumed);
