@@ -23,10 +23,7 @@ pub fn main(args: ConfigArg) -> ExitCode {
         }
         Err(e) => return super::fail(e),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match server::runtime(&proxy.settings) {
         Ok(rt) => rt,
         Err(e) => return super::fail(format!("cannot start the runtime: {e}")),
     };

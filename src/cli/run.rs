@@ -75,10 +75,7 @@ pub fn main(args: ConfigArg) -> ExitCode {
             return super::fail(e);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match server::runtime(&proxy.settings) {
         Ok(rt) => rt,
         Err(e) => {
             stop_child(vault_pid);

@@ -26,10 +26,31 @@ use serde_spanned::Spanned;
 
 use super::{duration, ConfigError, Loaded, Location, Source};
 
+/// `listen = "ADDR"` or `listen = ["ADDR", ...]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyFile {
-    pub listen: Option<Spanned<String>>,
+    /// One address or a list; a reload binds the new ones and drains the
+    /// ones removed.
+    pub listen: Option<Spanned<OneOrMany>>,
+    /// Threads serving connections (default: one per core).
+    pub workers: Option<Spanned<u32>>,
     pub metrics_listen: Option<Spanned<String>>,
     /// Vault sockets in failover order; default: `[vault].socket`.
     pub vault_sockets: Option<Spanned<Vec<String>>>,
@@ -266,7 +287,10 @@ pub struct Limits {
 /// Everything the proxy needs to start, validated.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
-    pub listen: SocketAddr,
+    /// Every address to accept on, in the order given.
+    pub listen: Vec<SocketAddr>,
+    /// Tokio worker threads for connections; `None`: one per core.
+    pub workers: Option<usize>,
     pub metrics_listen: Option<SocketAddr>,
     pub vault_sockets: Vec<PathBuf>,
     pub vault_connections: usize,
@@ -299,11 +323,17 @@ impl ProxySettings {
         };
         let vault = super::vault::VaultSettings::from_loaded(loaded)?;
         let listen = match &p.listen {
-            Some(l) => parse_addr(&src, l, "listen")?,
-            None => DEFAULT_LISTEN
+            Some(l) => listen_addrs(&src, l)?,
+            None => vec![DEFAULT_LISTEN
                 .parse()
-                .map_err(|_| src.file_error("bad default listen"))?,
+                .map_err(|_| src.file_error("bad default listen"))?],
         };
+        let workers = p
+            .workers
+            .as_ref()
+            .map(|_| positive(&src, &p.workers, 1, "workers"))
+            .transpose()?
+            .map(|n| n as usize);
         let metrics_listen = p
             .metrics_listen
             .as_ref()
@@ -426,6 +456,7 @@ impl ProxySettings {
         }
         Ok(ProxySettings {
             listen,
+            workers,
             metrics_listen,
             vault_sockets,
             vault_connections,
@@ -451,6 +482,27 @@ impl ProxySettings {
             upstreams,
         })
     }
+}
+
+fn listen_addrs(src: &Source, v: &Spanned<OneOrMany>) -> Result<Vec<SocketAddr>, ConfigError> {
+    let items = v.get_ref().items();
+    if items.is_empty() {
+        return Err(src.error(v.span(), "listen must name at least one address"));
+    }
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for item in items {
+        let addr: SocketAddr = item.parse().map_err(|e| {
+            src.error(
+                v.span(),
+                format!("invalid listen address {item:?}: {e} (expected IP:PORT)"),
+            )
+        })?;
+        if out.contains(&addr) {
+            return Err(src.error(v.span(), format!("listen address {addr} given twice")));
+        }
+        out.push(addr);
+    }
+    Ok(out)
 }
 
 fn parse_addr(src: &Source, v: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {

@@ -3,6 +3,7 @@
 //! headers, access log) and [`server`] (accept loop, limits, shutdown).
 
 pub mod forward;
+pub mod listeners;
 pub mod server;
 pub mod tls;
 
@@ -21,7 +22,7 @@ use tls::{CertStore, TlsError};
 /// and the forwarder, both replaced whole by a config reload.
 pub struct Proxy {
     /// The settings it started with: what needs a restart to change
-    /// (listeners, vault sockets) is read from here.
+    /// (vault sockets, worker threads) is read from here.
     pub settings: ProxySettings,
     /// The live certificates. Replace with `store.store(..)`: handshakes in
     /// progress keep the store they started with.
@@ -109,28 +110,28 @@ impl Proxy {
         })
     }
 
-    /// Re-reads the config file and validates it completely; if valid,
-    /// routes, upstreams, backends, certificates, limits and timeouts
-    /// change for new connections and requests (those in flight finish as
-    /// they began), health checks restart for the new upstreams. Returns
-    /// the settings that changed but need a restart. Blocking.
-    pub fn reload_config(&self) -> Result<Vec<&'static str>, ReloadError> {
+    /// Re-reads the config file and validates it completely. Blocking.
+    pub fn read_config(&self) -> Result<ProxySettings, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoConfig)?;
         let loaded = crate::config::load(path)?;
-        let new = ProxySettings::from_loaded(&loaded)?;
+        Ok(ProxySettings::from_loaded(&loaded)?)
+    }
+
+    /// Makes `new` the live generation once its certificates load: routes,
+    /// upstreams, backends, certificates, limits and timeouts change for
+    /// new connections and requests (those in flight finish as they
+    /// began). Listeners are the server's to change. Returns the settings
+    /// that changed but need a restart. Blocking (vault lookups).
+    pub fn apply_config(&self, new: ProxySettings) -> Result<Vec<&'static str>, ReloadError> {
         let old = self.live.load_full();
         let mut ignored = Vec::new();
-        if new.listen != self.settings.listen {
-            ignored.push("listen");
-        }
-        if new.metrics_listen != self.settings.metrics_listen {
-            ignored.push("metrics_listen");
-        }
-        if new.vault_sockets != self.settings.vault_sockets {
+        if new.vault_sockets != self.settings.vault_sockets
+            || new.vault_connections != self.settings.vault_connections
+        {
             ignored.push("vault_sockets");
         }
-        if new.limits.max_connections != self.settings.limits.max_connections {
-            ignored.push("max_connections");
+        if new.workers != self.settings.workers {
+            ignored.push("workers");
         }
         let certs = CertStore::load(&new, self.pool.as_ref())?;
         // A new ServerConfig would start new ticket keys, so returning
@@ -150,7 +151,6 @@ impl Proxy {
             settings: Arc::new(new),
             tls,
         }));
-        self.restart_health_checks();
         Ok(ignored)
     }
 

@@ -1,12 +1,9 @@
-//! The accept loop and per-connection work: connection limit, TLS
-//! handshake with a deadline, HTTP/1.1 + HTTP/2 serving, idle keep-alive
-//! timeout, and graceful shutdown (stop accepting, let in-flight requests
-//! finish, up to a deadline).
-//!
-//! Every connection task holds a receiver of one `watch` channel: sending
-//! on it asks each connection to finish gracefully (HTTP/2 GOAWAY, HTTP/1
-//! close after the current response), and the sender's `closed()` resolves
-//! once the last connection is gone: that is the drain.
+//! Serving: per-connection work (TLS handshake with a deadline, HTTP/1.1 +
+//! HTTP/2, idle keep-alive timeout, graceful close), the proxy's lifetime
+//! (listeners, pid file, metrics, health checks, shutdown) and what
+//! changes it while it runs: SIGHUP reloads, certificate file changes,
+//! vault key events, certificate expiry. The accept loops are in
+//! [`super::listeners`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,89 +13,17 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 
 use super::forward::access::ConnInfo;
 use super::forward::{self, Forwarder};
+use super::listeners::{self, Listeners};
 use super::Proxy;
 
-/// Serves `listener` until `shutdown` resolves, then drains. Returns
-/// whether every connection finished within the shutdown deadline.
-pub async fn serve(
-    proxy: Arc<Proxy>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> bool {
-    let limits = proxy.settings.limits.clone();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    // Rebuilt only when a reload replaces the live generation.
-    let mut generation = proxy.live.load_full();
-    let mut acceptor = TlsAcceptor::from(generation.tls.clone());
-    let mut http = Arc::new(http_builder(&generation.settings));
-    let (drain_tx, drain_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => {
-                    backoff = Duration::from_millis(5);
-                    x
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait and retry
-                    // rather than end the server.
-                    tracing::warn!(error = %e, "accept failed; backing off {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let live = proxy.live.load_full();
-        if !Arc::ptr_eq(&live, &generation) {
-            acceptor = TlsAcceptor::from(live.tls.clone());
-            http = Arc::new(http_builder(&live.settings));
-            generation = live;
-        }
-        tokio::spawn(connection(
-            tcp,
-            peer,
-            acceptor.clone(),
-            http.clone(),
-            generation.forwarder.clone(),
-            generation.settings.limits.clone(),
-            permit,
-            drain_rx.clone(),
-        ));
-    }
-    drop(listener);
-    drop(drain_rx);
-    tracing::info!("shutting down: no longer accepting; draining connections");
-    let _ = drain_tx.send(true);
-    match tokio::time::timeout(limits.shutdown_timeout, drain_tx.closed()).await {
-        Ok(()) => true,
-        Err(_) => {
-            tracing::warn!(
-                "shutdown deadline {:?} passed with connections still open",
-                limits.shutdown_timeout
-            );
-            false
-        }
-    }
-}
-
-fn http_builder(settings: &crate::config::proxy::ProxySettings) -> auto::Builder<TokioExecutor> {
+pub(super) fn http_builder(
+    settings: &crate::config::proxy::ProxySettings,
+) -> auto::Builder<TokioExecutor> {
     let l = &settings.limits;
     let mut b = auto::Builder::new(TokioExecutor::new());
     // hyper runs this timer whenever it waits for a request head, which
@@ -117,7 +42,7 @@ fn http_builder(settings: &crate::config::proxy::ProxySettings) -> auto::Builder
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn connection(
+pub(super) async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
@@ -259,6 +184,17 @@ pub enum ServeError {
     },
 }
 
+/// The proxy's runtime: `workers` threads (default one per core).
+pub fn runtime(
+    settings: &crate::config::proxy::ProxySettings,
+) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = settings.workers {
+        b.worker_threads(n);
+    }
+    b.thread_name("proxy-worker").enable_all().build()
+}
+
 /// [`run`] until SIGTERM/SIGINT, from outside the runtime. The accept loop
 /// runs on a worker thread rather than the calling one, so the connection
 /// tasks it spawns go to that worker's own queue without a cross-thread
@@ -273,64 +209,58 @@ pub fn run_until_signal(
         .map_err(|e| ServeError::Task(e.to_string()))?
 }
 
-/// Binds the proxy's listener (and the metrics listener, if configured),
-/// prints `listen ADDR` / `metrics ADDR` on stdout (the addresses actually
-/// bound, so port 0 works), starts health checks and serves until
-/// `shutdown`. Returns whether the drain finished in time.
+/// Binds every `listen` address (and the metrics listener, if
+/// configured), prints `listen ADDR` per listener and `metrics ADDR` on
+/// stdout (the addresses actually bound, so port 0 works), starts health
+/// checks and serves until `shutdown`. `on_listen` gets the first
+/// listener's address. Returns whether the drain finished in time.
 pub async fn run(
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<bool, ServeError> {
-    let addr = proxy.settings.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind { addr, source })?;
-    let mut tasks = Vec::new();
-    if let Some(maddr) = proxy.settings.metrics_listen {
-        let ml = TcpListener::bind(maddr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: maddr,
-                source,
-            })?;
-        let mlocal = ml.local_addr().map_err(|source| ServeError::Bind {
-            addr: maddr,
-            source,
-        })?;
-        println!("metrics {mlocal}");
-        tasks.push(tokio::spawn(crate::telemetry::serve_metrics(
-            ml,
-            crate::telemetry::install_recorder(),
-        )));
+    let settings = proxy.live.load().settings.clone();
+    // Bind everything before serving anything: a bad address fails the
+    // start, not half of it.
+    let mut bound = Vec::new();
+    for &addr in &settings.listen {
+        bound.push((addr, listeners::bind(addr).await?));
+    }
+    let metrics = MetricsListener::default();
+    if let Some(m) = bind_metrics(&metrics, settings.metrics_listen).await? {
+        metrics.replace(m)?;
+    }
+    let pid_file = settings.pid_file.clone();
+    if let Some(f) = &pid_file {
+        write_pid_file(f)?;
+    }
+    let listeners = Arc::new(Listeners::new(proxy.clone()));
+    let mut first = None;
+    for (addr, l) in bound {
+        let local = listeners
+            .start(addr, l)
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        first.get_or_insert(local);
     }
     proxy.restart_health_checks();
-    tasks.push(tokio::spawn(reload_on_sighup(proxy.clone())));
-    tasks.push(tokio::spawn(reload_on_file_change(proxy.clone())));
-    tasks.push(tokio::spawn(watch_expiry(proxy.clone())));
-    let pid_file = proxy.settings.pid_file.clone();
-    if let Some(f) = &pid_file {
-        let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
-        dir.map_or(Ok(()), |d| crate::fsutil::ensure_dir(d, 0o755))
-            .and_then(|()| {
-                crate::fsutil::write_atomic(
-                    f,
-                    format!("{}\n", std::process::id()).as_bytes(),
-                    0o644,
-                )
-            })
-            .map_err(|source| ServeError::PidFile {
-                path: f.clone(),
-                source,
-            })?;
+    let reloads = Reloads {
+        proxy: proxy.clone(),
+        listeners: listeners.clone(),
+        metrics,
+    };
+    let tasks = [
+        tokio::spawn(reload_on_sighup(reloads)),
+        tokio::spawn(reload_on_file_change(proxy.clone())),
+        tokio::spawn(watch_expiry(proxy.clone())),
+        tokio::spawn(follow_vault_events(proxy.clone())),
+    ];
+    if let Some(local) = first {
+        on_listen(local);
     }
-    println!("listen {local}");
-    tracing::info!(%local, "proxy listening");
-    on_listen(local);
-    let clean = serve(proxy.clone(), listener, shutdown).await;
+    shutdown.await;
+    let clean = listeners
+        .shutdown(proxy.live.load().settings.limits.shutdown_timeout)
+        .await;
     for t in tasks {
         t.abort();
     }
@@ -341,18 +271,101 @@ pub async fn run(
     Ok(clean)
 }
 
-/// SIGHUP reloads the certificates (files and vault key lookups) and swaps
-/// the store; a failed reload keeps the old store and says why.
-async fn reload_on_sighup(proxy: Arc<Proxy>) {
+fn write_pid_file(f: &std::path::Path) -> Result<(), ServeError> {
+    let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
+    dir.map_or(Ok(()), |d| crate::fsutil::ensure_dir(d, 0o755))
+        .and_then(|()| {
+            crate::fsutil::write_atomic(f, format!("{}\n", std::process::id()).as_bytes(), 0o644)
+        })
+        .map_err(|source| ServeError::PidFile {
+            path: f.to_owned(),
+            source,
+        })
+}
+
+/// The Prometheus listener, replaced when a reload changes its address.
+#[derive(Default)]
+struct MetricsListener {
+    current: std::sync::Mutex<Option<(SocketAddr, tokio::task::JoinHandle<()>)>>,
+}
+
+impl MetricsListener {
+    /// The configured address being served.
+    fn current(&self) -> Option<SocketAddr> {
+        let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        cur.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Serves metrics on `next` (bound by the caller, so a failure to bind
+    /// changes nothing) and stops the previous listener.
+    fn replace(&self, next: Option<(SocketAddr, TcpListener)>) -> Result<(), ServeError> {
+        let next = match next {
+            None => None,
+            Some((addr, l)) => {
+                let local = l
+                    .local_addr()
+                    .map_err(|source| ServeError::Bind { addr, source })?;
+                println!("metrics {local}");
+                let task = tokio::spawn(crate::telemetry::serve_metrics(
+                    l,
+                    crate::telemetry::install_recorder(),
+                ));
+                Some((addr, task))
+            }
+        };
+        let old = std::mem::replace(
+            &mut *self.current.lock().unwrap_or_else(|e| e.into_inner()),
+            next,
+        );
+        if let Some((_, task)) = old {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Binds `addr` if it is not what is served already: `Ok(None)` means
+/// nothing to change.
+async fn bind_metrics(
+    metrics: &MetricsListener,
+    addr: Option<SocketAddr>,
+) -> Result<Option<Option<(SocketAddr, TcpListener)>>, ServeError> {
+    if metrics.current() == addr {
+        return Ok(None);
+    }
+    Ok(Some(match addr {
+        Some(a) => Some((a, listeners::bind(a).await?)),
+        None => None,
+    }))
+}
+
+impl Drop for MetricsListener {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.current.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
+}
+
+/// What a config reload changes besides the live generation.
+struct Reloads {
+    proxy: Arc<Proxy>,
+    listeners: Arc<Listeners>,
+    metrics: MetricsListener,
+}
+
+/// SIGHUP re-reads the config file (or, for a proxy started without one,
+/// the certificates); a failed reload keeps what runs and says why.
+async fn reload_on_sighup(reloads: Reloads) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
-        if proxy.config_path.is_some() {
-            reload_config(&proxy).await;
+        if reloads.proxy.config_path.is_some() {
+            reload_config(&reloads).await;
         } else {
-            reload_certs(&proxy, "SIGHUP").await;
+            reload_certs(&reloads.proxy, "SIGHUP").await;
         }
     }
 }
@@ -395,6 +408,61 @@ async fn reload_on_file_change(proxy: Arc<Proxy>) {
     }
 }
 
+/// Follows the vault's key events (pushed, no polling): when a key the
+/// proxy serves changes — rotated, a certificate bound to a version,
+/// enabled or disabled — the certificates reload, so a chain bound in the
+/// vault to the new primary version is served at once. Reconnects (and
+/// catches up) after the vault restarts; tries each socket in order.
+async fn follow_vault_events(proxy: Arc<Proxy>) {
+    if proxy.pool.is_none() {
+        return;
+    }
+    let serves = |key: &str| {
+        proxy
+            .live
+            .load()
+            .settings
+            .certs
+            .iter()
+            .any(|c| matches!(&c.key, crate::config::proxy::KeyRef::Vault(n) if n == key))
+    };
+    let sockets = proxy.settings.vault_sockets.clone();
+    let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
+    let mut subscribed_before = false;
+    loop {
+        for socket in &sockets {
+            let client = match crate::client::VaultClient::connect(socket).await {
+                Ok(c) => c,
+                Err(_) => continue,
+            };
+            let mut events = match client.subscribe().await {
+                Ok(e) => e,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(socket = %socket.display(), error = %e, "cannot follow the vault's key events (grant the proxy's uid \"subscribe\" and \"cert-get\", or \"use\"); new certificates arrive by file change or SIGHUP only");
+                        warned = true;
+                    }
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            if subscribed_before {
+                // Whatever changed while nobody listened.
+                reload_certs(&proxy, "vault reconnected").await;
+            }
+            subscribed_before = true;
+            while let Some(event) = events.recv().await {
+                if event.key == "*" || serves(&event.key) {
+                    reload_certs(&proxy, "vault key changed").await;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Publishes each certificate's seconds to expiry
 /// (`vaultgate_proxy_cert_expiry_seconds{cert}`) and warns, at most hourly
 /// per certificate, while one expires within `cert_expiry_warning`.
@@ -424,25 +492,66 @@ async fn watch_expiry(proxy: Arc<Proxy>) {
 }
 
 /// Re-reads the whole config; an invalid one changes nothing, and the
-/// error (file, line, column) is logged and counted.
-async fn reload_config(proxy: &Arc<Proxy>) {
-    let p = proxy.clone();
-    match tokio::task::spawn_blocking(move || p.reload_config()).await {
-        Ok(Ok(ignored)) => {
-            metrics::counter!("vaultgate_proxy_config_reloads_total", "result" => "ok")
-                .increment(1);
+/// error (file, line, column) is logged and counted. New listen addresses
+/// are bound before anything changes, so an address in use refuses the
+/// reload as a bad file would; removed ones stop accepting and drain.
+async fn reload_config(r: &Reloads) {
+    let outcome = apply_reload(r).await;
+    let result = if outcome.is_ok() { "ok" } else { "error" };
+    metrics::counter!("vaultgate_proxy_config_reloads_total", "result" => result).increment(1);
+    match outcome {
+        Ok(ignored) => {
             if !ignored.is_empty() {
                 tracing::warn!(?ignored, "these settings change only on restart");
             }
             tracing::info!("config reloaded");
         }
-        Ok(Err(e)) => {
-            metrics::counter!("vaultgate_proxy_config_reloads_total", "result" => "error")
-                .increment(1);
-            tracing::error!(error = %e, "config reload failed; the running config stays");
-        }
-        Err(e) => tracing::error!(error = %e, "config reload task failed"),
+        Err(e) => tracing::error!(error = %e, "config reload failed; the running config stays"),
     }
+}
+
+async fn apply_reload(r: &Reloads) -> Result<Vec<&'static str>, String> {
+    let p = r.proxy.clone();
+    let new = tokio::task::spawn_blocking(move || p.read_config())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let open = r.listeners.configured();
+    let mut added = Vec::new();
+    for &addr in new.listen.iter().filter(|a| !open.contains(a)) {
+        added.push((
+            addr,
+            listeners::bind(addr).await.map_err(|e| e.to_string())?,
+        ));
+    }
+    let removed: Vec<SocketAddr> = open
+        .into_iter()
+        .filter(|a| !new.listen.contains(a))
+        .collect();
+    let metrics = bind_metrics(&r.metrics, new.metrics_listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    let max_connections = new.limits.max_connections;
+    let drain = new.limits.shutdown_timeout;
+    let p = r.proxy.clone();
+    let ignored = tokio::task::spawn_blocking(move || p.apply_config(new))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    r.proxy.restart_health_checks();
+    if let Some(m) = metrics {
+        r.metrics.replace(m).map_err(|e| e.to_string())?;
+    }
+    for (addr, l) in added {
+        if let Err(e) = r.listeners.start(addr, l) {
+            tracing::error!(%addr, error = %e, "cannot serve a new listener");
+        }
+    }
+    for addr in removed {
+        r.listeners.stop(addr, drain);
+    }
+    r.listeners.resize(max_connections);
+    Ok(ignored)
 }
 
 async fn reload_certs(proxy: &Arc<Proxy>, why: &'static str) {

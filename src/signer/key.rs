@@ -64,6 +64,23 @@ pub fn public_key(
     }
 }
 
+/// The certificate chain (PEM) bound in the vault to a key version, or
+/// `None` when none is bound or the caller may not read it.
+pub fn bound_chain(pool: &VaultPool, name: &str, version: u32) -> Option<String> {
+    let req = Request::CertGet {
+        key: name.to_owned(),
+        version: Some(version),
+    };
+    match pool.call_with_timeout(&req, LOOKUP_TIMEOUT) {
+        Ok(Response::Certificate { chain_pem, .. }) => Some(chain_pem),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(key = name, version, error = %e, "no certificate bound in the vault");
+            None
+        }
+    }
+}
+
 impl VaultKey {
     /// Looks the key up in the vault. With `cert_spki`, pins the newest
     /// version whose public key is that one (searching back from the

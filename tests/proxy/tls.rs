@@ -609,3 +609,69 @@ fn a_replaced_certificate_file_is_picked_up_without_a_signal() {
     );
     assert!(p.log().contains("certificate file changed"), "{}", p.log());
 }
+
+#[test]
+fn a_certificate_bound_in_the_vault_after_a_rotation_is_served_without_a_signal() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let p = s.localhost_proxy(&[nginx.addr], "", "");
+    // A fresh client each time: a resumed session would show the
+    // certificate of the session it resumes.
+    let served = || {
+        https_get(
+            p.addr,
+            "localhost",
+            &client_config(s.ca_path(), false, &[]),
+            "/whoami",
+        )
+    };
+    let first = served();
+    assert_eq!(first.status, 200);
+
+    // Rotate, and bind a certificate for the new version in the vault, as
+    // an operator does with a CA outside (`vaultgate cert install`). The
+    // proxy's certificate file is not touched and no signal is sent: the
+    // vault's key event is all the proxy hears.
+    s.vault.ok(&["key", "rotate", "tls-local"]);
+    let pem = vaultgate::pki::issue_leaf(
+        &s.ca.ca,
+        &crate::common::proxy::pool(&s.vault),
+        "tls-local",
+        &["localhost".into()],
+        Duration::from_secs(3600),
+    )
+    .expect("issue");
+    let chain = s.path("v2-chain.pem");
+    std::fs::write(&chain, &pem).expect("write chain");
+    let installed = Instant::now();
+    s.vault.ok(&[
+        "cert",
+        "install",
+        "tls-local",
+        "--chain",
+        &chain.display().to_string(),
+    ]);
+    let new_der = der_of(&chain);
+    assert_ne!(first.peer_cert, new_der);
+    crate::common::wait_for("the bound certificate", Duration::from_secs(1), || {
+        let f = served();
+        assert_eq!(f.status, 200, "no request fails while the pair changes");
+        (f.peer_cert == new_der).then_some(())
+    });
+    eprintln!(
+        "bound certificate served {:?} after `cert install`",
+        installed.elapsed()
+    );
+    // A handshake that verifies the new certificate was signed by the new
+    // version: the version the vault reports as primary.
+    let describe = s.vault.ok(&["key", "describe", "tls-local"]);
+    assert!(
+        describe.contains("\"primary\": 2") || describe.contains("\"primary\":2"),
+        "{describe}"
+    );
+    assert!(
+        p.log().contains("vault key changed"),
+        "the swap came from the vault's event: {}",
+        p.log()
+    );
+}

@@ -3,6 +3,7 @@
 //! handshake per request), the TLS key rotates 20 times and the config is
 //! reloaded 10 times (one of them invalid) — and not one request fails.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -94,9 +95,12 @@ fn rotations_and_reloads_under_load_fail_no_request() {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Full handshakes by the SHA-256 of the certificate's public key.
+    let seen = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
     let mut clients = Vec::new();
     for i in 0..32 {
         let (stop, ok, failures, ca) = (stop.clone(), ok.clone(), failures.clone(), ca.clone());
+        let seen = seen.clone();
         let addr = p.addr;
         clients.push(std::thread::spawn(move || {
             if i % 2 == 0 {
@@ -114,6 +118,12 @@ fn rotations_and_reloads_under_load_fail_no_request() {
                     match r {
                         Ok(f) if f.status == 200 && f.body == b"n1\n" && !f.resumed => {
                             ok.fetch_add(1, Ordering::Relaxed);
+                            let spki = vaultgate::pki::cert_spki(&f.peer_cert).expect("spki");
+                            *seen
+                                .lock()
+                                .unwrap()
+                                .entry(vaultgate::vault::keys::spki_sha256(spki))
+                                .or_default() += 1;
                         }
                         Ok(f) => failures
                             .lock()
@@ -242,6 +252,57 @@ fn rotations_and_reloads_under_load_fail_no_request() {
     assert!(
         p.log().contains("config reload failed"),
         "the invalid config was not refused"
+    );
+
+    // Each handshake verified its certificate against the dev CA, and its
+    // signature against that certificate's key (rustls checks both): so
+    // the key that signed is the one in the certificate. Ask the vault
+    // which version of `default` that is, and check its audit log shows
+    // that version signing.
+    let mut versions = HashMap::new();
+    for v in 1..=21 {
+        let out = cli(
+            &cfg,
+            &["key", "public", "default", "--version", &v.to_string()],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let hash = text
+            .lines()
+            .find_map(|l| l.strip_prefix("spki-sha256: "))
+            .expect("spki-sha256 line")
+            .to_owned();
+        versions.insert(hash, v);
+    }
+    let audit = std::fs::read_to_string(dir.path().join("var/vault/audit.log")).expect("audit log");
+    let signed: std::collections::HashSet<i64> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["op"] == "sign" && e["key"] == "default" && e["result"] == "ok")
+        .filter_map(|e| e["version"].as_i64())
+        .collect();
+    let seen = seen.lock().unwrap().clone();
+    let mut by_version = std::collections::BTreeMap::new();
+    for (hash, n) in &seen {
+        let v = versions.get(hash).unwrap_or_else(|| {
+            panic!("{n} handshakes served a key that is no version of `default`: {hash}")
+        });
+        assert!(
+            signed.contains(&(*v as i64)),
+            "version {v} served {n} handshakes but the audit log shows it never signed"
+        );
+        by_version.insert(*v, *n);
+    }
+    eprintln!(
+        "full handshakes per key version (each cross-checked with the vault): {by_version:?}"
+    );
+    assert!(
+        by_version.len() >= 10,
+        "handshakes saw only versions {by_version:?} across 20 rotations"
     );
 
     let mut dec = Command::new(bin())

@@ -124,17 +124,35 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
         })?
         .to_vec();
     let label = spec.cert.display().to_string();
-    let key: Arc<dyn SigningKey> = match &spec.key {
+    let (certs, key): (_, Arc<dyn SigningKey>) = match &spec.key {
         KeyRef::Vault(name) => {
             let pool = pool.ok_or_else(|| TlsError::NoVault { key: name.clone() })?;
-            let key = VaultKey::load(pool, name, Some(&cert_spki), &label).map_err(|source| {
-                TlsError::Vault {
-                    at: spec.key_at.to_string(),
-                    key: name.clone(),
-                    source,
+            let vault_err = |source| TlsError::Vault {
+                at: spec.key_at.to_string(),
+                key: name.clone(),
+                source,
+            };
+            let (_, primary, primary_spki) =
+                crate::signer::key::public_key(pool, name, None).map_err(vault_err)?;
+            let (certs, spki) = if cert_spki == primary_spki {
+                (certs, cert_spki)
+            } else {
+                match bound_to(pool, name, primary, &primary_spki) {
+                    Some(bound) => (bound, primary_spki),
+                    None => (certs, cert_spki),
                 }
-            })?;
-            Arc::new(key)
+            };
+            let key = VaultKey::load(pool, name, Some(&spki), &label).map_err(vault_err)?;
+            if key.version() != primary {
+                tracing::warn!(
+                    key = %name,
+                    serving = key.version(),
+                    primary,
+                    cert = %label,
+                    "the key's primary version has no certificate: serving the older version until its signing grace ends; bind one with `vaultgate cert issue` or `vaultgate cert install`"
+                );
+            }
+            (certs, Arc::new(key))
         }
         KeyRef::File(path) => {
             let key = load_file_key(path).map_err(|message| TlsError::FileKey {
@@ -152,7 +170,7 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
                     key: spec.key.to_string(),
                 });
             }
-            key
+            (certs, key)
         }
     };
     let algorithm = key.algorithm();
@@ -162,6 +180,25 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
         key: spec.key.clone(),
         cert_path: spec.cert.clone(),
     })
+}
+
+/// The chain bound in the vault to `name` version `version`, if there is
+/// one and its leaf is that version's key. After a rotation this is how
+/// the proxy serves the new version without anyone rewriting its files:
+/// `vaultgate cert issue` or `cert install` binds it, the vault's event
+/// makes the proxy reload.
+fn bound_to(
+    pool: &VaultPool,
+    name: &str,
+    version: u32,
+    spki: &[u8],
+) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    let pem = crate::signer::key::bound_chain(pool, name, version)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let leaf = certs.first()?;
+    (pki::cert_spki(leaf).ok()? == spki).then_some(certs)
 }
 
 /// An in-process key from a PEM file: the comparison/migration path.

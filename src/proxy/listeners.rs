@@ -1,0 +1,218 @@
+//! The set of listening sockets and their accept loops.
+//!
+//! Each listener has one `watch` channel: its accept loop and every
+//! connection it accepted hold a receiver. Sending `true` stops the accept
+//! loop and asks those connections to finish gracefully (HTTP/2 GOAWAY,
+//! HTTP/1 close after the current response); the sender's `closed()`
+//! resolves once the last of them is gone, which is the drain. A reload
+//! that removes an address drains that listener alone; shutdown drains
+//! them all. The connection limit is one semaphore across listeners, so it
+//! holds however many addresses are configured.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use super::server::{connection, http_builder, ServeError};
+use super::Proxy;
+
+/// The listeners being served, by the address the config names (so
+/// `127.0.0.1:0` stays the same listener across reloads).
+pub struct Listeners {
+    proxy: Arc<Proxy>,
+    permits: Arc<Semaphore>,
+    state: Mutex<State>,
+}
+
+struct State {
+    open: Vec<Listening>,
+    max_connections: usize,
+}
+
+struct Listening {
+    configured: SocketAddr,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// Binds `addr`; `SO_REUSEADDR` as every server sets it, so a restart
+/// does not wait for `TIME_WAIT`.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+impl Listeners {
+    pub fn new(proxy: Arc<Proxy>) -> Listeners {
+        let max_connections = proxy.live.load().settings.limits.max_connections;
+        Listeners {
+            proxy,
+            permits: Arc::new(Semaphore::new(max_connections)),
+            state: Mutex::new(State {
+                open: Vec::new(),
+                max_connections,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The configured addresses being served.
+    pub fn configured(&self) -> Vec<SocketAddr> {
+        self.state().open.iter().map(|l| l.configured).collect()
+    }
+
+    /// Starts accepting on a bound listener; prints `listen ADDR` (the
+    /// address actually bound, so port 0 can be found) and returns it.
+    pub fn start(
+        &self,
+        configured: SocketAddr,
+        listener: TcpListener,
+    ) -> std::io::Result<SocketAddr> {
+        let local = listener.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(accept_loop(
+            self.proxy.clone(),
+            listener,
+            self.permits.clone(),
+            stop_rx,
+        ));
+        self.state().open.push(Listening {
+            configured,
+            local,
+            stop,
+        });
+        println!("listen {local}");
+        tracing::info!(%local, "proxy listening");
+        Ok(local)
+    }
+
+    /// Stops accepting on `configured` and drains its connections in the
+    /// background, up to `deadline`.
+    pub fn stop(&self, configured: SocketAddr, deadline: Duration) {
+        let gone = {
+            let mut st = self.state();
+            let at = st.open.iter().position(|l| l.configured == configured);
+            at.map(|i| st.open.remove(i))
+        };
+        let Some(l) = gone else { return };
+        let _ = l.stop.send(true);
+        tracing::info!(local = %l.local, "listener removed; draining its connections");
+        tokio::spawn(async move {
+            if tokio::time::timeout(deadline, l.stop.closed())
+                .await
+                .is_err()
+            {
+                tracing::warn!(local = %l.local, "listener drain deadline {deadline:?} passed with connections still open");
+            }
+        });
+    }
+
+    /// Follows a new `max_connections`: more permits at once; fewer as
+    /// connections close (the connections already open are not cut).
+    pub fn resize(&self, max: usize) {
+        let old = std::mem::replace(&mut self.state().max_connections, max);
+        if max > old {
+            self.permits.add_permits(max - old);
+        } else if max < old {
+            let fewer = u32::try_from(old - max).unwrap_or(u32::MAX);
+            let permits = self.permits.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = permits.acquire_many_owned(fewer).await {
+                    p.forget();
+                }
+            });
+        }
+    }
+
+    /// Stops every listener and waits, up to `deadline`, for every
+    /// connection to finish. Returns whether they all did.
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        let all = std::mem::take(&mut self.state().open);
+        for l in &all {
+            let _ = l.stop.send(true);
+        }
+        tracing::info!("shutting down: no longer accepting; draining connections");
+        let drained = async {
+            for l in &all {
+                l.stop.closed().await;
+            }
+        };
+        match tokio::time::timeout(deadline, drained).await {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!("shutdown deadline {deadline:?} passed with connections still open");
+                false
+            }
+        }
+    }
+}
+
+/// Accepts until told to stop. A reload that swaps the live generation
+/// changes the TLS config and HTTP settings of the connections accepted
+/// after it.
+async fn accept_loop(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut generation = proxy.live.load_full();
+    let mut acceptor = TlsAcceptor::from(generation.tls.clone());
+    let mut http = Arc::new(http_builder(&generation.settings));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.changed() => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => {
+                    backoff = Duration::from_millis(5);
+                    x
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait and retry
+                    // rather than end the server.
+                    tracing::warn!(error = %e, "accept failed; backing off {backoff:?}");
+                    drop(permit);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let live = proxy.live.load_full();
+        if !Arc::ptr_eq(&live, &generation) {
+            acceptor = TlsAcceptor::from(live.tls.clone());
+            http = Arc::new(http_builder(&live.settings));
+            generation = live;
+        }
+        tokio::spawn(connection(
+            tcp,
+            peer,
+            acceptor.clone(),
+            http.clone(),
+            generation.forwarder.clone(),
+            generation.settings.limits.clone(),
+            permit,
+            stop.clone(),
+        ));
+    }
+}
