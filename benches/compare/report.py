@@ -3,7 +3,7 @@
 
     report.py record --system S --test T --out PREFIX --cpu-ticks N --hz 100 --wall-ns N \
         --server-before "A B" --server-after "A B"      # a wrk or h2load run -> JSON line
-    report.py record-rss --system S --rss-kib N --base-kib N --held "N E S" --conns N
+    report.py record-rss --system S --rss-kib N --base-kib N --held "HELD ERRORS SECONDS RESUMED" --conns N
     report.py table results.jsonl                      # the table with ratios and targets
 """
 import argparse
@@ -115,9 +115,9 @@ def record(a):
 
 
 def record_rss(a):
-    held, errors, seconds = (a.held.split() + ["0", "0", "0"])[:3]
+    held, errors, seconds, resumed = (a.held.split() + ["0", "0", "0", "0"])[:4]
     r = {"system": a.system, "test": "rss-idle", "conns": a.conns, "held": int(held),
-         "errors": int(errors) + (a.conns - int(held)), "open_seconds": float(seconds),
+         "errors": int(errors), "open_seconds": float(seconds), "resumed": int(resumed),
          "rss_kib": a.rss_kib, "rss_base_kib": a.base_kib,
          "rss_mib": round(a.rss_kib / 1024, 1),
          "bytes_per_conn": round((a.rss_kib - a.base_kib) * 1024 / int(held)) if int(held) else None,
@@ -220,7 +220,7 @@ def main():
     m.add_argument("--system", required=True)
     m.add_argument("--rss-kib", type=int, required=True)
     m.add_argument("--base-kib", type=int, required=True)
-    m.add_argument("--held", default="0 0 0")
+    m.add_argument("--held", default="0 0 0 0")
     m.add_argument("--conns", type=int, required=True)
     m.add_argument("--detail", default="")
     t = sub.add_parser("table")

@@ -57,6 +57,7 @@ have wrk || need+=(wrk)
 have h2load || need+=(nghttp2-client)
 have openssl || need+=(openssl)
 have cc || need+=(gcc libc6-dev)
+[ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 have python3 || need+=(python3)
 have curl || need+=(curl)
 have taskset || need+=(util-linux)
@@ -164,8 +165,10 @@ SignatureAlgorithms = $algs
 EOF
 done
 
-# The wrk shim that stops wrk from resuming (see noresume.c).
+# The wrk shim that stops wrk from resuming (see noresume.c), and the
+# client that holds the idle connections (hold.c).
 cc -shared -fPIC -O2 -o "$work/noresume.so" "$here/noresume.c" -ldl
+cc -O2 -o "$work/hold" "$here/hold.c" -lssl -lcrypto
 
 # --- backend: one nginx serving 1k, 64k and 1m, on the client core --------
 mkdir -p "$work/backend"
@@ -469,8 +472,8 @@ measure_rss() { # SYSTEM
     local -a ps
     mapfile -t ps < <(procs "$sys")
     base=$(rss_kib "${ps[@]}")
-    taskset -c "$CLIENT_CPU" python3 "$here/hold.py" 127.0.0.1 "${port[$sys]}" "$IDLE_CONNS" \
-        --timeout 120 --hold 300 >"$out.txt" 2>"$out.err" </dev/null &
+    taskset -c "$CLIENT_CPU" "$work/hold" 127.0.0.1 "${port[$sys]}" "$IDLE_CONNS" 64 120 300 \
+        >"$out.txt" 2>"$out.err" </dev/null &
     local hp=$!
     pids+=("$hp")
     wait_until 130 "$sys: $IDLE_CONNS connections" grep -q '^held' "$out.txt" || true
@@ -480,9 +483,9 @@ measure_rss() { # SYSTEM
     for p in "${ps[@]}"; do detail+="$(cat "/proc/$p/comm"):$(awk '/^VmRSS/ {print $2}' "/proc/$p/status") "; done
     kill "$hp" 2>/dev/null || true
     wait "$hp" 2>/dev/null || true
-    held=$(awk '/^held/ {print $2, $4, $6}' "$out.txt")
+    held=$(awk '/^held/ {print $2, $4, $6, $8}' "$out.txt")
     python3 "$here/report.py" record-rss --system "$sys" --rss-kib "$rss" --base-kib "$base" \
-        --held "${held:-0 0 0}" --conns "$IDLE_CONNS" --detail "$detail" >>"$results"
+        --held "${held:-0 0 0 0}" --conns "$IDLE_CONNS" --detail "$detail" >>"$results"
     tail -1 "$results" | cut -c1-160
     sleep 1   # let the server close them
 }
