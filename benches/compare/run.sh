@@ -512,7 +512,8 @@ python3 "$here/report.py" table "$results"
 echo "results: $results"
 if [ "$PERF" = 1 ]; then
     for f in "$OUT"/perf-*.data; do
-        echo "== $f: top symbols (self)"
-        perf report -i "$f" --no-children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -15
+        echo "== $f: CPU by thread, then top symbols (self)"
+        perf report -i "$f" --no-children --sort comm -g none --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -6
+        perf report -i "$f" --no-children --sort sym -g none --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -15
     done
 fi
