@@ -152,7 +152,7 @@ def table(a):
         verdicts[(test, what, ref)] = (rt, limit, None if rt is None else rt <= limit)
 
     head = (f"{'test':<13} {'system':<9} {'rate':>14} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-            f"{'resumed':>7} {'CPU µs/req':>10} {'CPU ×ref':>8} {'p99 ×ref':>8}  target → result")
+            f"{'resumed':>7} {'CPU µs/req':>10} {'CPU ×ref':>8} {'p99 ×ref':>8} {'busy':>5}  target → result")
     print(head)
     print("-" * len(head))
     for test in tests:
@@ -165,7 +165,7 @@ def table(a):
                 rt = ratio(r["rss_kib"], value(ref, test, "rss"))
                 line = (f"{test:<13} {s:<9} {str(r['held']) + ' conns':>14} {'':>7} {'':>7} "
                         f"{r['errors']:>6} {'':>7} {fmt(r['rss_mib'], '.1f') + ' MiB':>10} "
-                        f"{fmt(rt, '.2f'):>8} {'':>8}")
+                        f"{fmt(rt, '.2f'):>8} {'':>8} {'':>5}")
                 if s == UNDER_TEST:
                     rt_, lim, ok = verdicts[(test, "rss", ref)]
                     line += f"  RSS ≤ {lim:.2f}×{ref} → {verdict(ok)}"
@@ -178,7 +178,7 @@ def table(a):
             line = (f"{test:<13} {s:<9} {rate:>14} {fmt(r.get('p50_ms'), '.2f'):>7} "
                     f"{fmt(r.get('p99_ms'), '.2f'):>7} {r['errors']:>6} {res:>7} "
                     f"{fmt(r.get('cpu_us_per_req'), '.1f'):>10} {fmt(cpu_rt, '.2f'):>8} "
-                    f"{fmt(p99_rt, '.2f'):>8}")
+                    f"{fmt(p99_rt, '.2f'):>8} {fmt(100 * r['cpu_util'] if r.get('cpu_util') else None, '.0f') + '%':>5}")
             if s == UNDER_TEST:
                 parts = []
                 for (t, what, rref), (rt, lim, ok) in verdicts.items():
@@ -189,11 +189,12 @@ def table(a):
         if test == "full-ecdsa" and (test, "cpu", "vg-file") in verdicts:
             rt, lim, ok = verdicts[(test, "cpu", "vg-file")]
             print(f"{test:<13} {'vault÷file':<9} {'':>14} {'':>7} {'':>7} {'':>6} {'':>7} {'':>10} "
-                  f"{fmt(rt, '.2f'):>8} {'':>8}  isolation ≤ {lim:.2f} → {verdict(ok)}")
+                  f"{fmt(rt, '.2f'):>8} {'':>8} {'':>5}  isolation ≤ {lim:.2f} → {verdict(ok)}")
     print()
     print("CPU µs/req: the terminator's user+system CPU time per request (nginx: master+worker;")
     print("vg-vault: proxy+vault). ×ref: against nginx (h2-1k: against HAProxy). resumed: share of")
-    print("the client's handshakes that were resumed. rss-idle: RSS sum with the idle connections held.")
+    print("the client's handshakes that were resumed. busy: the terminator's CPU time over the wall time")
+    print("(100% = its core saturated). rss-idle: RSS sum with the idle connections held.")
     missing = [(t, w) for (t, w, _), (rt, _, _) in verdicts.items() if rt is None]
     passed = sum(1 for v in verdicts.values() if v[2])
     print(f"targets: {passed} of {len(verdicts)} pass"

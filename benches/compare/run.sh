@@ -350,7 +350,8 @@ handshake_info() { # PORT SIGALGS: "TLSv1.3 TLS_AES_256_GCM_SHA384 X25519 ECDSA"
         /^Protocol version/ {v=$2} /^Ciphersuite/ {c=$2} /^Peer Temp Key/ {split($2,k,","); t=k[1]}
         /^Signature type/ {s=$2} END {print v, c, t, s}'
 }
-echo "== machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), kernel $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
+machine="$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), kernel $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "== machine: $machine, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== versions: $(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | head -1 | awk '{print $3}'), $("$BIN" --version), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), h2load $(h2load --version | awk '{print $2}')"
 echo "== DURATION=${DURATION}s per measurement; terminators on core $SERVER_CPU, clients and backend on core $CLIENT_CPU"
 for sys in $SYSTEMS; do
@@ -508,8 +509,11 @@ for test in $TESTS; do
 done
 
 echo
-python3 "$here/report.py" table "$results"
-echo "results: $results"
+{
+    echo "machine: $machine; DURATION=${DURATION}s; load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
+    python3 "$here/report.py" table "$results"
+} | tee "$OUT/table.txt"
+echo "results: $results, $OUT/table.txt"
 if [ "$PERF" = 1 ]; then
     for f in "$OUT"/perf-*.data; do
         echo "== $f: CPU by thread, then top symbols (self)"
