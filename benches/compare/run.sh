@@ -517,7 +517,8 @@ echo "results: $results, $OUT/table.txt"
 if [ "$PERF" = 1 ]; then
     for f in "$OUT"/perf-*.data; do
         echo "== $f: CPU by thread, then top symbols (self)"
-        perf report -i "$f" --no-children --sort comm -g none --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -6
-        perf report -i "$f" --no-children --sort sym -g none --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -15
+        # (head closes the pipe early: not a failure)
+        perf report -i "$f" --no-children --sort comm -g none --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -6 || true
+        perf report -i "$f" --no-children --sort sym -g none --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -15 || true
     done
 fi
