@@ -6,7 +6,7 @@
 #   benches/compare/run.sh                  # DURATION=10 s per measurement, ~6 min
 #   DURATION=2 benches/compare/run.sh       # a quick look
 #   SYSTEMS="nginx vg-vault" TESTS="full-ecdsa rss-idle" benches/compare/run.sh
-#   PERF=1 benches/compare/run.sh           # + perf profiles of vaultgate (vault:)
+#   PERF=1 benches/compare/run.sh           # + perf profiles of vaultgate (vault:); perturbs its rows
 #
 # Measures, per terminator: keep-alive 1 KiB requests, 1 MiB downloads,
 # new-connection full handshakes (ECDSA P-256 and RSA-2048, the client
