@@ -52,7 +52,8 @@ fn protocol(c: &mut Criterion) {
 fn audit(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]);
-    let audit = Audit::open(dir.path(), key, false).expect("audit");
+    let audit =
+        Audit::open(dir.path(), key, false, std::time::Duration::from_secs(1)).expect("audit");
     let caller = Caller {
         uid: 33,
         gid: 33,

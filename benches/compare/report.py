@@ -94,6 +94,10 @@ def record(a):
     r["cpu_s"] = round(cpu_s, 2)
     r["cpu_util"] = round(cpu_s / wall_s, 3) if wall_s else None
     r["cpu_us_per_req"] = round(cpu_s * 1e6 / requests, 1) if requests else None
+    if a.vault_ticks:
+        # vaultgate with vault: keys: the vault's part of cpu_us_per_req.
+        r["vault_cpu_us_per_req"] = (
+            round(a.vault_ticks / a.hz * 1e6 / requests, 1) if requests else None)
     # Handshakes: the client's count (wrk through noresume.c) ...
     hs = read(a.out + ".hs")
     if hs:
@@ -213,6 +217,7 @@ def main():
     r.add_argument("--test", required=True)
     r.add_argument("--out", required=True)
     r.add_argument("--cpu-ticks", type=int, required=True)
+    r.add_argument("--vault-ticks", type=int, default=0)
     r.add_argument("--hz", type=int, default=100)
     r.add_argument("--wall-ns", type=int, required=True)
     r.add_argument("--server-before", default="")

@@ -446,6 +446,8 @@ measure() { # SYSTEM TEST
         pids+=($!)
         sleep 0.5
     fi
+    local v0=0 v1=0
+    [ "$sys" != vg-vault ] || v0=$(cpu_ticks "$vault_pid")
     c0=$(cpu_ticks "${ps[@]}")
     t0=$(date +%s%N)
     # LD_PRELOAD only on the client itself (timeout would write the counts too).
@@ -453,6 +455,7 @@ measure() { # SYSTEM TEST
         || echo "   ($sys $test: client exited with status $?; see below)" >&2
     c1=$(cpu_ticks "${ps[@]}")
     t1=$(date +%s%N)
+    [ "$sys" != vg-vault ] || v1=$(cpu_ticks "$vault_pid")
     if [ -n "$perf_pid" ]; then
         # shellcheck disable=SC2086
         kill -INT $perf_pid 2>/dev/null || true
@@ -462,7 +465,7 @@ measure() { # SYSTEM TEST
     fi
     hs1=$(server_handshakes "$sys")
     python3 "$here/report.py" record --system "$sys" --test "$test" --out "$out" \
-        --cpu-ticks $((c1 - c0)) --hz "$(getconf CLK_TCK)" --wall-ns $((t1 - t0)) \
+        --cpu-ticks $((c1 - c0)) --vault-ticks $((v1 - v0)) --hz "$(getconf CLK_TCK)" --wall-ns $((t1 - t0)) \
         --server-before "$hs0" --server-after "$hs1" >>"$results" \
         || { echo "   ($sys $test: no result)" >&2; tail -5 "$out.txt" >&2; }
     tail -1 "$results" | cut -c1-160

@@ -355,7 +355,7 @@ impl ProxySettings {
         let sign_timeout =
             duration::parse_opt(&src, &p.sign_timeout)?.unwrap_or(Duration::from_millis(100));
         let sign_plain_wait =
-            duration::parse_opt(&src, &p.sign_plain_wait)?.unwrap_or(Duration::from_micros(100));
+            duration::parse_opt(&src, &p.sign_plain_wait)?.unwrap_or(Duration::from_millis(2));
         let min_tls_version = match &p.min_tls_version {
             None => TlsVersion::Tls12,
             Some(v) => match v.get_ref().as_str() {

@@ -32,6 +32,9 @@ pub struct VaultFile {
     pub sign_grace: Option<Spanned<String>>,
     /// A caller that leaves its answers unread this long is disconnected.
     pub client_write_timeout: Option<Spanned<String>>,
+    /// How often the audit log is fdatasync'ed (records are written to
+    /// the file within 10 ms regardless); "0s": every batch.
+    pub audit_sync: Option<Spanned<String>>,
     /// Prometheus metrics listener, e.g. "127.0.0.1:9101".
     pub metrics_listen: Option<Spanned<String>>,
     /// Also send audit records to the local syslog.
@@ -142,6 +145,7 @@ pub struct VaultSettings {
     pub default_deletion_wait: Duration,
     pub sign_grace: Duration,
     pub client_write_timeout: Duration,
+    pub audit_sync: Duration,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub syslog: bool,
     /// Empty means "no grants configured": the vault's own uid gets all.
@@ -164,6 +168,7 @@ impl Default for VaultSettings {
             default_deletion_wait: WEEK,
             sign_grace: Duration::from_secs(3600),
             client_write_timeout: Duration::from_secs(10),
+            audit_sync: Duration::from_secs(1),
             metrics_listen: None,
             syslog: false,
             grants: Vec::new(),
@@ -225,6 +230,9 @@ impl VaultSettings {
         }
         if let Some(d) = duration::parse_opt(&src, &v.sign_grace)? {
             s.sign_grace = d;
+        }
+        if let Some(d) = duration::parse_opt(&src, &v.audit_sync)? {
+            s.audit_sync = d;
         }
         if let Some(d) = duration::parse_opt(&src, &v.client_write_timeout)? {
             s.client_write_timeout = d;

@@ -1,9 +1,9 @@
-//! One blocking connection to the vault, driven by two dedicated OS
-//! threads (a writer and a reader), so socket I/O never runs on the
-//! proxy's tokio workers.
-//!
-//! Callers queue a frame and get a slot that the reader fills when the
-//! answer with the same request id arrives; answers may come in any order.
+//! One blocking connection to the vault. Callers write their request
+//! frame themselves (a few hundred bytes into a Unix socket: no handoff to
+//! another thread, which would cost a wake-up per signature), under a lock
+//! and with a send timeout so a vault that stops reading cannot hold them.
+//! One dedicated reader thread fills each caller's slot when the answer
+//! with its request id arrives; answers may come in any order.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -28,43 +29,25 @@ struct Shared {
 
 /// A live connection. Dropping the last handle closes the socket.
 pub struct Conn {
-    queue: mpsc::Sender<Frame>,
+    /// The write half and a reused encode buffer.
+    writer: Mutex<(UnixStream, BytesMut)>,
     shared: Arc<Shared>,
     next_id: AtomicU32,
     stream: UnixStream,
 }
 
+/// A write that cannot finish in this long means the vault stopped
+/// reading: the connection is dropped (a partial frame cannot be undone).
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Conn {
-    /// Connects and starts the connection's two threads.
+    /// Connects and starts the connection's reader thread.
     pub fn connect(path: &Path) -> std::io::Result<Conn> {
         let stream = UnixStream::connect(path)?;
         let reader = stream.try_clone()?;
-        let mut writer = stream.try_clone()?;
+        let writer = stream.try_clone()?;
+        writer.set_write_timeout(Some(SEND_TIMEOUT))?;
         let shared = Arc::new(Shared::default());
-        let (queue, rx) = mpsc::channel::<Frame>();
-
-        let w_shared = shared.clone();
-        let w_stream = stream.try_clone()?;
-        std::thread::Builder::new()
-            .name("vault-writer".into())
-            .spawn(move || {
-                let mut buf = BytesMut::with_capacity(16 * 1024);
-                while let Ok(first) = rx.recv() {
-                    // Everything queued meanwhile goes out in the same write:
-                    // under load many signatures share one syscall.
-                    let mut next = Some(first);
-                    while let Some(f) = next {
-                        // Oversized frames were refused before queueing.
-                        let _ = f.encode(&mut buf);
-                        next = rx.try_recv().ok();
-                    }
-                    if writer.write_all(&buf).is_err() {
-                        break;
-                    }
-                    buf.clear();
-                }
-                mark_dead(&w_shared, &w_stream);
-            })?;
 
         let r_shared = shared.clone();
         let r_stream = stream.try_clone()?;
@@ -73,7 +56,7 @@ impl Conn {
             .spawn(move || read_loop(reader, &r_shared, &r_stream))?;
 
         Ok(Conn {
-            queue,
+            writer: Mutex::new((writer, BytesMut::with_capacity(1024))),
             shared,
             next_id: AtomicU32::new(1),
             stream,
@@ -84,7 +67,7 @@ impl Conn {
         self.shared.dead.load(Ordering::Acquire)
     }
 
-    /// Queues `make(id)` and returns its id and the receiver of its answer.
+    /// Sends `make(id)` and returns its id and the receiver of its answer.
     /// `None` if the connection is dead.
     pub fn send(&self, make: impl FnOnce(u32) -> Frame) -> Option<(u32, mpsc::Receiver<Frame>)> {
         if self.is_dead() {
@@ -92,8 +75,18 @@ impl Conn {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::sync_channel(1);
+        // Registered before the write: the answer may beat us back.
         lock(&self.shared.pending).insert(id, tx);
-        let sent = self.queue.send(make(id)).is_ok();
+        let sent = {
+            let mut w = lock(&self.writer);
+            let (stream, buf) = &mut *w;
+            buf.clear();
+            // Oversized frames were refused before this point.
+            make(id).encode(buf).is_ok() && stream.write_all(buf).is_ok()
+        };
+        if !sent {
+            mark_dead(&self.shared, &self.stream);
+        }
         // The reader may have died and cleared the map just before the
         // insert: nobody would ever answer this slot.
         if self.is_dead() || !sent {

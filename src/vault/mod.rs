@@ -73,7 +73,12 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
     drop(master_key);
     let audit_key = subkeys.audit_mac.clone();
     let store = keystore::Keystore::open(&settings.state_dir, Arc::new(subkeys))?;
-    let audit = audit::Audit::open(&settings.state_dir, audit_key, settings.syslog)?;
+    let audit = audit::Audit::open(
+        &settings.state_dir,
+        audit_key,
+        settings.syslog,
+        settings.audit_sync,
+    )?;
     let policy = policy::Policy::new(&settings.grants, nix::unistd::geteuid().as_raw());
     Ok(Vault::new(settings, store, policy, audit))
 }
