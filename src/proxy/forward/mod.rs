@@ -114,6 +114,9 @@ pub async fn handle(
         start,
         in_flight,
     };
+    if let Err(why) = headers::check_host(req.headers(), req.version()) {
+        return Ok(fail(record, StatusCode::BAD_REQUEST, why));
+    }
     let routing_host = headers::host_for_routing(&host);
     let Some(up) = fwd.route(&routing_host, req.uri().path()).cloned() else {
         return Ok(fail(
@@ -286,6 +289,8 @@ fn fail(mut record: AccessRecord, status: StatusCode, why: &str) -> Response<Log
     record.status = status.as_u16();
     if status.is_server_error() {
         tracing::warn!(upstream = %record.upstream, host = ?record.host, path = ?record.path, status = status.as_u16(), "{why}");
+    } else {
+        tracing::debug!(upstream = %record.upstream, host = ?record.host, path = ?record.path, status = status.as_u16(), "{why}");
     }
     let text = format!(
         "{} {}\n",
