@@ -11,7 +11,7 @@ pub mod upstream;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -151,7 +151,9 @@ pub async fn handle(
     // A request without a body can be sent again to another backend when
     // the first refuses the connection; one with a body cannot.
     let retryable = body.is_end_stream();
-    let mut body = Some(Counting::new(body, record.bytes_in.clone()).boxed_unsync());
+    let body_failed = Arc::new(AtomicBool::new(false));
+    let mut body =
+        Some(Counting::new(body, record.bytes_in.clone(), body_failed.clone()).boxed_unsync());
 
     let mut exclude = None;
     let mut refused: Option<String> = None;
@@ -229,6 +231,13 @@ pub async fn handle(
                     continue;
                 }
                 return Ok(fail(record, StatusCode::BAD_GATEWAY, &why));
+            }
+            // The client's body broke (an invalid chunk, a reset stream):
+            // its fault, not the backend's, and the backend never got a
+            // complete request.
+            Ok(Err(e)) if body_failed.load(Ordering::Relaxed) => {
+                let why = format!("invalid request body: {}", error_chain(&e));
+                return Ok(fail(record, StatusCode::BAD_REQUEST, &why));
             }
             Ok(Err(e)) => {
                 let why = format!("backend {} failed: {}", backend.addr, error_chain(&e));
