@@ -144,6 +144,17 @@ pub fn check_host(headers: &HeaderMap, version: hyper::Version) -> Result<(), &'
     }
 }
 
+/// The protocol spoken must be the one agreed in ALPN (RFC 7301 §3.2):
+/// HTTP/1.x bytes on an `h2` connection (or the HTTP/2 preface on an
+/// `http/1.1` one) are refused, not served in the other protocol.
+pub fn check_alpn(alpn: Option<&str>, version: hyper::Version) -> Result<(), &'static str> {
+    match (alpn, version == hyper::Version::HTTP_2) {
+        (Some("h2"), false) => Err("HTTP/1 request on a connection that agreed on h2"),
+        (Some("http/1.1"), true) => Err("HTTP/2 request on a connection that agreed on http/1.1"),
+        _ => Ok(()),
+    }
+}
+
 /// A host without its port, lower-cased, for routing.
 pub fn host_for_routing(host: &str) -> String {
     let h = if host.starts_with('[') {
@@ -234,6 +245,17 @@ mod tests {
             h.insert(HOST, HeaderValue::from_static(bad));
             assert!(check_host(&h, Version::HTTP_10).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_protocol_must_be_the_one_alpn_chose() {
+        use hyper::Version;
+        assert!(check_alpn(Some("h2"), Version::HTTP_2).is_ok());
+        assert!(check_alpn(Some("h2"), Version::HTTP_11).is_err());
+        assert!(check_alpn(Some("http/1.1"), Version::HTTP_11).is_ok());
+        assert!(check_alpn(Some("http/1.1"), Version::HTTP_2).is_err());
+        assert!(check_alpn(None, Version::HTTP_2).is_ok());
+        assert!(check_alpn(None, Version::HTTP_10).is_ok());
     }
 
     #[test]

@@ -117,6 +117,12 @@ pub async fn handle(
     if let Err(why) = headers::check_host(req.headers(), req.version()) {
         return Ok(fail(record, StatusCode::BAD_REQUEST, why));
     }
+    if let Err(why) = headers::check_alpn(conn.alpn.as_deref(), req.version()) {
+        let mut resp = fail(record, StatusCode::BAD_REQUEST, why);
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
     let routing_host = headers::host_for_routing(&host);
     let Some(up) = fwd.route(&routing_host, req.uri().path()).cloned() else {
         return Ok(fail(
