@@ -8,6 +8,8 @@ mod common;
 mod check;
 #[path = "proxy/failures.rs"]
 mod failures;
+#[path = "proxy/floods.rs"]
+mod floods;
 #[path = "proxy/forwarding.rs"]
 mod forwarding;
 #[path = "proxy/isolation.rs"]
