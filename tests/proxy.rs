@@ -8,6 +8,8 @@ mod common;
 mod check;
 #[path = "proxy/failures.rs"]
 mod failures;
+#[path = "proxy/faults.rs"]
+mod faults;
 #[path = "proxy/floods.rs"]
 mod floods;
 #[path = "proxy/forwarding.rs"]

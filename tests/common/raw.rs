@@ -514,3 +514,44 @@ pub fn open_fds(pid: i32) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// `GET path` on an open HTTP/1.1 keep-alive connection: the status and
+/// body (Content-Length framed, as nginx answers), or why it failed.
+pub fn keep_alive_get(t: &mut Tls, path: &str) -> Result<(u16, Vec<u8>), String> {
+    write!(t, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = t.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed after {:?}", String::from_utf8_lossy(&raw)));
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let Some(end) = find(&raw, b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad head {head:?}"))?;
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .ok_or_else(|| format!("no content-length in {head:?}"))?;
+        if raw.len() >= end + 4 + len {
+            return Ok((status, raw[end + 4..end + 4 + len].to_vec()));
+        }
+    }
+}
+
+/// The TLS alert or other rustls error inside an I/O error, as text.
+pub fn tls_error(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(r) => format!("tls: {r}"),
+        None => format!("io: {e}"),
+    }
+}
