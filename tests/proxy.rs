@@ -8,6 +8,10 @@ mod common;
 mod check;
 #[path = "proxy/failures.rs"]
 mod failures;
+#[path = "proxy/faults.rs"]
+mod faults;
+#[path = "proxy/floods.rs"]
+mod floods;
 #[path = "proxy/forwarding.rs"]
 mod forwarding;
 #[path = "proxy/isolation.rs"]
@@ -16,6 +20,8 @@ mod isolation;
 mod reload;
 #[path = "proxy/run.rs"]
 mod run;
+#[path = "proxy/smuggling.rs"]
+mod smuggling;
 #[path = "proxy/tls.rs"]
 mod tls;
 #[path = "proxy/under_load.rs"]

@@ -146,6 +146,20 @@ impl VaultKey {
         &self.inner.spki
     }
 
+    /// Whether the vault can be asked to sign now (see
+    /// [`VaultPool::is_available`]).
+    pub fn is_available(&self) -> bool {
+        self.inner.pool.is_available()
+    }
+
+    /// Whether this key can make one of the `offered` signatures, the
+    /// vault's state aside (for choosing a certificate).
+    pub fn can_sign(&self, offered: &[SignatureScheme]) -> bool {
+        schemes(self.inner.key_type)
+            .iter()
+            .any(|s| offered.contains(s))
+    }
+
     /// Signs `message` with `scheme` (the vault hashes), blocking the
     /// calling thread as described in [`super::pool`].
     pub fn sign_blocking(
@@ -196,7 +210,18 @@ pub fn algorithm(key_type: KeyType) -> SignatureAlgorithm {
 }
 
 impl SigningKey for VaultKey {
+    /// rustls asks for a signer only for a full handshake, just before it
+    /// signs. Without a vault connection there is none to give: rustls
+    /// then ends a TLS 1.3 handshake with a `handshake_failure` alert at
+    /// once (TLS 1.2: it closes). A signature that fails later would end
+    /// it with no alert at all.
     fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        if !self.is_available() {
+            metrics::counter!("vaultgate_proxy_vault_errors_total", "reason" => "unavailable")
+                .increment(1);
+            tracing::warn!(key = %self.name(), "no vault connection; refusing the handshake");
+            return None;
+        }
         schemes(self.inner.key_type)
             .iter()
             .find(|s| offered.contains(s))

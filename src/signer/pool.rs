@@ -7,7 +7,7 @@
 //! would take), then hands the worker thread over with `block_in_place`.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,18 @@ struct Inner {
     next: AtomicUsize,
     /// Index of the socket last used, to count failovers.
     current_socket: AtomicUsize,
+    /// Held while reconnecting, so the supervisor and a handshake's
+    /// [`VaultPool::is_available`] do not both connect the same slot.
+    reconnecting: Mutex<()>,
+    /// When a handshake last tried to reconnect (ms after `epoch`).
+    last_nudge_ms: AtomicU64,
+    epoch: Instant,
 }
+
+/// The supervisor's longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// How often handshakes may try to reconnect while no connection is up.
+const NUDGE_EVERY: Duration = Duration::from_millis(50);
 
 impl VaultPool {
     /// Starts the pool. Connections are made in the background; the first
@@ -64,6 +75,9 @@ impl VaultPool {
             slots,
             next: AtomicUsize::new(0),
             current_socket: AtomicUsize::new(0),
+            reconnecting: Mutex::new(()),
+            last_nudge_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         });
         inner.reconnect_dead();
         let weak = Arc::downgrade(&inner);
@@ -76,6 +90,32 @@ impl VaultPool {
     /// Whether at least one connection is up.
     pub fn is_connected(&self) -> bool {
         self.inner.slots.iter().any(|s| s.live().is_some())
+    }
+
+    /// Whether a signature can be asked for now. While no connection is
+    /// up, tries to reconnect (at most every 50 ms, never while another
+    /// attempt runs) so that a vault that came back serves the next
+    /// handshake, not the one after the supervisor's next backoff. A
+    /// connect to a Unix socket that is gone fails at once.
+    pub fn is_available(&self) -> bool {
+        if self.is_connected() {
+            return true;
+        }
+        let inner = &self.inner;
+        let now = inner.epoch.elapsed().as_millis() as u64;
+        let last = inner.last_nudge_ms.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= NUDGE_EVERY.as_millis() as u64;
+        if due
+            && inner
+                .last_nudge_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            if let Ok(_guard) = inner.reconnecting.try_lock() {
+                inner.reconnect_dead_locked();
+            }
+        }
+        self.is_connected()
     }
 
     /// Waits (blocking) until a connection is up or `timeout` passes.
@@ -184,6 +224,11 @@ impl Inner {
 
     /// One reconnect attempt for every dead slot; returns whether all are up.
     fn reconnect_dead(&self) -> bool {
+        let _guard = self.reconnecting.lock().unwrap_or_else(|e| e.into_inner());
+        self.reconnect_dead_locked()
+    }
+
+    fn reconnect_dead_locked(&self) -> bool {
         let mut all_up = true;
         for slot in &self.slots {
             if slot.live().is_some() {
@@ -204,7 +249,8 @@ impl Inner {
     }
 }
 
-/// Reconnects dead connections with exponential backoff (20 ms to 2 s).
+/// Reconnects dead connections with exponential backoff (20 ms to 500 ms:
+/// a vault that returns is used within half a second even without traffic).
 /// Holds only a weak reference: it ends once the pool is dropped.
 fn supervise(weak: std::sync::Weak<Inner>) {
     let mut backoff = Duration::from_millis(20);
@@ -215,7 +261,7 @@ fn supervise(weak: std::sync::Weak<Inner>) {
             backoff = Duration::from_millis(20);
         } else {
             metrics::counter!("vaultgate_proxy_vault_reconnect_failures_total").increment(1);
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }

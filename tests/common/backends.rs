@@ -150,6 +150,11 @@ http {{
     pub fn www(&self) -> PathBuf {
         self.dir.path().join("www")
     }
+
+    /// The nginx process (one, as `master_process off` runs it), if running.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
 }
 
 impl Drop for Nginx {

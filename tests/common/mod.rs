@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod proxy;
+pub mod raw;
 pub mod vault;
 
 use std::time::{Duration, Instant};

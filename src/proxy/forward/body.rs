@@ -2,7 +2,7 @@
 //! that writes the access log line when it is finished or dropped.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -14,15 +14,22 @@ use super::access::AccessRecord;
 
 pub type BoxBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// Counts data bytes as they stream through.
+/// Counts data bytes as they stream through, and notes whether the
+/// client's body failed (a broken chunk, a reset stream): the request then
+/// failed on the client's side, not the backend's.
 pub struct Counting<B> {
     inner: B,
     count: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
 }
 
 impl<B> Counting<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
-        Counting { inner, count }
+    pub fn new(inner: B, count: Arc<AtomicU64>, failed: Arc<AtomicBool>) -> Self {
+        Counting {
+            inner,
+            count,
+            failed,
+        }
     }
 }
 
@@ -35,10 +42,14 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &r {
-            if let Some(d) = f.data_ref() {
-                self.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
             }
+            Poll::Ready(Some(Err(_))) => self.failed.store(true, Ordering::Relaxed),
+            _ => {}
         }
         r
     }

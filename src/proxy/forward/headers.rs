@@ -120,6 +120,41 @@ pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a hyper::Uri) -> Option<&
         .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
+/// RFC 9112 §3.2: a request with more than one `Host`, an HTTP/1.1
+/// request without one, or a `Host` that is not a valid authority, is
+/// refused with 400. Passed on, the proxy would route by one host and the
+/// backend could read another. HTTP/2 names the host in `:authority`
+/// (RFC 9113 §8.3.1) and may omit `Host`.
+pub fn check_host(headers: &HeaderMap, version: hyper::Version) -> Result<(), &'static str> {
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err("more than one Host header"),
+        (None, _) if version == hyper::Version::HTTP_11 => Err("HTTP/1.1 request without Host"),
+        (None, _) => Ok(()),
+        (Some(v), None) => {
+            let valid = !v.is_empty()
+                && !v.as_bytes().contains(&b'@')
+                && hyper::http::uri::Authority::try_from(v.as_bytes()).is_ok();
+            if valid {
+                Ok(())
+            } else {
+                Err("invalid Host header")
+            }
+        }
+    }
+}
+
+/// The protocol spoken must be the one agreed in ALPN (RFC 7301 §3.2):
+/// HTTP/1.x bytes on an `h2` connection (or the HTTP/2 preface on an
+/// `http/1.1` one) are refused, not served in the other protocol.
+pub fn check_alpn(alpn: Option<&str>, version: hyper::Version) -> Result<(), &'static str> {
+    match (alpn, version == hyper::Version::HTTP_2) {
+        (Some("h2"), false) => Err("HTTP/1 request on a connection that agreed on h2"),
+        (Some("http/1.1"), true) => Err("HTTP/2 request on a connection that agreed on http/1.1"),
+        _ => Ok(()),
+    }
+}
+
 /// A host without its port, lower-cased, for routing.
 pub fn host_for_routing(host: &str) -> String {
     let h = if host.starts_with('[') {
@@ -193,6 +228,34 @@ mod tests {
         let mut h = HeaderMap::new();
         add_forwarded(&mut h, all(), "::ffff:10.1.2.3".parse().unwrap(), None);
         assert_eq!(h["forwarded"], "for=10.1.2.3;proto=https");
+    }
+
+    #[test]
+    fn exactly_one_valid_host_is_required_in_http1() {
+        use hyper::Version;
+        let mut h = HeaderMap::new();
+        assert!(check_host(&h, Version::HTTP_11).is_err());
+        assert!(check_host(&h, Version::HTTP_2).is_ok());
+        h.insert(HOST, HeaderValue::from_static("a.test:8443"));
+        assert!(check_host(&h, Version::HTTP_11).is_ok());
+        h.append(HOST, HeaderValue::from_static("b.test"));
+        assert!(check_host(&h, Version::HTTP_11).is_err());
+        assert!(check_host(&h, Version::HTTP_2).is_err());
+        for bad in ["", "a b", "a/b", "user@a.test"] {
+            h.insert(HOST, HeaderValue::from_static(bad));
+            assert!(check_host(&h, Version::HTTP_10).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_protocol_must_be_the_one_alpn_chose() {
+        use hyper::Version;
+        assert!(check_alpn(Some("h2"), Version::HTTP_2).is_ok());
+        assert!(check_alpn(Some("h2"), Version::HTTP_11).is_err());
+        assert!(check_alpn(Some("http/1.1"), Version::HTTP_11).is_ok());
+        assert!(check_alpn(Some("http/1.1"), Version::HTTP_2).is_err());
+        assert!(check_alpn(None, Version::HTTP_2).is_ok());
+        assert!(check_alpn(None, Version::HTTP_10).is_ok());
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod upstream;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -114,6 +114,15 @@ pub async fn handle(
         start,
         in_flight,
     };
+    if let Err(why) = headers::check_host(req.headers(), req.version()) {
+        return Ok(fail(record, StatusCode::BAD_REQUEST, why));
+    }
+    if let Err(why) = headers::check_alpn(conn.alpn.as_deref(), req.version()) {
+        let mut resp = fail(record, StatusCode::BAD_REQUEST, why);
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(resp);
+    }
     let routing_host = headers::host_for_routing(&host);
     let Some(up) = fwd.route(&routing_host, req.uri().path()).cloned() else {
         return Ok(fail(
@@ -148,7 +157,9 @@ pub async fn handle(
     // A request without a body can be sent again to another backend when
     // the first refuses the connection; one with a body cannot.
     let retryable = body.is_end_stream();
-    let mut body = Some(Counting::new(body, record.bytes_in.clone()).boxed_unsync());
+    let body_failed = Arc::new(AtomicBool::new(false));
+    let mut body =
+        Some(Counting::new(body, record.bytes_in.clone(), body_failed.clone()).boxed_unsync());
 
     let mut exclude = None;
     let mut refused: Option<String> = None;
@@ -227,6 +238,13 @@ pub async fn handle(
                 }
                 return Ok(fail(record, StatusCode::BAD_GATEWAY, &why));
             }
+            // The client's body broke (an invalid chunk, a reset stream):
+            // its fault, not the backend's, and the backend never got a
+            // complete request.
+            Ok(Err(e)) if body_failed.load(Ordering::Relaxed) => {
+                let why = format!("invalid request body: {}", error_chain(&e));
+                return Ok(fail(record, StatusCode::BAD_REQUEST, &why));
+            }
             Ok(Err(e)) => {
                 let why = format!("backend {} failed: {}", backend.addr, error_chain(&e));
                 return Ok(fail(record, StatusCode::BAD_GATEWAY, &why));
@@ -286,6 +304,8 @@ fn fail(mut record: AccessRecord, status: StatusCode, why: &str) -> Response<Log
     record.status = status.as_u16();
     if status.is_server_error() {
         tracing::warn!(upstream = %record.upstream, host = ?record.host, path = ?record.path, status = status.as_u16(), "{why}");
+    } else {
+        tracing::debug!(upstream = %record.upstream, host = ?record.host, path = ?record.path, status = status.as_u16(), "{why}");
     }
     let text = format!(
         "{} {}\n",

@@ -51,7 +51,13 @@ pub fn choose(
                 || suites
                     .iter()
                     .any(|s| tls12_suite_alg(*s) == Some(e.algorithm));
-            suite_ok && e.certified.key.choose_scheme(schemes).is_some()
+            // A vault key is chosen by what it can sign, whether or not
+            // the vault answers now: a resumed handshake needs no signature.
+            let can_sign = match &e.vault {
+                Some(k) => k.can_sign(schemes),
+                None => e.certified.key.choose_scheme(schemes).is_some(),
+            };
+            suite_ok && can_sign
         })
         .map(|e| e.certified.clone())
 }

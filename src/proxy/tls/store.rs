@@ -22,6 +22,8 @@ pub struct Entry {
     pub algorithm: SignatureAlgorithm,
     pub key: KeyRef,
     pub cert_path: PathBuf,
+    /// The key, when the vault holds it.
+    pub vault: Option<VaultKey>,
 }
 
 /// Certificates by name. Each name may have several entries (an ECDSA and
@@ -124,6 +126,7 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
         })?
         .to_vec();
     let label = spec.cert.display().to_string();
+    let mut vault = None;
     let (certs, key): (_, Arc<dyn SigningKey>) = match &spec.key {
         KeyRef::Vault(name) => {
             let pool = pool.ok_or_else(|| TlsError::NoVault { key: name.clone() })?;
@@ -152,6 +155,7 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
                     "the key's primary version has no certificate: serving the older version until its signing grace ends; bind one with `vaultgate cert issue` or `vaultgate cert install`"
                 );
             }
+            vault = Some(key.clone());
             (certs, Arc::new(key))
         }
         KeyRef::File(path) => {
@@ -179,6 +183,7 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
         algorithm,
         key: spec.key.clone(),
         cert_path: spec.cert.clone(),
+        vault,
     })
 }
 
