@@ -176,6 +176,35 @@ fn client(kind: Kind, addr: SocketAddr, ca: &Path, stop: &AtomicBool, events: &M
     }
 }
 
+/// Whether a vault answers a ping on `socket` within 200 ms.
+fn vault_answers(socket: &std::path::Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut out = bytes::BytesMut::new();
+    let ping = vaultgate::protocol::Request::Ping {
+        payload: b"up?".to_vec(),
+    };
+    if ping.to_frame(1).encode(&mut out).is_err() || s.write_all(&out).is_err() {
+        return false;
+    }
+    let mut buf = bytes::BytesMut::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        match vaultgate::protocol::frame::decode(&mut buf) {
+            Ok(Some(f)) => return f.request_id == 1,
+            Ok(None) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
 fn of(events: &[Event], kind: Kind) -> impl Iterator<Item = &Event> {
     events.iter().filter(move |e| e.kind == kind)
 }
@@ -210,15 +239,16 @@ fn failures(events: &[Event], kind: Kind) -> Vec<String> {
 }
 
 /// While the vault is down, what the issue asks of each kind of client,
-/// checked on the record of a load run: `down` is from the kill to the
-/// moment the vault was started again, `back` when it answered again.
+/// checked on the record of a load run: `down` is (when the kill was
+/// sent, when the vault was known dead, when it was started again),
+/// `back` when it answered again.
 fn check_vault_outage(
     events: &[Event],
-    down: (Instant, Instant),
+    down: (Instant, Instant, Instant),
     back: Instant,
     sign_timeout: Duration,
 ) -> usize {
-    let (killed, restarting) = down;
+    let (killing, killed, restarting) = down;
     // Established keep-alive connections and resumed handshakes: no errors at all.
     let ka = failures(events, Kind::KeepAlive);
     assert!(ka.is_empty(), "keep-alive requests failed: {ka:?}");
@@ -274,9 +304,11 @@ fn check_vault_outage(
         );
     }
     let slowest = full_down.iter().map(|e| e.took).max().unwrap_or_default();
-    // Before the kill every full handshake worked.
+    // Before the kill every full handshake worked (one in flight as the
+    // signal lands may end with a bare close: rustls sends no alert when a
+    // signature fails).
     let before: Vec<String> = of(events, Kind::Full)
-        .filter(|e| e.start + e.took < killed)
+        .filter(|e| e.start + e.took < killing)
         .filter_map(|e| e.result.clone().err())
         .collect();
     assert!(
@@ -317,6 +349,7 @@ fn a_vault_killed_under_load_spares_established_and_resumed_connections_and_full
         load.wait(kind, true, t0, 10, Duration::from_secs(10));
     }
 
+    let killing = Instant::now();
     s.vault.kill9();
     let killed = Instant::now();
     // Down long enough for each kind of client to show what it does, and
@@ -331,7 +364,7 @@ fn a_vault_killed_under_load_spares_established_and_resumed_connections_and_full
     let back = Instant::now();
     load.wait(Kind::Full, true, back, 20, Duration::from_secs(10));
     let events = load.finish();
-    let refused = check_vault_outage(&events, (killed, restarting), back, sign_timeout);
+    let refused = check_vault_outage(&events, (killing, killed, restarting), back, sign_timeout);
     let m = p.metrics_text();
     let vault_failures = metric(
         &m,
@@ -377,28 +410,31 @@ fn a_vault_killed_under_vaultgate_run_is_restarted_and_full_handshakes_recover_w
         load.wait(kind, true, t0, 10, Duration::from_secs(10));
     }
 
+    let killing = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(vault_pid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill vault");
-    let killed = Instant::now();
     // kill() returns before the process is gone: wait until run has
     // reaped it, so the socket that answers next is the new vault's.
     wait_for("the vault to die", Duration::from_secs(5), || {
         let stat = std::fs::read_to_string(format!("/proc/{vault_pid}/stat")).unwrap_or_default();
         (stat.is_empty() || stat.contains(") Z ")).then_some(())
     });
+    // Dead for sure from here: a handshake signed just before cannot pass
+    // for a recovery.
+    let killed = Instant::now();
     // The socket file stays behind a SIGKILL; the restarted vault answers
-    // on it again: that is "back". Refused until then.
+    // a ping on it again: that is "back". (A bare connect is not enough:
+    // the dead vault's listener can take connections while its last
+    // threads exit.)
     let back = wait_for(
         "the restarted vault to answer",
         Duration::from_secs(15),
         || {
             std::thread::sleep(Duration::from_millis(2));
-            std::os::unix::net::UnixStream::connect(&socket)
-                .ok()
-                .map(|_| Instant::now())
+            vault_answers(&socket).then(Instant::now)
         },
     );
     load.wait(Kind::Full, true, back, 20, Duration::from_secs(10));
@@ -411,12 +447,13 @@ fn a_vault_killed_under_vaultgate_run_is_restarted_and_full_handshakes_recover_w
             .map_or(back, |e| e.start),
     );
     eprintln!(
-        "vaultgate run: vault answered again {:?} after the kill",
+        "vaultgate run: vault dead {:?} after the kill signal, answered again {:?} after that",
+        killed - killing,
         back - killed
     );
     check_vault_outage(
         &events,
-        (killed, restarting),
+        (killing, killed, restarting),
         back,
         Duration::from_millis(100),
     );
