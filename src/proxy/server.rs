@@ -106,14 +106,20 @@ pub(super) async fn connection(
     };
     let conn = http.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
-    // Checked a few times per timeout period: exactness is not needed,
-    // closing idle connections eventually is.
-    let mut idle_check =
-        tokio::time::interval((limits.idle_timeout / 4).max(Duration::from_millis(50)));
+    // Until its first request begins, a connection gets the header
+    // timeout (a client that completes TLS and then sends nothing, or
+    // trickles an HTTP/2 preface or a HEADERS frame, holds a slot);
+    // afterwards the idle timeout. Checked a few times per period:
+    // exactness is not needed, closing eventually is.
+    let first_limit = limits.header_timeout.min(limits.idle_timeout);
+    let mut idle_check = tokio::time::interval((first_limit / 4).max(Duration::from_millis(50)));
     let mut closing = *drain.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
     }
+    // A connection told to close that does not (an HTTP/2 client that
+    // never answers the GOAWAY's PING) is dropped after this grace.
+    let mut give_up: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -126,12 +132,22 @@ pub(super) async fn connection(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = idle_check.tick(), if !closing => {
-                if info.idle_for() >= limits.idle_timeout {
-                    closing = true;
-                    metrics::counter!("vaultgate_proxy_idle_closes_total").increment(1);
-                    conn.as_mut().graceful_shutdown();
+            _ = idle_check.tick(), if give_up.is_none() => {
+                if closing {
+                    continue;
                 }
+                let limit = if info.any_request() { limits.idle_timeout } else { first_limit };
+                if info.idle_for() >= limit {
+                    closing = true;
+                    let what = if info.any_request() { "idle" } else { "no_request" };
+                    metrics::counter!("vaultgate_proxy_idle_closes_total", "reason" => what).increment(1);
+                    conn.as_mut().graceful_shutdown();
+                    give_up = Some(tokio::time::Instant::now() + first_limit.min(Duration::from_secs(5)));
+                }
+            }
+            _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)), if give_up.is_some() => {
+                tracing::debug!(client = %peer, "connection did not close after being told to; dropped");
+                break;
             }
         }
     }

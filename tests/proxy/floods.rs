@@ -459,7 +459,6 @@ fn closed_after(
 }
 
 #[test]
-#[ignore = "fails until src/proxy/server.rs applies header_timeout before the first request (see the faults branch report)"]
 fn a_client_that_never_finishes_its_first_request_is_closed_at_the_header_timeout() {
     use crate::common::raw::{frame, h2_request, END_STREAM, HEADERS, PREFACE, SETTINGS};
     let s = Setup::start();

@@ -30,6 +30,8 @@ pub struct ConnInfo {
 #[derive(Debug)]
 pub struct Activity {
     in_flight: AtomicU64,
+    /// Whether any request has begun on the connection.
+    started: std::sync::atomic::AtomicBool,
     epoch: Instant,
     /// Milliseconds after `epoch`.
     last_ms: AtomicU64,
@@ -39,6 +41,7 @@ impl Default for Activity {
     fn default() -> Self {
         Activity {
             in_flight: AtomicU64::new(0),
+            started: std::sync::atomic::AtomicBool::new(false),
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
         }
@@ -56,6 +59,7 @@ impl Activity {
     /// the handler without finishing it).
     pub fn begin(conn: &Arc<ConnInfo>) -> InFlight {
         conn.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        conn.activity.started.store(true, Ordering::Relaxed);
         conn.activity.touch();
         InFlight(conn.clone())
     }
@@ -74,6 +78,12 @@ impl Drop for InFlight {
 impl ConnInfo {
     /// How long the connection has had no request in flight (zero while
     /// one is).
+    /// Whether a request has begun on this connection: until then a
+    /// client that sends nothing whole is held to the header timeout.
+    pub fn any_request(&self) -> bool {
+        self.activity.started.load(Ordering::Relaxed)
+    }
+
     pub fn idle_for(&self) -> Duration {
         let a = &self.activity;
         if a.in_flight.load(Ordering::Relaxed) > 0 {
