@@ -3,6 +3,9 @@
 
 mod common;
 
+#[path = "vault/crash.rs"]
+mod crash;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
