@@ -10,13 +10,24 @@
 //! Records are written by one thread, in batches (group commit): a batch
 //! is appended and fdatasync'ed at most every few milliseconds; the head
 //! is replaced atomically every quarter second, on flush and at exit.
+//!
+//! Fail closed: when a batch cannot be written (disk full, I/O error, file
+//! size limit), whatever part of it got in is cut off again, the batch is
+//! kept and retried every [`RETRY_EVERY`], and [`Audit::failure`] reports
+//! the error, so the vault refuses every operation it could not audit
+//! until a retry succeeds. The log keeps [`RESERVE`] bytes allocated ahead
+//! of its end (fallocate, size unchanged), so a disk that fills up stops
+//! key changes (their records are new files) well before it stops the
+//! audit log, and with it signing.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +42,16 @@ const MAC_FIELD: &str = ",\"mac\":\"";
 const COMMIT_EVERY: Duration = Duration::from_millis(5);
 /// How often `audit.head` is replaced (and at every flush and at exit).
 const HEAD_EVERY: Duration = Duration::from_millis(250);
+/// How often a batch that could not be written is tried again.
+pub const RETRY_EVERY: Duration = Duration::from_millis(200);
+/// Space kept allocated past the end of the log.
+pub const RESERVE: u64 = 1 << 20;
+/// The reserve is topped up when less than this is left of it.
+const RESERVE_LOW: u64 = 256 << 10;
+/// Records held in memory while the log cannot be written; past this,
+/// new records are dropped and counted (the vault refuses operations
+/// meanwhile, so only refusals and connection events arrive).
+const MAX_BACKLOG: usize = 8 << 20;
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What happened, before it is numbered and chained.
@@ -93,6 +114,31 @@ enum Msg {
 #[derive(Clone)]
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
+    health: Arc<Health>,
+}
+
+/// Whether the last attempt to write the log failed, and why.
+#[derive(Default)]
+struct Health {
+    failing: AtomicBool,
+    error: Mutex<String>,
+}
+
+impl Health {
+    fn set(&self, error: Option<String>) {
+        let mut e = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        self.failing.store(error.is_some(), Ordering::SeqCst);
+        *e = error.unwrap_or_default();
+        metrics::gauge!("vaultgate_vault_audit_failing").set(if self.failing() {
+            1.0
+        } else {
+            0.0
+        });
+    }
+
+    fn failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
 }
 
 impl Audit {
@@ -112,8 +158,15 @@ impl Audit {
             .open(&path)
             .map_err(io)?;
         let (seq, prev, repaired) = tail(&mut file).map_err(io)?;
-        let writer = Writer {
+        let committed = file.metadata().map_err(io)?.len();
+        let health = Arc::new(Health::default());
+        let mut writer = Writer {
             file,
+            committed,
+            reserved_to: 0,
+            dirty: false,
+            dropped: 0,
+            health: health.clone(),
             path: path.clone(),
             head_path: state_dir.join(HEAD_FILE),
             key,
@@ -122,12 +175,13 @@ impl Audit {
             line: String::with_capacity(512),
             syslog: if syslog { Syslog::connect() } else { None },
         };
+        writer.reserve(0);
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("audit".into())
             .spawn(move || writer.run(rx))
             .map_err(io)?;
-        let audit = Audit { tx };
+        let audit = Audit { tx, health };
         if repaired > 0 {
             audit.record(Event::system(
                 "audit-repair",
@@ -144,7 +198,19 @@ impl Audit {
         let _ = self.tx.send(Msg::Event(event));
     }
 
-    /// Waits until everything queued so far is on disk.
+    /// Why the log cannot be written now (the last batch failed; it is
+    /// being retried), or `None` if it can. Cheap: one atomic load when
+    /// all is well.
+    pub fn failure(&self) -> Option<String> {
+        if !self.health.failing() {
+            return None;
+        }
+        let e = self.health.error.lock().unwrap_or_else(|e| e.into_inner());
+        self.health.failing().then(|| e.clone())
+    }
+
+    /// Waits until everything queued so far is on disk, or the attempt to
+    /// write it failed ([`Audit::failure`] then says why).
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
         if self.tx.send(Msg::Flush(tx)).is_ok() {
@@ -155,6 +221,15 @@ impl Audit {
 
 struct Writer {
     file: File,
+    /// The log's length after the last batch that was written whole.
+    committed: u64,
+    /// Space is allocated up to here (best effort).
+    reserved_to: u64,
+    /// A failed write may have left part of a batch past `committed`.
+    dirty: bool,
+    /// Records dropped because the backlog was full.
+    dropped: u64,
+    health: Arc<Health>,
     path: PathBuf,
     head_path: PathBuf,
     key: ring::hmac::Key,
@@ -172,11 +247,27 @@ impl Writer {
         let mut clock = Clock::default();
         let mut last_commit = Instant::now();
         let mut last_head = Instant::now();
-        while let Ok(first) = rx.recv() {
-            let mut next = Some(first);
+        loop {
+            // While failing, wake up to retry even if nothing arrives.
+            let mut next = if self.health.failing() {
+                match rx.recv_timeout(RETRY_EVERY) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => break,
+                }
+            };
             loop {
                 while let Some(msg) = next.take() {
                     match msg {
+                        Msg::Event(e) if buf.len() >= MAX_BACKLOG => {
+                            let _ = e;
+                            self.dropped += 1;
+                        }
                         Msg::Event(e) => self.append(&mut buf, e, &mut clock),
                         Msg::Flush(w) => waiters.push(w),
                     }
@@ -189,7 +280,11 @@ impl Writer {
                 // means senders wake nobody meanwhile.
                 let due = last_commit + COMMIT_EVERY;
                 let now = Instant::now();
-                if !waiters.is_empty() || now >= due || buf.len() >= 1 << 20 {
+                if self.health.failing()
+                    || !waiters.is_empty()
+                    || now >= due
+                    || buf.len() >= 1 << 20
+                {
                     break;
                 }
                 std::thread::sleep(due - now);
@@ -198,26 +293,54 @@ impl Writer {
                     break;
                 }
             }
+            if self.health.failing() && self.dropped > 0 && buf.len() < MAX_BACKLOG {
+                let n = std::mem::take(&mut self.dropped);
+                let e = Event::system(
+                    "audit-dropped",
+                    Some(format!(
+                        "{n} records dropped while the log could not be written"
+                    )),
+                );
+                self.append(&mut buf, e, &mut clock);
+            }
             if !buf.is_empty() {
                 let head = !waiters.is_empty() || last_head.elapsed() >= HEAD_EVERY;
-                if let Err(e) = self.commit(&buf, head) {
-                    tracing::error!(path = %self.path.display(), error = %e, "audit write failed");
-                    metrics::counter!("vaultgate_vault_audit_write_errors_total").increment(1);
+                match self.commit(&buf) {
+                    Ok(()) => {
+                        if self.health.failing() {
+                            tracing::warn!(path = %self.path.display(), "audit log writable again; operations resume");
+                            self.health.set(None);
+                        }
+                        buf.clear();
+                        if head {
+                            self.write_head();
+                            last_head = Instant::now();
+                        }
+                    }
+                    Err(e) => {
+                        if !self.health.failing() {
+                            tracing::error!(path = %self.path.display(), error = %e, "audit write failed; refusing operations until it succeeds");
+                        }
+                        metrics::counter!("vaultgate_vault_audit_write_errors_total").increment(1);
+                        self.health
+                            .set(Some(format!("{}: {e}", self.path.display())));
+                    }
                 }
-                if head {
-                    last_head = Instant::now();
-                }
-                buf.clear();
                 last_commit = Instant::now();
             }
             for w in waiters.drain(..) {
                 let _ = w.send(());
             }
         }
-        // The vault is stopping: leave the head exact.
-        if let Err(e) = self.commit(&[], true) {
-            tracing::error!(error = %e, "audit head write failed at shutdown");
+        // The vault is stopping: leave the log and the head exact.
+        if !buf.is_empty() {
+            if let Err(e) = self.commit(&buf) {
+                // The head must not claim records the log does not hold.
+                tracing::error!(error = %e, "audit records lost at shutdown: the log cannot be written");
+                return;
+            }
         }
+        self.write_head();
     }
 
     fn append(&mut self, buf: &mut Vec<u8>, e: Event, clock: &mut Clock) {
@@ -271,20 +394,66 @@ impl Writer {
         self.line = line;
     }
 
-    fn commit(&mut self, buf: &[u8], head: bool) -> std::io::Result<()> {
-        if !buf.is_empty() {
-            self.file.write_all(buf)?;
-            self.file.sync_data()?;
+    /// Appends a batch and syncs it. On failure the log is cut back to
+    /// its last whole batch (now or before the next try), so a retry
+    /// appends whole lines to an intact chain.
+    fn commit(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.dirty {
+            self.file.set_len(self.committed)?;
+            self.dirty = false;
         }
-        if !head {
-            return Ok(());
+        self.reserve(buf.len() as u64);
+        let written = self
+            .file
+            .write_all(buf)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            self.dirty = self.file.set_len(self.committed).is_err();
+            return Err(e);
         }
+        self.committed += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Keeps [`RESERVE`] bytes allocated past the end of the log. Where
+    /// the file system cannot (full, or no fallocate), appends simply
+    /// need new space as they go.
+    fn reserve(&mut self, incoming: u64) {
+        let end = self.committed + incoming;
+        if end + RESERVE_LOW <= self.reserved_to {
+            return;
+        }
+        match nix::fcntl::fallocate(
+            self.file.as_raw_fd(),
+            nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            self.committed as libc::off_t,
+            (incoming + RESERVE) as libc::off_t,
+        ) {
+            Ok(()) => self.reserved_to = end + RESERVE,
+            Err(e) => {
+                // Try again after the next RESERVE_LOW bytes, not per batch.
+                let left = self.reserved_to.saturating_sub(end);
+                if left > 0 {
+                    tracing::warn!(path = %self.path.display(), error = %e, left, "cannot extend the audit log's reserved space");
+                }
+                self.reserved_to = self.reserved_to.max(end + RESERVE_LOW);
+            }
+        }
+    }
+
+    /// Replaces `audit.head`. A failure is logged and counted but does
+    /// not stop the vault: the records themselves are on disk and chained;
+    /// only cutting off the records after the stale head would go unseen.
+    fn write_head(&mut self) {
         let head = serde_json::to_vec(&Head {
             seq: self.seq,
             mac: self.prev.clone(),
         })
         .unwrap_or_default();
-        fsutil::write_atomic(&self.head_path, &head, 0o600)
+        if let Err(e) = fsutil::write_atomic(&self.head_path, &head, 0o600) {
+            tracing::warn!(path = %self.head_path.display(), error = %e, "audit head not updated");
+            metrics::counter!("vaultgate_vault_audit_write_errors_total").increment(1);
+        }
     }
 }
 

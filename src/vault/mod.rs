@@ -106,6 +106,13 @@ pub async fn run(
              Raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity in systemd) or grant CAP_IPC_LOCK"
         );
     }
+    // A write past RLIMIT_FSIZE raises SIGXFSZ, whose default action ends
+    // the process. Caught, the write fails with EFBIG instead and is
+    // handled like a full disk. (tokio keeps the handler installed.)
+    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
+        libc::SIGXFSZ,
+    ))
+    .map_err(|e| tracing::warn!(error = %e, "cannot catch SIGXFSZ; a file size limit would end the vault"));
     let socket = settings.socket.clone();
     let (mode, group) = (settings.socket_mode, settings.socket_group);
     let metrics_addr = settings.metrics_listen;
