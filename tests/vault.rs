@@ -5,6 +5,8 @@ mod common;
 
 #[path = "vault/crash.rs"]
 mod crash;
+#[path = "vault/disk.rs"]
+mod disk;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

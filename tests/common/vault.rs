@@ -29,6 +29,8 @@ pub struct Opts {
     pub metrics: bool,
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
+    /// The state dir (a mount the test made); default: `state` in the temp dir.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl VaultProc {
@@ -45,7 +47,10 @@ impl VaultProc {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod temp dir");
         let socket = dir.path().join("vault.sock");
-        let state = dir.path().join("state");
+        let state = opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         let config = opts.config.map(|text| {
             let p = dir.path().join("vault.toml");
             std::fs::write(&p, text.replace("{dir}", &dir.path().display().to_string()))
