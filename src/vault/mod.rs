@@ -113,6 +113,7 @@ pub async fn run(
         libc::SIGXFSZ,
     ))
     .map_err(|e| tracing::warn!(error = %e, "cannot catch SIGXFSZ; a file size limit would end the vault"));
+    raise_fd_limit();
     let socket = settings.socket.clone();
     let (mode, group) = (settings.socket_mode, settings.socket_group);
     let metrics_addr = settings.metrics_listen;
@@ -165,6 +166,21 @@ pub async fn run(
     vault.audit().flush();
     tracing::info!("vault stopped");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one (systemd's default soft
+/// limit, 1024, is below the vault's connection limit plus its files).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let want = hard.min(1 << 20);
+    if soft < want {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+            tracing::warn!(error = %e, soft, "cannot raise the open-file limit");
+        }
+    }
 }
 
 /// Applies a re-read config on every SIGHUP. An invalid config changes
