@@ -16,6 +16,8 @@ mod isolation;
 mod reload;
 #[path = "proxy/run.rs"]
 mod run;
+#[path = "proxy/scanners.rs"]
+mod scanners;
 #[path = "proxy/tls.rs"]
 mod tls;
 #[path = "proxy/under_load.rs"]
