@@ -440,6 +440,10 @@ fn sigkill_at_random_instants_loses_nothing_acknowledged() {
         m.interrupted
     );
     assert!(m.deleted > 0, "no key was deleted between kills");
+    assert!(
+        torn_writes >= 5,
+        "only {torn_writes} kills landed inside a keystore write"
+    );
     for op in [
         "create",
         "import",
