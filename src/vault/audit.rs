@@ -264,14 +264,14 @@ impl Writer {
             loop {
                 while let Some(msg) = next.take() {
                     match msg {
-                        Msg::Event(e) if buf.len() >= MAX_BACKLOG => {
-                            let _ = e;
-                            self.dropped += 1;
-                        }
+                        Msg::Event(_) if buf.len() >= MAX_BACKLOG => self.dropped += 1,
                         Msg::Event(e) => self.append(&mut buf, e, &mut clock),
                         Msg::Flush(w) => waiters.push(w),
                     }
-                    if buf.len() < 1 << 20 {
+                    // While failing, drain everything (past the backlog
+                    // limit events are only counted), so nothing piles up
+                    // in the channel.
+                    if buf.len() < 1 << 20 || self.health.failing() {
                         next = rx.try_recv().ok();
                     }
                 }
