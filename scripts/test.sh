@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the integration tests drive: real backends, real clients.
-packages=(nginx apache2 curl wrk)
+# Debian packages the integration tests drive: real backends, real clients,
+# an outside TLS scanner (testssl.sh), and python3-venv for the other (sslyze).
+packages=(nginx apache2 curl wrk testssl.sh python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -18,6 +19,17 @@ if ((${#missing[@]})); then
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# sslyze (PyPI) in its own venv, made with Debian's python3 so it does not
+# depend on whichever python3 is first on PATH. A no-op once it is there.
+venv=/opt/vaultgate-test-venv
+if [ ! -x "$venv/bin/sslyze" ]; then
+    echo "installing sslyze into $venv"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo /usr/bin/python3 -m venv "$venv"
+    $sudo "$venv/bin/pip" install --quiet --disable-pip-version-check sslyze
 fi
 
 # nginx and apache2 live in /usr/sbin, which a non-login shell may lack.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +64,9 @@ pub struct VaultClient {
     subscriptions: Arc<Subscriptions>,
     next_id: Arc<AtomicU32>,
     timeout: Option<Duration>,
+    /// Set by the reader when the connection ends, before it drops every
+    /// waiter; a call registered after that sees it and does not wait.
+    closed: Arc<AtomicBool>,
 }
 
 impl VaultClient {
@@ -102,6 +105,8 @@ impl VaultClient {
         let reader_pending = pending.clone();
         let subscriptions: Arc<Subscriptions> = Arc::default();
         let reader_subs = subscriptions.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let reader_closed = closed.clone();
         tokio::spawn(async move {
             let mut frames = FramedRead::new(read, FrameCodec);
             while let Some(Ok(frame)) = frames.next().await {
@@ -123,6 +128,7 @@ impl VaultClient {
             }
             // Dropping the senders wakes every waiter with `Closed` and
             // ends every subscription's stream.
+            reader_closed.store(true, Ordering::SeqCst);
             lock(&reader_pending).clear();
             reader_subs
                 .lock()
@@ -136,6 +142,7 @@ impl VaultClient {
             subscriptions,
             next_id: Arc::new(AtomicU32::new(1)),
             timeout: None,
+            closed,
         })
     }
 
@@ -147,7 +154,7 @@ impl VaultClient {
 
     /// Whether the connection's reader has ended.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.tx.is_closed() || self.closed.load(Ordering::SeqCst)
     }
 
     /// Sends one request and waits for its answer. A vault error becomes
@@ -204,7 +211,9 @@ impl VaultClient {
         }
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
-        if self.tx.send(frame).is_err() {
+        // The reader may have ended (and dropped every waiter) before this
+        // one was registered: then nobody would ever answer or drop it.
+        if self.closed.load(Ordering::SeqCst) || self.tx.send(frame).is_err() {
             lock(&self.pending).remove(&id);
             return Err(ClientError::Closed);
         }

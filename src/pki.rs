@@ -340,7 +340,7 @@ pub fn issue_leaf(
         names.first().map_or("localhost", String::as_str),
     );
     p.distinguished_name = dn;
-    p.is_ca = IsCa::ExplicitNoCa;
+    mark_not_ca(&mut p);
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if key_type.rsa_bits().is_some() {
         p.key_usages.push(KeyUsagePurpose::KeyEncipherment);
@@ -368,6 +368,17 @@ pub fn write_file(path: &Path, data: &[u8]) -> Result<(), PkiError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Marks a leaf certificate "not a CA": a critical basicConstraints with
+/// cA left out (it defaults to FALSE). rcgen's `IsCa::ExplicitNoCa` writes
+/// cA=FALSE explicitly, which DER forbids (X.690 11.5) and strict parsers
+/// (Python's cryptography, so sslyze) refuse.
+pub fn mark_not_ca(p: &mut CertificateParams) {
+    p.is_ca = IsCa::NoCa;
+    let mut bc = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x00]);
+    bc.set_criticality(true);
+    p.custom_extensions.push(bc);
 }
 
 #[cfg(test)]

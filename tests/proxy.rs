@@ -20,6 +20,8 @@ mod isolation;
 mod reload;
 #[path = "proxy/run.rs"]
 mod run;
+#[path = "proxy/scanners.rs"]
+mod scanners;
 #[path = "proxy/smuggling.rs"]
 mod smuggling;
 #[path = "proxy/tls.rs"]

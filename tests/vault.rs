@@ -3,6 +3,13 @@
 
 mod common;
 
+#[path = "vault/crash.rs"]
+mod crash;
+#[path = "vault/disk.rs"]
+mod disk;
+#[path = "vault/hostile.rs"]
+mod hostile;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -364,6 +371,7 @@ ops = ["sign", "public-key"]
     );
     let v = VaultProc::start_with(Opts {
         config: Some(config),
+        metrics: true,
         ..Opts::default()
     });
     // admin may create but, without a use grant, not sign
@@ -419,6 +427,21 @@ ops = ["sign", "public-key"]
     assert!(log.lines().any(|l| l.contains("\"uid\":65534")
         && l.contains("\"op\":\"sign\"")
         && l.contains("\"result\":\"ok\"")));
+    // and counted: nobody's four, and the admin's sign
+    let metrics = http_get(v.metrics.expect("metrics address"), "/metrics");
+    let denied =
+        |labels: &[&str]| common::proxy::metric(&metrics, "vaultgate_vault_denied_total", labels);
+    assert_eq!(denied(&[]), 5.0, "{metrics}");
+    assert_eq!(denied(&["op=\"sign\""]), 2.0);
+    assert_eq!(denied(&["op=\"rotate\""]), 1.0);
+    assert_eq!(
+        common::proxy::metric(
+            &metrics,
+            "vaultgate_vault_requests_total",
+            &["result=\"denied\""]
+        ),
+        5.0
+    );
 }
 
 #[test]
@@ -886,6 +909,7 @@ fn sighup_reloads_grants_and_an_invalid_config_changes_nothing() {
 fn a_caller_that_never_reads_is_cut_off_and_others_are_served() {
     let v = VaultProc::start_with(Opts {
         config: Some("[vault]\nclient_write_timeout = \"1s\"\n".into()),
+        metrics: true,
         ..Opts::default()
     });
     // Thousands of pings with 4 KiB payloads, answers never read: far more
@@ -937,5 +961,15 @@ fn a_caller_that_never_reads_is_cut_off_and_others_are_served() {
     assert!(
         sink.len() < 4000 * (4096 + 17),
         "the vault kept answering a caller that never read"
+    );
+    let metrics = http_get(v.metrics.expect("metrics address"), "/metrics");
+    assert_eq!(
+        common::proxy::metric(
+            &metrics,
+            "vaultgate_vault_disconnects_total",
+            &["reason=\"not-reading\""]
+        ),
+        1.0,
+        "{metrics}"
     );
 }

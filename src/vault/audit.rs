@@ -7,16 +7,28 @@
 //! key cannot make a consistent one. `audit.head` holds the last record's
 //! sequence number and MAC, so cutting lines off the end is detected too.
 //!
-//! Records are written by one thread, in batches (group commit): a batch
-//! is appended and fdatasync'ed at most every few milliseconds; the head
-//! is replaced atomically every quarter second, on flush and at exit.
+//! Records are written by one thread, in batches: a batch is appended 10
+//! ms after its first record; the file is fdatasync'ed and the head
+//! replaced atomically every `audit_sync` (1 s by default), on flush and
+//! at exit.
+//!
+//! Fail closed: when a batch cannot be written (disk full, I/O error, file
+//! size limit), whatever part of it got in is cut off again, the batch is
+//! kept and retried every [`RETRY_EVERY`], and [`Audit::failure`] reports
+//! the error, so the vault refuses every operation it could not audit
+//! until a retry succeeds. The log keeps [`RESERVE`] bytes allocated ahead
+//! of its end (fallocate, size unchanged), so a disk that fills up stops
+//! key changes (their records are new files) well before it stops the
+//! audit log, and with it signing.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -27,11 +39,18 @@ use crate::fsutil;
 pub const LOG_FILE: &str = "audit.log";
 pub const HEAD_FILE: &str = "audit.head";
 const MAC_FIELD: &str = ",\"mac\":\"";
-/// A batch is synced this long after its first record: at most ~100
-/// fdatasyncs and audit-thread wake-ups a second, whatever the rate (at a
-/// few hundred signatures a second a sync per record cost the vault more
-/// CPU than the signing).
+/// Longest a record waits before its batch is synced, under load.
 const COMMIT_EVERY: Duration = Duration::from_millis(10);
+/// How often a batch that could not be written is tried again.
+pub const RETRY_EVERY: Duration = Duration::from_millis(200);
+/// Space kept allocated past the end of the log.
+pub const RESERVE: u64 = 1 << 20;
+/// The reserve is topped up when less than this is left of it.
+const RESERVE_LOW: u64 = 256 << 10;
+/// Records held in memory while the log cannot be written; past this,
+/// new records are dropped and counted (the vault refuses operations
+/// meanwhile, so only refusals and connection events arrive).
+const MAX_BACKLOG: usize = 8 << 20;
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What happened, before it is numbered and chained.
@@ -94,6 +113,31 @@ enum Msg {
 #[derive(Clone)]
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
+    health: Arc<Health>,
+}
+
+/// Whether the last attempt to write the log failed, and why.
+#[derive(Default)]
+struct Health {
+    failing: AtomicBool,
+    error: Mutex<String>,
+}
+
+impl Health {
+    fn set(&self, error: Option<String>) {
+        let mut e = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        self.failing.store(error.is_some(), Ordering::SeqCst);
+        *e = error.unwrap_or_default();
+        metrics::gauge!("vaultgate_vault_audit_failing").set(if self.failing() {
+            1.0
+        } else {
+            0.0
+        });
+    }
+
+    fn failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
 }
 
 impl Audit {
@@ -126,8 +170,15 @@ impl Audit {
             .open(&path)
             .map_err(io)?;
         let (seq, prev, repaired) = tail(&mut file).map_err(io)?;
-        let writer = Writer {
+        let committed = file.metadata().map_err(io)?.len();
+        let health = Arc::new(Health::default());
+        let mut writer = Writer {
             file,
+            committed,
+            reserved_to: 0,
+            dirty: false,
+            dropped: 0,
+            health: health.clone(),
             path: path.clone(),
             head_path: state_dir.join(HEAD_FILE),
             key,
@@ -136,13 +187,16 @@ impl Audit {
             line: String::with_capacity(512),
             syslog: if syslog { Syslog::connect() } else { None },
             sync_every,
+            unsynced: false,
+            head_seq: seq,
         };
+        writer.reserve(0);
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("audit".into())
             .spawn(move || writer.run(rx))
             .map_err(io)?;
-        let audit = Audit { tx };
+        let audit = Audit { tx, health };
         if repaired > 0 {
             audit.record(Event::system(
                 "audit-repair",
@@ -159,7 +213,19 @@ impl Audit {
         let _ = self.tx.send(Msg::Event(event));
     }
 
-    /// Waits until everything queued so far is on disk.
+    /// Why the log cannot be written now (the last batch failed; it is
+    /// being retried), or `None` if it can. Cheap: one atomic load when
+    /// all is well.
+    pub fn failure(&self) -> Option<String> {
+        if !self.health.failing() {
+            return None;
+        }
+        let e = self.health.error.lock().unwrap_or_else(|e| e.into_inner());
+        self.health.failing().then(|| e.clone())
+    }
+
+    /// Waits until everything queued so far is on disk, or the attempt to
+    /// write it failed ([`Audit::failure`] then says why).
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
         if self.tx.send(Msg::Flush(tx)).is_ok() {
@@ -170,6 +236,15 @@ impl Audit {
 
 struct Writer {
     file: File,
+    /// The log's length after the last batch that was written whole.
+    committed: u64,
+    /// Space is allocated up to here (best effort).
+    reserved_to: u64,
+    /// A failed write may have left part of a batch past `committed`.
+    dirty: bool,
+    /// Records dropped because the backlog was full.
+    dropped: u64,
+    health: Arc<Health>,
     path: PathBuf,
     head_path: PathBuf,
     key: ring::hmac::Key,
@@ -179,6 +254,10 @@ struct Writer {
     line: String,
     syslog: Option<Syslog>,
     sync_every: Duration,
+    /// Written since the last fdatasync.
+    unsynced: bool,
+    /// The sequence number `audit.head` holds.
+    head_seq: u64,
 }
 
 impl Writer {
@@ -187,12 +266,19 @@ impl Writer {
         let mut waiters = Vec::new();
         let mut clock = Clock::default();
         let mut last_sync = Instant::now();
-        // Written since the last sync.
-        let mut dirty = false;
         loop {
-            let first = if dirty {
-                let due = last_sync + self.sync_every;
-                match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+            // While failing, wake up to retry even if nothing arrives;
+            // with written records not yet synced, wake up to sync them.
+            let wait = if self.health.failing() {
+                Some(RETRY_EVERY)
+            } else if self.unsynced {
+                Some((last_sync + self.sync_every).saturating_duration_since(Instant::now()))
+            } else {
+                None
+            };
+            let batch_start = Instant::now();
+            let mut next = if let Some(wait) = wait {
+                match rx.recv_timeout(wait) {
                     Ok(m) => Some(m),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -203,60 +289,104 @@ impl Writer {
                     Err(_) => break,
                 }
             };
-            if let Some(first) = first {
-                let due = Instant::now() + COMMIT_EVERY;
-                let mut next = Some(first);
-                loop {
-                    while let Some(msg) = next.take() {
-                        match msg {
-                            Msg::Event(e) => self.append(&mut buf, e, &mut clock),
-                            Msg::Flush(w) => waiters.push(w),
-                        }
-                        if buf.len() < 1 << 20 {
-                            next = rx.try_recv().ok();
-                        }
+            loop {
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Msg::Event(_) if buf.len() >= MAX_BACKLOG => self.dropped += 1,
+                        Msg::Event(e) => self.append(&mut buf, e, &mut clock),
+                        Msg::Flush(w) => waiters.push(w),
                     }
-                    // Gather the batch's window of records per write.
-                    // Sleeping (rather than waiting on the channel) means
-                    // senders wake nobody meanwhile.
-                    let now = Instant::now();
-                    if !waiters.is_empty() || now >= due || buf.len() >= 1 << 20 {
-                        break;
-                    }
-                    std::thread::sleep(due - now);
-                    next = rx.try_recv().ok();
-                    if next.is_none() {
-                        break;
+                    // While failing, drain everything (past the backlog
+                    // limit events are only counted), so nothing piles up
+                    // in the channel.
+                    if buf.len() < 1 << 20 || self.health.failing() {
+                        next = rx.try_recv().ok();
                     }
                 }
-                if !buf.is_empty() {
-                    match self.file.write_all(&buf) {
-                        Ok(()) => dirty = true,
-                        Err(e) => self.write_failed(&e),
-                    }
-                    buf.clear();
+                // Gather the batch's window of records per write.
+                // Sleeping (rather than waiting on the channel) means
+                // senders wake nobody meanwhile.
+                let due = batch_start + COMMIT_EVERY;
+                let now = Instant::now();
+                if self.health.failing()
+                    || !waiters.is_empty()
+                    || now >= due
+                    || buf.len() >= 1 << 20
+                {
+                    break;
+                }
+                std::thread::sleep(due - now);
+                next = rx.try_recv().ok();
+                if next.is_none() {
+                    break;
                 }
             }
-            if dirty && (!waiters.is_empty() || last_sync.elapsed() >= self.sync_every) {
-                if let Err(e) = self.sync() {
-                    self.write_failed(&e);
+            if self.health.failing() && self.dropped > 0 && buf.len() < MAX_BACKLOG {
+                let n = std::mem::take(&mut self.dropped);
+                let e = Event::system(
+                    "audit-dropped",
+                    Some(format!(
+                        "{n} records dropped while the log could not be written"
+                    )),
+                );
+                self.append(&mut buf, e, &mut clock);
+            }
+            if !buf.is_empty() {
+                match self.commit(&buf) {
+                    Ok(()) => {
+                        if self.health.failing() {
+                            tracing::warn!(path = %self.path.display(), "audit log writable again; operations resume");
+                            self.health.set(None);
+                        }
+                        buf.clear();
+                    }
+                    Err(e) => {
+                        if !self.health.failing() {
+                            tracing::error!(path = %self.path.display(), error = %e, "audit write failed; refusing operations until it succeeds");
+                        }
+                        metrics::counter!("vaultgate_vault_audit_write_errors_total").increment(1);
+                        self.health
+                            .set(Some(format!("{}: {e}", self.path.display())));
+                    }
                 }
-                dirty = false;
+            }
+            // The head must never claim records that are still in `buf`.
+            if self.unsynced
+                && buf.is_empty()
+                && (!waiters.is_empty() || last_sync.elapsed() >= self.sync_every)
+            {
+                self.sync();
                 last_sync = Instant::now();
             }
             for w in waiters.drain(..) {
                 let _ = w.send(());
             }
         }
-        // The vault is stopping: leave the file synced and the head exact.
-        if let Err(e) = self.sync() {
-            tracing::error!(error = %e, "audit sync failed at shutdown");
+        // The vault is stopping: leave the log and the head exact.
+        if !buf.is_empty() {
+            if let Err(e) = self.commit(&buf) {
+                // The head must not claim records the log does not hold.
+                tracing::error!(error = %e, "audit records lost at shutdown: the log cannot be written");
+                return;
+            }
         }
+        self.sync();
     }
 
-    fn write_failed(&self, e: &std::io::Error) {
-        tracing::error!(path = %self.path.display(), error = %e, "audit write failed");
-        metrics::counter!("vaultgate_vault_audit_write_errors_total").increment(1);
+    /// Makes what was written durable, then records it in `audit.head`
+    /// (never ahead of the synced log). Nothing new: nothing to do.
+    fn sync(&mut self) {
+        if self.unsynced {
+            if let Err(e) = self.file.sync_data() {
+                tracing::error!(path = %self.path.display(), error = %e, "audit log sync failed");
+                metrics::counter!("vaultgate_vault_audit_write_errors_total").increment(1);
+                return;
+            }
+            self.unsynced = false;
+        }
+        if self.seq != self.head_seq {
+            self.write_head();
+        }
     }
 
     fn append(&mut self, buf: &mut Vec<u8>, e: Event, clock: &mut Clock) {
@@ -310,15 +440,66 @@ impl Writer {
         self.line = line;
     }
 
-    /// Makes what was written durable, then records it in `audit.head`.
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()?;
+    /// Appends a batch (synced later, by [`Writer::sync`]). On failure the log is cut back to
+    /// its last whole batch (now or before the next try), so a retry
+    /// appends whole lines to an intact chain.
+    fn commit(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.dirty {
+            self.file.set_len(self.committed)?;
+            self.dirty = false;
+        }
+        self.reserve(buf.len() as u64);
+        if let Err(e) = self.file.write_all(buf) {
+            self.dirty = self.file.set_len(self.committed).is_err();
+            return Err(e);
+        }
+        self.committed += buf.len() as u64;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Keeps [`RESERVE`] bytes allocated past the end of the log. Where
+    /// the file system cannot (full, or no fallocate), appends simply
+    /// need new space as they go.
+    fn reserve(&mut self, incoming: u64) {
+        let end = self.committed + incoming;
+        if end + RESERVE_LOW <= self.reserved_to {
+            return;
+        }
+        match nix::fcntl::fallocate(
+            self.file.as_raw_fd(),
+            nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            self.committed as libc::off_t,
+            (incoming + RESERVE) as libc::off_t,
+        ) {
+            Ok(()) => self.reserved_to = end + RESERVE,
+            Err(e) => {
+                // Try again after the next RESERVE_LOW bytes, not per batch.
+                let left = self.reserved_to.saturating_sub(end);
+                if left > 0 {
+                    tracing::warn!(path = %self.path.display(), error = %e, left, "cannot extend the audit log's reserved space");
+                }
+                self.reserved_to = self.reserved_to.max(end + RESERVE_LOW);
+            }
+        }
+    }
+
+    /// Replaces `audit.head`. A failure is logged and counted but does
+    /// not stop the vault: the records themselves are on disk and chained;
+    /// only cutting off the records after the stale head would go unseen.
+    fn write_head(&mut self) {
         let head = serde_json::to_vec(&Head {
             seq: self.seq,
             mac: self.prev.clone(),
         })
         .unwrap_or_default();
-        fsutil::write_atomic(&self.head_path, &head, 0o600)
+        match fsutil::write_atomic(&self.head_path, &head, 0o600) {
+            Ok(()) => self.head_seq = self.seq,
+            Err(e) => {
+                tracing::warn!(path = %self.head_path.display(), error = %e, "audit head not updated");
+                metrics::counter!("vaultgate_vault_audit_write_errors_total").increment(1);
+            }
+        }
     }
 }
 

@@ -177,7 +177,7 @@ pub fn issue(req: Issue) -> Result<String, IssueError> {
             KeyUsagePurpose::DigitalSignature,
         ];
     } else {
-        p.is_ca = IsCa::ExplicitNoCa;
+        crate::pki::mark_not_ca(&mut p);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     }
@@ -189,6 +189,9 @@ pub fn issue(req: Issue) -> Result<String, IssueError> {
             let ca_params = CertificateParams::from_ca_cert_der(&first_der(ca_chain, "CA")?)
                 .map_err(|_| IssueError::Parse { what: "CA" })?;
             let ca_cert = ca_params.self_signed(&ca_key).map_err(rc)?;
+            // RFC 5280 4.2.1.1: certificates a CA issues name its key;
+            // strict verifiers (Python's cryptography) insist.
+            p.use_authority_key_identifier_extension = true;
             let leaf = p.signed_by(&subject, &ca_cert, &ca_key).map_err(rc)?;
             let mut chain = leaf.pem();
             if !chain.ends_with('\n') {

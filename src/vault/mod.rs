@@ -111,6 +111,14 @@ pub async fn run(
              Raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity in systemd) or grant CAP_IPC_LOCK"
         );
     }
+    // A write past RLIMIT_FSIZE raises SIGXFSZ, whose default action ends
+    // the process. Caught, the write fails with EFBIG instead and is
+    // handled like a full disk. (tokio keeps the handler installed.)
+    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
+        libc::SIGXFSZ,
+    ))
+    .map_err(|e| tracing::warn!(error = %e, "cannot catch SIGXFSZ; a file size limit would end the vault"));
+    raise_fd_limit();
     let socket = settings.socket.clone();
     let (mode, group) = (settings.socket_mode, settings.socket_group);
     let metrics_addr = settings.metrics_listen;
@@ -163,6 +171,21 @@ pub async fn run(
     vault.audit().flush();
     tracing::info!("vault stopped");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one (systemd's default soft
+/// limit, 1024, is below the vault's connection limit plus its files).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let want = hard.min(1 << 20);
+    if soft < want {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+            tracing::warn!(error = %e, soft, "cannot raise the open-file limit");
+        }
+    }
 }
 
 /// Applies a re-read config on every SIGHUP. An invalid config changes

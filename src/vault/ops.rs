@@ -268,6 +268,18 @@ impl Vault {
     pub fn handle(&self, caller: &Caller, req: &Request) -> Response {
         let op = req.op();
         let started = Instant::now();
+        // Fail closed: nothing is done that could not be audited. Ping,
+        // which does nothing and is not audited, still answers.
+        if op != Op::Ping {
+            if let Some(why) = self.audit.failure() {
+                metrics::counter!("vaultgate_vault_requests_total", "op" => op.name(), "result" => "unaudited")
+                    .increment(1);
+                return Response::error(
+                    ErrorCode::Storage,
+                    format!("refused: the audit log cannot be written ({why}); the vault does nothing it cannot audit"),
+                );
+            }
+        }
         let outcome = self.dispatch(caller, req);
         let (response, key, version, result, error) = match outcome {
             Ok(done) => (done.response, done.key, done.version, "ok", None),
@@ -984,6 +996,12 @@ impl Vault {
 
     fn audit_verify(&self) -> Result<Done, OpError> {
         self.audit.flush();
+        if let Some(why) = self.audit.failure() {
+            return Err(OpError::new(
+                ErrorCode::Storage,
+                format!("the audit log cannot be written ({why})"),
+            ));
+        }
         let n = super::audit::verify(
             &self.settings.load().state_dir,
             &self.store.subkeys().audit_mac,
@@ -997,6 +1015,9 @@ impl Vault {
     /// Deletes keys whose waiting period is over and rotates keys whose
     /// `rotate_every` has passed. Called periodically by the server.
     pub fn housekeeping(&self) {
+        if self.audit.failure().is_some() {
+            return; // deletions and rotations wait until they can be audited
+        }
         let now = now();
         for (name, key) in self.store.list() {
             let Ok(key) = key else { continue };

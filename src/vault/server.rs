@@ -29,6 +29,86 @@ use crate::protocol::{frame, ErrorCode, Frame, KeyEvent, Request, Response};
 const MAX_CONNECTIONS: usize = 1024;
 /// Slow operations one connection may have running.
 const MAX_SLOW_PER_CONNECTION: usize = 8;
+/// Connections one uid may hold at once, so that no caller (idle, slow or
+/// hostile) can take every slot and starve the others.
+pub const MAX_CONNECTIONS_PER_UID: usize = 256;
+
+/// At most one log line a second for something a caller can repeat at
+/// will (each occurrence is audited and counted anyway): a flood of bad
+/// frames must not flood the log, or block the vault on a slow one.
+struct Quiet {
+    second: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl Quiet {
+    const fn new() -> Quiet {
+        Quiet {
+            second: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` if this occurrence may be logged, `n` being how many
+    /// were not since the last that was.
+    fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = super::ops::now();
+        let last = self.second.load(Relaxed);
+        if now != last
+            && self
+                .second
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+static BAD_FRAME_LOG: Quiet = Quiet::new();
+static REFUSAL_LOG: Quiet = Quiet::new();
+
+/// Open connections by uid.
+#[derive(Default)]
+struct PerUid(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
+
+impl PerUid {
+    /// Counts a connection for `uid`, unless it already holds the most.
+    fn enter(self: &Arc<Self>, uid: u32) -> Option<UidSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(uid).or_default();
+        if *n >= MAX_CONNECTIONS_PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(UidSlot {
+            counts: self.clone(),
+            uid,
+        })
+    }
+}
+
+/// One counted connection; uncounted on drop.
+struct UidSlot {
+    counts: Arc<PerUid>,
+    uid: u32,
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut m = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.uid);
+            }
+        }
+    }
+}
 
 /// A connection's sending half, shared by the reader (fast answers), slow
 /// operations and event forwarding.
@@ -96,6 +176,7 @@ pub async fn serve(
         }
     };
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_uid = Arc::new(PerUid::default());
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(1);
     loop {
@@ -122,9 +203,10 @@ pub async fn serve(
                     }
                 };
                 let vault = vault.clone();
+                let per_uid = per_uid.clone();
                 workers.next().spawn(async move {
                     if let Ok(stream) = UnixStream::from_std(std_stream) {
-                        serve_connection(stream, vault).await;
+                        serve_connection(stream, vault, &per_uid).await;
                     }
                     drop(permit);
                 });
@@ -180,7 +262,7 @@ impl Workers {
     }
 }
 
-async fn serve_connection(stream: UnixStream, vault: Arc<Vault>) {
+async fn serve_connection(stream: UnixStream, vault: Arc<Vault>, per_uid: &Arc<PerUid>) {
     let caller = match stream.peer_cred() {
         Ok(c) => Caller {
             uid: c.uid(),
@@ -191,6 +273,35 @@ async fn serve_connection(stream: UnixStream, vault: Arc<Vault>) {
             tracing::warn!(error = %e, "no peer credentials; closing");
             return;
         }
+    };
+    let Some(_slot) = per_uid.enter(caller.uid) else {
+        let why = format!(
+            "uid {} already holds {MAX_CONNECTIONS_PER_UID} connections, the most one uid may",
+            caller.uid
+        );
+        if let Some(suppressed) = REFUSAL_LOG.allow() {
+            tracing::warn!(uid = caller.uid, pid = ?caller.pid, suppressed, "{why}; refusing another");
+        }
+        metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "too-many-connections")
+            .increment(1);
+        vault.audit().record(Event {
+            caller: Some(caller),
+            ..Event::system("connection-refused", Some(why.clone()))
+        });
+        let (_, write) = stream.into_split();
+        let out = Out {
+            half: Mutex::new(write),
+            timeout: Duration::from_secs(1),
+        };
+        let mut buf = BytesMut::new();
+        if Response::error(ErrorCode::Denied, why)
+            .to_frame(crate::protocol::Op::Ping, 0)
+            .encode(&mut buf)
+            .is_ok()
+        {
+            write_out(&out, &mut buf).await;
+        }
+        return;
     };
     metrics::gauge!("vaultgate_vault_connections").increment(1.0);
     let (mut read, write) = stream.into_split();
@@ -286,6 +397,8 @@ async fn serve_connection(stream: UnixStream, vault: Arc<Vault>) {
             }
         }
         if !out.is_empty() && !write_out(&write, &mut out).await {
+            metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "not-reading")
+                .increment(1);
             vault.audit().record(Event {
                 caller: Some(caller),
                 ..Event::system(
@@ -357,8 +470,11 @@ async fn write_out(write: &Out, out: &mut BytesMut) -> bool {
 /// Answers a malformed frame with an error, audits it; the caller then
 /// closes the connection.
 async fn reject(vault: &Vault, caller: &Caller, write: &Out, id: u32, why: &str) {
-    tracing::warn!(uid = caller.uid, pid = ?caller.pid, error = %why, "bad frame; closing connection");
+    if let Some(suppressed) = BAD_FRAME_LOG.allow() {
+        tracing::warn!(uid = caller.uid, pid = ?caller.pid, error = %why, suppressed, "bad frame; closing connection");
+    }
     metrics::counter!("vaultgate_vault_bad_frames_total").increment(1);
+    metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "bad-frame").increment(1);
     vault.audit().record(Event {
         caller: Some(*caller),
         op: "bad-frame",

@@ -29,6 +29,8 @@ pub struct Opts {
     pub metrics: bool,
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
+    /// The state dir (a mount the test made); default: `state` in the temp dir.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl VaultProc {
@@ -45,7 +47,10 @@ impl VaultProc {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod temp dir");
         let socket = dir.path().join("vault.sock");
-        let state = dir.path().join("state");
+        let state = opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         let config = opts.config.map(|text| {
             let p = dir.path().join("vault.toml");
             std::fs::write(&p, text.replace("{dir}", &dir.path().display().to_string()))
@@ -173,6 +178,26 @@ fn spawn(
         cmd.arg("--config").arg(c);
     }
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    // Drain stderr for as long as the vault lives: a full pipe would block
+    // the vault on its next log line. Its tail explains a failed start.
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let log_tail = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let drain = {
+        let log_tail = log_tail.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut t = log_tail.lock().unwrap_or_else(|e| e.into_inner());
+                if t.len() > 64 * 1024 {
+                    let cut = t.len() - 32 * 1024;
+                    let cut = (cut..t.len()).find(|i| t.is_char_boundary(*i)).unwrap_or(0);
+                    t.drain(..cut);
+                }
+                t.push_str(&line);
+                t.push('\n');
+            }
+        })
+    };
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -194,12 +219,10 @@ fn spawn(
             }
             Err(_) => {
                 let _ = child.kill();
-                let out = child.wait_with_output().map_err(|e| e.to_string())?;
-                return Err(format!(
-                    "vault exited ({}) before ready: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                ));
+                let status = child.wait().map_err(|e| e.to_string())?;
+                let _ = drain.join(); // ends with the dead vault's pipe
+                let log = log_tail.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                return Err(format!("vault exited ({status}) before ready: {log}"));
             }
         }
     }

@@ -31,6 +31,11 @@ impl ResolvesServerCert for Resolver {
         if chosen.is_none() {
             metrics::counter!("vaultgate_proxy_handshake_failures_total", "reason" => "no_certificate").increment(1);
             tracing::debug!(sni = ?sni, "no certificate the client can use");
+            // Offer the name's first certificate anyway: rustls then fails
+            // the handshake with handshake_failure (no common suite or
+            // signature scheme), the alert clients and scanners expect,
+            // rather than the access_denied a missing certificate gives.
+            return candidates.first().map(|e| e.certified.clone());
         }
         chosen
     }

@@ -1,0 +1,327 @@
+//! Hostile and broken callers: bad frames of every kind, a storm of them,
+//! and one uid holding idle connections. Each is cut off, audited and
+//! counted; the vault stays up and everyone else is served.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use vaultgate::client::VaultClient;
+use vaultgate::protocol::scheme;
+
+use crate::common::vault::{http_get, run_cli, Opts, VaultProc};
+
+fn metric(v: &VaultProc, name: &str, labels: &[&str]) -> f64 {
+    let text = http_get(v.metrics.expect("vault metrics"), "/metrics");
+    crate::common::proxy::metric(&text, name, labels)
+}
+
+/// The audit lines of `op` so far (flushed first).
+fn audited(v: &VaultProc, op: &str) -> Vec<String> {
+    v.ok(&["audit", "verify"]);
+    let needle = format!("\"op\":\"{op}\"");
+    v.audit_log()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A frame header: version, opcode, flags, request id 9, body length.
+fn header(version: u8, opcode: u8, flags: u16, len: u32) -> Vec<u8> {
+    let mut h = vec![version, opcode];
+    h.extend_from_slice(&flags.to_be_bytes());
+    h.extend_from_slice(&9u32.to_be_bytes());
+    h.extend_from_slice(&len.to_be_bytes());
+    h
+}
+
+/// A frame with `body`.
+fn frame(opcode: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = header(1, opcode, 0, body.len() as u32);
+    f.extend_from_slice(body);
+    f
+}
+
+/// One field: tag, length, value.
+fn field(tag: u8, value: &[u8]) -> Vec<u8> {
+    let mut f = vec![tag];
+    f.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    f.extend_from_slice(value);
+    f
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn every_kind_of_bad_frame_is_cut_off_audited_and_counted() {
+    let v = VaultProc::start_with(Opts {
+        metrics: true,
+        ..Opts::default()
+    });
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    let key = field(0x01, b"web");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "garbage",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            "unsupported protocol version 71",
+        ),
+        (
+            "wrong version",
+            header(2, 0x01, 0, 0),
+            "unsupported protocol version 2",
+        ),
+        (
+            "reserved flags",
+            header(1, 0x01, 0x8000, 0),
+            "reserved header flags",
+        ),
+        (
+            "huge length",
+            header(1, 0x02, 0, u32::MAX),
+            "exceeds the 1048576-byte limit",
+        ),
+        ("unknown opcode", frame(0x77, &[]), "unknown opcode 0x77"),
+        ("an answer's opcode", frame(0x82, &[]), "opcode 0x82"),
+        (
+            "truncated field",
+            frame(0x13, &[0x01, 0, 0, 0, 9, b'w']),
+            "runs past the end",
+        ),
+        (
+            "unknown tag",
+            frame(0x13, &[key.clone(), field(0x7f, b"")].concat()),
+            "unknown field tag 0x7f",
+        ),
+        (
+            "repeated tag",
+            frame(0x13, &[key.clone(), key.clone()].concat()),
+            "appears twice",
+        ),
+        (
+            "tag not for this opcode",
+            frame(0x13, &[key.clone(), field(0x09, &[0, 0, 0, 1])].concat()),
+            "not allowed for this opcode",
+        ),
+        ("missing field", frame(0x02, &key), "is missing"),
+        (
+            "malformed value",
+            frame(0x02, &[key.clone(), field(0x03, &[4])].concat()),
+            "malformed value",
+        ),
+        (
+            "closed mid-frame",
+            header(1, 0x01, 0, 100)[..7].to_vec(),
+            "closed inside a frame",
+        ),
+    ];
+    let rt = rt();
+    let good = rt
+        .block_on(VaultClient::connect(&v.socket))
+        .expect("connect");
+    for (i, (what, bytes, reason)) in cases.iter().enumerate() {
+        let mut s = UnixStream::connect(&v.socket).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(bytes).expect("write");
+        if *what == "closed mid-frame" {
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        }
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)
+            .unwrap_or_else(|e| panic!("{what}: the vault did not close the connection: {e}"));
+        if *what != "closed mid-frame" {
+            // An error answer (bad-request, code 1), then the end.
+            assert!(
+                answer.len() > 12 && answer[1] == 0xff,
+                "{what}: no error frame: {answer:?}"
+            );
+            assert!(
+                String::from_utf8_lossy(&answer).contains(reason),
+                "{what}: the answer does not say {reason:?}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        let lines = audited(&v, "bad-frame");
+        assert_eq!(lines.len(), i + 1, "{what}: {lines:#?}");
+        let line = &lines[i];
+        assert!(
+            line.contains(reason) && line.contains(&format!("\"pid\":{}", std::process::id())),
+            "{what}: audited as {line}"
+        );
+        assert_eq!(
+            metric(&v, "vaultgate_vault_bad_frames_total", &[]),
+            (i + 1) as f64,
+            "{what}"
+        );
+        assert_eq!(
+            metric(
+                &v,
+                "vaultgate_vault_disconnects_total",
+                &["reason=\"bad-frame\""]
+            ),
+            (i + 1) as f64,
+            "{what}"
+        );
+        // The caller on its own connection is served throughout.
+        rt.block_on(good.sign("web", None, scheme::ECDSA_P256_SHA256, what.as_bytes()))
+            .unwrap_or_else(|e| panic!("after {what}: {e}"));
+    }
+}
+
+#[test]
+fn a_storm_of_bad_callers_does_not_disturb_a_signing_caller() {
+    let v = VaultProc::start_with(Opts {
+        metrics: true,
+        ..Opts::default()
+    });
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    const BAD: usize = 400;
+    let storm: Vec<_> = (0..4)
+        .map(|t| {
+            let socket = v.socket.clone();
+            std::thread::spawn(move || {
+                for i in 0..BAD / 4 {
+                    let mut s = UnixStream::connect(&socket).expect("connect");
+                    let junk: Vec<u8> = (0..64).map(|b| (b * 7 + i + t) as u8).collect();
+                    let mut bad = vec![0xee];
+                    bad.extend_from_slice(&junk);
+                    let _ = s.write_all(&bad);
+                    let mut sink = Vec::new();
+                    let _ = s.read_to_end(&mut sink);
+                }
+            })
+        })
+        .collect();
+    let signed = rt().block_on(async {
+        let c = VaultClient::connect(&v.socket).await.expect("connect");
+        let mut signed = 0;
+        while signed < 20_000 && !storm.iter().all(|t| t.is_finished()) {
+            let calls = (0..100u32).map(|i| {
+                let c = c.clone();
+                async move {
+                    c.sign("web", None, scheme::ECDSA_P256_SHA256, &i.to_be_bytes())
+                        .await
+                }
+            });
+            for r in futures_util::future::join_all(calls).await {
+                r.expect("a good caller refused during the storm");
+                signed += 1;
+            }
+        }
+        signed
+    });
+    for t in storm {
+        t.join().expect("storm thread");
+    }
+    assert!(signed >= 100, "{signed}");
+    assert_eq!(audited(&v, "bad-frame").len(), BAD);
+    assert_eq!(
+        metric(&v, "vaultgate_vault_bad_frames_total", &[]),
+        BAD as f64
+    );
+    assert_eq!(
+        metric(
+            &v,
+            "vaultgate_vault_requests_total",
+            &["op=\"sign\"", "result=\"ok\""]
+        ),
+        signed as f64
+    );
+}
+
+#[test]
+fn one_uid_holding_idle_connections_cannot_starve_the_others() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs a client as another uid and must run as root (CI does)"
+    );
+    let v = VaultProc::start_with(Opts {
+        metrics: true,
+        config: Some(
+            "[vault]\nsocket_mode = \"0660\"\nsocket_group = \"65534\"\n\
+             [[vault.grant]]\nprincipal = \"owner\"\nkeys = [\"*\"]\nops = [\"all\"]\n\
+             [[vault.grant]]\nprincipal = \"uid:65534\"\nkeys = [\"*\"]\nops = [\"list\"]\n"
+                .into(),
+        ),
+        ..Opts::default()
+    });
+    let limit = vaultgate::vault::server::MAX_CONNECTIONS_PER_UID;
+    // This uid opens more connections than it may hold, and never speaks.
+    let idle: Vec<UnixStream> = (0..limit + 20)
+        .map(|_| UnixStream::connect(&v.socket).expect("connect"))
+        .collect();
+    // The ones past the limit are told why and closed at once (which ones
+    // depends on the order the vault's threads take them in).
+    for s in &idle {
+        s.set_nonblocking(true).expect("nonblocking");
+    }
+    // What each has said so far, and whether it ended.
+    let mut answers = vec![(Vec::new(), false); idle.len()];
+    let refused = crate::common::wait_for(
+        "the connections past the limit to be refused",
+        Duration::from_secs(10),
+        || {
+            for (mut s, (said, ended)) in idle.iter().zip(answers.iter_mut()) {
+                let mut buf = [0u8; 512];
+                while !*ended {
+                    match s.read(&mut buf) {
+                        Ok(0) => *ended = true,
+                        Ok(n) => said.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            let n = answers.iter().filter(|(_, ended)| *ended).count();
+            (n >= 20).then_some(n)
+        },
+    );
+    assert_eq!(refused, 20);
+    for (said, _) in answers.iter().filter(|(_, ended)| *ended) {
+        let said = String::from_utf8_lossy(said);
+        assert!(
+            said.contains("connections, the most one uid may"),
+            "{said:?}"
+        );
+    }
+    // Another uid is served meanwhile.
+    let mut cmd = Command::new(crate::common::bin());
+    cmd.args(["key", "list"])
+        .uid(65534)
+        .gid(65534)
+        .current_dir("/");
+    let out = run_cli(&mut cmd, &v.socket, b"");
+    assert!(
+        out.status.success(),
+        "another uid was not served: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(idle);
+    // …and this uid again once it lets go.
+    crate::common::wait_for(
+        "the idle connections to be closed",
+        Duration::from_secs(10),
+        || v.cli(&["key", "list"]).status.success().then_some(()),
+    );
+    let lines = audited(&v, "connection-refused");
+    assert_eq!(lines.len(), refused, "{lines:#?}");
+    assert!(lines[0].contains(&format!("\"uid\":{}", nix::unistd::geteuid())));
+    assert_eq!(
+        metric(
+            &v,
+            "vaultgate_vault_disconnects_total",
+            &["reason=\"too-many-connections\""]
+        ),
+        refused as f64
+    );
+}
