@@ -336,9 +336,21 @@ fn an_audit_log_that_cannot_be_written_stops_the_vault_until_it_can() {
     };
     // No file of the vault may grow past its current audit log: the next
     // batch of records fails (EFBIG; SIGXFSZ must not kill the vault).
-    let size = std::fs::metadata(v.state.join("audit.log"))
-        .expect("log")
-        .len();
+    // Records are written in batches 10 ms after their first: wait until
+    // the last records of the commands above (their disconnects) are in,
+    // i.e. the size holds across a poll (20 ms apart).
+    let log_size = || {
+        std::fs::metadata(v.state.join("audit.log"))
+            .expect("log")
+            .len()
+    };
+    let mut last = u64::MAX;
+    let size = wait_for("the audit log to settle", Duration::from_secs(5), || {
+        let now = log_size();
+        let settled = now == last;
+        last = now;
+        settled.then_some(now)
+    });
     limit(&format!("{size}:"));
     // Signatures are answered before their records are written, so the
     // first (or first few) still are; each must reach the log later.
