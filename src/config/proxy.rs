@@ -352,6 +352,15 @@ impl ProxySettings {
         };
         let vault_connections =
             positive(&src, &p.vault_connections, 2, "vault_connections")? as usize;
+        // The vault serves one uid at most this many connections.
+        let most = crate::vault::server::MAX_CONNECTIONS_PER_UID;
+        if vault_connections > most {
+            let span = p.vault_connections.as_ref().map_or(0..0, |v| v.span());
+            return Err(src.error(
+                span,
+                format!("vault_connections {vault_connections} is more than the vault serves one caller ({most})"),
+            ));
+        }
         let sign_timeout =
             duration::parse_opt(&src, &p.sign_timeout)?.unwrap_or(Duration::from_millis(100));
         let sign_plain_wait =
@@ -719,6 +728,29 @@ upstream = "web"
 backends = ["127.0.0.1:8080", "127.0.0.1:8081 weight=3"]
 balance = "hash:header:X-User"
 "#;
+
+    #[test]
+    fn listen_lists_and_vault_connection_bounds() {
+        let many = MINIMAL.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\nworkers = 1",
+        );
+        let s = settings(&many).unwrap();
+        assert_eq!(s.listen.len(), 2);
+        assert_eq!(s.workers, Some(1));
+        let twice = MINIMAL.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = [\"127.0.0.1:1\", \"127.0.0.1:1\"]",
+        );
+        let e = settings(&twice).unwrap_err().to_string();
+        assert!(e.contains("p.toml:3:") && e.contains("given twice"), "{e}");
+        let too_many = MINIMAL.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nvault_connections = 300",
+        );
+        let e = settings(&too_many).unwrap_err().to_string();
+        assert!(e.contains("p.toml:4:") && e.contains("256"), "{e}");
+    }
 
     #[test]
     fn minimal_section_validates_with_defaults() {
