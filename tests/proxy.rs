@@ -86,6 +86,41 @@ impl Setup {
         common::proxy::ProxyProc::start(self.dir.path(), &cfg)
     }
 
+    /// A second vault holding the same key `ha` as this one (imported, as
+    /// after a backup restore), and `vaultgate proxy` listing both vaults
+    /// for a `localhost` certificate of that key, in front of `backends`.
+    pub fn two_vault_proxy(
+        &self,
+        backends: &[std::net::SocketAddr],
+        extra: &str,
+    ) -> (VaultProc, common::proxy::ProxyProc) {
+        let standby = VaultProc::start();
+        let (cert, key_file) = (self.path("ha.pem"), self.path("ha.key"));
+        self.ca.file_cert(
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &["localhost"],
+            &cert,
+            &key_file,
+        );
+        let key_arg = key_file.to_str().expect("utf-8");
+        self.vault.ok(&["key", "import", "ha", "--pem", key_arg]);
+        standby.ok(&["key", "import", "ha", "--pem", key_arg]);
+        let sockets = format!(
+            "vault_sockets = [\"{}\", \"{}\"]\n{extra}",
+            self.vault.socket.display(),
+            standby.socket.display()
+        );
+        let cfg = common::proxy::config(
+            &self.vault.socket,
+            &[(&["localhost"], &cert, "vault:ha")],
+            backends,
+            &sockets,
+            "",
+        );
+        let p = common::proxy::ProxyProc::start(self.dir.path(), &cfg);
+        (standby, p)
+    }
+
     pub fn ca_path(&self) -> &Path {
         &self.ca.pem_path
     }

@@ -101,6 +101,20 @@ impl ProxyProc {
         self.child.id() as i32
     }
 
+    /// The pid of the vault `vaultgate run` started (its `vault pid N` line).
+    pub fn vault_pid(&self) -> i32 {
+        self.early
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("vault pid ")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .expect("vault pid line")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

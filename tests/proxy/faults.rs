@@ -14,9 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::common::backends::Nginx;
-use crate::common::proxy::{client_config, config, metric, ProxyProc};
+use crate::common::proxy::{client_config, metric, ProxyProc};
 use crate::common::raw::{keep_alive_get, tls_error, try_tls_connect};
-use crate::common::vault::VaultProc;
 use crate::common::wait_for;
 use crate::Setup;
 
@@ -393,17 +392,7 @@ fn a_vault_killed_under_vaultgate_run_is_restarted_and_full_handshakes_recover_w
     let p = ProxyProc::spawn(dir.path(), &["run", "--config", &cfg.display().to_string()]);
     let ca = dir.path().join("certs/dev-ca.pem");
     let socket = dir.path().join("var/vault.sock");
-    let vault_pid: i32 = p
-        .early
-        .iter()
-        .find_map(|l| {
-            l.strip_prefix("vault pid ")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .expect("vault pid line");
+    let vault_pid = p.vault_pid();
     let load = Load::start(p.addr, &ca, &MIX);
     let t0 = Instant::now();
     for (kind, _) in MIX {
@@ -432,10 +421,7 @@ fn a_vault_killed_under_vaultgate_run_is_restarted_and_full_handshakes_recover_w
     let back = wait_for(
         "the restarted vault to answer",
         Duration::from_secs(15),
-        || {
-            std::thread::sleep(Duration::from_millis(2));
-            vault_answers(&socket).then(Instant::now)
-        },
+        || vault_answers(&socket).then(Instant::now),
     );
     load.wait(Kind::Full, true, back, 20, Duration::from_secs(10));
     let events = load.finish();
@@ -463,31 +449,8 @@ fn a_vault_killed_under_vaultgate_run_is_restarted_and_full_handshakes_recover_w
 #[test]
 fn with_two_vaults_a_killed_one_fails_over_and_no_full_handshake_fails() {
     let mut s = Setup::start();
-    let mut standby = VaultProc::start();
     let nginx = Nginx::start("n1");
-    let (cert, key_file) = (s.path("ha.pem"), s.path("ha.key"));
-    s.ca.file_cert(
-        &rcgen::PKCS_ECDSA_P256_SHA256,
-        &["localhost"],
-        &cert,
-        &key_file,
-    );
-    let key_arg = key_file.to_str().expect("utf-8");
-    s.vault.ok(&["key", "import", "ha", "--pem", key_arg]);
-    standby.ok(&["key", "import", "ha", "--pem", key_arg]);
-    let sockets = format!(
-        "vault_sockets = [\"{}\", \"{}\"]\naccess_log = false",
-        s.vault.socket.display(),
-        standby.socket.display()
-    );
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:ha")],
-        &[nginx.addr],
-        &sockets,
-        "",
-    );
-    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let (mut standby, p) = s.two_vault_proxy(&[nginx.addr], "access_log = false");
     let failovers = || {
         metric(
             &p.metrics_text(),

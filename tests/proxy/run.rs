@@ -44,17 +44,7 @@ fn run_bootstraps_serves_the_printed_curl_line_and_restarts_the_vault() {
             && early.contains("issued"),
         "{early}"
     );
-    let vault_pid: i32 = p
-        .early
-        .iter()
-        .find_map(|l| {
-            l.strip_prefix("vault pid ")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .expect("vault pid line");
+    let vault_pid = p.vault_pid();
     let try_line = p
         .stdout
         .recv_timeout(Duration::from_secs(10))

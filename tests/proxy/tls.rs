@@ -283,32 +283,8 @@ fn rotating_the_key_in_the_vault_fails_no_handshake() {
 #[test]
 fn signatures_fail_over_to_the_next_vault_socket() {
     let mut s = Setup::start();
-    let standby = crate::common::vault::VaultProc::start();
     let nginx = Nginx::start("n1");
-    // The same key in both vaults (as after a backup restore).
-    let (cert, key_file) = (s.path("ha.pem"), s.path("ha.key"));
-    s.ca.file_cert(
-        &rcgen::PKCS_ECDSA_P256_SHA256,
-        &["localhost"],
-        &cert,
-        &key_file,
-    );
-    let key_arg = key_file.to_str().expect("utf-8");
-    s.vault.ok(&["key", "import", "ha", "--pem", key_arg]);
-    standby.ok(&["key", "import", "ha", "--pem", key_arg]);
-    let sockets = format!(
-        "vault_sockets = [\"{}\", \"{}\"]",
-        s.vault.socket.display(),
-        standby.socket.display()
-    );
-    let cfg = config(
-        &s.vault.socket,
-        &[(&["localhost"], &cert, "vault:ha")],
-        &[nginx.addr],
-        &sockets,
-        "",
-    );
-    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let (_standby, p) = s.two_vault_proxy(&[nginx.addr], "");
     let resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
     let u = format!("https://localhost:{}/whoami", p.addr.port());
     let ca = s.ca_path().to_str().expect("utf-8").to_owned();
