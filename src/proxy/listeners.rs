@@ -7,7 +7,8 @@
 //! resolves once the last of them is gone, which is the drain. A reload
 //! that removes an address drains that listener alone; shutdown drains
 //! them all. The connection limit is one semaphore across listeners, so it
-//! holds however many addresses are configured.
+//! holds however many addresses are configured; a connection accepted
+//! while it is exhausted is reset at once.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -168,17 +169,11 @@ async fn accept_loop(
     let mut acceptor = TlsAcceptor::from(generation.tls.clone());
     let mut http = Arc::new(http_builder(&generation.settings));
     let mut backoff = Duration::from_millis(5);
+    let mut shed_warned: Option<std::time::Instant> = None;
     loop {
         if *stop.borrow() {
             break;
         }
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.changed() => break,
-        };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => {
@@ -189,13 +184,20 @@ async fn accept_loop(
                     // Out of file descriptors and the like: wait and retry
                     // rather than end the server.
                     tracing::warn!(error = %e, "accept failed; backing off {backoff:?}");
-                    drop(permit);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             },
             _ = stop.changed() => break,
+        };
+        // At the limit, a new connection is reset at once (as nginx does
+        // when worker_connections run out, and Envoy past its limit)
+        // rather than left in the listen queue, where a client would wait
+        // for a slot behind every flood connection and learn nothing.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shed(tcp, &mut shed_warned);
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         let live = proxy.live.load_full();
@@ -214,5 +216,18 @@ async fn accept_loop(
             permit,
             stop.clone(),
         ));
+    }
+}
+
+/// Closes a connection accepted beyond `max_connections` with a reset
+/// (zero linger: no FIN handshake, no TIME_WAIT held on our side), counts
+/// it and warns at most once a minute.
+fn shed(tcp: tokio::net::TcpStream, warned: &mut Option<std::time::Instant>) {
+    let _ = tcp.set_zero_linger();
+    drop(tcp);
+    metrics::counter!("vaultgate_proxy_connections_shed_total").increment(1);
+    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+        *warned = Some(std::time::Instant::now());
+        tracing::warn!("max_connections reached: new connections are being reset");
     }
 }

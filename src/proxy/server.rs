@@ -159,7 +159,10 @@ fn failure_reason(e: &std::io::Error) -> &'static str {
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
         Some(rustls::Error::General(m)) if m.starts_with("vault") => "vault",
-        Some(rustls::Error::NoCertificatesPresented) => "no_certificate",
+        // The resolver had no certificate for the name (rustls's words).
+        Some(rustls::Error::General(m)) if m.starts_with("no server certificate") => {
+            "no_certificate"
+        }
         Some(rustls::Error::AlertReceived(_)) => "alert_received",
         Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
         Some(_) => "tls",

@@ -1,7 +1,8 @@
 //! Floods and slow clients: a thousand slowloris connections do not keep
 //! others from being served and are closed at the header timeout;
-//! connection and handshake floods stop at `max_connections`, are closed
-//! at the handshake timeout, and leave the proxy's memory where it was.
+//! connection and handshake floods stop at `max_connections` (connections
+//! beyond it are reset as they are accepted), are closed at the handshake
+//! timeout, and leave the proxy's memory where it was.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -348,7 +349,7 @@ fn connection_and_handshake_floods_stop_at_max_connections_and_memory_stays_boun
     let mut flooded = 0;
     for round in 0..2 {
         // Connection flood: far more than the limit, saying nothing. The
-        // proxy holds at most LIMIT; the rest wait in the listen queue.
+        // proxy holds at most LIMIT; it resets the rest as it accepts them.
         let start = Instant::now();
         let mut socks = tcp_flood(p.addr, 1200);
         let connected = socks.len();
@@ -404,8 +405,9 @@ fn connection_and_handshake_floods_stop_at_max_connections_and_memory_stays_boun
         "vaultgate_proxy_handshake_failures_total",
         &["reason=\"timeout\""],
     );
+    let shed = metric(&m, "vaultgate_proxy_connections_shed_total", &[]);
     eprintln!(
-        "floods: max open {max_open} (limit {LIMIT}), fds before {fds_before} max {max_fds}, RSS before {rss_before} KiB, peak {max_rss} KiB, after rounds {rounds:?} KiB, handshake timeouts {timeouts}"
+        "floods: max open {max_open} (limit {LIMIT}), fds before {fds_before} max {max_fds}, RSS before {rss_before} KiB, peak {max_rss} KiB, after rounds {rounds:?} KiB, handshake timeouts {timeouts}, reset at the limit {shed}"
     );
     assert!(
         max_open <= LIMIT as f64,
@@ -415,10 +417,12 @@ fn connection_and_handshake_floods_stop_at_max_connections_and_memory_stays_boun
         max_fds <= fds_before + LIMIT + 16,
         "the proxy held {max_fds} descriptors (before: {fds_before}, limit {LIMIT})"
     );
-    // Every flood connection was ended by the handshake timeout.
+    // Every flood connection was ended by the handshake timeout or reset
+    // at the limit, and the limit was reached.
+    assert!(shed > 0.0, "no connection was reset at the limit");
     assert!(
-        timeouts >= flooded as f64,
-        "{timeouts} handshake timeouts for {flooded} flood connections"
+        timeouts + shed >= flooded as f64,
+        "{timeouts} handshake timeouts and {shed} resets for {flooded} flood connections"
     );
     // Memory: bounded while flooded, and no growth from one round to the next.
     let peak_growth = max_rss.saturating_sub(rss_before);
@@ -431,6 +435,59 @@ fn connection_and_handshake_floods_stop_at_max_connections_and_memory_stays_boun
         round_growth < 8 * 1024,
         "RSS grew {round_growth} KiB from round 1 to round 2"
     );
+}
+
+#[test]
+fn a_connection_beyond_max_connections_is_reset_at_once_and_a_freed_slot_serves_again() {
+    const LIMIT: usize = 20;
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    // A long handshake timeout: a connection left waiting for a slot
+    // would wait this long; one reset at the limit does not.
+    let p = s.localhost_proxy(
+        &[nginx.addr],
+        &format!("max_connections = {LIMIT}\nhandshake_timeout = \"30s\""),
+        "",
+    );
+    let ca = s.ca_path().to_owned();
+    let mut held: Vec<TcpStream> = (0..LIMIT)
+        .map(|_| TcpStream::connect(p.addr).expect("connect"))
+        .collect();
+    wait_for(
+        "the proxy to hold the limit",
+        Duration::from_secs(10),
+        || (open_connections(&p) >= LIMIT as f64).then_some(()),
+    );
+
+    let start = Instant::now();
+    let mut extra = TcpStream::connect(p.addr).expect("connect beyond the limit");
+    let left_open = wait_all_closed(std::slice::from_mut(&mut extra), Duration::from_secs(10));
+    let reset_after = start.elapsed();
+    assert_eq!(
+        left_open, 0,
+        "the connection beyond the limit was not closed"
+    );
+    assert!(
+        reset_after < Duration::from_secs(5),
+        "closed after {reset_after:?}: it waited for a slot"
+    );
+    let m = p.metrics_text();
+    assert_eq!(
+        metric(&m, "vaultgate_proxy_connections_shed_total", &[]),
+        1.0,
+        "{m}"
+    );
+
+    // A slot freed is a slot served.
+    held.pop();
+    wait_for("a slot to free", Duration::from_secs(10), || {
+        (open_connections(&p) < LIMIT as f64).then_some(())
+    });
+    let latency = timed_get(&p, &ca);
+    eprintln!(
+        "reset beyond the limit after {reset_after:?}; next request in a freed slot {latency:?}"
+    );
+    drop(held);
 }
 
 /// How long until the proxy closes a connection that completed TLS, sent

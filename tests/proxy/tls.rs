@@ -143,6 +143,47 @@ fn an_rsa_only_client_gets_the_rsa_certificate() {
 }
 
 #[test]
+fn a_client_that_cannot_verify_any_certificate_gets_handshake_failure_counted_once() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let p = s.localhost_proxy(&[nginx.addr], "", "");
+    // The proxy has only an ECDSA certificate; this client accepts only
+    // RSA signatures.
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(client_config(s.ca_path(), true, &[]), name)
+        .expect("client connection");
+    let sock = std::net::TcpStream::connect(p.addr).expect("connect proxy");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let err = tls
+        .conn
+        .complete_io(&mut tls.sock)
+        .expect_err("the handshake must fail");
+    let alert = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .cloned();
+    assert_eq!(
+        alert,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure
+        )),
+        "{err}"
+    );
+    // The connection counts after sending the alert: wait for its count,
+    // then check nothing else counted the same handshake.
+    let counted =
+        |m: &str, labels: &[&str]| metric(m, "vaultgate_proxy_handshake_failures_total", labels);
+    let m = crate::common::wait_for("the failure to be counted", Duration::from_secs(5), || {
+        let m = p.metrics_text();
+        (counted(&m, &["reason=\"incompatible\""]) > 0.0).then_some(m)
+    });
+    assert_eq!(counted(&m, &[]), 1.0, "{m}");
+    assert_eq!(counted(&m, &["reason=\"incompatible\""]), 1.0, "{m}");
+}
+
+#[test]
 fn resumed_handshakes_need_no_signature_from_the_vault() {
     let s = Setup::start();
     let nginx = Nginx::start("n1");

@@ -29,7 +29,8 @@ impl ResolvesServerCert for Resolver {
         let candidates = store.lookup(sni.as_deref());
         let chosen = choose(candidates, hello.signature_schemes(), hello.cipher_suites());
         if chosen.is_none() {
-            metrics::counter!("vaultgate_proxy_handshake_failures_total", "reason" => "no_certificate").increment(1);
+            // Counted once, by the connection, when the handshake fails
+            // ("incompatible", or "no_certificate" when the name has none).
             tracing::debug!(sni = ?sni, "no certificate the client can use");
             // Offer the name's first certificate anyway: rustls then fails
             // the handshake with handshake_failure (no common suite or
