@@ -395,3 +395,65 @@ impl From<CodecError> for ClientError {
         }
     }
 }
+
+/// What [`follow_key_events`] reports to its caller.
+#[derive(Debug)]
+pub enum Followed {
+    /// Subscribed; `again` after a lost connection, when events may have
+    /// been missed and the caller should catch up.
+    Subscribed {
+        again: bool,
+    },
+    Event(KeyEvent),
+    /// The subscription ended (the vault went away); reconnecting.
+    Lost,
+}
+
+/// Follows the vault's key events for good: subscribes on the first of
+/// `sockets` that accepts, hands each subscription and event to `on`,
+/// and after the vault goes away reconnects with a backoff from 100 ms
+/// doubling up to `max_backoff`. A refused subscription (no grant) is
+/// logged once, naming `why` the caller wanted the events.
+pub async fn follow_key_events<F, Fut>(
+    sockets: Vec<PathBuf>,
+    max_backoff: Duration,
+    why: &str,
+    mut on: F,
+) where
+    F: FnMut(Followed) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let first_backoff = Duration::from_millis(100).min(max_backoff);
+    let mut backoff = first_backoff;
+    let mut warned = false;
+    let mut subscribed_before = false;
+    loop {
+        for socket in &sockets {
+            let Ok(client) = VaultClient::connect(socket).await else {
+                continue;
+            };
+            let mut events = match client.subscribe().await {
+                Ok(e) => e,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(socket = %socket.display(), error = %e, "cannot follow the vault's key events (grant this uid \"subscribe\", or \"use\"): {why}");
+                        warned = true;
+                    }
+                    continue;
+                }
+            };
+            backoff = first_backoff;
+            on(Followed::Subscribed {
+                again: subscribed_before,
+            })
+            .await;
+            subscribed_before = true;
+            while let Some(event) = events.recv().await {
+                on(Followed::Event(event)).await;
+            }
+            on(Followed::Lost).await;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}

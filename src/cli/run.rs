@@ -344,37 +344,42 @@ async fn watch_rotations(
             }
         })
     };
-    loop {
-        let events = match crate::client::VaultClient::connect(&socket).await {
-            Ok(c) => c.subscribe().await.ok(),
-            Err(_) => None,
-        };
-        let Some(mut events) = events else {
-            tokio::time::sleep(run.restart_backoff).await;
-            continue;
-        };
-        // Anything that rotated while we were not listening.
-        let _ = check().await;
-        // Expiry is checked on a timer; rotations arrive as events.
-        let every =
-            (run.renew_before / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
-        let mut renew = tokio::time::interval(every);
+    // Expiry is checked on a timer; rotations arrive as events.
+    let every = (run.renew_before / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut renew = tokio::time::interval(every);
+    // Only while subscribed: with the vault away (being restarted) every
+    // check would fail and log.
+    let subscribed = std::sync::atomic::AtomicBool::new(false);
+    let timer = async {
         loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) if ours(&event.key) => {
-                        let _ = check().await;
-                    }
-                    Some(_) => {}
-                    None => break,
-                },
-                _ = renew.tick() => {
-                    let _ = check().await;
-                }
+            renew.tick().await;
+            if subscribed.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = check().await;
             }
         }
-        // The vault went away; it is restarted by the supervisor.
-    }
+    };
+    let why = "certificates of rotated keys are not re-issued";
+    let events =
+        crate::client::follow_key_events(vec![socket], run.restart_backoff, why, |followed| {
+            use crate::client::Followed;
+            subscribed.store(
+                !matches!(followed, Followed::Lost),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            let catch_up = match followed {
+                // Subscribed: anything that rotated while we were not listening.
+                Followed::Subscribed { .. } => true,
+                Followed::Event(e) => ours(&e.key),
+                Followed::Lost => false,
+            };
+            let job = catch_up.then(check);
+            async move {
+                if let Some(job) = job {
+                    let _ = job.await;
+                }
+            }
+        });
+    tokio::join!(timer, events);
 }
 
 /// `config/../certs/x.pem` → `certs/x.pem`, for messages people copy.

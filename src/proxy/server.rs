@@ -436,50 +436,35 @@ async fn follow_vault_events(proxy: Arc<Proxy>) {
     if proxy.pool.is_none() {
         return;
     }
-    let serves = |key: &str| {
-        proxy
-            .live
-            .load()
-            .settings
-            .certs
-            .iter()
-            .any(|c| matches!(&c.key, crate::config::proxy::KeyRef::Vault(n) if n == key))
+    let serves = |proxy: &Proxy, key: &str| {
+        key == "*"
+            || proxy
+                .live
+                .load()
+                .settings
+                .certs
+                .iter()
+                .any(|c| matches!(&c.key, crate::config::proxy::KeyRef::Vault(n) if n == key))
     };
     let sockets = proxy.settings.vault_sockets.clone();
-    let mut backoff = Duration::from_millis(100);
-    let mut warned = false;
-    let mut subscribed_before = false;
-    loop {
-        for socket in &sockets {
-            let client = match crate::client::VaultClient::connect(socket).await {
-                Ok(c) => c,
-                Err(_) => continue,
-            };
-            let mut events = match client.subscribe().await {
-                Ok(e) => e,
-                Err(e) => {
-                    if !warned {
-                        tracing::warn!(socket = %socket.display(), error = %e, "cannot follow the vault's key events (grant the proxy's uid \"subscribe\" and \"cert-get\", or \"use\"); new certificates arrive by file change or SIGHUP only");
-                        warned = true;
-                    }
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(100);
-            if subscribed_before {
+    let why = "new certificates arrive by file change or SIGHUP only (\"cert-get\" is needed too)";
+    crate::client::follow_key_events(sockets, Duration::from_secs(5), why, |followed| {
+        let proxy = proxy.clone();
+        async move {
+            use crate::client::Followed;
+            match followed {
                 // Whatever changed while nobody listened.
-                reload_certs(&proxy, "vault reconnected").await;
-            }
-            subscribed_before = true;
-            while let Some(event) = events.recv().await {
-                if event.key == "*" || serves(&event.key) {
-                    reload_certs(&proxy, "vault key changed").await;
+                Followed::Subscribed { again: true } => {
+                    reload_certs(&proxy, "vault reconnected").await
                 }
+                Followed::Event(e) if serves(&proxy, &e.key) => {
+                    reload_certs(&proxy, "vault key changed").await
+                }
+                _ => {}
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
+    })
+    .await
 }
 
 /// Publishes each certificate's seconds to expiry
