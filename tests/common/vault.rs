@@ -21,6 +21,22 @@ pub struct VaultProc {
     as_user: Option<(u32, u32)>,
 }
 
+/// A `[vault]` section switching to `user`, with the socket for
+/// `socket_group`, granting root everything (the test administers) and
+/// `(principal, keys, ops)` grants after that (keys and ops as TOML array
+/// contents).
+pub fn user_config(user: &str, socket_group: u32, grants: &[(&str, &str, &str)]) -> String {
+    let mut s = format!(
+        "[vault]\nuser = \"{user}\"\nsocket_group = \"{socket_group}\"\nmin_deletion_wait = \"1s\"\n"
+    );
+    for (principal, keys, ops) in [("uid:0", r#""*""#, r#""all""#)].iter().chain(grants) {
+        s += &format!(
+            "[[vault.grant]]\nprincipal = \"{principal}\"\nkeys = [{keys}]\nops = [{ops}]\n"
+        );
+    }
+    s
+}
+
 /// Options for [`VaultProc::start_with`].
 #[derive(Default, Clone)]
 pub struct Opts {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::common::backends::Nginx;
 use crate::common::proxy::{client_config, config, https_get, ProxyProc, TestCa};
-use crate::common::vault::{Opts, VaultProc};
+use crate::common::vault::{user_config, Opts, VaultProc};
 use crate::common::{assert_runs_as, require_root, require_user, wait_for};
 use crate::Setup;
 
@@ -30,19 +30,10 @@ fn the_proxy_binds_a_privileged_port_then_serves_as_its_user() {
     // The vault runs as nobody; its socket is for the www-data group, and
     // www-data may use the TLS keys and nothing else.
     let vault = VaultProc::start_with(Opts {
-        config: Some(format!(
-            r#"[vault]
-user = "nobody"
-socket_group = "{www_gid}"
-[[vault.grant]]
-principal = "uid:0"
-keys = ["*"]
-ops = ["all"]
-[[vault.grant]]
-principal = "user:www-data"
-keys = ["tls-*"]
-ops = ["use"]
-"#
+        config: Some(user_config(
+            "nobody",
+            www_gid,
+            &[("user:www-data", r#""tls-*""#, r#""use""#)],
         )),
         ..Opts::default()
     });

@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::vault::{run_cli, Opts, VaultProc};
+use crate::common::vault::{run_cli, user_config, Opts, VaultProc};
 use crate::common::{self, assert_not_dumpable, assert_runs_as, require_root, require_user};
 
 /// Owner uid, group and permission bits of `path`.
@@ -24,20 +24,10 @@ fn a_vault_started_as_root_serves_as_its_user_and_keeps_its_state() {
     let (_, www_gid) = require_user("www-data");
     // root administers; the `owner` grant is whoever the vault serves as:
     // nobody, not the root that started it.
-    let config = format!(
-        r#"[vault]
-user = "nobody"
-socket_group = "{www_gid}"
-min_deletion_wait = "1s"
-[[vault.grant]]
-principal = "uid:0"
-keys = ["*"]
-ops = ["all"]
-[[vault.grant]]
-principal = "owner"
-keys = ["own-*"]
-ops = ["sign", "public-key"]
-"#
+    let config = user_config(
+        "nobody",
+        www_gid,
+        &[("owner", r#""own-*""#, r#""sign", "public-key""#)],
     );
     let mut v = VaultProc::start_with(Opts {
         config: Some(config),
