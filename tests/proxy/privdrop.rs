@@ -187,3 +187,77 @@ fn run_refuses_a_proxy_user_by_its_location() {
     );
     assert!(!dir.path().join("state").exists() && !dir.path().join("v.sock").exists());
 }
+
+/// The vault children of `pid` (each thread lists the children it started).
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let path = task.expect("task").path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    out
+}
+
+/// `vaultgate run` with `[vault] user`: `run` stays root, its vault child
+/// switches to the user, and a killed vault is restarted as that user,
+/// finding its state.
+#[test]
+fn run_with_a_vault_user_restarts_the_vault_as_that_user() {
+    require_root("run must start as root for its vault child to switch users");
+    let (nobody, nogroup) = require_user("nobody");
+    let nginx = Nginx::start("n1");
+    let dir = tempfile::Builder::new()
+        .prefix("vg-priv-run-")
+        .tempdir_in("/tmp")
+        .expect("temp");
+    // nobody must reach its state dir below this one
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = crate::run::run_config(dir.path(), nginx.addr);
+    // run's bootstrap (as root) needs a grant: `owner` is now nobody.
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "\n[proxy]\n",
+        "\nuser = \"nobody\"\n[[vault.grant]]\nprincipal = \"uid:0\"\nkeys = [\"*\"]\nops = [\"all\"]\n\n[proxy]\n",
+        1,
+    );
+    assert!(text.contains("user = \"nobody\""));
+    std::fs::write(&cfg, text).unwrap();
+    let cfg_s = cfg.display().to_string();
+    let p = ProxyProc::spawn(dir.path(), &["run", "--config", &cfg_s]);
+    let first = p.vault_pid();
+    assert_runs_as(first, nobody, nogroup, &[nogroup]);
+    let ca = dir.path().join("certs/dev-ca.pem");
+    let get = || {
+        std::panic::catch_unwind(|| {
+            https_get(
+                p.addr,
+                "localhost",
+                &client_config(&ca, false, &[]),
+                "/whoami",
+            )
+            .status
+        })
+        .unwrap_or(0)
+    };
+    assert_eq!(get(), 200);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill vault");
+    wait_for(
+        "handshakes after the vault restart",
+        Duration::from_secs(20),
+        || (get() == 200).then_some(()),
+    );
+    let again = wait_for("the restarted vault", Duration::from_secs(10), || {
+        children(p.pid()).into_iter().find(|c| *c != first)
+    });
+    assert_runs_as(again, nobody, nogroup, &[nogroup]);
+    let state = dir.path().join("var/vault");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&state).unwrap().uid(), nobody);
+}
