@@ -24,13 +24,172 @@ pub fn harden() -> Hardening {
     }
 }
 
-/// Switches to `uid`/`gid` for good (group first, while still allowed).
-pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), nix::Error> {
-    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
-    let gid = Gid::from_raw(gid);
-    setgroups(&[gid])?;
-    setgid(gid)?;
-    setuid(Uid::from_raw(uid))
+/// Why a switch to another user failed. The process must not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum DropError {
+    #[error(
+        "cannot switch to user {user:?} (uid {uid}): running as uid {current}, not root; \
+         start as root, or as {user:?} itself, or leave user out"
+    )]
+    NotRoot {
+        user: String,
+        uid: u32,
+        current: u32,
+    },
+    #[error("switching to user {user:?}: {step} failed: {source}")]
+    Call {
+        user: String,
+        step: &'static str,
+        source: nix::Error,
+    },
+    #[error("after switching to user {user:?}: {what}; refusing to go on")]
+    NotDropped { user: String, what: String },
+}
+
+/// How [`become_user`] went, for the caller's log line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Switched {
+    /// Was root; is now the user, and `setuid(0)` is refused.
+    Dropped { groups: Vec<u32> },
+    /// Was started as the user already: nothing to switch.
+    AlreadyUser,
+}
+
+/// Forbids gaining privileges through exec (set-user-ID binaries, file
+/// capabilities) from now on: PR_SET_NO_NEW_PRIVS. The flag is per
+/// thread and inherited by threads started later, so call it before any
+/// thread is started; [`become_user`] sets it again for its own thread.
+pub fn forbid_privilege_gain() -> Result<(), nix::Error> {
+    nix::sys::prctl::set_no_new_privs()
+}
+
+/// Locked memory an `mlockall(MCL_FUTURE)` process needs at least once
+/// it has lost CAP_IPC_LOCK: every later mapping (heap, thread stacks)
+/// counts against RLIMIT_MEMLOCK, and one past it fails.
+const MEMLOCK_AFTER_SWITCH: u64 = 256 << 20;
+
+/// Before a switch away from root: lets locked memory grow without limit
+/// (only root with CAP_SYS_RESOURCE may raise the hard limit), or at
+/// least up to the hard limit. If what is allowed is below
+/// [`MEMLOCK_AFTER_SWITCH`], unlocks the memory (`munlockall`) rather
+/// than have the process fail to map a thread or heap later, and says so.
+pub fn memlock_for_switch() -> Result<(), String> {
+    use nix::sys::resource::{getrlimit, RLIM_INFINITY};
+    if setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_ok() {
+        return Ok(());
+    }
+    let (_, hard) = getrlimit(Resource::RLIMIT_MEMLOCK).map_err(|e| e.to_string())?;
+    let _ = setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard);
+    if hard == RLIM_INFINITY || hard >= MEMLOCK_AFTER_SWITCH {
+        return Ok(());
+    }
+    nix::sys::mman::munlockall().map_err(|e| e.to_string())?;
+    Err(format!(
+        "RLIMIT_MEMLOCK is {hard} bytes and cannot be raised (no CAP_SYS_RESOURCE), \
+         too little for locked memory after the switch: memory is left unlocked and \
+         key material may be swapped to disk. Raise it (LimitMEMLOCK=infinity in systemd)"
+    ))
+}
+
+/// Fails unless [`become_user`] can work: running as root, or as `user`
+/// already. Checked before anything is bound or written.
+pub fn check_can_become(user: &crate::config::user::RunAs) -> Result<(), DropError> {
+    let me = nix::unistd::geteuid();
+    if me.is_root() || me.as_raw() == user.uid {
+        return Ok(());
+    }
+    Err(DropError::NotRoot {
+        user: user.name.clone(),
+        uid: user.uid,
+        current: me.as_raw(),
+    })
+}
+
+/// Switches the whole process to `user` for good: supplementary groups
+/// (the user's, from the group database, with `user.gid` as primary),
+/// gid, then uid (real, effective, saved and filesystem ids all change;
+/// glibc applies each to every thread). Then checks that it took (all ids
+/// equal and `setuid(0)` refused), forbids privilege gain through exec
+/// and marks the process non-dumpable again: the kernel resets the
+/// dumpable flag on every credential change.
+///
+/// Started as `user` already, only the last two steps apply; started as
+/// anyone else but root, it fails.
+pub fn become_user(user: &crate::config::user::RunAs) -> Result<Switched, DropError> {
+    use nix::unistd::{getegid, geteuid, getresgid, getresuid, Gid, Uid};
+    let name = user.name.clone();
+    let call = |step: &'static str| {
+        let user = name.clone();
+        move |source| DropError::Call { user, step, source }
+    };
+    let (uid, gid) = (Uid::from_raw(user.uid), Gid::from_raw(user.gid));
+    let pdeathsig = nix::sys::prctl::get_pdeathsig().map_err(call("prctl(PR_GET_PDEATHSIG)"))?;
+    check_can_become(user)?;
+    let switched = if geteuid() == uid {
+        Switched::AlreadyUser
+    } else {
+        let cname =
+            std::ffi::CString::new(user.name.as_str()).map_err(|_| DropError::NotDropped {
+                user: name.clone(),
+                what: "the user name contains a NUL byte".into(),
+            })?;
+        nix::unistd::initgroups(&cname, gid).map_err(call("initgroups"))?;
+        nix::unistd::setgid(gid).map_err(call("setgid"))?;
+        nix::unistd::setuid(uid).map_err(call("setuid"))?;
+        let not = |what: String| DropError::NotDropped {
+            user: name.clone(),
+            what,
+        };
+        let r = getresuid().map_err(call("getresuid"))?;
+        let g = getresgid().map_err(call("getresgid"))?;
+        if [r.real, r.effective, r.saved] != [uid; 3] || [g.real, g.effective, g.saved] != [gid; 3]
+        {
+            return Err(not(format!("ids are uid {r:?}, gid {g:?}")));
+        }
+        if nix::unistd::setuid(Uid::from_raw(0)).is_ok() || geteuid().is_root() {
+            return Err(not("setuid(0) succeeded".into()));
+        }
+        if getegid() != gid {
+            return Err(not(format!("gid is {}", getegid())));
+        }
+        let groups = nix::unistd::getgroups()
+            .map_err(call("getgroups"))?
+            .into_iter()
+            .map(Gid::as_raw)
+            .collect();
+        Switched::Dropped { groups }
+    };
+    forbid_privilege_gain().map_err(call("prctl(PR_SET_NO_NEW_PRIVS)"))?;
+    nix::sys::prctl::set_dumpable(false).map_err(call("prctl(PR_SET_DUMPABLE, 0)"))?;
+    // The kernel clears the parent-death signal on a credential change
+    // too; `vaultgate run` relies on it to not leave an orphan vault.
+    if let Some(sig) = pdeathsig {
+        nix::sys::prctl::set_pdeathsig(sig).map_err(call("prctl(PR_SET_PDEATHSIG)"))?;
+    }
+    Ok(switched)
+}
+
+/// Logs how [`become_user`] went, or returns its error as text.
+pub fn log_switch(
+    who: &str,
+    user: &crate::config::user::RunAs,
+    result: Result<Switched, DropError>,
+) -> Result<(), DropError> {
+    match result? {
+        Switched::Dropped { groups } => tracing::info!(
+            user = %user.name,
+            uid = user.uid,
+            gid = user.gid,
+            ?groups,
+            "{who} switched to its user for good (setuid(0) is refused; no new privileges; not dumpable)"
+        ),
+        Switched::AlreadyUser => tracing::info!(
+            user = %user.name,
+            uid = user.uid,
+            "{who} started as its user already (no new privileges; not dumpable)"
+        ),
+    }
+    Ok(())
 }
 
 /// Makes a child started with `cmd` receive SIGTERM when this process dies

@@ -16,6 +16,8 @@ mod floods;
 mod forwarding;
 #[path = "proxy/isolation.rs"]
 mod isolation;
+#[path = "proxy/privdrop.rs"]
+mod privdrop;
 #[path = "proxy/reload.rs"]
 mod reload;
 #[path = "proxy/run.rs"]

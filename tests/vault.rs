@@ -9,6 +9,8 @@ mod crash;
 mod disk;
 #[path = "vault/hostile.rs"]
 mod hostile;
+#[path = "vault/privdrop.rs"]
+mod privdrop;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -70,6 +70,13 @@ pub struct VaultArgs {
     /// Prometheus metrics listener, e.g. 127.0.0.1:9101.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Started as root, switch to this user (name or uid) for good once
+    /// the socket is bound and the state dir prepared.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Primary group after the switch [default: the user's].
+    #[arg(long, requires = "user")]
+    pub group: Option<String>,
     /// Print "ready" on stdout once the socket accepts connections.
     #[arg(long)]
     pub ready_line: bool,

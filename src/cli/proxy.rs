@@ -16,6 +16,33 @@ pub fn main(args: ConfigArg) -> ExitCode {
         Ok(Err(e)) => return super::fail(e),
         Err(code) => return code,
     };
+    if let Some(u) = &settings.user {
+        if let Err(e) = crate::os::check_can_become(u) {
+            return super::fail(e);
+        }
+        // Per thread and inherited: set before the runtime's threads start.
+        if let Err(e) = crate::os::forbid_privilege_gain() {
+            return super::fail(format!("cannot set no-new-privileges: {e}"));
+        }
+    }
+    let rt = match server::runtime(&settings) {
+        Ok(rt) => rt,
+        Err(e) => return super::fail(format!("cannot start the runtime: {e}")),
+    };
+    // Bind (ports below 1024 need root) and write the pid file, then
+    // switch users before anything else: the vault records a caller's uid
+    // when it connects (SO_PEERCRED), so the proxy must reach it as its
+    // user, and certificate and key files are read as that user from the
+    // first start on, as every reload will read them.
+    let bound = match rt.block_on(server::bind(&settings)) {
+        Ok(b) => b,
+        Err(e) => return super::fail(e),
+    };
+    if let Some(u) = &settings.user {
+        if let Err(e) = crate::os::log_switch("proxy", u, crate::os::become_user(u)) {
+            return super::fail(e);
+        }
+    }
     let proxy = match Proxy::build(settings) {
         Ok(mut p) => {
             p.config_path = Some(config_path(&args));
@@ -23,11 +50,7 @@ pub fn main(args: ConfigArg) -> ExitCode {
         }
         Err(e) => return super::fail(e),
     };
-    let rt = match server::runtime(&proxy.settings) {
-        Ok(rt) => rt,
-        Err(e) => return super::fail(format!("cannot start the runtime: {e}")),
-    };
-    match server::run_until_signal(&rt, proxy, |_| {}) {
+    match server::run_until_signal(&rt, proxy, Some(bound), |_| {}) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => super::fail(e),

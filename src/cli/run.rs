@@ -29,6 +29,23 @@ pub fn main(args: ConfigArg) -> ExitCode {
         Ok(l) => l,
         Err(e) => return super::fail(e),
     };
+    // A proxy that has switched users could no longer start the vault
+    // child, which has to begin as root to bind its socket and switch to
+    // its own user; and `run` restarts that child whenever it dies. A
+    // privilege-separated `run` would need a process that stays root just
+    // to restart the vault (a keeper, started before the proxy switches,
+    // told to stop by the end of a pipe since the proxy's user cannot
+    // signal it). Until that exists, a `[proxy] user` here is refused
+    // rather than ignored (which would leave the proxy root): the two
+    // services, `vaultgate vault` and `vaultgate proxy`, each take a
+    // `user`. `[vault] user` works: `run` stays root and can restart it.
+    if let Some(u) = loaded.file.proxy.as_ref().and_then(|p| p.user.as_ref()) {
+        return super::fail(loaded.source().error(
+            u.span(),
+            "`vaultgate run` does not switch the proxy to a user (it could not restart the vault afterwards); \
+             run `vaultgate vault` and `vaultgate proxy` as two services, each with its user, or leave [proxy] user out",
+        ));
+    }
     let (vault, proxy_settings, run) = match (
         VaultSettings::from_loaded(&loaded),
         ProxySettings::from_loaded(&loaded),
@@ -111,7 +128,7 @@ pub fn main(args: ConfigArg) -> ExitCode {
         ));
     }
     let ca = tidy(&run.dev_ca);
-    let result = server::run_until_signal(&rt, proxy, move |addr| {
+    let result = server::run_until_signal(&rt, proxy, None, move |addr| {
         println!(
             "try: curl --cacert {} https://{curl_host}:{}/",
             ca.display(),

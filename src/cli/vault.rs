@@ -18,6 +18,14 @@ pub fn main(args: VaultArgs) -> ExitCode {
         let args = args.clone();
         Box::new(move || settings(&args)) as crate::vault::Reloader
     });
+    // No-new-privileges is per thread and inherited: set before the
+    // runtime starts its threads, so it covers every one of them (the
+    // switch to the user, after binding, sets it again).
+    if initial.user.is_some() {
+        if let Err(e) = crate::os::forbid_privilege_gain() {
+            return fail(format!("cannot set no-new-privileges: {e}"));
+        }
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
@@ -51,6 +59,14 @@ fn settings(args: &VaultArgs) -> Result<VaultSettings, String> {
     }
     if let Some(m) = &args.master_key {
         settings.master_key = m.parse()?;
+    }
+    if let Some(u) = &args.user {
+        let gid = match &args.group {
+            Some(g) => Some(config::user::resolve_group(g).map_err(|e| format!("--group: {e}"))?),
+            None => None,
+        };
+        settings.user =
+            Some(config::user::resolve_user(u, gid).map_err(|e| format!("--user: {e}"))?);
     }
     if let Some(m) = &args.metrics_listen {
         settings.metrics_listen = Some(

@@ -9,6 +9,7 @@ pub mod error;
 pub mod file;
 pub mod proxy;
 pub mod run;
+pub mod user;
 pub mod vault;
 
 use std::path::{Path, PathBuf};

@@ -82,6 +82,11 @@ pub struct ProxyFile {
     pub cert_expiry_warning: Option<Spanned<String>>,
     /// Where the running process writes its pid, for `vaultgate reload`.
     pub pid_file: Option<Spanned<String>>,
+    /// Started as root, switch to this user (name or uid) for good once
+    /// the listeners are bound and the pid file written.
+    pub user: Option<Spanned<String>>,
+    /// Primary group after the switch (default: the user's).
+    pub group: Option<Spanned<String>>,
     /// Any of "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
     /// "forwarded".
     pub forwarded_headers: Option<Spanned<Vec<String>>>,
@@ -305,6 +310,8 @@ pub struct ProxySettings {
     pub access_log: bool,
     pub cert_expiry_warning: Duration,
     pub pid_file: Option<PathBuf>,
+    /// The account to switch to after binding.
+    pub user: Option<super::user::RunAs>,
     pub forwarded: ForwardedHeaders,
     pub certs: Vec<CertSpec>,
     pub routes: Vec<RouteSpec>,
@@ -322,6 +329,7 @@ impl ProxySettings {
             return Err(src.file_error("no [proxy] section"));
         };
         let vault = super::vault::VaultSettings::from_loaded(loaded)?;
+        let user = super::user::resolve(&src, &p.user, &p.group)?;
         let listen = match &p.listen {
             Some(l) => listen_addrs(&src, l)?,
             None => vec![DEFAULT_LISTEN
@@ -485,6 +493,7 @@ impl ProxySettings {
                 .pid_file
                 .as_ref()
                 .map(|f| loaded.resolve(f.get_ref().as_ref())),
+            user,
             forwarded,
             certs,
             routes,

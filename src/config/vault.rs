@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
+use super::user::{resolve_group, RunAs};
 use super::{duration, ConfigError, Loaded};
 use crate::protocol::Op;
 
@@ -39,6 +40,11 @@ pub struct VaultFile {
     pub metrics_listen: Option<Spanned<String>>,
     /// Also send audit records to the local syslog.
     pub syslog: Option<bool>,
+    /// Started as root, switch to this user (name or uid) for good once
+    /// the socket is bound and the state dir prepared.
+    pub user: Option<Spanned<String>>,
+    /// Primary group after the switch (default: the user's).
+    pub group: Option<Spanned<String>>,
     #[serde(default)]
     pub grant: Vec<GrantFile>,
 }
@@ -87,6 +93,9 @@ impl std::str::FromStr for MasterKeySource {
 pub enum Principal {
     Uid(u32),
     Gid(u32),
+    /// The uid the vault runs as once started: after a switch to `user`,
+    /// that user, not root.
+    Owner,
 }
 
 /// One validated grant.
@@ -148,6 +157,8 @@ pub struct VaultSettings {
     pub audit_sync: Duration,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub syslog: bool,
+    /// The account to switch to after the privileged setup.
+    pub user: Option<RunAs>,
     /// Empty means "no grants configured": the vault's own uid gets all.
     pub grants: Vec<Grant>,
 }
@@ -171,6 +182,7 @@ impl Default for VaultSettings {
             audit_sync: Duration::from_secs(1),
             metrics_listen: None,
             syslog: false,
+            user: None,
             grants: Vec::new(),
         }
     }
@@ -208,6 +220,7 @@ impl VaultSettings {
         if let Some(g) = &v.socket_group {
             s.socket_group = Some(resolve_group(g.get_ref()).map_err(|e| src.error(g.span(), e))?);
         }
+        s.user = super::user::resolve(&src, &v.user, &v.group)?;
         if let Some(m) = &v.master_key {
             s.master_key = m
                 .get_ref()
@@ -307,7 +320,7 @@ fn parse_principal(s: &str) -> Result<Principal, String> {
         format!("invalid principal {s:?}: expected \"owner\", \"uid:N\", \"gid:N\", \"user:NAME\" or \"group:NAME\"")
     };
     if s == "owner" {
-        return Ok(Principal::Uid(nix::unistd::geteuid().as_raw()));
+        return Ok(Principal::Owner);
     }
     let (kind, value) = s.split_once(':').ok_or_else(bad)?;
     match kind {
@@ -319,16 +332,6 @@ fn parse_principal(s: &str) -> Result<Principal, String> {
         },
         "group" => resolve_group(value).map(Principal::Gid),
         _ => Err(bad()),
-    }
-}
-
-fn resolve_group(name: &str) -> Result<u32, String> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(gid);
-    }
-    match nix::unistd::Group::from_name(name) {
-        Ok(Some(g)) => Ok(g.gid.as_raw()),
-        _ => Err(format!("unknown group {name:?}")),
     }
 }
 

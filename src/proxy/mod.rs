@@ -133,6 +133,9 @@ impl Proxy {
         if new.workers != self.settings.workers {
             ignored.push("workers");
         }
+        if new.user != self.settings.user {
+            ignored.push("user");
+        }
         let certs = CertStore::load(&new, self.pool.as_ref())?;
         // A new ServerConfig would start new ticket keys, so returning
         // clients could not resume: keep it unless TLS settings changed.

@@ -221,41 +221,62 @@ pub fn runtime(
 pub fn run_until_signal(
     rt: &tokio::runtime::Runtime,
     proxy: Arc<Proxy>,
+    bound: Option<Bound>,
     on_listen: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> Result<bool, ServeError> {
-    let task = rt.spawn(run(proxy, crate::os::shutdown_signal(), on_listen));
+    let task = rt.spawn(run(proxy, bound, crate::os::shutdown_signal(), on_listen));
     rt.block_on(task)
         .map_err(|e| ServeError::Task(e.to_string()))?
 }
 
-/// Binds every `listen` address (and the metrics listener, if
-/// configured), prints `listen ADDR` per listener and `metrics ADDR` on
-/// stdout (the addresses actually bound, so port 0 works), starts health
-/// checks and serves until `shutdown`. `on_listen` gets the first
-/// listener's address. Returns whether the drain finished in time.
+/// What the proxy binds and writes before serving anything: every
+/// `listen` address, the metrics listener and the pid file. Separate from
+/// [`run`] so that a proxy with a `user` can do it as root (ports below
+/// 1024) and switch users before it connects to the vault.
+pub struct Bound {
+    listen: Vec<(SocketAddr, TcpListener)>,
+    metrics: Option<(SocketAddr, TcpListener)>,
+}
+
+/// Binds everything before serving anything: a bad address fails the
+/// start, not half of it. Then writes the pid file.
+pub async fn bind(settings: &crate::config::proxy::ProxySettings) -> Result<Bound, ServeError> {
+    let mut listen = Vec::new();
+    for &addr in &settings.listen {
+        listen.push((addr, listeners::bind(addr).await?));
+    }
+    let metrics = match settings.metrics_listen {
+        Some(a) => Some((a, listeners::bind(a).await?)),
+        None => None,
+    };
+    if let Some(f) = &settings.pid_file {
+        write_pid_file(f)?;
+    }
+    Ok(Bound { listen, metrics })
+}
+
+/// Serves on `bound` (or binds first, see [`bind`]), prints `listen ADDR`
+/// per listener and `metrics ADDR` on stdout (the addresses actually
+/// bound, so port 0 works), starts health checks and serves until
+/// `shutdown`. `on_listen` gets the first listener's address. Returns
+/// whether the drain finished in time.
 pub async fn run(
     proxy: Arc<Proxy>,
+    bound: Option<Bound>,
     shutdown: impl Future<Output = ()>,
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<bool, ServeError> {
     let settings = proxy.live.load().settings.clone();
-    // Bind everything before serving anything: a bad address fails the
-    // start, not half of it.
-    let mut bound = Vec::new();
-    for &addr in &settings.listen {
-        bound.push((addr, listeners::bind(addr).await?));
-    }
+    let bound = match bound {
+        Some(b) => b,
+        None => bind(&settings).await?,
+    };
     let metrics = MetricsListener::default();
-    if let Some(m) = bind_metrics(&metrics, settings.metrics_listen).await? {
-        metrics.replace(m)?;
-    }
+    metrics.replace(bound.metrics)?;
     let pid_file = settings.pid_file.clone();
-    if let Some(f) = &pid_file {
-        write_pid_file(f)?;
-    }
     let listeners = Arc::new(Listeners::new(proxy.clone()));
     let mut first = None;
-    for (addr, l) in bound {
+    for (addr, l) in bound.listen {
         let local = listeners
             .start(addr, l)
             .map_err(|source| ServeError::Bind { addr, source })?;

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::user::RunAs;
 use crate::config::vault::VaultSettings;
 
 /// Why the vault could not start.
@@ -53,6 +54,20 @@ pub enum VaultError {
     },
     #[error("key derivation failed")]
     Derive,
+    #[error(
+        "state dir {dir}: {path} is owned by {owner}, not by the vault's user {user:?}; \
+         give the state dir to that user (chown -R {user}: {dir}) or run as its owner",
+        dir = .dir.display(),
+        path = .path.display()
+    )]
+    StateDirOwner {
+        dir: PathBuf,
+        path: PathBuf,
+        owner: String,
+        user: String,
+    },
+    #[error(transparent)]
+    Switch(#[from] crate::os::DropError),
 }
 
 /// Opens the state dir and builds the vault (no socket yet).
@@ -97,6 +112,11 @@ pub async fn run(
     reload: Option<Reloader>,
     on_ready: impl FnOnce(&VaultSettings),
 ) -> Result<(), VaultError> {
+    let user = settings.user.clone();
+    // Refuse a switch that cannot happen before touching anything.
+    if let Some(u) = &user {
+        crate::os::check_can_become(u)?;
+    }
     let h = crate::os::harden();
     if let Err(e) = h.non_dumpable {
         tracing::warn!(error = %e, "could not mark the process non-dumpable");
@@ -110,6 +130,10 @@ pub async fn run(
             "could not lock memory (mlockall); key material may be swapped to disk. \
              Raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity in systemd) or grant CAP_IPC_LOCK"
         );
+    } else if user.is_some() && nix::unistd::geteuid().is_root() {
+        if let Err(e) = crate::os::memlock_for_switch() {
+            tracing::warn!("{e}");
+        }
     }
     // A write past RLIMIT_FSIZE raises SIGXFSZ, whose default action ends
     // the process. Caught, the write fails with EFBIG instead and is
@@ -119,23 +143,54 @@ pub async fn run(
     ))
     .map_err(|e| tracing::warn!(error = %e, "cannot catch SIGXFSZ; a file size limit would end the vault"));
     raise_fd_limit();
+
+    // What needs root comes first: the state dir (created for the user,
+    // or checked to be theirs), the listeners. Then the switch, and only
+    // then the state dir's contents are read and written, by the user
+    // they belong to: every file the vault creates is the user's, with
+    // its own narrow mode, and no root-owned file is left for it to trip on.
+    if let Some(u) = &user {
+        prepare_state_dir(&settings.state_dir, u)?;
+    }
     let socket = settings.socket.clone();
-    let (mode, group) = (settings.socket_mode, settings.socket_group);
-    let metrics_addr = settings.metrics_listen;
-    let vault = Arc::new(
-        tokio::task::spawn_blocking(move || open(settings))
-            .await
-            .map_err(|_| VaultError::Derive)??,
-    );
+    let metrics = match settings.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| VaultError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+    let listener = server::bind(
+        &socket,
+        settings.socket_mode,
+        settings.socket_group,
+        user.as_ref(),
+    )?;
+    if let Some(u) = &user {
+        let switched = crate::os::become_user(u);
+        if let Err(e) = crate::os::log_switch("vault", u, switched) {
+            let _ = std::fs::remove_file(&socket);
+            return Err(e.into());
+        }
+    }
+    let opened = tokio::task::spawn_blocking(move || open(settings))
+        .await
+        .map_err(|_| VaultError::Derive)
+        .and_then(|r| r);
+    let vault = match opened {
+        Ok(v) => Arc::new(v),
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket);
+            return Err(e);
+        }
+    };
     vault
         .audit()
         .record(audit::Event::system("vault-start", None));
 
-    if let Some(addr) = metrics_addr {
+    if let Some(listener) = metrics {
         let handle = crate::telemetry::install_recorder();
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| VaultError::Metrics { addr, source })?;
         if let Ok(local) = listener.local_addr() {
             tracing::info!(%local, "vault metrics listening");
             println!("metrics {local}");
@@ -143,7 +198,6 @@ pub async fn run(
         tokio::spawn(crate::telemetry::serve_metrics(listener, handle));
     }
 
-    let listener = server::bind(&socket, mode, group)?;
     tracing::info!(socket = %socket.display(), "vault listening");
     on_ready(&vault.settings());
 
@@ -170,6 +224,66 @@ pub async fn run(
         .record(audit::Event::system("vault-stop", None));
     vault.audit().flush();
     tracing::info!("vault stopped");
+    Ok(())
+}
+
+/// Makes the state dir the vault's `user`'s, the way a database treats
+/// its data dir: a missing one is created 0700 and given to the user; an
+/// existing one, and everything in it, must already be the user's (a dir
+/// left by a run as root, or someone else's, is refused by name rather
+/// than half used).
+fn prepare_state_dir(dir: &std::path::Path, user: &RunAs) -> Result<(), VaultError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let io = |source| VaultError::StateDir {
+        path: dir.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Parents as usual (0755), so the user can reach its dir.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
+            nix::unistd::chown(
+                dir,
+                Some(nix::unistd::Uid::from_raw(user.uid)),
+                Some(nix::unistd::Gid::from_raw(user.gid)),
+            )
+            .map_err(|e| io(e.into()))?;
+            tracing::info!(dir = %dir.display(), user = %user.name, "created the state dir for the vault's user");
+            return Ok(());
+        }
+        Err(e) => return Err(io(e)),
+        Ok(_) => {}
+    }
+    let mut pending = vec![dir.to_owned()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).map_err(io)?;
+        if meta.uid() != user.uid {
+            let owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid()))
+                .ok()
+                .flatten()
+                .map_or_else(
+                    || format!("uid {}", meta.uid()),
+                    |u| format!("{} (uid {})", u.name, meta.uid()),
+                );
+            return Err(VaultError::StateDirOwner {
+                dir: dir.to_owned(),
+                path,
+                owner,
+                user: user.name.clone(),
+            });
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(io)? {
+                pending.push(entry.map_err(io)?.path());
+            }
+        }
+    }
     Ok(())
 }
 

@@ -246,6 +246,9 @@ impl Vault {
         if new.syslog != old.syslog {
             ignored.push("syslog");
         }
+        if new.user != old.user {
+            ignored.push("user");
+        }
         let kept = VaultSettings {
             socket: old.socket.clone(),
             socket_mode: old.socket_mode,
@@ -254,6 +257,7 @@ impl Vault {
             master_key: old.master_key.clone(),
             metrics_listen: old.metrics_listen,
             syslog: old.syslog,
+            user: old.user.clone(),
             ..new
         };
         self.policy.store(Arc::new(Policy::new(

@@ -27,6 +27,8 @@ pub struct Policy {
 impl Policy {
     /// Builds the policy. With no grants configured, the vault's own uid
     /// (`owner`) gets every operation on every key: the embedded default.
+    /// `owner_uid` is the uid the vault serves as: after a switch to its
+    /// `user`, that user's, never the root it started as.
     pub fn new(grants: &[Grant], owner_uid: u32) -> Policy {
         let default = [Grant {
             principal: Principal::Uid(owner_uid),
@@ -42,7 +44,10 @@ impl Policy {
             grants: grants
                 .iter()
                 .map(|g| CompiledGrant {
-                    principal: g.principal,
+                    principal: match g.principal {
+                        Principal::Owner => Principal::Uid(owner_uid),
+                        p => p,
+                    },
                     keys: g.keys.iter().map(|k| WildMatch::new(k)).collect(),
                     ops: g.ops.clone(),
                 })
@@ -61,6 +66,8 @@ impl Policy {
             let who = match g.principal {
                 Principal::Uid(u) => u == caller.uid,
                 Principal::Gid(gid) => gid == caller.gid,
+                // resolved to a uid in `new`
+                Principal::Owner => false,
             };
             who && g.ops.contains(&op)
                 && match key {
@@ -116,5 +123,14 @@ mod tests {
         let p = Policy::new(&[], 1000);
         assert!(p.allows(&caller(1000, 1), Op::Create, Some("x")));
         assert!(!p.allows(&caller(1001, 1), Op::Sign, Some("x")));
+        // a configured `owner` grant is the uid the vault serves as
+        let owner = Grant {
+            principal: Principal::Owner,
+            keys: vec!["*".into()],
+            ops: USE_OPS.to_vec(),
+        };
+        let p = Policy::new(&[owner], 65534);
+        assert!(p.allows(&caller(65534, 1), Op::Sign, Some("x")));
+        assert!(!p.allows(&caller(0, 0), Op::Sign, Some("x")));
     }
 }

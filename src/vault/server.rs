@@ -23,6 +23,7 @@ use super::audit::Event;
 use super::ops::{is_slow, Vault};
 use super::policy::Caller;
 use super::VaultError;
+use crate::config::user::RunAs;
 use crate::protocol::{frame, ErrorCode, Frame, KeyEvent, Request, Response};
 
 /// Connections served at once; more wait in the kernel's backlog.
@@ -120,7 +121,16 @@ struct Out {
 
 /// Binds the vault socket at `path` with `mode` (and `group`), refusing a
 /// path where another process listens and replacing a stale socket.
-pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, VaultError> {
+/// With an `owner` (the user the vault is about to switch to), the socket
+/// is that user's, in `group` or else the user's group, and a socket
+/// directory created here is the user's too, so the vault can still
+/// remove its socket when it stops.
+pub fn bind(
+    path: &Path,
+    mode: u32,
+    group: Option<u32>,
+    owner: Option<&RunAs>,
+) -> Result<UnixListener, VaultError> {
     let err = |message: String| VaultError::Socket {
         path: path.to_owned(),
         message,
@@ -144,18 +154,33 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e.to_string())),
     }
+    let uid = owner.map(|u| nix::unistd::Uid::from_raw(u.uid));
+    let gid = group
+        .or(owner.map(|u| u.gid))
+        .map(nix::unistd::Gid::from_raw);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let created = !dir.exists();
         crate::fsutil::ensure_dir(dir, 0o755)
             .map_err(|e| err(format!("cannot create its directory: {e}")))?;
+        if created && uid.is_some() {
+            nix::unistd::chown(dir, uid, None).map_err(|e| {
+                err(format!(
+                    "cannot give its directory to the vault's user: {e}"
+                ))
+            })?;
+        }
     }
     // Bind under a tight umask so the socket is never briefly open to all.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let listener = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = listener.map_err(|e| err(e.to_string()))?;
-    if let Some(gid) = group {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(|e| err(format!("cannot give the socket group {gid}: {e}")))?;
+    if uid.is_some() || gid.is_some() {
+        nix::unistd::chown(path, uid, gid).map_err(|e| {
+            err(format!(
+                "cannot give the socket to uid {uid:?} gid {gid:?}: {e}"
+            ))
+        })?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| err(format!("cannot set mode {mode:o}: {e}")))?;

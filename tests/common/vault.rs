@@ -18,6 +18,23 @@ pub struct VaultProc {
     pub metrics: Option<std::net::SocketAddr>,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    as_user: Option<(u32, u32)>,
+}
+
+/// A `[vault]` section switching to `user`, with the socket for
+/// `socket_group`, granting root everything (the test administers) and
+/// `(principal, keys, ops)` grants after that (keys and ops as TOML array
+/// contents).
+pub fn user_config(user: &str, socket_group: u32, grants: &[(&str, &str, &str)]) -> String {
+    let mut s = format!(
+        "[vault]\nuser = \"{user}\"\nsocket_group = \"{socket_group}\"\nmin_deletion_wait = \"1s\"\n"
+    );
+    for (principal, keys, ops) in [("uid:0", r#""*""#, r#""all""#)].iter().chain(grants) {
+        s += &format!(
+            "[[vault.grant]]\nprincipal = \"{principal}\"\nkeys = [{keys}]\nops = [{ops}]\n"
+        );
+    }
+    s
 }
 
 /// Options for [`VaultProc::start_with`].
@@ -31,6 +48,8 @@ pub struct Opts {
     pub args: Vec<String>,
     /// The state dir (a mount the test made); default: `state` in the temp dir.
     pub state_dir: Option<PathBuf>,
+    /// Start the vault as this uid and gid rather than the test's own.
+    pub as_user: Option<(u32, u32)>,
 }
 
 impl VaultProc {
@@ -46,6 +65,11 @@ impl VaultProc {
         // Other uids (the policy tests) must be able to reach the socket.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod temp dir");
+        // A vault started as another user creates its socket (and state)
+        // in the temp dir.
+        if let Some((uid, gid)) = opts.as_user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown temp dir");
+        }
         let socket = dir.path().join("vault.sock");
         let state = opts
             .state_dir
@@ -61,8 +85,15 @@ impl VaultProc {
         if opts.metrics {
             extra.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
         }
-        let (child, metrics) = spawn(&socket, &state, config.as_deref(), &extra, &opts.env)
-            .expect("vault did not start");
+        let (child, metrics) = spawn(
+            &socket,
+            &state,
+            config.as_deref(),
+            &extra,
+            &opts.env,
+            opts.as_user,
+        )
+        .expect("vault did not start");
         VaultProc {
             child,
             dir,
@@ -72,6 +103,7 @@ impl VaultProc {
             metrics,
             extra,
             env: opts.env,
+            as_user: opts.as_user,
         }
     }
 
@@ -84,6 +116,7 @@ impl VaultProc {
             self.config.as_deref(),
             &self.extra,
             &self.env,
+            self.as_user,
         )
     }
 
@@ -160,8 +193,13 @@ fn spawn(
     config: Option<&Path>,
     extra: &[String],
     env: &[(String, String)],
+    as_user: Option<(u32, u32)>,
 ) -> Result<(Child, Option<std::net::SocketAddr>), String> {
     let mut cmd = Command::new(bin());
+    if let Some((uid, gid)) = as_user {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(gid).current_dir("/");
+    }
     cmd.arg("vault")
         .arg("--socket")
         .arg(socket)
