@@ -21,9 +21,42 @@ mod support;
 use support::start_vault;
 
 fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) {
+    handshake_server_cpu(client, server, false);
+}
+
+/// This thread's CPU time so far (getrusage and /proc count whole clock
+/// ticks here; this clock is exact).
+fn thread_cpu() -> Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+/// One handshake; with `measure`, the CPU time of the server's side alone
+/// (on this shared machine CPU time is steadier than the wall clock).
+fn handshake_server_cpu(
+    client: &Arc<ClientConfig>,
+    server: &Arc<ServerConfig>,
+    measure: bool,
+) -> Duration {
+    let mut spent = Duration::ZERO;
+    let timed = |spent: &mut Duration, f: &mut dyn FnMut()| {
+        if measure {
+            let t0 = thread_cpu();
+            f();
+            *spent += thread_cpu().saturating_sub(t0);
+        } else {
+            f();
+        }
+    };
     let name = ServerName::try_from("bench.test").expect("name");
     let mut c = ClientConnection::new(client.clone(), name).expect("client");
-    let mut s = ServerConnection::new(server.clone()).expect("server");
+    let mut s = None;
+    timed(&mut spent, &mut || {
+        s = Some(ServerConnection::new(server.clone()).expect("server"))
+    });
+    let mut s = s.expect("server");
     let mut buf = Vec::with_capacity(8192);
     while c.is_handshaking() || s.is_handshaking() {
         buf.clear();
@@ -31,29 +64,43 @@ fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) {
             c.write_tls(&mut buf).expect("client write");
         }
         if !buf.is_empty() {
-            s.read_tls(&mut buf.as_slice()).expect("server read");
-            s.process_new_packets().expect("server process");
+            timed(&mut spent, &mut || {
+                s.read_tls(&mut buf.as_slice()).expect("server read");
+                s.process_new_packets().expect("server process");
+            });
         }
         buf.clear();
-        while s.wants_write() {
-            s.write_tls(&mut buf).expect("server write");
-        }
+        timed(&mut spent, &mut || {
+            while s.wants_write() {
+                s.write_tls(&mut buf).expect("server write");
+            }
+        });
         if !buf.is_empty() {
             c.read_tls(&mut buf.as_slice()).expect("client read");
             c.process_new_packets().expect("client process");
         }
     }
+    spent
 }
 
+/// A server with the proxy's crypto provider (its suite order decides).
 fn server_with(cert: CertificateDer<'static>, key: Arc<dyn SigningKey>) -> Arc<ServerConfig> {
+    server_with_provider(cert, key, vaultgate::proxy::tls::provider())
+}
+
+fn server_with_provider(
+    cert: CertificateDer<'static>,
+    key: Arc<dyn SigningKey>,
+    provider: rustls::crypto::CryptoProvider,
+) -> Arc<ServerConfig> {
     let ck = CertifiedKey::new(vec![cert], key);
-    let mut cfg =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("versions")
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(ck)));
+    let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(ck)));
     cfg.send_tls13_tickets = 0;
+    cfg.ignore_client_order = true;
     Arc::new(cfg)
 }
 
@@ -112,8 +159,30 @@ fn benches(c: &mut Criterion) {
     client.resumption = rustls::client::Resumption::disabled();
     let client = Arc::new(client);
 
+    // ring's own order: AES-256-GCM with SHA-384 first.
+    let ring_order = server_with_provider(
+        local_cert.clone(),
+        local_signer.clone(),
+        rustls::crypto::ring::default_provider(),
+    );
     let in_process = server_with(local_cert, local_signer);
     let in_vault = server_with(vault_cert, Arc::new(remote.clone()));
+    // The server's CPU time per handshake, by suite order: ours (AES-128-GCM
+    // with SHA-256 first) against ring's (AES-256-GCM with SHA-384 first).
+    let mut g = c.benchmark_group("tls13_full_handshake_ecdsa_p256_server_cpu");
+    let server_cpu = |server: &Arc<ServerConfig>, iters: u64| {
+        (0..iters)
+            .map(|_| handshake_server_cpu(&client, server, true))
+            .sum::<Duration>()
+    };
+    g.bench_function("aes128_sha256", |b| {
+        b.iter_custom(|iters| server_cpu(&in_process, iters))
+    });
+    g.bench_function("aes256_sha384", |b| {
+        b.iter_custom(|iters| server_cpu(&ring_order, iters))
+    });
+    g.finish();
+
     let mut g = c.benchmark_group("tls13_full_handshake_ecdsa_p256");
     g.bench_function("key_in_process", |b| {
         b.iter(|| handshake(&client, &in_process))

@@ -7,6 +7,7 @@
 #   DURATION=2 benches/compare/run.sh       # a quick look
 #   SYSTEMS="nginx vg-vault" TESTS="full-ecdsa rss-idle" benches/compare/run.sh
 #   PERF=1 benches/compare/run.sh           # + perf profiles of vaultgate (vault:); perturbs its rows
+#   PERFSTAT=1 benches/compare/run.sh       # + context switches per request (perf stat), every system
 #
 # Measures, per terminator: keep-alive 1 KiB requests, 1 MiB downloads,
 # new-connection full handshakes (ECDSA P-256 and RSA-2048, the client
@@ -46,6 +47,7 @@ CLIENT_CPU=${CLIENT_CPU:-0}
 BIN=${BIN:-target/release/vaultgate}
 OUT=${OUT:-$here/out}
 PERF=${PERF:-0}
+PERFSTAT=${PERFSTAT:-0}
 export PATH="$PATH:/usr/sbin:/sbin"
 
 # --- tools -----------------------------------------------------------------
@@ -61,7 +63,7 @@ have cc || need+=(gcc libc6-dev)
 have python3 || need+=(python3)
 have curl || need+=(curl)
 have taskset || need+=(util-linux)
-[ "$PERF" != 1 ] || have perf || need+=(linux-perf)
+[ "$PERF" != 1 ] && [ "$PERFSTAT" != 1 ] || have perf || need+=(linux-perf)
 if [ ${#need[@]} -gt 0 ]; then
     echo "== installing: ${need[*]}"
     apt-get update -qq
@@ -446,6 +448,16 @@ measure() { # SYSTEM TEST
         pids+=($!)
         sleep 0.5
     fi
+    local stat_pid=
+    if [ "$PERFSTAT" = 1 ]; then
+        # Context switches of the terminator's threads (and the vault's),
+        # threads started during the window included.
+        perf stat -x, -e context-switches,task-clock -o "$out.perfstat" \
+            -p "$(procs "$sys" | paste -sd,)" >/dev/null 2>&1 &
+        stat_pid=$!
+        pids+=($!)
+        sleep 0.3
+    fi
     local v0=0 v1=0
     [ "$sys" != vg-vault ] || v0=$(cpu_ticks "$vault_pid")
     c0=$(cpu_ticks "${ps[@]}")
@@ -462,6 +474,12 @@ measure() { # SYSTEM TEST
         # shellcheck disable=SC2086
         wait $perf_pid 2>/dev/null || true
         perf_pid=
+    fi
+    if [ -n "$stat_pid" ]; then
+        kill -INT "$stat_pid" 2>/dev/null || true
+        wait "$stat_pid" 2>/dev/null || true
+        echo "   $sys $test: $(awk -F, '/context-switches/ {print $1}' "$out.perfstat") context switches" \
+            "in $(grep -o '"requests":[0-9]*' "$out.json" 2>/dev/null | grep -o '[0-9]*$' || echo '?') requests" >&2
     fi
     hs1=$(server_handshakes "$sys")
     python3 "$here/report.py" record --system "$sys" --test "$test" --out "$out" \

@@ -1,82 +1,140 @@
-//! One blocking connection to the vault. Callers write their request
-//! frame themselves (a few hundred bytes into a Unix socket: no handoff to
-//! another thread, which would cost a wake-up per signature), under a lock
-//! and with a send timeout so a vault that stops reading cannot hold them.
-//! One dedicated reader thread fills each caller's slot when the answer
-//! with its request id arrives; answers may come in any order.
+//! One blocking, pipelined connection to the vault, with no thread of its
+//! own. Callers write their request frame themselves (under a lock, with a
+//! send timeout so a vault that stops reading cannot hold them); then,
+//! while they wait, one of them at a time reads the socket for all of them
+//! and hands the others the answers it finds (answers may come in any
+//! order, matched by request id). The vault's answer so wakes the thread
+//! that asked for it: a reader thread in between cost a context switch, a
+//! read and a futex wake per signature, all on the proxy's busy core.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
 use crate::protocol::{frame, Frame};
 
-/// Where the reader puts an answer. A dropped sender means the connection
-/// died before answering.
-pub type Slot = mpsc::SyncSender<Frame>;
-
-#[derive(Default)]
-struct Shared {
-    pending: Mutex<HashMap<u32, Slot>>,
-    dead: AtomicBool,
-}
-
-/// A live connection. Dropping the last handle closes the socket.
+/// A live connection. Dropping it closes the socket.
 pub struct Conn {
     /// The write half and a reused encode buffer.
     writer: Mutex<(UnixStream, BytesMut)>,
-    shared: Arc<Shared>,
+    /// The read half; used only by the caller whose turn it is to read.
+    reader: Mutex<Reader>,
+    state: Mutex<State>,
+    dead: AtomicBool,
     next_id: AtomicU32,
     stream: UnixStream,
+}
+
+struct Reader {
+    stream: UnixStream,
+    buf: BytesMut,
+    chunk: Box<[u8]>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Requests sent and neither answered to their caller nor given up.
+    pending: HashMap<u32, Waiter>,
+    /// Whether a caller is reading the socket for everyone.
+    reading: bool,
+}
+
+struct Waiter {
+    answer: Option<Frame>,
+    /// Whether its caller sleeps on `wake` (and so can take over reading).
+    parked: bool,
+    wake: Arc<Condvar>,
+}
+
+/// A request written to the vault, whose answer [`Conn::wait`] collects.
+pub struct Sent {
+    pub id: u32,
+    wake: Arc<Condvar>,
+}
+
+/// Why [`Conn::wait`] returned without an answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WaitError {
+    /// Not yet answered; the request is still pending.
+    Timeout,
+    /// The connection died; no answer will come.
+    Closed,
 }
 
 /// A write that cannot finish in this long means the vault stopped
 /// reading: the connection is dropped (a partial frame cannot be undone).
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// The reading caller's blocking read returns at least this often, so it
+/// can notice its own deadline.
+const READ_TICK: Duration = Duration::from_millis(1);
 
 impl Conn {
-    /// Connects and starts the connection's reader thread.
     pub fn connect(path: &Path) -> std::io::Result<Conn> {
         let stream = UnixStream::connect(path)?;
         let reader = stream.try_clone()?;
         let writer = stream.try_clone()?;
         writer.set_write_timeout(Some(SEND_TIMEOUT))?;
-        let shared = Arc::new(Shared::default());
-
-        let r_shared = shared.clone();
-        let r_stream = stream.try_clone()?;
-        std::thread::Builder::new()
-            .name("vault-reader".into())
-            .spawn(move || read_loop(reader, &r_shared, &r_stream))?;
-
+        reader.set_read_timeout(Some(READ_TICK))?;
         Ok(Conn {
             writer: Mutex::new((writer, BytesMut::with_capacity(1024))),
-            shared,
+            reader: Mutex::new(Reader {
+                stream: reader,
+                buf: BytesMut::with_capacity(16 * 1024),
+                chunk: vec![0u8; 16 * 1024].into_boxed_slice(),
+            }),
+            state: Mutex::new(State::default()),
+            dead: AtomicBool::new(false),
             next_id: AtomicU32::new(1),
             stream,
         })
     }
 
     pub fn is_dead(&self) -> bool {
-        self.shared.dead.load(Ordering::Acquire)
+        self.dead.load(Ordering::Acquire)
     }
 
-    /// Sends `make(id)` and returns its id and the receiver of its answer.
-    /// `None` if the connection is dead.
-    pub fn send(&self, make: impl FnOnce(u32) -> Frame) -> Option<(u32, mpsc::Receiver<Frame>)> {
+    /// Whether the vault closed its end, looked at without reading (nobody
+    /// reads an idle connection): a peek that finds the end of the stream.
+    /// Marks the connection dead if so.
+    pub fn check_alive(&self) -> bool {
+        if self.is_dead() {
+            return false;
+        }
+        use nix::sys::socket::{recv, MsgFlags};
+        let mut one = [0u8; 1];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        match recv(self.stream.as_raw_fd(), &mut one, flags) {
+            Ok(0) => {}
+            Ok(_) | Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => return true,
+            Err(_) => {}
+        }
+        self.mark_dead();
+        false
+    }
+
+    /// Writes `make(id)`; `None` if the connection is (now) dead.
+    pub fn send(&self, make: impl FnOnce(u32) -> Frame) -> Option<Sent> {
         if self.is_dead() {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::sync_channel(1);
+        let wake = Arc::new(Condvar::new());
         // Registered before the write: the answer may beat us back.
-        lock(&self.shared.pending).insert(id, tx);
+        lock(&self.state).pending.insert(
+            id,
+            Waiter {
+                answer: None,
+                parked: false,
+                wake: wake.clone(),
+            },
+        );
         let sent = {
             let mut w = lock(&self.writer);
             let (stream, buf) = &mut *w;
@@ -85,63 +143,133 @@ impl Conn {
             make(id).encode(buf).is_ok() && stream.write_all(buf).is_ok()
         };
         if !sent {
-            mark_dead(&self.shared, &self.stream);
+            self.mark_dead();
         }
-        // The reader may have died and cleared the map just before the
-        // insert: nobody would ever answer this slot.
-        if self.is_dead() || !sent {
-            lock(&self.shared.pending).remove(&id);
+        // mark_dead may have cleared the map just before the insert:
+        // nobody would ever answer this request.
+        if self.is_dead() {
+            lock(&self.state).pending.remove(&id);
             return None;
         }
-        Some((id, rx))
+        Some(Sent { id, wake })
+    }
+
+    /// Waits until `until` for the answer to `sent`. While no other caller
+    /// reads the socket, this one does, for everyone. On
+    /// [`WaitError::Timeout`] the request stays pending: wait again, or
+    /// [`Conn::cancel`] it.
+    pub fn wait(&self, sent: &Sent, until: Instant) -> Result<Frame, WaitError> {
+        let mut st = lock(&self.state);
+        loop {
+            let Some(w) = st.pending.get_mut(&sent.id) else {
+                // Cleared when the connection died.
+                return Err(WaitError::Closed);
+            };
+            if let Some(f) = w.answer.take() {
+                st.pending.remove(&sent.id);
+                return Ok(f);
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Err(WaitError::Timeout);
+            }
+            if !st.reading {
+                st.reading = true;
+                drop(st);
+                let alive = self.read_once();
+                st = lock(&self.state);
+                st.reading = false;
+                if !alive {
+                    drop(st);
+                    self.mark_dead();
+                    return Err(WaitError::Closed);
+                }
+                let answered = st.pending.get(&sent.id).is_some_and(|w| w.answer.is_some());
+                if answered || Instant::now() >= until {
+                    // Leaving: whoever still waits reads from now on.
+                    hand_over(&st);
+                }
+                continue;
+            }
+            if let Some(w) = st.pending.get_mut(&sent.id) {
+                w.parked = true;
+            }
+            st = match sent.wake.wait_timeout(st, until - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+            if let Some(w) = st.pending.get_mut(&sent.id) {
+                w.parked = false;
+            }
+        }
     }
 
     /// Forgets a request whose caller gave up, so a late answer is dropped.
     pub fn cancel(&self, id: u32) {
-        lock(&self.shared.pending).remove(&id);
+        lock(&self.state).pending.remove(&id);
+    }
+
+    /// One read (at most [`READ_TICK`] long) and the delivery of every
+    /// complete answer in it; false once the connection is unusable.
+    fn read_once(&self) -> bool {
+        let mut r = lock(&self.reader);
+        let Reader { stream, buf, chunk } = &mut *r;
+        let n = match stream.read(chunk) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                return true
+            }
+            Err(_) => return false,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut st = lock(&self.state);
+        loop {
+            match frame::decode(buf) {
+                Ok(Some(f)) => {
+                    // An id nobody waits for was cancelled: dropped.
+                    if let Some(w) = st.pending.get_mut(&f.request_id) {
+                        w.answer = Some(f);
+                        w.wake.notify_one();
+                    }
+                }
+                Ok(None) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "vault sent an invalid frame; dropping the connection");
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn mark_dead(&self) {
+        self.dead.store(true, Ordering::Release);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        // Every waiter wakes to find its request gone: "closed".
+        let mut st = lock(&self.state);
+        for w in st.pending.values() {
+            w.wake.notify_one();
+        }
+        st.pending.clear();
+    }
+}
+
+/// Wakes one caller still waiting, to take over reading.
+fn hand_over(st: &State) {
+    if let Some(w) = st.pending.values().find(|w| w.parked && w.answer.is_none()) {
+        w.wake.notify_one();
     }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // Wakes the reader (EOF) so both threads exit.
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
-}
-
-fn read_loop(mut reader: UnixStream, shared: &Shared, stream: &UnixStream) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut chunk = vec![0u8; 16 * 1024];
-    'outer: loop {
-        let n = match reader.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        loop {
-            match frame::decode(&mut buf) {
-                Ok(Some(f)) => {
-                    let slot = lock(&shared.pending).remove(&f.request_id);
-                    if let Some(slot) = slot {
-                        let _ = slot.try_send(f);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "vault sent an invalid frame; dropping the connection");
-                    break 'outer;
-                }
-            }
-        }
-    }
-    mark_dead(shared, stream);
-}
-
-fn mark_dead(shared: &Shared, stream: &UnixStream) {
-    shared.dead.store(true, Ordering::Release);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-    // Dropping the slots wakes every waiter with "disconnected".
-    lock(&shared.pending).clear();
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

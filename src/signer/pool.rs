@@ -8,10 +8,10 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::conn::Conn;
+use super::conn::{Conn, Sent, WaitError};
 use super::SignerError;
 use crate::protocol::{Frame, Request, Response, MAX_BODY};
 
@@ -152,18 +152,35 @@ impl VaultPool {
             return Err(SignerError::TooLarge(probe.body.len()));
         }
         let mut last_err = SignerError::Unavailable;
-        for _attempt in 0..3 {
-            let Some(conn) = self.inner.pick() else {
-                return Err(last_err);
+        // Three requests sent at most; connections found dead on the way
+        // (a vault that restarted is noticed at the first write) do not
+        // count, and once none is left one reconnect is tried at once.
+        let mut sent_count = 0;
+        let mut nudged = false;
+        for _ in 0..self.inner.slots.len() + 4 {
+            if sent_count == 3 || Instant::now() >= deadline {
+                break;
+            }
+            let conn = match self.inner.pick() {
+                Some(c) => c,
+                None if !nudged => {
+                    nudged = true;
+                    if !self.is_available() {
+                        return Err(last_err);
+                    }
+                    continue;
+                }
+                None => return Err(last_err),
             };
-            let Some((id, rx)) = conn.send(|id| Frame {
+            let Some(sent) = conn.send(|id| Frame {
                 request_id: id,
                 ..probe.clone()
             }) else {
                 last_err = SignerError::Closed;
                 continue;
             };
-            match wait(&rx, deadline, self.inner.opts.plain_wait) {
+            sent_count += 1;
+            match wait(&conn, &sent, deadline, self.inner.opts.plain_wait) {
                 Ok(frame) => {
                     return match Response::from_frame(op, &frame)? {
                         Response::Error { code, message } => {
@@ -173,13 +190,10 @@ impl VaultPool {
                     }
                 }
                 Err(WaitError::Timeout) => {
-                    conn.cancel(id);
+                    conn.cancel(sent.id);
                     return Err(SignerError::Timeout { op, timeout });
                 }
                 Err(WaitError::Closed) => last_err = SignerError::Closed,
-            }
-            if Instant::now() >= deadline {
-                break;
             }
         }
         Err(last_err)
@@ -228,6 +242,16 @@ impl Inner {
         self.reconnect_dead_locked()
     }
 
+    /// Marks dead the connections the vault closed: with no reader thread,
+    /// nothing else notices while they sit idle.
+    fn check_live(&self) {
+        for slot in &self.slots {
+            if let Some(c) = slot.live() {
+                c.check_alive();
+            }
+        }
+    }
+
     fn reconnect_dead_locked(&self) -> bool {
         let mut all_up = true;
         for slot in &self.slots {
@@ -257,6 +281,7 @@ fn supervise(weak: std::sync::Weak<Inner>) {
     loop {
         std::thread::sleep(backoff);
         let Some(inner) = weak.upgrade() else { return };
+        inner.check_live();
         if inner.reconnect_dead() {
             backoff = Duration::from_millis(20);
         } else {
@@ -266,35 +291,20 @@ fn supervise(weak: std::sync::Weak<Inner>) {
     }
 }
 
-enum WaitError {
-    Timeout,
-    Closed,
-}
-
 /// The adaptive wait: a plain wait first (no thread hand-off on the fast
 /// path), then `block_in_place` so tokio moves this worker's other tasks
 /// elsewhere while we keep waiting, up to `deadline`.
-fn wait(
-    rx: &mpsc::Receiver<Frame>,
-    deadline: Instant,
-    plain: Duration,
-) -> Result<Frame, WaitError> {
-    let recv =
-        |until: Instant| match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok(f) => Ok(f),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(WaitError::Timeout),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(WaitError::Closed),
-        };
+fn wait(conn: &Conn, sent: &Sent, deadline: Instant, plain: Duration) -> Result<Frame, WaitError> {
     let plain_until = (Instant::now() + plain).min(deadline);
-    match recv(plain_until) {
+    match conn.wait(sent, plain_until) {
         Err(WaitError::Timeout) if Instant::now() < deadline => {}
         other => return other,
     }
     if on_multi_thread_worker() {
         metrics::counter!("vaultgate_proxy_sign_block_in_place_total").increment(1);
-        tokio::task::block_in_place(|| recv(deadline))
+        tokio::task::block_in_place(|| conn.wait(sent, deadline))
     } else {
-        recv(deadline)
+        conn.wait(sent, deadline)
     }
 }
 

@@ -59,7 +59,10 @@ impl ProducesTickets for TicketKey {
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).ok()?;
-        let mut out = nonce.to_vec();
+        // One allocation: the tag is appended without growing.
+        let tag_len = CHACHA20_POLY1305.tag_len();
+        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + tag_len);
+        out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
         let tag = self
             .key
