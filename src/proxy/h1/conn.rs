@@ -20,15 +20,12 @@ use tokio_rustls::server::TlsStream;
 use super::body::{Feed, Piece, RequestBody};
 use super::framing::{Decoded, Decoder};
 use super::head::{self, Framing, Head, HeadError};
-use super::idle::{self, Wake};
+use super::idle::{self, Wake, HEAD_BUFFER};
 use super::response::{self, Answering, Delimit};
 use crate::config::proxy::Limits;
 use crate::proxy::forward::access::ConnInfo;
 use crate::proxy::forward::{self, headers, Forwarder};
 
-/// The read buffer's first allocation, when a request starts arriving:
-/// enough for nearly every request head.
-const HEAD_BUFFER: usize = 4 * 1024;
 /// What each read of a request body may take at most.
 const BODY_READ: usize = 16 * 1024;
 /// How long a close_notify may take to go out before the socket closes.
@@ -83,7 +80,7 @@ pub fn serve(
                 } else {
                     first_limit.saturating_sub(started.elapsed())
                 };
-                match idle::wait(&mut io, limit, &mut drain).await {
+                match idle::wait(&mut io, &mut buf, limit, &mut drain).await {
                     Wake::Readable => {}
                     Wake::TimedOut => {
                         let why = if served { "idle" } else { "no_request" };

@@ -1,56 +1,72 @@
-//! Waiting for the next request without holding a buffer: an idle
-//! connection waits in a one-byte `MSG_PEEK` on its socket, not inside a
-//! read, so the read buffer can be freed between requests (nginx does the
-//! same). A peek rather than `readable()`: tokio keeps a socket marked
-//! readable until a read would block, which the last request's read
-//! usually did not. Bytes rustls has already decrypted, or a close it has
-//! already seen, count as ready without touching the socket.
+//! Waiting for the next request without holding a buffer, as nginx does:
+//! a read is tried at once (a pipelined or quick request costs nothing
+//! more); if the socket has nothing, the buffer is freed and the
+//! connection waits on the socket's readiness instead, which the read
+//! that found nothing has reset. Bytes rustls has already decrypted, or
+//! a close it has already seen, count as ready without touching the
+//! socket.
 
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use bytes::BytesMut;
+use futures_util::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
+
+/// The read buffer's first allocation, when a request starts arriving:
+/// enough for nearly every request head.
+pub const HEAD_BUFFER: usize = 4 * 1024;
 
 /// Why the wait ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wake {
-    /// Something to read (or the peer's close, which a read reports).
+    /// Bytes are in the buffer, or rustls has them, or the peer closed
+    /// (the next read reports it).
     Readable,
     /// Nothing arrived within the limit.
     TimedOut,
     /// The listener is draining.
     Drain,
-    /// The TLS session failed while being checked.
+    /// The connection failed while being checked.
     Broken,
 }
 
-/// Waits up to `limit` for the client to send something.
+/// Waits up to `limit` for the client to send something; `buf` is empty
+/// on entry, and allocated only once something has come.
 pub async fn wait(
     io: &mut TlsStream<TcpStream>,
+    buf: &mut BytesMut,
     limit: Duration,
     drain: &mut watch::Receiver<bool>,
 ) -> Wake {
+    let deadline = Instant::now() + limit;
     match buffered(io).await {
         Ok(true) => return Wake::Readable,
         Ok(false) => {}
         Err(_) => return Wake::Broken,
     }
-    if *drain.borrow() {
-        return Wake::Drain;
-    }
-    let (tcp, _) = io.get_ref();
-    let mut one = [0u8; 1];
-    tokio::select! {
-        // Ok(0) is the peer's close: the read that follows reports it.
-        r = tcp.peek(&mut one) => match r {
-            Ok(_) => Wake::Readable,
-            Err(_) => Wake::Broken,
-        },
-        () = tokio::time::sleep(limit) => Wake::TimedOut,
-        // A dropped sender means the listener is gone: drain as well.
-        _ = drain.changed() => Wake::Drain,
+    loop {
+        if *drain.borrow() {
+            return Wake::Drain;
+        }
+        *buf = BytesMut::with_capacity(HEAD_BUFFER);
+        match io.read_buf(buf).now_or_never() {
+            Some(Ok(_)) => return Wake::Readable,
+            Some(Err(_)) => return Wake::Broken,
+            None => *buf = BytesMut::new(),
+        }
+        let (tcp, _) = io.get_ref();
+        tokio::select! {
+            r = tcp.readable() => if r.is_err() {
+                return Wake::Broken;
+            },
+            () = tokio::time::sleep_until(deadline) => return Wake::TimedOut,
+            // A dropped sender means the listener is gone: drain as well.
+            _ = drain.changed() => return Wake::Drain,
+        }
     }
 }
 

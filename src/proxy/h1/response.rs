@@ -128,11 +128,19 @@ where
     if delimit != Delimit::Nothing {
         loop {
             // What is ready now joins the buffer; before waiting for
-            // more, what is buffered goes out.
+            // more, what is buffered goes out, unless the rest is known to
+            // be small: a short body comes right behind its head (hyper's
+            // client hands them over separately), and one write, one TLS
+            // record, is cheaper than two.
             let next = match body.frame().now_or_never() {
                 Some(f) => f,
                 None => {
-                    flush(io, out).await?;
+                    let rest_fits = body.size_hint().exact().is_some_and(|n| {
+                        usize::try_from(n).is_ok_and(|n| out.len().saturating_add(n) <= GATHER)
+                    });
+                    if !rest_fits {
+                        flush(io, out).await?;
+                    }
                     body.frame().await
                 }
             };
