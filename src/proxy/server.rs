@@ -28,8 +28,8 @@ pub(super) fn http_builder(
 ) -> auto::Builder<TokioExecutor> {
     let l = &settings.limits;
     let mut b = auto::Builder::new(TokioExecutor::new());
-    // hyper runs this timer whenever it waits for a request head, which
-    // includes an idle keep-alive connection: it is the HTTP/1 idle timeout too.
+    // hyper's HTTP/1 serves only HTTP/1 bytes on an `h2` connection (to
+    // refuse them with a 400); the proxy's own driver serves HTTP/1.
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(l.header_timeout.min(l.idle_timeout))
