@@ -1,8 +1,10 @@
 //! The TLS-terminating reverse proxy: [`tls`] (certificates, resolver,
 //! resumption), [`forward`] (routes, upstreams, balancing, health, proxy
-//! headers, access log) and [`server`] (accept loop, limits, shutdown).
+//! headers, access log), [`h1`] (the HTTP/1.1 server side) and [`server`]
+//! (accept loop, limits, shutdown).
 
 pub mod forward;
+pub mod h1;
 pub mod listeners;
 pub mod server;
 pub mod tls;

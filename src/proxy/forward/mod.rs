@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::header::{HeaderValue, HOST};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
@@ -84,12 +84,22 @@ fn empty_up() -> UpBody {
         .boxed_unsync()
 }
 
-/// Handles one request from a client.
-pub async fn handle(
-    mut req: Request<Incoming>,
+/// Handles one request from a client, read by hyper (HTTP/2) or by the
+/// proxy's HTTP/1 driver ([`crate::proxy::h1`]).
+///
+/// A protocol upgrade (WebSocket) is spliced here when hyper read the
+/// request (it carries hyper's `OnUpgrade`); otherwise the response keeps
+/// the backend's upgrade in its extensions for the driver, which owns the
+/// client's connection, to take with `hyper::upgrade::on`.
+pub async fn handle<B>(
+    mut req: Request<B>,
     fwd: Arc<Forwarder>,
     conn: Arc<ConnInfo>,
-) -> Result<Response<Logged>, Infallible> {
+) -> Result<Response<Logged>, Infallible>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<upstream::BoxError>,
+{
     let start = Instant::now();
     let in_flight = access::Activity::begin(&conn);
     let host = headers::request_host(req.headers(), req.uri())
@@ -134,7 +144,12 @@ pub async fn handle(
     record.upstream = up.spec.name.clone();
 
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = (upgrade
+        && req
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_some())
+    .then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut hdrs = parts.headers;
     headers::strip_hop_by_hop(&mut hdrs, upgrade);
@@ -158,8 +173,11 @@ pub async fn handle(
     // the first refuses the connection; one with a body cannot.
     let retryable = body.is_end_stream();
     let body_failed = Arc::new(AtomicBool::new(false));
-    let mut body =
-        Some(Counting::new(body, record.bytes_in.clone(), body_failed.clone()).boxed_unsync());
+    let mut body = Some(
+        Counting::new(body, record.bytes_in.clone(), body_failed.clone())
+            .map_err(Into::into)
+            .boxed_unsync(),
+    );
 
     let mut exclude = None;
     let mut refused: Option<String> = None;

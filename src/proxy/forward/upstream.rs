@@ -14,7 +14,12 @@ use hyper_util::rt::TokioExecutor;
 use crate::config::proxy::{Balance, UpstreamSpec};
 
 /// Request bodies sent to backends: the client's streamed body, or empty.
-pub type UpBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// The error is boxed because the body comes from hyper (HTTP/2) or from
+/// the proxy's own HTTP/1 driver.
+pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A request body's error, whichever server read it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One backend server.
 #[derive(Debug)]
