@@ -393,7 +393,9 @@ fn sigkill_at_random_instants_loses_nothing_acknowledged() {
         m.acked.values().sum::<u32>() >= 400
             && torn >= 5
             && m.deleted > 0
-            && OPS.iter().all(|op| m.acked.get(*op).copied().unwrap_or(0) > 0)
+            && OPS
+                .iter()
+                .all(|op| m.acked.get(*op).copied().unwrap_or(0) > 0)
     };
     let mut round = 0;
     loop {
@@ -427,8 +429,8 @@ fn sigkill_at_random_instants_loses_nothing_acknowledged() {
             0,
             "the restarted vault left a crashed write's temp file in keys/"
         );
-        let last = round + 1 >= 3 * KILLS
-            || (round + 1 >= KILLS && enough(&lock(&model), torn_writes));
+        let last =
+            round + 1 >= 3 * KILLS || (round + 1 >= KILLS && enough(&lock(&model), torn_writes));
         rt.block_on(async {
             let c = VaultClient::connect(&v.socket)
                 .await
