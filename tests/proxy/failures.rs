@@ -167,7 +167,7 @@ fn tls_connect(
 }
 
 #[test]
-fn the_connection_limit_holds_new_connections_until_one_closes() {
+fn the_connection_limit_resets_new_connections_until_one_closes() {
     use std::io::Write;
     let s = Setup::start();
     let nginx = Nginx::start("n1");
@@ -177,26 +177,40 @@ fn the_connection_limit_holds_new_connections_until_one_closes() {
     while a.conn.is_handshaking() {
         a.conn.complete_io(&mut a.sock).expect("complete a");
     }
-    // The second connection is not accepted while the first is open...
+    // The second connection is reset while the first is open, at once
+    // rather than after the read timeout...
     let mut b = tls_connect(&p, &s);
-    b.sock
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-    let stalled = b.conn.complete_io(&mut b.sock);
-    assert!(
-        stalled.is_err() && b.conn.is_handshaking(),
-        "second connection got through the limit"
-    );
-    // ...and is served once it closes.
-    drop(a);
     b.sock
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    while b.conn.is_handshaking() {
-        b.conn
-            .complete_io(&mut b.sock)
-            .expect("complete b after a closed");
-    }
+    let start = Instant::now();
+    let refused = b.conn.complete_io(&mut b.sock);
+    let kind = refused.as_ref().err().map(|e| e.kind());
+    assert!(
+        matches!(
+            kind,
+            Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof)
+        ),
+        "second connection: {refused:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "reset only after {:?}",
+        start.elapsed()
+    );
+    // ...and a new one is served once the first closes (its slot is
+    // freed when the proxy sees the close).
+    drop(a);
+    wait_for("a freed slot", Duration::from_secs(10), || {
+        let mut c = tls_connect(&p, &s);
+        c.sock
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        while c.conn.is_handshaking() {
+            c.conn.complete_io(&mut c.sock).ok()?;
+        }
+        Some(())
+    });
 }
 
 #[test]
