@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tokio_rustls::TlsAcceptor;
 
-use super::server::{connection, http_builder, ServeError};
+use super::server::{connection, ServeError, Serving};
 use super::Proxy;
 
 /// The listeners being served, by the address the config names (so
@@ -166,8 +165,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut generation = proxy.live.load_full();
-    let mut acceptor = TlsAcceptor::from(generation.tls.clone());
-    let mut http = Arc::new(http_builder(&generation.settings));
+    let mut serving = Arc::new(Serving::new(&generation));
     let mut backoff = Duration::from_millis(5);
     let mut shed_warned: Option<std::time::Instant> = None;
     loop {
@@ -202,20 +200,10 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let live = proxy.live.load_full();
         if !Arc::ptr_eq(&live, &generation) {
-            acceptor = TlsAcceptor::from(live.tls.clone());
-            http = Arc::new(http_builder(&live.settings));
+            serving = Arc::new(Serving::new(&live));
             generation = live;
         }
-        tokio::spawn(connection(
-            tcp,
-            peer,
-            acceptor.clone(),
-            http.clone(),
-            generation.forwarder.clone(),
-            generation.settings.limits.clone(),
-            permit,
-            stop.clone(),
-        ));
+        tokio::spawn(connection(tcp, peer, serving.clone(), permit, stop.clone()));
     }
 }
 

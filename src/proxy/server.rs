@@ -43,6 +43,26 @@ pub(super) fn http_builder(
     b
 }
 
+/// What serves the connections accepted under one config generation,
+/// shared by all of them.
+pub(super) struct Serving {
+    pub acceptor: TlsAcceptor,
+    pub http: auto::Builder<TokioExecutor>,
+    pub fwd: Arc<Forwarder>,
+    pub limits: crate::config::proxy::Limits,
+}
+
+impl Serving {
+    pub fn new(live: &super::Live) -> Serving {
+        Serving {
+            acceptor: TlsAcceptor::from(live.tls.clone()),
+            http: http_builder(&live.settings),
+            fwd: live.forwarder.clone(),
+            limits: live.settings.limits.clone(),
+        }
+    }
+}
+
 /// One client connection, from the TLS handshake to the close.
 ///
 /// Built from combinators rather than as an `async fn`: the task keeps
@@ -51,19 +71,15 @@ pub(super) fn http_builder(
 /// next to the serving future itself. The handshake (and the TLS stream
 /// it makes) lives in a box until it hands over the serving future, so
 /// an idle HTTP/1 connection holds only that.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    http: Arc<auto::Builder<TokioExecutor>>,
-    fwd: Arc<Forwarder>,
-    limits: crate::config::proxy::Limits,
+    serving: Arc<Serving>,
     permit: OwnedSemaphorePermit,
     drain: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send {
     let open = OpenGauge::new();
-    Box::pin(accept(tcp, peer, acceptor, http, fwd, limits, drain))
+    Box::pin(accept(tcp, peer, serving, drain))
         .then(OptionFuture::from)
         .map(move |_| drop((permit, open)))
 }
@@ -72,15 +88,15 @@ pub(super) fn connection(
 async fn accept(
     tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    http: Arc<auto::Builder<TokioExecutor>>,
-    fwd: Arc<Forwarder>,
-    limits: crate::config::proxy::Limits,
+    serving: Arc<Serving>,
     drain: watch::Receiver<bool>,
 ) -> Option<impl Future<Output = ()> + Send> {
     let local = tcp.local_addr().ok()?;
     let start = Instant::now();
-    let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+    let handshake = tokio::time::timeout(
+        serving.limits.handshake_timeout,
+        serving.acceptor.accept(tcp),
+    );
     let tls = match handshake.await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -130,11 +146,10 @@ async fn accept(
     // that named none and sends the HTTP/2 preface gets a 400, as from
     // nginx, which takes HTTP/2 without ALPN on cleartext ports only.
     Some(if info.alpn.as_deref() != Some("h2") {
+        let (fwd, limits) = (serving.fwd.clone(), serving.limits.clone());
         Either::Left(super::h1::serve(tls, fwd, info, limits, drain))
     } else {
-        Either::Right(Box::pin(serve_h2(
-            tls, peer, info, http, fwd, limits, drain,
-        )))
+        Either::Right(Box::pin(serve_h2(tls, peer, info, serving, drain)))
     })
 }
 
@@ -144,16 +159,17 @@ async fn serve_h2(
     tls: tokio_rustls::server::TlsStream<TcpStream>,
     peer: SocketAddr,
     info: Arc<ConnInfo>,
-    http: Arc<auto::Builder<TokioExecutor>>,
-    fwd: Arc<Forwarder>,
-    limits: crate::config::proxy::Limits,
+    serving: Arc<Serving>,
     mut drain: watch::Receiver<bool>,
 ) {
+    let limits = &serving.limits;
     let service = {
-        let info = info.clone();
+        let (info, fwd) = (info.clone(), serving.fwd.clone());
         hyper::service::service_fn(move |req| forward::handle(req, fwd.clone(), info.clone()))
     };
-    let conn = http.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let conn = serving
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
     // Until its first request begins, a connection gets the header
     // timeout (a client that completes TLS and then sends nothing, or
@@ -646,8 +662,7 @@ async fn reload_certs(proxy: &Arc<Proxy>, why: &'static str) {
 
 #[cfg(test)]
 mod tests {
-    #[allow(clippy::too_many_arguments)]
-    fn returned_size<A, B, C, D, E, F, G, H, R>(_: fn(A, B, C, D, E, F, G, H) -> R) -> usize {
+    fn returned_size<A, B, C, D, E, R>(_: fn(A, B, C, D, E) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 
