@@ -22,7 +22,8 @@ use common::vault::{http_get, run_cli, Opts, VaultProc};
 use vaultgate::client::VaultClient;
 use vaultgate::protocol::{scheme, ErrorCode, KeyType, Request};
 
-fn rt() -> tokio::runtime::Runtime {
+/// The runtime the vault tests drive their async clients on.
+pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

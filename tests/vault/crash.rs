@@ -378,11 +378,7 @@ fn sigkill_at_random_instants_loses_nothing_acknowledged() {
         config: Some("[vault]\nmin_deletion_wait = \"0s\"\n".into()),
         ..Opts::default()
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::rt();
     let model = Arc::new(Mutex::new(Model::default()));
     let started = Instant::now();
     let mut torn_writes = 0;

@@ -101,14 +101,6 @@ fn stray_temps(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// `n` signatures with `key`, pipelined; how many succeeded, and the
 /// first error.
 async fn sign_many(c: &VaultClient, key: &str, n: usize) -> (usize, Option<String>) {
@@ -193,7 +185,7 @@ fn a_full_disk_refuses_key_changes_and_the_vault_keeps_signing() {
 
     // Signatures and decryption go on, audited in the log's reserve,
     // across a restart on the full disk too.
-    rt().block_on(async {
+    crate::rt().block_on(async {
         let c = VaultClient::connect(&v.socket).await.expect("connect");
         assert_eq!(sign_many(&c, "web", 500).await, (500, None));
     });
@@ -206,7 +198,7 @@ fn a_full_disk_refuses_key_changes_and_the_vault_keeps_signing() {
     v.ok(&["audit", "verify"]);
 
     // Once the reserve is spent too, the vault stops: nothing unaudited.
-    let refused = rt().block_on(async {
+    let refused = crate::rt().block_on(async {
         let c = VaultClient::connect(&v.socket).await.expect("connect");
         let mut signed = 0;
         for _ in 0..40 {
@@ -374,7 +366,7 @@ fn an_audit_log_that_cannot_be_written_stops_the_vault_until_it_can() {
     assert!(v
         .err(&["key", "create", "unaudited", "--type", "ed25519"])
         .contains("audit log cannot be written"));
-    rt().block_on(async {
+    crate::rt().block_on(async {
         let c = VaultClient::connect(&v.socket).await.expect("connect");
         assert_eq!(c.ping(b"alive").await.expect("ping"), b"alive");
         let e = c

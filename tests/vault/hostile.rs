@@ -53,14 +53,6 @@ fn field(tag: u8, value: &[u8]) -> Vec<u8> {
     f
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 #[test]
 fn every_kind_of_bad_frame_is_cut_off_audited_and_counted() {
     let v = VaultProc::start_with(Opts {
@@ -124,7 +116,7 @@ fn every_kind_of_bad_frame_is_cut_off_audited_and_counted() {
             "closed inside a frame",
         ),
     ];
-    let rt = rt();
+    let rt = crate::rt();
     let good = rt
         .block_on(VaultClient::connect(&v.socket))
         .expect("connect");
@@ -202,7 +194,7 @@ fn a_storm_of_bad_callers_does_not_disturb_a_signing_caller() {
             })
         })
         .collect();
-    let signed = rt().block_on(async {
+    let signed = crate::rt().block_on(async {
         let c = VaultClient::connect(&v.socket).await.expect("connect");
         let mut signed = 0;
         while signed < 20_000 && !storm.iter().all(|t| t.is_finished()) {
