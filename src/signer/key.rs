@@ -91,7 +91,19 @@ impl VaultKey {
         cert_spki: Option<&[u8]>,
         cert_label: &str,
     ) -> Result<VaultKey, SignerError> {
-        let (key_type, primary, spki) = public_key(pool, name, None)?;
+        let primary = public_key(pool, name, None)?;
+        VaultKey::load_from(pool, name, primary, cert_spki, cert_label)
+    }
+
+    /// [`VaultKey::load`] for a caller that already asked the vault for
+    /// the primary version's `(type, version, spki)`.
+    pub fn load_from(
+        pool: &VaultPool,
+        name: &str,
+        (key_type, primary, spki): (KeyType, u32, Vec<u8>),
+        cert_spki: Option<&[u8]>,
+        cert_label: &str,
+    ) -> Result<VaultKey, SignerError> {
         let (version, spki) = match cert_spki {
             Some(want) if want != spki.as_slice() => {
                 let mut found = None;

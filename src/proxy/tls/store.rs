@@ -135,17 +135,19 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
                 key: name.clone(),
                 source,
             };
-            let (_, primary, primary_spki) =
-                crate::signer::key::public_key(pool, name, None).map_err(vault_err)?;
-            let (certs, spki) = if cert_spki == primary_spki {
+            let found = crate::signer::key::public_key(pool, name, None).map_err(vault_err)?;
+            let (_, primary, primary_spki) = &found;
+            let primary = *primary;
+            let (certs, spki) = if cert_spki == *primary_spki {
                 (certs, cert_spki)
             } else {
-                match bound_to(pool, name, primary, &primary_spki) {
-                    Some(bound) => (bound, primary_spki),
+                match bound_to(pool, name, primary, primary_spki) {
+                    Some(bound) => (bound, primary_spki.clone()),
                     None => (certs, cert_spki),
                 }
             };
-            let key = VaultKey::load(pool, name, Some(&spki), &label).map_err(vault_err)?;
+            let key =
+                VaultKey::load_from(pool, name, found, Some(&spki), &label).map_err(vault_err)?;
             if key.version() != primary {
                 tracing::warn!(
                     key = %name,
