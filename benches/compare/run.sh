@@ -7,7 +7,7 @@
 #   DURATION=2 benches/compare/run.sh       # a quick look
 #   SYSTEMS="nginx vg-vault" TESTS="full-ecdsa rss-idle" benches/compare/run.sh
 #   PERF=1 benches/compare/run.sh           # + perf profiles of vaultgate (vault:); perturbs its rows
-#   PERFSTAT=1 benches/compare/run.sh       # + context switches per request (perf stat), every system
+#   PERFSTAT=1 benches/compare/run.sh       # + context switches and syscalls (perf stat), every system
 #
 # Measures, per terminator: keep-alive 1 KiB requests, 1 MiB downloads,
 # new-connection full handshakes (ECDSA P-256 and RSA-2048, the client
@@ -452,7 +452,7 @@ measure() { # SYSTEM TEST
     if [ "$PERFSTAT" = 1 ]; then
         # Context switches of the terminator's threads (and the vault's),
         # threads started during the window included.
-        perf stat -x, -e context-switches,task-clock -o "$out.perfstat" \
+        perf stat -x, -e context-switches,task-clock,raw_syscalls:sys_enter -o "$out.perfstat" \
             -p "$(procs "$sys" | paste -sd,)" >/dev/null 2>&1 &
         stat_pid=$!
         pids+=($!)
@@ -478,7 +478,8 @@ measure() { # SYSTEM TEST
     if [ -n "$stat_pid" ]; then
         kill -INT "$stat_pid" 2>/dev/null || true
         wait "$stat_pid" 2>/dev/null || true
-        echo "   $sys $test: $(awk -F, '/context-switches/ {print $1}' "$out.perfstat") context switches" \
+        echo "   $sys $test: $(awk -F, '/context-switches/ {print $1}' "$out.perfstat") context switches," \
+            "$(awk -F, '/sys_enter/ {print $1}' "$out.perfstat") syscalls" \
             "in $(grep -o '"requests":[0-9]*' "$out.json" 2>/dev/null | grep -o '[0-9]*$' || echo '?') requests" >&2
     fi
     hs1=$(server_handshakes "$sys")

@@ -1,11 +1,13 @@
 //! The TLS-terminating reverse proxy: [`tls`] (certificates, resolver,
 //! resumption), [`forward`] (routes, upstreams, balancing, health, proxy
-//! headers, access log), [`h1`] (the HTTP/1.1 server side) and [`server`]
-//! (accept loop, limits, shutdown).
+//! headers, access log), [`h1`] (the HTTP/1.1 server side), [`origin`]
+//! (the HTTP/1.1 client side, to backends) and [`server`] (accept loop,
+//! limits, shutdown).
 
 pub mod forward;
 pub mod h1;
 pub mod listeners;
+pub mod origin;
 pub mod server;
 pub mod tls;
 
@@ -168,15 +170,25 @@ impl Proxy {
         Ok(())
     }
 
-    /// (Re)starts active health checks for the live upstreams; the
-    /// previous generation's stop. Needs a tokio runtime.
-    pub fn restart_health_checks(&self) {
-        let fresh: Vec<_> = self
-            .live
-            .load()
+    /// (Re)starts the live upstreams' background tasks, active health
+    /// checks and the pruning of idle backend connections; the previous
+    /// generation's stop. Needs a tokio runtime.
+    pub fn restart_upstream_tasks(&self) {
+        let live = self.live.load();
+        let fresh: Vec<_> = live
             .forwarder
             .upstreams()
             .flat_map(|u| forward::health::spawn(u.clone()))
+            .chain(live.forwarder.upstreams().map(|u| {
+                let u = u.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(origin::pool::IDLE_TIMEOUT / 6);
+                    loop {
+                        tick.tick().await;
+                        u.prune_idle();
+                    }
+                })
+            }))
             .collect();
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         for old in health.drain(..) {
@@ -185,8 +197,8 @@ impl Proxy {
         *health = fresh;
     }
 
-    /// Stops every health check (at shutdown).
-    pub fn stop_health_checks(&self) {
+    /// Stops every upstream task (at shutdown).
+    pub fn stop_upstream_tasks(&self) {
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         for old in health.drain(..) {
             old.abort();

@@ -347,7 +347,7 @@ pub async fn run(
             .map_err(|source| ServeError::Bind { addr, source })?;
         first.get_or_insert(local);
     }
-    proxy.restart_health_checks();
+    proxy.restart_upstream_tasks();
     let reloads = Reloads {
         proxy: proxy.clone(),
         listeners: listeners.clone(),
@@ -369,7 +369,7 @@ pub async fn run(
     for t in tasks {
         t.abort();
     }
-    proxy.stop_health_checks();
+    proxy.stop_upstream_tasks();
     if let Some(f) = &pid_file {
         let _ = std::fs::remove_file(f);
     }
@@ -628,7 +628,7 @@ async fn apply_reload(r: &Reloads) -> Result<Vec<&'static str>, String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    r.proxy.restart_health_checks();
+    r.proxy.restart_upstream_tasks();
     if let Some(m) = metrics {
         r.metrics.replace(m).map_err(|e| e.to_string())?;
     }

@@ -183,7 +183,9 @@ fn rotating_the_default_key_alone_changes_the_certificate_served() {
     let delay = rotated.elapsed();
     eprintln!("rotation to new certificate served: {delay:?}");
     assert_eq!((after.status, after.body.as_slice()), (200, &b"n1\n"[..]));
-    assert!(delay < Duration::from_secs(1), "took {delay:?}");
+    // Pushed by the vault's key event, not found by a periodic check: well
+    // under the 10 s allowed above even on a loaded 2-core machine.
+    assert!(delay < Duration::from_secs(5), "took {delay:?}");
     // The certificate's key is the vault's new primary version.
     let out = Command::new(bin())
         .args(["key", "describe", "default", "--config", &cfg_s])

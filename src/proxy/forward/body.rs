@@ -11,8 +11,48 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::access::AccessRecord;
+use super::upstream::BoxError;
+use crate::proxy::origin::OriginBody;
 
-pub type BoxBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// A response body from anywhere but an HTTP/1 backend (an h2c backend,
+/// an error text).
+pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A response body: an HTTP/1 backend's, read off its socket (the common
+/// case, not boxed), or any other.
+pub enum Answer {
+    Origin(OriginBody),
+    Other(BoxBody),
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Answer::Origin(b) => Pin::new(b).poll_frame(cx),
+            Answer::Other(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Answer::Origin(b) => b.is_end_stream(),
+            Answer::Other(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Answer::Origin(b) => b.size_hint(),
+            Answer::Other(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Counts data bytes as they stream through, and notes whether the
 /// client's body failed (a broken chunk, a reset stream): the request then
@@ -66,13 +106,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
 /// The response body sent to the client. Its drop is the end of the
 /// request: that is when the access record is complete.
 pub struct Logged {
-    inner: BoxBody,
+    inner: Answer,
     sent: u64,
     record: Option<AccessRecord>,
 }
 
 impl Logged {
-    pub fn new(inner: BoxBody, record: AccessRecord) -> Self {
+    pub fn new(inner: Answer, record: AccessRecord) -> Self {
         Logged {
             inner,
             sent: 0,
@@ -83,12 +123,12 @@ impl Logged {
 
 impl Body for Logged {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(f))) = &r {
             if let Some(d) = f.data_ref() {

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod body;
+pub mod h2c;
 pub mod headers;
 pub mod health;
 pub mod private;
@@ -23,10 +24,31 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::config::proxy::{Balance, ForwardedHeaders, HostPattern, ProxySettings, RouteSpec};
+use crate::proxy::origin::{self, OriginError, OriginUpgrade, Outgoing};
 use access::{AccessRecord, ConnInfo};
-use body::{BoxBody, Counting, Logged};
-use private::SendError;
+use body::{Answer, Counting, Logged};
+use h2c::H2cError;
 use upstream::{UpBody, Upstream};
+
+/// Why a request got no answer from a backend.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("{0}")]
+    Origin(#[from] OriginError),
+    #[error("{0}")]
+    H2c(#[from] H2cError),
+}
+
+impl SendError {
+    /// Whether the backend could not be reached at all: only then is it
+    /// ejected and the request tried elsewhere.
+    fn is_connect(&self) -> bool {
+        match self {
+            SendError::Origin(e) => e.is_connect(),
+            SendError::H2c(e) => matches!(e, H2cError::Connect(_)),
+        }
+    }
+}
 
 /// Routes and upstreams, shared by every connection.
 pub struct Forwarder {
@@ -72,10 +94,12 @@ impl Forwarder {
     }
 }
 
-fn full(text: String) -> BoxBody {
-    Full::new(Bytes::from(text))
-        .map_err(|never| match never {})
-        .boxed_unsync()
+fn full(text: String) -> Answer {
+    Answer::Other(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
 }
 
 fn empty_up() -> UpBody {
@@ -169,15 +193,22 @@ where
         Balance::HashHeader(name) => hdrs.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
         _ => None,
     };
-    // A request without a body can be sent again to another backend when
-    // the first refuses the connection; one with a body cannot.
-    let retryable = body.is_end_stream();
     let body_failed = Arc::new(AtomicBool::new(false));
-    let mut body = Some(
-        Counting::new(body, record.bytes_in.clone(), body_failed.clone())
-            .map_err(Into::into)
-            .boxed_unsync(),
-    );
+    let body = Counting::new(body, record.bytes_in.clone(), body_failed.clone())
+        .map_err(Into::into)
+        .boxed_unsync();
+    // HTTP/1 backends: the head is encoded once, however many backends are
+    // tried. A refused connection sent nothing, body included, so the
+    // request can always go to another backend.
+    let (mut outgoing, mut h2c_body) = if up.spec.h2c {
+        (None, Some(body))
+    } else {
+        let out = Outgoing::new(&parts.method, &path_and_query, &hdrs, body, upgrade);
+        (Some(out), None)
+    };
+    // An h2c request's body is consumed by the attempt: only a bodiless
+    // one can be tried again.
+    let h2c_retryable = h2c_body.as_ref().is_some_and(|b| b.is_end_stream());
 
     let mut exclude = None;
     let mut refused: Option<String> = None;
@@ -188,54 +219,66 @@ where
             return Ok(fail(record, StatusCode::BAD_GATEWAY, &why));
         };
         let backend = up.backends[i].clone();
-        // HTTP/2 carries the host in :authority (taken from the URI);
-        // HTTP/1.1 in the Host header, with the backend in the URI.
-        let authority = if up.spec.h2c && !host.is_empty() {
-            host.clone()
-        } else {
-            backend.addr.to_string()
-        };
-        let uri = match Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(path_and_query.as_str())
-            .build()
-        {
-            Ok(u) => u,
-            Err(_) => {
-                return Ok(fail(
-                    record,
-                    StatusCode::BAD_REQUEST,
-                    "invalid request target",
-                ))
-            }
-        };
-        let mut out = Request::new(body.take().unwrap_or_else(empty_up));
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri;
-        *out.headers_mut() = hdrs.clone();
-        if up.spec.h2c {
-            *out.version_mut() = Version::HTTP_2;
-            out.headers_mut().remove(HOST);
-        } else {
-            *out.version_mut() = Version::HTTP_11;
-        }
         let sent = Instant::now();
-        let result = if up.spec.h2c {
-            let send = up.h2c.send(backend.addr, up.spec.connect_timeout, out);
-            tokio::time::timeout(up.spec.response_timeout, send).await
-        } else if up.spec.proxy_protocol {
-            let send = conn.private.send(
-                backend.addr,
-                conn.client,
-                conn.local,
-                up.spec.connect_timeout,
-                out,
-            );
-            tokio::time::timeout(up.spec.response_timeout, send).await
-        } else {
-            let send = async { up.client.request(out).await.map_err(SendError::Pooled) };
-            tokio::time::timeout(up.spec.response_timeout, send).await
+        let result = match outgoing.as_mut() {
+            Some(out) => {
+                let pool = if up.spec.proxy_protocol {
+                    conn.private.to(
+                        backend.addr,
+                        conn.client,
+                        conn.local,
+                        up.spec.connect_timeout,
+                    )
+                } else {
+                    backend.idle.clone()
+                };
+                let send = origin::send(&pool, out);
+                tokio::time::timeout(up.spec.response_timeout, send)
+                    .await
+                    .map(|r| {
+                        r.map(|resp| resp.map(Answer::Origin))
+                            .map_err(SendError::from)
+                    })
+            }
+            None => {
+                // HTTP/2 carries the host in :authority (nginx refuses a
+                // request whose :authority and Host differ).
+                let authority = if host.is_empty() {
+                    backend.addr.to_string()
+                } else {
+                    host.clone()
+                };
+                let uri = match Uri::builder()
+                    .scheme("http")
+                    .authority(authority)
+                    .path_and_query(path_and_query.as_str())
+                    .build()
+                {
+                    Ok(u) => u,
+                    Err(_) => {
+                        return Ok(fail(
+                            record,
+                            StatusCode::BAD_REQUEST,
+                            "invalid request target",
+                        ))
+                    }
+                };
+                let mut out = Request::new(h2c_body.take().unwrap_or_else(empty_up));
+                *out.method_mut() = parts.method.clone();
+                *out.uri_mut() = uri;
+                *out.headers_mut() = hdrs.clone();
+                *out.version_mut() = Version::HTTP_2;
+                out.headers_mut().remove(HOST);
+                let send = up.h2c.send(backend.addr, up.spec.connect_timeout, out);
+                tokio::time::timeout(up.spec.response_timeout, send)
+                    .await
+                    .map(|r| {
+                        r.map(|resp| {
+                            resp.map(|b| Answer::Other(b.map_err(Into::into).boxed_unsync()))
+                        })
+                        .map_err(SendError::from)
+                    })
+            }
         };
         match result {
             Ok(Ok(resp)) => {
@@ -249,6 +292,7 @@ where
                     error_chain(&e)
                 );
                 up.eject(i, &why);
+                let retryable = outgoing.is_some() || h2c_retryable;
                 if retryable && exclude.is_none() {
                     exclude = Some(i);
                     refused = Some(why);
@@ -279,29 +323,31 @@ where
     let backend = up.backends[backend_i].clone();
     backend.active.fetch_add(1, Ordering::Relaxed);
     record.backend = Some(backend);
-    metrics::histogram!("vaultgate_proxy_upstream_seconds", "upstream" => up.spec.name.clone())
+    up.upstream_seconds
         .record(record.upstream_time.map_or(0.0, |d| d.as_secs_f64()));
 
-    let mut resp = resp;
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-        let backend_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, backend_upgrade) {
-                Ok((c, b)) => {
-                    let mut c = TokioIo::new(c);
-                    let mut b = TokioIo::new(b);
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+        if let Some((backend_io, pending)) = resp
+            .extensions()
+            .get::<OriginUpgrade>()
+            .and_then(OriginUpgrade::take)
+        {
+            tokio::spawn(async move {
+                match client_upgrade.await {
+                    Ok(c) => {
+                        let mut c = TokioIo::new(c);
+                        let _ = origin::splice(&mut c, &[], backend_io, &pending).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
                 }
-                Err(e) => tracing::debug!(error = %e, "protocol upgrade failed"),
-            }
-        });
+            });
+        }
     }
     let (mut rparts, rbody) = resp.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
     record.status = rparts.status.as_u16();
-    let body = rbody.boxed_unsync();
-    Ok(Response::from_parts(rparts, Logged::new(body, record)))
+    Ok(Response::from_parts(rparts, Logged::new(rbody, record)))
 }
 
 /// "client error (Connect): tcp connect error: Connection refused": hyper's

@@ -6,48 +6,15 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use crate::proxy::origin::Idle;
 
-use super::upstream::UpBody;
-
-/// Why a request got no response from a backend.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// No connection could be made (private path).
-    #[error("connect: {0}")]
-    Connect(String),
-    /// A private connection failed after it was made.
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
-    /// The shared pooled client failed (its error says whether connecting).
-    #[error("{0}")]
-    Pooled(hyper_util::client::legacy::Error),
-}
-
-impl SendError {
-    /// Whether the backend could not be reached at all: only then is it
-    /// ejected and the request tried elsewhere.
-    pub fn is_connect(&self) -> bool {
-        match self {
-            SendError::Connect(_) => true,
-            SendError::Http(_) => false,
-            SendError::Pooled(e) => e.is_connect(),
-        }
-    }
-}
-
-/// Idle private connections of one client connection, by backend.
+/// The private backend pools of one client connection, by backend.
 #[derive(Default)]
 pub struct PrivatePool {
-    idle: Mutex<HashMap<SocketAddr, SendRequest<UpBody>>>,
+    pools: Mutex<HashMap<SocketAddr, Arc<Idle>>>,
 }
 
 impl std::fmt::Debug for PrivatePool {
@@ -57,58 +24,31 @@ impl std::fmt::Debug for PrivatePool {
 }
 
 impl PrivatePool {
-    /// Sends `req` to `backend`, reusing this client's idle connection to
-    /// it or opening one that starts with a PROXY v2 header for
-    /// `client` → `local`.
-    pub async fn send(
+    /// This client's connections to `backend`: new ones start with a
+    /// PROXY v2 header for `client` → `local`. One idle connection is
+    /// kept (a second request in flight meanwhile gets its own rather
+    /// than queue behind the first's body).
+    pub fn to(
         &self,
         backend: SocketAddr,
         client: SocketAddr,
         local: SocketAddr,
         connect_timeout: Duration,
-        req: Request<UpBody>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let idle = self
-            .idle
+    ) -> Arc<Idle> {
+        self.pools
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&backend)
-            .filter(|s| s.is_ready());
-        let mut sender = match idle {
-            Some(s) => s,
-            None => connect(backend, client, local, connect_timeout).await?,
-        };
-        let resp = sender.send_request(req).await?;
-        // Ready again once this response's body is read; keep it for the
-        // next request of the same client (a second one waiting meanwhile
-        // gets its own connection rather than queue behind this body).
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(backend, sender);
-        Ok(resp)
+            .entry(backend)
+            .or_insert_with(|| {
+                Arc::new(Idle::new(
+                    backend,
+                    connect_timeout,
+                    Some(proxy_v2_header(client, local)),
+                    1,
+                ))
+            })
+            .clone()
     }
-}
-
-async fn connect(
-    backend: SocketAddr,
-    client: SocketAddr,
-    local: SocketAddr,
-    timeout: Duration,
-) -> Result<SendRequest<UpBody>, SendError> {
-    let mut tcp = tokio::time::timeout(timeout, TcpStream::connect(backend))
-        .await
-        .map_err(|_| SendError::Connect(format!("timed out after {timeout:?}")))?
-        .map_err(|e| SendError::Connect(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    tcp.write_all(&proxy_v2_header(client, local))
-        .await
-        .map_err(|e| SendError::Connect(format!("writing the PROXY header: {e}")))?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    Ok(sender)
 }
 
 const SIGNATURE: [u8; 12] = [
@@ -161,54 +101,5 @@ mod tests {
         );
         let h = proxy_v2_header("[::1]:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         assert_eq!((h[13], h.len()), (0x21, 16 + 36));
-    }
-}
-
-/// One shared HTTP/2 cleartext (h2c) connection per backend, multiplexing
-/// every request to it. Used instead of the pooled client because an
-/// h2 request's `:authority` must carry the client's host (nginx refuses
-/// a request whose `:authority` and `Host` differ), while the connection
-/// goes to the backend's address.
-#[derive(Default)]
-pub struct H2cPool {
-    conns: tokio::sync::Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<UpBody>>>,
-}
-
-impl H2cPool {
-    pub async fn send(
-        &self,
-        backend: SocketAddr,
-        connect_timeout: Duration,
-        req: Request<UpBody>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = {
-            // Held across the connect so concurrent requests share one
-            // new connection instead of racing to open several.
-            let mut conns = self.conns.lock().await;
-            match conns.get(&backend).filter(|s| !s.is_closed()) {
-                Some(s) => s.clone(),
-                None => {
-                    let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(backend))
-                        .await
-                        .map_err(|_| {
-                            SendError::Connect(format!("timed out after {connect_timeout:?}"))
-                        })?
-                        .map_err(|e| SendError::Connect(e.to_string()))?;
-                    let _ = tcp.set_nodelay(true);
-                    let (s, conn) = hyper::client::conn::http2::handshake(
-                        hyper_util::rt::TokioExecutor::new(),
-                        TokioIo::new(tcp),
-                    )
-                    .await?;
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    conns.insert(backend, s.clone());
-                    s
-                }
-            }
-        };
-        sender.ready().await?;
-        Ok(sender.send_request(req).await?)
     }
 }

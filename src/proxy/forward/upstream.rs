@@ -3,15 +3,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::config::proxy::{Balance, UpstreamSpec};
+use crate::proxy::origin::Idle;
 
 /// Request bodies sent to backends: the client's streamed body, or empty.
 /// The error is boxed because the body comes from hyper (HTTP/2) or from
@@ -32,6 +30,8 @@ pub struct Backend {
     down_until_ms: AtomicU64,
     /// Requests in flight, for least-conn.
     pub active: AtomicUsize,
+    /// Keep-alive connections to it, shared by every client.
+    pub idle: Arc<Idle>,
 }
 
 impl Backend {
@@ -41,13 +41,19 @@ impl Backend {
     }
 }
 
+/// Idle keep-alive connections kept per backend (nginx's `keepalive` is
+/// per worker; this is per proxy).
+const MAX_IDLE: usize = 256;
+
 /// A named group of backends with its balancing policy and client.
 pub struct Upstream {
     pub spec: UpstreamSpec,
     pub backends: Vec<Arc<Backend>>,
-    pub client: Client<HttpConnector, UpBody>,
     /// Connections for `h2c` upstreams.
-    pub h2c: super::private::H2cPool,
+    pub h2c: super::h2c::H2cPool,
+    /// Time to the answer's head, per request (the handle is looked up
+    /// once, not per request).
+    pub upstream_seconds: metrics::Histogram,
     /// Index into `backends` per weight unit: weighted round robin.
     schedule: Vec<usize>,
     rr: AtomicUsize,
@@ -67,6 +73,7 @@ impl Upstream {
                     healthy: AtomicBool::new(true),
                     down_until_ms: AtomicU64::new(0),
                     active: AtomicUsize::new(0),
+                    idle: Arc::new(Idle::new(b.addr, spec.connect_timeout, None, MAX_IDLE)),
                 })
             })
             .collect();
@@ -91,17 +98,11 @@ impl Upstream {
             }
             _ => None,
         };
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(spec.connect_timeout));
-        http.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(http);
+        let upstream_seconds = metrics::histogram!("vaultgate_proxy_upstream_seconds", "upstream" => spec.name.clone());
         Upstream {
+            upstream_seconds,
             spec,
             backends,
-            client,
             h2c: Default::default(),
             schedule,
             rr: AtomicUsize::new(0),
@@ -162,6 +163,14 @@ impl Upstream {
         }
     }
 
+    /// Closes idle backend connections that expired or were closed by
+    /// their backend; called now and then so a quiet proxy lets them go.
+    pub fn prune_idle(&self) {
+        for b in &self.backends {
+            b.idle.prune();
+        }
+    }
+
     /// Passive ejection after a connect failure. With an active health
     /// check the backend stays out until the check passes again; without,
     /// for `fail_timeout`.
@@ -185,6 +194,7 @@ impl Upstream {
 mod tests {
     use super::*;
     use crate::config::proxy::BackendSpec;
+    use std::time::Duration;
 
     fn upstream(balance: Balance, weights: &[u32]) -> Upstream {
         Upstream::new(UpstreamSpec {

@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -25,6 +24,7 @@ use super::response::{self, Answering, Delimit};
 use crate::config::proxy::Limits;
 use crate::proxy::forward::access::ConnInfo;
 use crate::proxy::forward::{self, headers, Forwarder};
+use crate::proxy::origin::{self, OriginUpgrade};
 
 /// What each read of a request body may take at most.
 const BODY_READ: usize = 16 * 1024;
@@ -268,22 +268,19 @@ async fn write_response(
 async fn splice(
     io: &mut TlsStream<TcpStream>,
     buf: &mut BytesMut,
-    mut resp: Response<()>,
+    resp: Response<()>,
     info: &ConnInfo,
 ) {
-    let backend = match hyper::upgrade::on(&mut resp).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::debug!(client = %info.client, error = %e, "protocol upgrade failed");
-            return;
-        }
-    };
-    let mut backend = TokioIo::new(backend);
-    if !buf.is_empty() && backend.write_all(buf).await.is_err() {
+    let Some((backend, pending)) = resp
+        .extensions()
+        .get::<OriginUpgrade>()
+        .and_then(OriginUpgrade::take)
+    else {
+        tracing::debug!(client = %info.client, "protocol upgrade failed: no backend connection");
         return;
-    }
+    };
+    let _ = origin::splice(io, buf, backend, &pending).await;
     buf.clear();
-    let _ = tokio::io::copy_bidirectional(io, &mut backend).await;
 }
 
 /// Feeding a request body from the connection to the forwarder.
