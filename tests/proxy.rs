@@ -18,6 +18,8 @@ mod forwarding;
 mod http1;
 #[path = "proxy/isolation.rs"]
 mod isolation;
+#[path = "proxy/origin.rs"]
+mod origin;
 #[path = "proxy/privdrop.rs"]
 mod privdrop;
 #[path = "proxy/reload.rs"]
