@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::upstream::Backend;
+use hyper::http::uri::PathAndQuery;
+use hyper::Method;
+
+use super::upstream::{Backend, Upstream};
 
 /// Facts about the TLS connection a request came on, and its private
 /// backend connections (PROXY protocol upstreams).
@@ -95,16 +98,25 @@ impl ConnInfo {
     }
 }
 
-/// Everything about one request but its response size.
+/// What the request body did, as it streamed to the backend.
+#[derive(Debug, Default)]
+pub struct BodyStats {
+    pub bytes: AtomicU64,
+    /// The client's body broke (a bad chunk, a reset stream).
+    pub failed: std::sync::atomic::AtomicBool,
+}
+
+/// Everything about one request but its response size. Cheap to build:
+/// the method, path and upstream are shared, not copied.
 pub struct AccessRecord {
     pub enabled: bool,
     pub conn: Arc<ConnInfo>,
-    pub method: String,
+    pub method: Method,
     pub host: String,
-    pub path: String,
+    pub path: PathAndQuery,
     pub status: u16,
-    pub bytes_in: Arc<AtomicU64>,
-    pub upstream: String,
+    pub body: Arc<BodyStats>,
+    pub upstream: Option<Arc<Upstream>>,
     pub backend: Option<Arc<Backend>>,
     pub upstream_time: Option<Duration>,
     pub start: Instant,
@@ -112,6 +124,10 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
+    pub fn upstream_name(&self) -> &str {
+        self.upstream.as_ref().map_or("-", |u| u.spec.name.as_str())
+    }
+
     pub fn finish(self, bytes_out: u64) {
         if let Some(b) = &self.backend {
             b.active.fetch_sub(1, Ordering::Relaxed);
@@ -130,13 +146,13 @@ impl AccessRecord {
             sni = c.sni.as_deref().unwrap_or("-"),
             // Client-controlled text is quoted and escaped (Debug), so a
             // crafted path cannot forge fields or lines in the log.
-            method = ?self.method,
+            method = ?self.method.as_str(),
             host = ?self.host,
-            path = ?self.path,
+            path = ?self.path.as_str(),
             status = self.status,
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_in = self.body.bytes.load(Ordering::Relaxed),
             bytes_out,
-            upstream = %self.upstream,
+            upstream = %self.upstream_name(),
             backend = %self.backend.as_ref().map_or("-".to_owned(), |b| b.addr.to_string()),
             upstream_ms = self.upstream_time.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
             total_ms = total.as_secs_f64() * 1000.0,

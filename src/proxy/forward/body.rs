@@ -2,7 +2,7 @@
 //! that writes the access log line when it is finished or dropped.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::access::AccessRecord;
+use super::access::{AccessRecord, BodyStats};
 use super::upstream::BoxError;
 use crate::proxy::origin::OriginBody;
 
@@ -59,17 +59,12 @@ impl Body for Answer {
 /// failed on the client's side, not the backend's.
 pub struct Counting<B> {
     inner: B,
-    count: Arc<AtomicU64>,
-    failed: Arc<AtomicBool>,
+    stats: Arc<BodyStats>,
 }
 
 impl<B> Counting<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>, failed: Arc<AtomicBool>) -> Self {
-        Counting {
-            inner,
-            count,
-            failed,
-        }
+    pub fn new(inner: B, stats: Arc<BodyStats>) -> Self {
+        Counting { inner, stats }
     }
 }
 
@@ -85,10 +80,12 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    self.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    self.stats
+                        .bytes
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.failed.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Err(_))) => self.stats.failed.store(true, Ordering::Relaxed),
             _ => {}
         }
         r

@@ -3,19 +3,30 @@
 
 use std::net::IpAddr;
 
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, UPGRADE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 
 use crate::config::proxy::ForwardedHeaders;
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+// Names as constants, not strings: a lookup by `&str` parses the name
+// every time, on every request.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
 ];
 
 /// Whether the request asks to switch protocols (WebSocket and such).
@@ -38,19 +49,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !(keep_upgrade && name == UPGRADE) {
-            headers.remove(&name);
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(keep_upgrade && name == UPGRADE) {
+                headers.remove(&name);
+            }
         }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {
@@ -73,20 +86,20 @@ pub fn add_forwarded(
 ) {
     let ip = client.to_canonical();
     if which.x_forwarded_for {
-        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
             _ => ip.to_string(),
         };
         if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert("x-forwarded-for", v);
+            headers.insert(X_FORWARDED_FOR, v);
         }
     }
     if which.x_forwarded_proto {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     }
     if which.x_forwarded_host {
         if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert("x-forwarded-host", v);
+            headers.insert(X_FORWARDED_HOST, v);
         }
     }
     if which.forwarded {
@@ -102,12 +115,12 @@ pub fn add_forwarded(
         }) {
             elem.push_str(&format!(";host=\"{h}\""));
         }
-        let value = match headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+        let value = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.trim().is_empty() => format!("{prev}, {elem}"),
             _ => elem,
         };
         if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert("forwarded", v);
+            headers.insert(FORWARDED, v);
         }
     }
 }
@@ -155,8 +168,9 @@ pub fn check_alpn(alpn: Option<&str>, version: hyper::Version) -> Result<(), &'s
     }
 }
 
-/// A host without its port, lower-cased, for routing.
-pub fn host_for_routing(host: &str) -> String {
+/// A host without its port, lower-cased, for routing (borrowed when it
+/// already is).
+pub fn host_for_routing(host: &str) -> std::borrow::Cow<'_, str> {
     let h = if host.starts_with('[') {
         host.split_once(']')
             .map_or(host, |(h, _)| h.trim_start_matches('['))
@@ -169,7 +183,11 @@ pub fn host_for_routing(host: &str) -> String {
             }
         })
     };
-    h.to_ascii_lowercase()
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(h.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(h)
+    }
 }
 
 #[cfg(test)]

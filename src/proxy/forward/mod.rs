@@ -12,7 +12,7 @@ pub mod upstream;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,12 +20,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Body;
 use hyper::header::{HeaderValue, HOST};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::config::proxy::{Balance, ForwardedHeaders, HostPattern, ProxySettings, RouteSpec};
 use crate::proxy::origin::{self, OriginError, OriginUpgrade, Outgoing};
-use access::{AccessRecord, ConnInfo};
+use access::{AccessRecord, BodyStats, ConnInfo};
 use body::{Answer, Counting, Logged};
 use h2c::H2cError;
 use upstream::{UpBody, Upstream};
@@ -129,20 +130,20 @@ where
     let host = headers::request_host(req.headers(), req.uri())
         .unwrap_or("")
         .to_owned();
-    let path_and_query = req
+    let path = req
         .uri()
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut record = AccessRecord {
         enabled: fwd.access_log,
         conn: conn.clone(),
-        method: req.method().to_string(),
-        host: host.clone(),
-        path: path_and_query.clone(),
+        method: req.method().clone(),
+        host,
+        path,
         status: 0,
-        bytes_in: Arc::new(AtomicU64::new(0)),
-        upstream: "-".to_owned(),
+        body: Arc::new(BodyStats::default()),
+        upstream: None,
         backend: None,
         upstream_time: None,
         start,
@@ -157,15 +158,17 @@ where
             .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         return Ok(resp);
     }
-    let routing_host = headers::host_for_routing(&host);
-    let Some(up) = fwd.route(&routing_host, req.uri().path()).cloned() else {
+    let routed = fwd
+        .route(&headers::host_for_routing(&record.host), req.uri().path())
+        .cloned();
+    let Some(up) = routed else {
         return Ok(fail(
             record,
             StatusCode::NOT_FOUND,
             "no route for this host and path",
         ));
     };
-    record.upstream = up.spec.name.clone();
+    record.upstream = Some(up.clone());
 
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let client_upgrade = (upgrade
@@ -181,11 +184,11 @@ where
         &mut hdrs,
         fwd.forwarded,
         conn.client.ip(),
-        (!host.is_empty()).then_some(host.as_str()),
+        (!record.host.is_empty()).then_some(record.host.as_str()),
     );
     if !hdrs.contains_key(HOST) {
         // HTTP/2 clients send :authority instead; HTTP/1.1 backends need Host.
-        if let Ok(v) = HeaderValue::from_str(&host) {
+        if let Ok(v) = HeaderValue::from_str(&record.host) {
             hdrs.insert(HOST, v);
         }
     }
@@ -193,22 +196,24 @@ where
         Balance::HashHeader(name) => hdrs.get(name.as_str()).map(|v| v.as_bytes().to_vec()),
         _ => None,
     };
-    let body_failed = Arc::new(AtomicBool::new(false));
-    let body = Counting::new(body, record.bytes_in.clone(), body_failed.clone())
-        .map_err(Into::into)
-        .boxed_unsync();
+    // An empty body is not wrapped (nothing to count, nothing to box).
+    let body = (!body.is_end_stream()).then(|| {
+        Counting::new(body, record.body.clone())
+            .map_err(Into::into)
+            .boxed_unsync()
+    });
     // HTTP/1 backends: the head is encoded once, however many backends are
     // tried. A refused connection sent nothing, body included, so the
     // request can always go to another backend.
     let (mut outgoing, mut h2c_body) = if up.spec.h2c {
-        (None, Some(body))
+        (None, body)
     } else {
-        let out = Outgoing::new(&parts.method, &path_and_query, &hdrs, body, upgrade);
+        let out = Outgoing::new(&parts.method, record.path.as_str(), &hdrs, body, upgrade);
         (Some(out), None)
     };
     // An h2c request's body is consumed by the attempt: only a bodiless
     // one can be tried again.
-    let h2c_retryable = h2c_body.as_ref().is_some_and(|b| b.is_end_stream());
+    let h2c_retryable = h2c_body.is_none();
 
     let mut exclude = None;
     let mut refused: Option<String> = None;
@@ -243,15 +248,15 @@ where
             None => {
                 // HTTP/2 carries the host in :authority (nginx refuses a
                 // request whose :authority and Host differ).
-                let authority = if host.is_empty() {
+                let authority = if record.host.is_empty() {
                     backend.addr.to_string()
                 } else {
-                    host.clone()
+                    record.host.clone()
                 };
                 let uri = match Uri::builder()
                     .scheme("http")
                     .authority(authority)
-                    .path_and_query(path_and_query.as_str())
+                    .path_and_query(record.path.clone())
                     .build()
                 {
                     Ok(u) => u,
@@ -269,7 +274,8 @@ where
                 *out.headers_mut() = hdrs.clone();
                 *out.version_mut() = Version::HTTP_2;
                 out.headers_mut().remove(HOST);
-                let send = up.h2c.send(backend.addr, up.spec.connect_timeout, out);
+                // Boxed: the h2c path is rare, and its future is large.
+                let send = Box::pin(up.h2c.send(backend.addr, up.spec.connect_timeout, out));
                 tokio::time::timeout(up.spec.response_timeout, send)
                     .await
                     .map(|r| {
@@ -303,7 +309,7 @@ where
             // The client's body broke (an invalid chunk, a reset stream):
             // its fault, not the backend's, and the backend never got a
             // complete request.
-            Ok(Err(e)) if body_failed.load(Ordering::Relaxed) => {
+            Ok(Err(e)) if record.body.failed.load(Ordering::Relaxed) => {
                 let why = format!("invalid request body: {}", error_chain(&e));
                 return Ok(fail(record, StatusCode::BAD_REQUEST, &why));
             }
@@ -367,9 +373,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 fn fail(mut record: AccessRecord, status: StatusCode, why: &str) -> Response<Logged> {
     record.status = status.as_u16();
     if status.is_server_error() {
-        tracing::warn!(upstream = %record.upstream, host = ?record.host, path = ?record.path, status = status.as_u16(), "{why}");
+        tracing::warn!(upstream = %record.upstream_name(), host = ?record.host, path = ?record.path.as_str(), status = status.as_u16(), "{why}");
     } else {
-        tracing::debug!(upstream = %record.upstream, host = ?record.host, path = ?record.path, status = status.as_u16(), "{why}");
+        tracing::debug!(upstream = %record.upstream_name(), host = ?record.host, path = ?record.path.as_str(), status = status.as_u16(), "{why}");
     }
     let text = format!(
         "{} {}\n",

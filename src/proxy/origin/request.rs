@@ -46,15 +46,16 @@ impl Outgoing {
         method: &Method,
         target: &str,
         headers: &HeaderMap,
-        body: UpBody,
+        body: Option<UpBody>,
         upgrade: bool,
     ) -> Outgoing {
-        let sending = if body.is_end_stream() {
-            Sending::Nothing
-        } else if let Some(n) = body.size_hint().exact() {
-            Sending::Length(n)
-        } else {
-            Sending::Chunked
+        let body = body.filter(|b| !b.is_end_stream());
+        let sending = match &body {
+            None => Sending::Nothing,
+            Some(b) => match b.size_hint().exact() {
+                Some(n) => Sending::Length(n),
+                None => Sending::Chunked,
+            },
         };
         let mut head = Vec::with_capacity(256 + headers.len() * 32);
         head.extend_from_slice(method.as_str().as_bytes());
@@ -88,7 +89,7 @@ impl Outgoing {
         Outgoing {
             head,
             sending,
-            body: (sending != Sending::Nothing).then_some(body),
+            body,
             method_is_head: *method == Method::HEAD,
             upgrade,
         }

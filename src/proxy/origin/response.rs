@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING,
 };
@@ -108,15 +108,26 @@ fn parse(buf: &mut BytesMut) -> Result<Option<ResponseHead>, OriginError> {
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
-    for f in r.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes())
-            .map_err(|_| OriginError::InvalidHead(format!("field name {:?}", f.name)))?;
-        let value = HeaderValue::from_bytes(f.value)
+    // Values are slices of the head's bytes (no copy per field); the
+    // offsets are taken before the head leaves the buffer.
+    let base = buf.as_ptr() as usize;
+    let fields: Vec<(HeaderName, std::ops::Range<usize>)> = r
+        .headers
+        .iter()
+        .map(|f| {
+            let name = HeaderName::from_bytes(f.name.as_bytes())
+                .map_err(|_| OriginError::InvalidHead(format!("field name {:?}", f.name)))?;
+            let at = f.value.as_ptr() as usize - base;
+            Ok((name, at..at + f.value.len()))
+        })
+        .collect::<Result<_, OriginError>>()?;
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, at) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(at))
             .map_err(|_| OriginError::InvalidHead(format!("value of {name}")))?;
         headers.append(name, value);
     }
-    buf.advance(len);
     Ok(Some(ResponseHead {
         status,
         version,
