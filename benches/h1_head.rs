@@ -1,5 +1,7 @@
-//! The HTTP/1.1 driver's hot pieces: parsing and checking a request head
-//! (as wrk and curl send them), and decoding a chunked body.
+//! The HTTP/1.1 hot pieces, both sides: parsing and checking a request
+//! head (as wrk and curl send them), decoding a chunked body, and towards
+//! the backend, encoding the forwarded request head and parsing the
+//! answer's head (as nginx sends it).
 //!
 //! Run: `cargo bench --bench h1_head`.
 
@@ -7,6 +9,7 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vaultgate::proxy::h1::framing::{Decoded, Decoder};
 use vaultgate::proxy::h1::head::{self, Framing};
+use vaultgate::proxy::origin::{response, Outgoing};
 
 const WRK: &str = "GET /1k HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n\r\n";
 const BROWSER: &str = "GET /static/app.js?v=3 HTTP/1.1\r\nHost: www.example.test\r\n\
@@ -57,5 +60,32 @@ fn chunked(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, heads, chunked);
+const NGINX_ANSWER: &str = "HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n\
+Date: Sun, 29 Nov 2026 19:00:00 GMT\r\nContent-Type: application/octet-stream\r\n\
+Content-Length: 1024\r\nLast-Modified: Sun, 29 Nov 2026 18:00:00 GMT\r\n\
+Connection: keep-alive\r\nETag: \"6566a1e0-400\"\r\nAccept-Ranges: bytes\r\n\r\n";
+
+fn origin(c: &mut Criterion) {
+    use http::header::{HeaderMap, HeaderValue, HOST};
+    let mut g = c.benchmark_group("origin");
+    g.throughput(Throughput::Elements(1));
+    let mut headers = HeaderMap::new();
+    headers.insert(HOST, HeaderValue::from_static("localhost:8443"));
+    headers.insert("x-forwarded-for", HeaderValue::from_static("127.0.0.1"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    g.bench_function("request-head", |b| {
+        b.iter(|| Outgoing::new(&http::Method::GET, "/1k", &headers, None, false).head)
+    });
+    g.bench_function("answer-head", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(NGINX_ANSWER);
+            let h = response::parse(&mut buf).expect("valid").expect("whole");
+            assert_eq!(h.headers.len(), 8);
+            h
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, heads, chunked, origin);
 criterion_main!(benches);

@@ -92,7 +92,7 @@ where
 
 /// Parses one head from the front of `buf`, taking it off; `None` when
 /// it is not complete yet.
-fn parse(buf: &mut BytesMut) -> Result<Option<ResponseHead>, OriginError> {
+pub fn parse(buf: &mut BytesMut) -> Result<Option<ResponseHead>, OriginError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut r = httparse::Response::new(&mut fields);
     let len = match r.parse(buf) {
