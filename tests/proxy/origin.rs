@@ -81,6 +81,21 @@ fn serve_all(s: &mut TcpStream, body: &str) {
     }
 }
 
+/// Connection 0 answers one request, then reads the next and closes
+/// without answering: the backend's keep-alive timeout firing as the
+/// request arrives. Later connections answer normally.
+fn closes_as_the_second_request_arrives(n: usize, mut c: TcpStream) {
+    if n == 0 {
+        let mut buf = Vec::new();
+        if read_request(&mut c, &mut buf).is_some() {
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst");
+        }
+        let _ = read_request(&mut c, &mut buf);
+    } else {
+        serve_all(&mut c, "fresh");
+    }
+}
+
 fn get(s: &Setup, p: &ProxyProc, path: &str) -> (u16, String) {
     let f = https_get(
         p.addr,
@@ -111,20 +126,7 @@ fn backend_connections_are_reused_across_requests_and_clients() {
 #[test]
 fn a_request_meeting_a_connection_the_backend_just_closed_is_resent_on_a_new_one() {
     let s = Setup::start();
-    // Connection 0 answers one request, then reads the next and closes
-    // without answering: the backend's keep-alive timeout firing as the
-    // request arrives. Later connections answer normally.
-    let b = Scripted::start(|n, mut c| {
-        if n == 0 {
-            let mut buf = Vec::new();
-            if read_request(&mut c, &mut buf).is_some() {
-                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst");
-            }
-            let _ = read_request(&mut c, &mut buf);
-        } else {
-            serve_all(&mut c, "fresh");
-        }
-    });
+    let b = Scripted::start(closes_as_the_second_request_arrives);
     let p = s.localhost_proxy(&[b.addr], "", "");
     assert_eq!(get(&s, &p, "/one"), (200, "first".to_owned()));
     assert_eq!(get(&s, &p, "/two"), (200, "fresh".to_owned()));
@@ -139,17 +141,7 @@ fn a_request_meeting_a_connection_the_backend_just_closed_is_resent_on_a_new_one
 #[test]
 fn an_upload_is_not_resent_after_its_connection_closes_unanswered() {
     let s = Setup::start();
-    let b = Scripted::start(|n, mut c| {
-        if n == 0 {
-            let mut buf = Vec::new();
-            if read_request(&mut c, &mut buf).is_some() {
-                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst");
-            }
-            let _ = read_request(&mut c, &mut buf);
-        } else {
-            serve_all(&mut c, "fresh");
-        }
-    });
+    let b = Scripted::start(closes_as_the_second_request_arrives);
     let p = s.localhost_proxy(&[b.addr], "", "");
     assert_eq!(get(&s, &p, "/one"), (200, "first".to_owned()));
     let resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
