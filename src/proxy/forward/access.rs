@@ -98,6 +98,27 @@ impl ConnInfo {
     }
 }
 
+/// Counts a finished request. The metric handles are looked up once per
+/// thread and status, not per request (a lookup formats the label and
+/// hashes the key).
+fn count_request(status: u16, total: Duration) {
+    thread_local! {
+        static BY_STATUS: std::cell::RefCell<Vec<(u16, metrics::Counter)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+        static SECONDS: metrics::Histogram = metrics::histogram!("vaultgate_proxy_request_seconds");
+    }
+    BY_STATUS.with_borrow_mut(|known| match known.iter().find(|(s, _)| *s == status) {
+        Some((_, c)) => c.increment(1),
+        None => {
+            let c =
+                metrics::counter!("vaultgate_proxy_requests_total", "status" => status.to_string());
+            c.increment(1);
+            known.push((status, c));
+        }
+    });
+    SECONDS.with(|h| h.record(total.as_secs_f64()));
+}
+
 /// What the request body did, as it streamed to the backend.
 #[derive(Debug, Default)]
 pub struct BodyStats {
@@ -133,9 +154,7 @@ impl AccessRecord {
             b.active.fetch_sub(1, Ordering::Relaxed);
         }
         let total = self.start.elapsed();
-        metrics::counter!("vaultgate_proxy_requests_total", "status" => self.status.to_string())
-            .increment(1);
-        metrics::histogram!("vaultgate_proxy_request_seconds").record(total.as_secs_f64());
+        count_request(self.status, total);
         if !self.enabled {
             return;
         }
