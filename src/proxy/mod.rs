@@ -5,6 +5,7 @@
 
 pub mod forward;
 pub mod h1;
+mod h2;
 pub mod listeners;
 pub mod server;
 pub mod tls;
