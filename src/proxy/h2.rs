@@ -254,3 +254,138 @@ pub(super) async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Wake, Waker};
+
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn flag_waker() -> (Waker, Arc<Flag>) {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        (Waker::from(flag.clone()), flag)
+    }
+
+    /// What the other end can read now, without waiting.
+    fn readable(peer: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let (waker, _) = flag_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *peer).poll_read(&mut cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => got.extend(rb.filled()),
+                _ => return got,
+            }
+        }
+    }
+
+    fn write(c: &mut Coalesce<tokio::io::DuplexStream>, cx: &mut Context<'_>, b: &[u8]) {
+        match Pin::new(c).poll_write(cx, b) {
+            Poll::Ready(Ok(n)) => assert_eq!(n, b.len()),
+            other => panic!("write: {other:?}"),
+        }
+    }
+
+    fn flush(c: &mut Coalesce<tokio::io::DuplexStream>, cx: &mut Context<'_>) {
+        assert!(matches!(Pin::new(c).poll_flush(cx), Poll::Ready(Ok(()))));
+    }
+
+    #[test]
+    fn flushes_in_one_poll_are_held_and_sent_together_in_the_next() {
+        let (ours, mut peer) = tokio::io::duplex(256 * 1024);
+        let turns = Turns::default();
+        let mut c = Coalesce::new(ours, turns.clone());
+        let (waker, woken) = flag_waker();
+        let mut cx = Context::from_waker(&waker);
+
+        turns.next();
+        write(&mut c, &mut cx, b"first response ");
+        flush(&mut c, &mut cx);
+        assert!(woken.0.load(Ordering::SeqCst), "holding must wake the task");
+        write(&mut c, &mut cx, b"second response");
+        flush(&mut c, &mut cx);
+        assert_eq!(readable(&mut peer), b"");
+
+        turns.next();
+        flush(&mut c, &mut cx);
+        assert_eq!(readable(&mut peer), b"first response second response");
+        // Nothing waits now: a flush is a plain flush, no wake-up.
+        woken.0.store(false, Ordering::SeqCst);
+        flush(&mut c, &mut cx);
+        assert!(!woken.0.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn held_bytes_leave_on_a_read_in_a_later_poll() {
+        // h2's handshake flushes its SETTINGS, then only reads.
+        let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+        let turns = Turns::default();
+        let mut c = Coalesce::new(ours, turns.clone());
+        let (waker, _) = flag_waker();
+        let mut cx = Context::from_waker(&waker);
+
+        turns.next();
+        write(&mut c, &mut cx, b"SETTINGS");
+        flush(&mut c, &mut cx);
+        let mut buf = [0u8; 16];
+        let mut rb = ReadBuf::new(&mut buf);
+        assert!(Pin::new(&mut c).poll_read(&mut cx, &mut rb).is_pending());
+        assert_eq!(readable(&mut peer), b"");
+
+        turns.next();
+        let mut rb = ReadBuf::new(&mut buf);
+        assert!(Pin::new(&mut c).poll_read(&mut cx, &mut rb).is_pending());
+        assert_eq!(readable(&mut peer), b"SETTINGS");
+    }
+
+    #[test]
+    fn shutdown_sends_what_is_held() {
+        let (ours, mut peer) = tokio::io::duplex(64 * 1024);
+        let turns = Turns::default();
+        let mut c = Coalesce::new(ours, turns.clone());
+        let (waker, _) = flag_waker();
+        let mut cx = Context::from_waker(&waker);
+
+        turns.next();
+        write(&mut c, &mut cx, b"GOAWAY");
+        flush(&mut c, &mut cx);
+        assert!(matches!(
+            Pin::new(&mut c).poll_shutdown(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(readable(&mut peer), b"GOAWAY");
+    }
+
+    #[test]
+    fn large_writes_pass_through_and_the_held_bytes_keep_their_order() {
+        let (ours, mut peer) = tokio::io::duplex(1024 * 1024);
+        let turns = Turns::default();
+        let mut c = Coalesce::new(ours, turns.clone());
+        let (waker, _) = flag_waker();
+        let mut cx = Context::from_waker(&waker);
+        let big = vec![b'x'; DIRECT];
+
+        turns.next();
+        // Nothing held: a full frame goes out at once, uncopied.
+        write(&mut c, &mut cx, &big);
+        assert_eq!(readable(&mut peer).len(), DIRECT);
+
+        // Held bytes go out before a write that would pass the limit.
+        write(&mut c, &mut cx, b"head");
+        let more = vec![b'y'; HOLD_LIMIT];
+        write(&mut c, &mut cx, &more);
+        let got = readable(&mut peer);
+        assert_eq!(&got[..4], b"head");
+        assert_eq!(got.len(), 4 + HOLD_LIMIT);
+    }
+}
