@@ -16,8 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::forward;
 use super::forward::access::ConnInfo;
-use super::forward::{self};
 use super::server::Serving;
 
 /// Above this much waiting plaintext, a write first sends what waits.
