@@ -14,6 +14,8 @@ mod faults;
 mod floods;
 #[path = "proxy/forwarding.rs"]
 mod forwarding;
+#[path = "proxy/h2.rs"]
+mod h2;
 #[path = "proxy/http1.rs"]
 mod http1;
 #[path = "proxy/isolation.rs"]

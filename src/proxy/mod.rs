@@ -6,6 +6,7 @@
 
 pub mod forward;
 pub mod h1;
+mod h2;
 pub mod listeners;
 pub mod origin;
 pub mod server;

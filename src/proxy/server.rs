@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{Either, OptionFuture};
 use futures_util::FutureExt;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 
 use super::forward::access::ConnInfo;
-use super::forward::{self, Forwarder};
+use super::forward::Forwarder;
 use super::listeners::{self, Listeners};
 use super::Proxy;
 
@@ -149,73 +149,8 @@ async fn accept(
         let (fwd, limits) = (serving.fwd.clone(), serving.limits.clone());
         Either::Left(super::h1::serve(tls, fwd, info, limits, drain))
     } else {
-        Either::Right(Box::pin(serve_h2(tls, peer, info, serving, drain)))
+        Either::Right(Box::pin(super::h2::serve(tls, peer, info, serving, drain)))
     })
-}
-
-/// HTTP/2 (and, on an `h2` connection, HTTP/1 bytes, which the forwarder
-/// refuses: hyper's builder tells them apart) with hyper.
-async fn serve_h2(
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: SocketAddr,
-    info: Arc<ConnInfo>,
-    serving: Arc<Serving>,
-    mut drain: watch::Receiver<bool>,
-) {
-    let limits = &serving.limits;
-    let service = {
-        let (info, fwd) = (info.clone(), serving.fwd.clone());
-        hyper::service::service_fn(move |req| forward::handle(req, fwd.clone(), info.clone()))
-    };
-    let conn = serving
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    // Until its first request begins, a connection gets the header
-    // timeout (a client that completes TLS and then sends nothing, or
-    // trickles an HTTP/2 preface or a HEADERS frame, holds a slot);
-    // afterwards the idle timeout. Checked a few times per period:
-    // exactness is not needed, closing eventually is.
-    let first_limit = limits.header_timeout.min(limits.idle_timeout);
-    let mut idle_check = tokio::time::interval((first_limit / 4).max(Duration::from_millis(50)));
-    let mut closing = *drain.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
-    }
-    // A connection told to close that does not (an HTTP/2 client that
-    // never answers the GOAWAY's PING) is dropped after this grace.
-    let mut give_up: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                }
-                break;
-            }
-            _ = drain.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = idle_check.tick(), if give_up.is_none() => {
-                if closing {
-                    continue;
-                }
-                let limit = if info.any_request() { limits.idle_timeout } else { first_limit };
-                if info.idle_for() >= limit {
-                    closing = true;
-                    let what = if info.any_request() { "idle" } else { "no_request" };
-                    metrics::counter!("vaultgate_proxy_idle_closes_total", "reason" => what).increment(1);
-                    conn.as_mut().graceful_shutdown();
-                    give_up = Some(tokio::time::Instant::now() + first_limit.min(Duration::from_secs(5)));
-                }
-            }
-            _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)), if give_up.is_some() => {
-                tracing::debug!(client = %peer, "connection did not close after being told to; dropped");
-                break;
-            }
-        }
-    }
 }
 
 fn failure_reason(e: &std::io::Error) -> &'static str {
