@@ -230,7 +230,12 @@ impl Conn {
                     // An id nobody waits for was cancelled: dropped.
                     if let Some(w) = st.pending.get_mut(&f.request_id) {
                         w.answer = Some(f);
-                        w.wake.notify_one();
+                        // A waiter not parked (this reader itself, or one
+                        // about to look) needs no wake-up: a notify costs
+                        // a futex call even when nobody sleeps.
+                        if w.parked {
+                            w.wake.notify_one();
+                        }
                     }
                 }
                 Ok(None) => return true,
