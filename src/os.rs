@@ -1,6 +1,7 @@
 //! OS calls: process hardening through nix's safe wrappers (no core dumps,
-//! memory locked against swap, privileges dropped), and the one `unsafe`
-//! block of the crate, for a child process's setup between fork and exec.
+//! memory locked against swap, privileges dropped), and the crate's only
+//! `unsafe` blocks: a child process's setup between fork and exec, and
+//! registering a socket with tokio for one kind of readiness.
 
 use nix::sys::mman::{mlockall, MlockAllFlags};
 use nix::sys::resource::{setrlimit, Resource};
@@ -224,4 +225,19 @@ pub async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
     }
+}
+
+/// Registers a Unix stream socket with the current tokio reactor for
+/// `interest` only (tokio's own `UnixStream` always asks for both, and
+/// every read by the peer then wakes the reactor for writability).
+/// Must be called on a runtime.
+pub fn register_unix_stream(
+    stream: std::os::unix::net::UnixStream,
+    interest: tokio::io::Interest,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::unix::net::UnixStream>> {
+    // SAFETY: a `UnixStream` owns its descriptor: it stays open, and
+    // `as_raw_fd` returns that same descriptor, until the stream is
+    // dropped, which only the `AsyncFd` that now owns it can do.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(stream, interest) }
+        .map_err(std::io::Error::from)
 }

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -100,23 +99,19 @@ impl Conn {
         self.dead.load(Ordering::Acquire)
     }
 
-    /// Whether the vault closed its end, looked at without reading (nobody
-    /// reads an idle connection): a peek that finds the end of the stream.
-    /// Marks the connection dead if so.
-    pub fn check_alive(&self) -> bool {
-        if self.is_dead() {
-            return false;
+    /// The socket, for the supervisor to watch for the vault's hang-up
+    /// (a hang-up is noticed without reading, so idle connections too).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.stream.as_fd()
+    }
+
+    /// Gives the connection up: the vault hung up (or it is unusable).
+    /// Waiters get [`WaitError::Closed`] and retry elsewhere.
+    pub fn close(&self) {
+        if !self.is_dead() {
+            self.mark_dead();
         }
-        use nix::sys::socket::{recv, MsgFlags};
-        let mut one = [0u8; 1];
-        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-        match recv(self.stream.as_raw_fd(), &mut one, flags) {
-            Ok(0) => {}
-            Ok(_) | Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => return true,
-            Err(_) => {}
-        }
-        self.mark_dead();
-        false
     }
 
     /// Writes `make(id)`; `None` if the connection is (now) dead.
@@ -235,7 +230,12 @@ impl Conn {
                     // An id nobody waits for was cancelled: dropped.
                     if let Some(w) = st.pending.get_mut(&f.request_id) {
                         w.answer = Some(f);
-                        w.wake.notify_one();
+                        // A waiter not parked (this reader itself, or one
+                        // about to look) needs no wake-up: a notify costs
+                        // a futex call even when nobody sleeps.
+                        if w.parked {
+                            w.wake.notify_one();
+                        }
                     }
                 }
                 Ok(None) => return true,

@@ -6,6 +6,7 @@
 //! plainly only for a short budget (as long as an in-process signature
 //! would take), then hands the worker thread over with `block_in_place`.
 
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,10 @@ pub struct VaultPool {
 }
 
 struct Inner {
+    /// Closed when the pool is dropped: wakes the supervisor to stop.
+    _gone_tx: Option<UnixStream>,
+    /// The other end, taken by the supervisor thread when it starts.
+    gone_rx: Mutex<Option<UnixStream>>,
     opts: PoolOptions,
     slots: Vec<Slot>,
     next: AtomicUsize,
@@ -52,6 +57,8 @@ struct Inner {
     epoch: Instant,
 }
 
+/// The supervisor's first wait after a failed reconnect.
+const MIN_BACKOFF: Duration = Duration::from_millis(20);
 /// The supervisor's longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// How often handshakes may try to reconnect while no connection is up.
@@ -70,7 +77,17 @@ impl VaultPool {
                 });
             }
         }
+        // Dropped with the pool, which the supervisor's poll then sees.
+        let (gone_tx, gone_rx) = match UnixStream::pair() {
+            Ok((a, b)) => (Some(a), Some(b)),
+            Err(e) => {
+                tracing::error!(error = %e, "no socket pair for the vault supervisor; connections are not watched");
+                (None, None)
+            }
+        };
         let inner = Arc::new(Inner {
+            _gone_tx: gone_tx,
+            gone_rx: Mutex::new(gone_rx),
             opts,
             slots,
             next: AtomicUsize::new(0),
@@ -81,9 +98,16 @@ impl VaultPool {
         });
         inner.reconnect_dead();
         let weak = Arc::downgrade(&inner);
-        let _ = std::thread::Builder::new()
-            .name("vault-supervisor".into())
-            .spawn(move || supervise(weak));
+        let watch = inner
+            .gone_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(watch) = watch {
+            let _ = std::thread::Builder::new()
+                .name("vault-supervisor".into())
+                .spawn(move || supervise(weak, watch));
+        }
         VaultPool { inner }
     }
 
@@ -242,16 +266,6 @@ impl Inner {
         self.reconnect_dead_locked()
     }
 
-    /// Marks dead the connections the vault closed: with no reader thread,
-    /// nothing else notices while they sit idle.
-    fn check_live(&self) {
-        for slot in &self.slots {
-            if let Some(c) = slot.live() {
-                c.check_alive();
-            }
-        }
-    }
-
     fn reconnect_dead_locked(&self) -> bool {
         let mut all_up = true;
         for slot in &self.slots {
@@ -275,18 +289,65 @@ impl Inner {
 
 /// Reconnects dead connections with exponential backoff (20 ms to 500 ms:
 /// a vault that returns is used within half a second even without traffic).
+/// While every connection is up it sleeps in `poll` until one is hung up
+/// by the vault or given up by a caller (its socket shut down), or the
+/// pool is dropped: a healthy pool costs no periodic wake-ups.
 /// Holds only a weak reference: it ends once the pool is dropped.
-fn supervise(weak: std::sync::Weak<Inner>) {
-    let mut backoff = Duration::from_millis(20);
+fn supervise(weak: std::sync::Weak<Inner>, gone: UnixStream) {
+    let mut backoff = MIN_BACKOFF;
     loop {
-        std::thread::sleep(backoff);
         let Some(inner) = weak.upgrade() else { return };
-        inner.check_live();
         if inner.reconnect_dead() {
-            backoff = Duration::from_millis(20);
+            backoff = MIN_BACKOFF;
+            let conns: Vec<Arc<Conn>> = inner.slots.iter().filter_map(Slot::live).collect();
+            drop(inner);
+            if !wait_for_hangup(&conns, &gone) {
+                return;
+            }
         } else {
+            drop(inner);
             metrics::counter!("vaultgate_proxy_vault_reconnect_failures_total").increment(1);
+            std::thread::sleep(backoff);
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// Blocks until one of `conns` is hung up or shut down (and closes those
+/// that are), or `gone` says the pool was dropped: then false. Only the
+/// hang-up is watched (POLLRDHUP), so answers arriving wake nobody here.
+fn wait_for_hangup(conns: &[Arc<Conn>], gone: &UnixStream) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let hangup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    loop {
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(conns.len() + 1);
+        fds.push(PollFd::new(gone.as_fd(), PollFlags::POLLIN));
+        fds.extend(conns.iter().map(|c| PollFd::new(c.fd(), hangup)));
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                // Not expected; fall back to looking again after a pause.
+                tracing::warn!(error = %e, "poll on vault connections failed");
+                std::thread::sleep(MAX_BACKOFF);
+                return true;
+            }
+        }
+        // Any event on `gone` (readable: end of stream) means the pool is gone.
+        if fds[0].revents() != Some(PollFlags::empty()) {
+            return false;
+        }
+        let mut any = false;
+        for (c, fd) in conns.iter().zip(&fds[1..]) {
+            // POLLRDHUP is unknown to nix (`None`); POLLHUP and POLLERR are known.
+            if fd.revents() != Some(PollFlags::empty()) {
+                c.close();
+                any = true;
+            }
+        }
+        if any {
+            return true;
         }
     }
 }
@@ -323,7 +384,7 @@ mod tests {
     //! vault cannot be told to stall or to answer out of order.
 
     use std::io::{Read, Write};
-    use std::os::unix::net::UnixListener;
+    use std::os::unix::net::{UnixListener, UnixStream};
 
     use bytes::BytesMut;
 
@@ -442,6 +503,49 @@ mod tests {
             plain_wait: Duration::from_micros(50),
         });
         assert!(matches!(p.call(&sign_req()), Err(SignerError::Unavailable)));
+    }
+
+    /// A listener whose accepted connections arrive on the receiver.
+    fn accepting(dir: &std::path::Path) -> (PathBuf, std::sync::mpsc::Receiver<UnixStream>) {
+        let path = dir.join("accepting.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                if tx.send(s.unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        (path, rx)
+    }
+
+    #[test]
+    fn an_idle_connection_the_vault_closes_is_replaced_without_traffic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, accepted) = accepting(dir.path());
+        let p = pool(path, Duration::from_secs(5));
+        let first = accepted.recv_timeout(Duration::from_secs(5)).unwrap();
+        drop(first);
+        // No call is made: only the supervisor can notice and reconnect.
+        let second = accepted.recv_timeout(Duration::from_secs(10));
+        assert!(second.is_ok(), "no reconnect after the vault hung up");
+        assert!(p.wait_connected(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn dropping_the_pool_stops_the_supervisor_and_closes_its_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, accepted) = accepting(dir.path());
+        let p = pool(path, Duration::from_secs(5));
+        let mut conn = accepted.recv_timeout(Duration::from_secs(5)).unwrap();
+        drop(p);
+        // The supervisor holds the connection while it watches it; the end
+        // of the stream here means it woke and let go.
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut one = [0u8; 1];
+        assert_eq!(conn.read(&mut one).unwrap(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -7,10 +7,12 @@
 //! key cannot make a consistent one. `audit.head` holds the last record's
 //! sequence number and MAC, so cutting lines off the end is detected too.
 //!
-//! Records are written by one thread, in batches: a batch is appended 10
-//! ms after its first record; the file is fdatasync'ed and the head
+//! Records are written by one thread, in batches: a record is appended at
+//! most 10 ms after it is queued; the file is fdatasync'ed and the head
 //! replaced atomically every `audit_sync` (1 s by default), on flush and
-//! at exit.
+//! at exit. While records keep coming the writer runs on its own 10 ms
+//! clock and queueing a record wakes nobody; only a record that finds the
+//! writer idle (nothing queued in its last round) wakes it.
 //!
 //! Fail closed: when a batch cannot be written (disk full, I/O error, file
 //! size limit), whatever part of it got in is cut off again, the batch is
@@ -28,7 +30,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -104,15 +106,45 @@ pub enum AuditError {
     Truncated { head: u64, found: u64 },
 }
 
-enum Msg {
-    Event(Event),
-    Flush(mpsc::Sender<()>),
+/// What callers hand the writer thread.
+#[derive(Default)]
+struct Queue {
+    events: Vec<Event>,
+    flushes: Vec<mpsc::Sender<()>>,
+    /// The writer waits with no deadline: the next record must wake it.
+    idle: bool,
+    /// Every [`Audit`] handle is gone: write what is left and stop.
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Holders never panic mid-update; the queue stays usable.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Owned by the [`Audit`] handles; the last one dropped stops the writer.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
 }
 
 /// Handle to the audit writer thread.
 #[derive(Clone)]
 pub struct Audit {
-    tx: mpsc::Sender<Msg>,
+    handle: Arc<Handle>,
     health: Arc<Health>,
 }
 
@@ -143,8 +175,9 @@ impl Health {
 impl Audit {
     /// Opens (or creates) the log in `state_dir`, repairing a torn last
     /// line left by a crash, and starts the writer thread.
-    /// Records are written to the file in batches 10 ms after the first
-    /// (a killed vault loses only what is not yet written); the file is
+    /// Records are written to the file in batches, each record at most
+    /// 10 ms after it is queued (a killed vault loses only what is not yet
+    /// written); the file is
     /// fdatasync'ed and `audit.head` replaced every `sync_every` (zero:
     /// every batch), at each [`Audit::flush`] and at exit, so a power loss
     /// costs at most that much of the log's tail — the trade databases
@@ -191,12 +224,19 @@ impl Audit {
             head_seq: seq,
         };
         writer.reserve(0);
-        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
+        let theirs = shared.clone();
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run(&theirs))
             .map_err(io)?;
-        let audit = Audit { tx, health };
+        let audit = Audit {
+            handle: Arc::new(Handle { shared }),
+            health,
+        };
         if repaired > 0 {
             audit.record(Event::system(
                 "audit-repair",
@@ -208,9 +248,17 @@ impl Audit {
         Ok(audit)
     }
 
-    /// Queues a record. Never blocks the caller.
+    /// Queues a record. Never blocks the caller (beyond a short lock),
+    /// and wakes the writer only if it is idle.
     pub fn record(&self, event: Event) {
-        let _ = self.tx.send(Msg::Event(event));
+        let shared = &self.handle.shared;
+        let mut q = shared.lock();
+        q.events.push(event);
+        let wake = std::mem::take(&mut q.idle);
+        drop(q);
+        if wake {
+            shared.wake.notify_one();
+        }
     }
 
     /// Why the log cannot be written now (the last batch failed; it is
@@ -228,9 +276,12 @@ impl Audit {
     /// write it failed ([`Audit::failure`] then says why).
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
-        if self.tx.send(Msg::Flush(tx)).is_ok() {
-            let _ = rx.recv();
-        }
+        let shared = &self.handle.shared;
+        shared.lock().flushes.push(tx);
+        shared.wake.notify_one();
+        // An error: the writer thread is gone (it only stops when every
+        // handle is dropped, or by a panic); nothing more will be written.
+        let _ = rx.recv();
     }
 }
 
@@ -261,64 +312,76 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+    fn run(mut self, shared: &Shared) {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut waiters = Vec::new();
+        let mut taken = Vec::new();
         let mut clock = Clock::default();
         let mut last_sync = Instant::now();
-        loop {
-            // While failing, wake up to retry even if nothing arrives;
-            // with written records not yet synced, wake up to sync them.
-            let wait = if self.health.failing() {
-                Some(RETRY_EVERY)
-            } else if self.unsynced {
-                Some((last_sync + self.sync_every).saturating_duration_since(Instant::now()))
-            } else {
-                None
-            };
-            let batch_start = Instant::now();
-            let mut next = if let Some(wait) = wait {
-                match rx.recv_timeout(wait) {
-                    Ok(m) => Some(m),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match rx.recv() {
-                    Ok(m) => Some(m),
-                    Err(_) => break,
-                }
-            };
+        // When the current round takes its records; `None`: idle, the next
+        // record starts a round (and wakes this thread).
+        let mut round: Option<Instant> = None;
+        let mut closed = false;
+        // When the last write failed (retried from there on).
+        let mut failed_at = Instant::now();
+        while !closed {
+            let mut q = shared.lock();
             loop {
-                while let Some(msg) = next.take() {
-                    match msg {
-                        Msg::Event(_) if buf.len() >= MAX_BACKLOG => self.dropped += 1,
-                        Msg::Event(e) => self.append(&mut buf, e, &mut clock),
-                        Msg::Flush(w) => waiters.push(w),
-                    }
-                    // While failing, drain everything (past the backlog
-                    // limit events are only counted), so nothing piles up
-                    // in the channel.
-                    if buf.len() < 1 << 20 || self.health.failing() {
-                        next = rx.try_recv().ok();
-                    }
-                }
-                // Gather the batch's window of records per write.
-                // Sleeping (rather than waiting on the channel) means
-                // senders wake nobody meanwhile.
-                let due = batch_start + COMMIT_EVERY;
                 let now = Instant::now();
-                if self.health.failing()
-                    || !waiters.is_empty()
-                    || now >= due
-                    || buf.len() >= 1 << 20
-                {
+                // Flushes and a stop do not wait for the round.
+                if !q.flushes.is_empty() || q.closed {
                     break;
                 }
-                std::thread::sleep(due - now);
-                next = rx.try_recv().ok();
-                if next.is_none() {
-                    break;
+                if round.is_none() && !q.events.is_empty() {
+                    round = Some(now + COMMIT_EVERY);
+                }
+                // While failing, wake up to retry even if nothing arrives;
+                // with written records not yet synced, wake up to sync them.
+                let mut until = round;
+                if self.health.failing() {
+                    let retry = failed_at + RETRY_EVERY;
+                    if until.is_none_or(|u| retry < u) {
+                        until = Some(retry);
+                    }
+                } else if self.unsynced {
+                    let sync = last_sync + self.sync_every;
+                    if until.is_none_or(|u| sync < u) {
+                        until = Some(sync);
+                    }
+                }
+                // With no round due, the next record must wake this thread
+                // to start one; within a round, queueing wakes nobody.
+                q.idle = round.is_none();
+                match until {
+                    None => q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner()),
+                    Some(u) if now >= u => break,
+                    Some(u) => {
+                        q = match shared.wake.wait_timeout(q, u - now) {
+                            Ok((g, _)) => g,
+                            Err(e) => e.into_inner().0,
+                        }
+                    }
+                }
+            }
+            q.idle = false;
+            closed = q.closed;
+            std::mem::swap(&mut taken, &mut q.events);
+            waiters.append(&mut q.flushes);
+            drop(q);
+            let now = Instant::now();
+            round = match round {
+                // Records keep coming: the next round is due one period
+                // after this one (or after now, if this one came early),
+                // so nothing queued from now on waits longer than that.
+                Some(r) if !taken.is_empty() => Some((r.min(now) + COMMIT_EVERY).max(now)),
+                // A round found nothing: idle until the next record.
+                _ => None,
+            };
+            for e in taken.drain(..) {
+                if buf.len() >= MAX_BACKLOG {
+                    self.dropped += 1;
+                } else {
+                    self.append(&mut buf, e, &mut clock);
                 }
             }
             if self.health.failing() && self.dropped > 0 && buf.len() < MAX_BACKLOG {
@@ -347,6 +410,7 @@ impl Writer {
                         metrics::counter!("vaultgate_vault_audit_write_errors_total").increment(1);
                         self.health
                             .set(Some(format!("{}: {e}", self.path.display())));
+                        failed_at = Instant::now();
                     }
                 }
             }
@@ -744,6 +808,44 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         let other = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[8u8; 32]);
         assert!(verify(dir.path(), &other).is_err());
+    }
+
+    /// Whether the log holds `n` lines within 5 s (no flush: only the
+    /// writer's own schedule puts them there).
+    fn lines_within(dir: &Path, n: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(dir.join(LOG_FILE)).unwrap_or_default();
+            if text.lines().count() >= n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn records_reach_the_file_unflushed_whether_the_writer_is_idle_or_on_its_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path(), key(), false, Duration::from_secs(1)).unwrap();
+        let event = || Event::system("test", None);
+        // Idle writer: the record wakes it.
+        audit.record(event());
+        assert!(lines_within(dir.path(), 1), "a record to an idle writer");
+        // A steady trickle keeps the writer on its 10 ms clock, where
+        // queueing wakes nobody: the last ones must not be stranded.
+        for _ in 0..50 {
+            audit.record(event());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(lines_within(dir.path(), 51), "the end of a trickle");
+        // An empty round makes it idle again; the next record wakes it.
+        audit.record(event());
+        assert!(lines_within(dir.path(), 52), "a record after the trickle");
+        audit.flush();
+        assert_eq!(verify(dir.path(), &key()).unwrap(), 52);
     }
 
     #[test]
