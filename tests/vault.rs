@@ -193,6 +193,9 @@ fn key_lifecycle_through_the_cli() {
         (!v.ok(&["key", "list"]).contains("web ")).then_some(())
     });
     assert!(v.err(&["key", "describe", "web"]).contains("not-found"));
+    // Records reach the file asynchronously (within 10 ms); `audit verify`
+    // flushes the queue first, as in the other tests.
+    v.ok(&["audit", "verify"]);
     assert!(v.audit_log().contains("\"op\":\"delete\",\"key\":\"web\""));
 }
 
