@@ -272,6 +272,31 @@ pub fn client_config(ca: &Path, rsa_only: bool, alpn: &[&[u8]]) -> Arc<ClientCon
     client_config_versions(ca, rsa_only, alpn, rustls::DEFAULT_VERSIONS)
 }
 
+/// An HTTP/2 connection over TLS to the proxy at `addr` (`localhost`,
+/// trusting `ca`), hyper's client, its connection task spawned. Call
+/// inside a tokio runtime.
+pub async fn h2_connect(
+    addr: SocketAddr,
+    ca: &Path,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let cfg = client_config(ca, false, &[b"h2"]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    send
+}
+
 /// [`client_config`] offering only `versions`.
 pub fn client_config_versions(
     ca: &Path,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 
 use crate::common::backends::{ws_accept_key, Apache, Nginx, WsEcho};
-use crate::common::proxy::{client_config, config, curl_ok, https_get, ProxyProc};
+use crate::common::proxy::{client_config, config, curl_ok, h2_connect, https_get, ProxyProc};
 use crate::Setup;
 
 fn random_bytes(n: usize) -> Vec<u8> {
@@ -48,26 +48,12 @@ fn curl_args<'a>(s: &'a Setup, p: &ProxyProc, resolve: &'a mut String) -> Vec<&'
 
 /// GET over HTTP/2 with a rustls client (hyper's h2 client).
 fn h2_get(addr: SocketAddr, ca: &std::path::Path, path: &str) -> (u16, Vec<u8>) {
-    let cfg = client_config(ca, false, &[b"h2"]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("rt");
     rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
-            .await
-            .expect("handshake");
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .expect("h2 handshake");
-        tokio::spawn(conn);
+        let mut send = h2_connect(addr, ca).await;
         let req = hyper::Request::get(format!("https://localhost:{}{path}", addr.port()))
             .body(Empty::<Bytes>::new())
             .expect("request");

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 
 use crate::common::backends::Nginx;
-use crate::common::proxy::client_config;
+use crate::common::proxy::h2_connect;
 
 #[test]
 fn concurrent_streams_of_mixed_sizes_arrive_intact_on_one_connection() {
@@ -35,25 +35,13 @@ fn concurrent_streams_of_mixed_sizes_arrive_intact_on_one_connection() {
     }
     let p = s.localhost_proxy(&[nginx.addr], "", "");
     let addr: SocketAddr = p.addr;
-    let cfg = client_config(s.ca_path(), false, &[b"h2"]);
+    let ca = s.ca_path().to_path_buf();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("rt");
     let results = rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
-            .await
-            .expect("handshake");
-        let (send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .expect("h2 handshake");
-        tokio::spawn(conn);
+        let send = h2_connect(addr, &ca).await;
         // Eight rounds over every size, all 64 requests in flight at once.
         let requests = (0..8 * sizes.len()).map(|k| {
             let mut send = send.clone();
