@@ -8,7 +8,7 @@
 //! - [`client`]   — multiplexed async vault client (CLI, `run`, proxy signer)
 //! - [`vault`]    — the signing process: keystore, keys, policy, audit, server
 //! - [`signer`]   — the proxy's vault client: pooled, pipelined, rustls signing keys
-//! - [`proxy`]    — TLS termination, routing, upstreams, health, access log, shutdown
+//! - [`proxy`]    — TLS termination, HTTP/1.1 and HTTP/2 serving, routing, the backend client, health, access log, shutdown
 //! - [`pki`]      — rcgen: dev CA and certificates for vault-held keys
 //! - [`fsutil`]   — crash-safe file writes (temp, fsync, rename, fsync dir)
 //! - [`os`]       — process hardening: no core dumps, mlockall, privileges
