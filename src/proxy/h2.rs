@@ -289,6 +289,20 @@ mod tests {
         }
     }
 
+    /// A `Coalesce` over one end of an in-memory pipe of `capacity`
+    /// bytes, the other end, and the turn counter it follows.
+    fn coalesce(
+        capacity: usize,
+    ) -> (
+        Coalesce<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Turns,
+    ) {
+        let (ours, peer) = tokio::io::duplex(capacity);
+        let turns = Turns::default();
+        (Coalesce::new(ours, turns.clone()), peer, turns)
+    }
+
     fn write(c: &mut Coalesce<tokio::io::DuplexStream>, cx: &mut Context<'_>, b: &[u8]) {
         match Pin::new(c).poll_write(cx, b) {
             Poll::Ready(Ok(n)) => assert_eq!(n, b.len()),
@@ -302,9 +316,7 @@ mod tests {
 
     #[test]
     fn flushes_in_one_poll_are_held_and_sent_together_in_the_next() {
-        let (ours, mut peer) = tokio::io::duplex(256 * 1024);
-        let turns = Turns::default();
-        let mut c = Coalesce::new(ours, turns.clone());
+        let (mut c, mut peer, turns) = coalesce(256 * 1024);
         let (waker, woken) = flag_waker();
         let mut cx = Context::from_waker(&waker);
 
@@ -328,9 +340,7 @@ mod tests {
     #[test]
     fn held_bytes_leave_on_a_read_in_a_later_poll() {
         // h2's handshake flushes its SETTINGS, then only reads.
-        let (ours, mut peer) = tokio::io::duplex(64 * 1024);
-        let turns = Turns::default();
-        let mut c = Coalesce::new(ours, turns.clone());
+        let (mut c, mut peer, turns) = coalesce(64 * 1024);
         let (waker, _) = flag_waker();
         let mut cx = Context::from_waker(&waker);
 
@@ -350,9 +360,7 @@ mod tests {
 
     #[test]
     fn shutdown_sends_what_is_held() {
-        let (ours, mut peer) = tokio::io::duplex(64 * 1024);
-        let turns = Turns::default();
-        let mut c = Coalesce::new(ours, turns.clone());
+        let (mut c, mut peer, turns) = coalesce(64 * 1024);
         let (waker, _) = flag_waker();
         let mut cx = Context::from_waker(&waker);
 
@@ -368,9 +376,7 @@ mod tests {
 
     #[test]
     fn large_writes_pass_through_and_the_held_bytes_keep_their_order() {
-        let (ours, mut peer) = tokio::io::duplex(1024 * 1024);
-        let turns = Turns::default();
-        let mut c = Coalesce::new(ours, turns.clone());
+        let (mut c, mut peer, turns) = coalesce(1024 * 1024);
         let (waker, _) = flag_waker();
         let mut cx = Context::from_waker(&waker);
         let big = vec![b'x'; DIRECT];

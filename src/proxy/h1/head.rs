@@ -183,7 +183,7 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> 
 }
 
 /// Whether `Connection` lists `close`, and whether it lists `keep-alive`.
-fn connection_options(headers: &HeaderMap) -> (bool, bool) {
+pub fn connection_options(headers: &HeaderMap) -> (bool, bool) {
     let mut close = false;
     let mut keep_alive = false;
     for v in headers.get_all(CONNECTION) {

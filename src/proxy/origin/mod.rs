@@ -147,8 +147,3 @@ where
         .await
         .map(|_| ())
 }
-
-fn nodelay(tcp: &TcpStream) {
-    // Requests and answers are written whole; Nagle would only delay them.
-    let _ = tcp.set_nodelay(true);
-}

@@ -84,7 +84,8 @@ impl Idle {
         parked.retain(|(conn, since)| since.elapsed() < IDLE_TIMEOUT && still_open(&conn.tcp));
     }
 
-    pub fn idle_count(&self) -> usize {
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
         self.parked.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
@@ -95,7 +96,8 @@ impl Idle {
             .await
             .map_err(|_| OriginError::ConnectTimeout(timeout))?
             .map_err(OriginError::Connect)?;
-        super::nodelay(&tcp);
+        // Requests are written whole; Nagle would only delay them.
+        let _ = tcp.set_nodelay(true);
         if let Some(preface) = &self.preface {
             tcp.write_all(preface).await.map_err(OriginError::Connect)?;
         }

@@ -5,9 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING,
-};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
@@ -16,7 +14,7 @@ use super::body::OriginBody;
 use super::pool::{Idle, OriginConn};
 use super::request::Outgoing;
 use super::OriginError;
-use crate::proxy::h1::head::Framing;
+use crate::proxy::h1::head::{self, Framing};
 
 /// The largest answer head accepted (nginx's `proxy_buffer_size` is 4 or
 /// 8 KiB by default; this is generous).
@@ -204,17 +202,10 @@ fn content_length(h: &HeaderMap) -> Result<Option<u64>, OriginError> {
 }
 
 fn keeps_alive(head: &ResponseHead) -> bool {
-    let token = |want: &str| {
-        head.headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(want))
-    };
+    let (close, keep_alive) = head::connection_options(&head.headers);
     match head.version {
-        Version::HTTP_11 => !token("close"),
-        _ => token("keep-alive"),
+        Version::HTTP_11 => !close,
+        _ => keep_alive && !close,
     }
 }
 
