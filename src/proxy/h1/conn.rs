@@ -233,7 +233,14 @@ async fn exchange(
                     break respond.await;
                 }
             }
-            r = &mut respond => break r,
+            r = &mut respond => {
+                // The answer came while the feed was still handing over
+                // the body's end: what counts for keep-alive is whether
+                // the body was read off the connection, not whether its
+                // end marker was delivered.
+                body_read = f.decoder.is_done();
+                break r;
+            }
         }
     };
     // Whatever the forwarder did not read is not read: the connection
