@@ -245,8 +245,11 @@ fn rotations_and_reloads_under_load_fail_no_request() {
     );
     assert!(failures.is_empty(), "{failures:?}");
     assert!(served > 100, "too little traffic: {served}");
+    // Rotations are pushed by the vault's key events (median ~50 ms here);
+    // the bound tells that from a periodic check, with room for a 2-core
+    // machine under this load (one of 20 took 1.04 s in CI).
     assert!(
-        delays[delays.len() - 1] < Duration::from_secs(1),
+        delays[delays.len() - 1] < Duration::from_secs(5),
         "{delays:?}"
     );
     assert!(
