@@ -122,6 +122,7 @@ async fn accept(
         .record(start.elapsed().as_secs_f64());
     let info = Arc::new(ConnInfo {
         client: peer,
+        client_ip: super::forward::headers::ClientIp::new(peer.ip()),
         local,
         sni: session.server_name().map(str::to_owned),
         tls_version: session

@@ -17,6 +17,8 @@ use super::upstream::{Backend, Upstream};
 #[derive(Debug)]
 pub struct ConnInfo {
     pub client: SocketAddr,
+    /// The client's address as forwarding headers carry it.
+    pub client_ip: super::headers::ClientIp,
     /// The proxy's address the client connected to.
     pub local: SocketAddr,
     pub sni: Option<String>,

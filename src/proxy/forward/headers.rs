@@ -43,36 +43,82 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, including any named in `Connection`. An
 /// upgrade keeps its `Upgrade` and `Connection: upgrade`, which must reach
 /// the other side for the switch to happen.
+///
+/// Runs twice per request (request and answer), so it looks at each field
+/// once and removes only what is there: removing every hop-by-hop name
+/// unconditionally hashed nine names per call.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Which of HOP_BY_HOP (bits 0..8) and Upgrade (bit 8) are present.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == UPGRADE {
+            present |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    if present == 0 && !keep_upgrade {
+        return;
+    }
     // "TE: trailers" is the one TE value worth passing on: gRPC over h2c
     // backends requires it.
     let te_trailers = headers
         .get(TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
+    if present & 1 != 0 {
+        // Values are cheap to clone (shared bytes), and owning them lets
+        // the names they list be removed from the map they came from.
+        let mut values = headers.get_all(CONNECTION).iter();
+        let first = values.next().cloned();
+        let more: Vec<HeaderValue> = values.cloned().collect();
+        for token in first
             .iter()
+            .chain(&more)
             .filter_map(|v| v.to_str().ok())
             .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(keep_upgrade && name == UPGRADE) {
-                headers.remove(&name);
+            .map(str::trim)
+        {
+            // Removal by `&str` looks the name up without allocating one.
+            let kept = keep_upgrade && token.eq_ignore_ascii_case("upgrade");
+            if !token.is_empty() && !kept {
+                headers.remove(token);
             }
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & (1 << HOP_BY_HOP.len()) != 0 {
         headers.remove(UPGRADE);
+    }
+}
+
+/// A client's address as the forwarding headers carry it, formatted once
+/// per connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct ClientIp {
+    ip: IpAddr,
+    value: HeaderValue,
+}
+
+impl ClientIp {
+    pub fn new(ip: IpAddr) -> ClientIp {
+        let ip = ip.to_canonical();
+        // An address's text is always a valid header value.
+        let value = HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ClientIp { ip, value }
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.ip
     }
 }
 
@@ -81,16 +127,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     which: ForwardedHeaders,
-    client: IpAddr,
+    client: &ClientIp,
     host: Option<&str>,
 ) {
-    let ip = client.to_canonical();
+    let ip = client.ip;
     if which.x_forwarded_for {
         let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
+            Some(prev) if !prev.trim().is_empty() => {
+                HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+            }
+            _ => Some(client.value.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Some(v) = value {
             headers.insert(X_FORWARDED_FOR, v);
         }
     }
@@ -235,7 +283,12 @@ mod tests {
     fn appends_forwarding_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
-        add_forwarded(&mut h, all(), "::1".parse().unwrap(), Some("a.test:8443"));
+        add_forwarded(
+            &mut h,
+            all(),
+            &ClientIp::new("::1".parse().unwrap()),
+            Some("a.test:8443"),
+        );
         assert_eq!(h["x-forwarded-for"], "192.0.2.1, ::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.test:8443");
@@ -244,8 +297,10 @@ mod tests {
             "for=\"[::1]\";proto=https;host=\"a.test:8443\""
         );
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, all(), "::ffff:10.1.2.3".parse().unwrap(), None);
+        let client = ClientIp::new("::ffff:10.1.2.3".parse().unwrap());
+        add_forwarded(&mut h, all(), &client, None);
         assert_eq!(h["forwarded"], "for=10.1.2.3;proto=https");
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
     }
 
     #[test]

@@ -183,7 +183,7 @@ where
     headers::add_forwarded(
         &mut hdrs,
         fwd.forwarded,
-        conn.client.ip(),
+        &conn.client_ip,
         (!record.host.is_empty()).then_some(record.host.as_str()),
     );
     if !hdrs.contains_key(HOST) {
