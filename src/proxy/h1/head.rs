@@ -9,9 +9,12 @@ use http::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING,
 };
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use smallvec::SmallVec;
 
 /// The most header fields a request may have (hyper's limit too).
 pub const MAX_HEADERS: usize = 100;
+/// Fields the forwarder may add to a request.
+const FORWARDING_ROOM: usize = 4;
 
 /// How the request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +83,11 @@ impl HeadError {
 /// more. On success the head's bytes are split off `buf` (what follows is
 /// body or the next request) and header values share them, uncopied.
 pub fn parse(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
+    // Uninitialised: most heads have a handful of fields, and filling
+    // 100 empty ones on every request costs more than parsing them.
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > limit => {
             return Err(HeadError::TooLarge { limit })
@@ -106,7 +111,7 @@ pub fn parse(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, HeadError
     let base = buf.as_ptr() as usize;
     let target = req.path.unwrap_or_default();
     let target_at = target.as_ptr() as usize - base..target.as_ptr() as usize - base + target.len();
-    let mut named = Vec::with_capacity(req.headers.len());
+    let mut named: SmallVec<[(HeaderName, std::ops::Range<usize>); 16]> = SmallVec::new();
     for f in req.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes())
             .map_err(|_| HeadError::Field(f.name.to_owned()))?;
@@ -116,7 +121,9 @@ pub fn parse(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, HeadError
     let head: Bytes = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_at.clone()))
         .map_err(|_| HeadError::Target(String::from_utf8_lossy(&head[target_at]).into_owned()))?;
-    let mut headers = HeaderMap::with_capacity(named.len());
+    // Room for what forwarding adds (X-Forwarded-For, -Proto, -Host,
+    // Forwarded), so that adding them does not grow the map.
+    let mut headers = HeaderMap::with_capacity(named.len() + FORWARDING_ROOM);
     for (name, at) in named {
         let value = HeaderValue::from_maybe_shared(head.slice(at.clone()))
             .map_err(|_| HeadError::Field(String::from_utf8_lossy(&head[at]).into_owned()))?;
