@@ -91,7 +91,7 @@ pub fn serve(
                 } else {
                     first_limit.saturating_sub(started.elapsed())
                 };
-                match idle::wait(&mut io, &mut buf, limit, &mut drain).await {
+                match idle::wait(&mut io, limit, &mut drain).await {
                     Wake::Readable => {}
                     Wake::TimedOut => {
                         let why = if served { "idle" } else { "no_request" };
@@ -277,10 +277,10 @@ async fn write_response(
     upgrade: bool,
     info: &ConnInfo,
 ) -> Next {
-    let (mut parts, body) = resp.into_parts();
-    let mut out = Vec::with_capacity(512);
-    let (delimit, keep_alive) =
-        response::encode_head(&mut out, &mut parts, body.size_hint().exact(), answering);
+    let (parts, body) = resp.into_parts();
+    let size = body.size_hint().exact();
+    let mut out = response::out_buffer(size);
+    let (delimit, keep_alive) = response::encode_head(&mut out, &parts, size, answering);
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         let written = async {
             io.write_all(&out).await?;

@@ -1,16 +1,14 @@
 //! Waiting for the next request without holding a buffer, as nginx does:
-//! a read is tried at once (a pipelined or quick request costs nothing
-//! more); if the socket has nothing, the buffer is freed and the
-//! connection waits on the socket's readiness instead, which the read
-//! that found nothing has reset. Bytes rustls has already decrypted, or
-//! a close it has already seen, count as ready without touching the
-//! socket.
+//! whatever the socket has is read straight into rustls (which keeps its
+//! own record buffer), so a pipelined or quick request costs nothing
+//! more and an idle connection waits on the socket's readiness with no
+//! read buffer of ours at all. The caller allocates one only once rustls
+//! holds plaintext. Bytes rustls has already decrypted, or a close it has
+//! already seen, count as ready without touching the socket.
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-use futures_util::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -34,39 +32,63 @@ pub enum Wake {
     Broken,
 }
 
-/// Waits up to `limit` for the client to send something; `buf` is empty
-/// on entry, and allocated only once something has come.
+/// Waits up to `limit` for the client to send something, holding no
+/// buffer of its own: the caller allocates one once there is something
+/// to read.
 pub async fn wait(
     io: &mut TlsStream<TcpStream>,
-    buf: &mut BytesMut,
     limit: Duration,
     drain: &mut watch::Receiver<bool>,
 ) -> Wake {
-    let deadline = Instant::now() + limit;
-    match buffered(io).await {
-        Ok(true) => return Wake::Readable,
-        Ok(false) => {}
-        Err(_) => return Wake::Broken,
-    }
+    let sleep = tokio::time::sleep_until(Instant::now() + limit);
+    tokio::pin!(sleep);
     loop {
+        match buffered(io).await {
+            Ok(true) => return Wake::Readable,
+            Ok(false) => {}
+            Err(_) => return Wake::Broken,
+        }
         if *drain.borrow() {
             return Wake::Drain;
         }
-        *buf = BytesMut::with_capacity(HEAD_BUFFER);
-        match io.read_buf(buf).now_or_never() {
-            Some(Ok(_)) => return Wake::Readable,
-            Some(Err(_)) => return Wake::Broken,
-            None => *buf = BytesMut::new(),
+        let (tcp, session) = io.get_mut();
+        if !session.wants_read() {
+            // rustls holds records it will not take more after: let the
+            // reader deal with them.
+            return Wake::Readable;
+        }
+        match session.read_tls(&mut TryRead(tcp)) {
+            // The end of the stream: the next read reports it.
+            Ok(0) => return Wake::Readable,
+            // Records came: see whether they hold a request's bytes. A
+            // client sending records without data must not keep the
+            // worker from its other connections.
+            Ok(_) => {
+                tokio::task::consume_budget().await;
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Wake::Broken,
         }
         let (tcp, _) = io.get_ref();
         tokio::select! {
             r = tcp.readable() => if r.is_err() {
                 return Wake::Broken;
             },
-            () = tokio::time::sleep_until(deadline) => return Wake::TimedOut,
+            () = &mut sleep => return Wake::TimedOut,
             // A dropped sender means the listener is gone: drain as well.
             _ = drain.changed() => return Wake::Drain,
         }
+    }
+}
+
+/// Reads the socket without waiting: `WouldBlock` when it has nothing
+/// (which also clears tokio's readiness, so the next wait sleeps).
+struct TryRead<'a>(&'a TcpStream);
+
+impl std::io::Read for TryRead<'_> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        self.0.try_read(b)
     }
 }
 

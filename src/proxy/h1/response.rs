@@ -55,18 +55,21 @@ pub enum Delimit {
     Close,
 }
 
-/// Encodes the response head into `out`, fixing the framing fields to
-/// match how the body will be sent. Returns that, and whether the
-/// connection stays open afterwards.
+/// Encodes the response head into `out`, writing the framing fields that
+/// match how the body will be sent in place of the answer's own. Returns
+/// that, and whether the connection stays open afterwards.
+///
+/// The fields it decides (`Content-Length`, `Transfer-Encoding`,
+/// `Connection`, a missing `Date`) are written directly rather than set
+/// in the map first: the map is read once, never changed.
 pub fn encode_head(
     out: &mut Vec<u8>,
-    parts: &mut Parts,
+    parts: &Parts,
     size: Option<u64>,
     req: Answering,
 ) -> (Delimit, bool) {
     let mut keep_alive = req.keep_alive;
     let status = parts.status;
-    let h = &mut parts.headers;
     let delimit = if req.method_is_head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -74,43 +77,77 @@ pub fn encode_head(
     {
         // A HEAD or 304 answer keeps the length the body would have had.
         Delimit::Nothing
-    } else if let Some(n) = size {
-        h.remove(TRANSFER_ENCODING);
-        h.insert(CONTENT_LENGTH, HeaderValue::from(n));
+    } else if size.is_some() {
         Delimit::Length
     } else if req.version == Version::HTTP_11 {
-        h.remove(CONTENT_LENGTH);
-        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         Delimit::Chunked
     } else {
-        h.remove(CONTENT_LENGTH);
-        h.remove(TRANSFER_ENCODING);
         keep_alive = false;
         Delimit::Close
     };
-    if status != StatusCode::SWITCHING_PROTOCOLS {
-        if !keep_alive {
-            h.insert(CONNECTION, HeaderValue::from_static("close"));
-        } else if req.version == Version::HTTP_10 {
-            h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
-        }
-    }
-    if !h.contains_key(DATE) {
-        h.insert(DATE, http_date());
-    }
+    let connection = if status == StatusCode::SWITCHING_PROTOCOLS {
+        None
+    } else if !keep_alive {
+        Some("close")
+    } else if req.version == Version::HTTP_10 {
+        Some("keep-alive")
+    } else {
+        None
+    };
+    let own_framing = delimit != Delimit::Nothing;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in h.iter() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, value) in parts.headers.iter() {
+        let replaced = (own_framing && (name == CONTENT_LENGTH || name == TRANSFER_ENCODING))
+            || (connection.is_some() && name == CONNECTION);
+        if replaced {
+            continue;
+        }
+        has_date |= name == DATE;
+        field(out, name.as_str(), value.as_bytes());
+    }
+    match (delimit, size) {
+        (Delimit::Length, Some(n)) => field(
+            out,
+            "content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        ),
+        (Delimit::Chunked, _) => field(out, "transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    if let Some(c) = connection {
+        field(out, "connection", c.as_bytes());
+    }
+    if !has_date {
+        field(out, "date", http_date().as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     (delimit, keep_alive)
+}
+
+fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Room for a typical answer head.
+const HEAD_ROOM: usize = 512;
+
+/// The buffer a response is written through: room for its head, and for
+/// its body when that is small enough to go out in the same write (as
+/// [`write_body`] gathers it), so that it is allocated once.
+pub fn out_buffer(size: Option<u64>) -> Vec<u8> {
+    let body = size
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n <= GATHER)
+        .unwrap_or(0);
+    Vec::with_capacity(HEAD_ROOM + body)
 }
 
 /// Streams `body` after the head already in `out`, then flushes.
@@ -248,7 +285,7 @@ mod tests {
     }
 
     fn head_text(status: u16, size: Option<u64>, req: Answering) -> (String, Delimit, bool) {
-        let (mut parts, ()) = http::Response::builder()
+        let (parts, ()) = http::Response::builder()
             .status(status)
             .header("x-a", "1")
             .header(DATE, "d")
@@ -256,7 +293,7 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
-        let (d, k) = encode_head(&mut out, &mut parts, size, req);
+        let (d, k) = encode_head(&mut out, &parts, size, req);
         (String::from_utf8(out).unwrap(), d, k)
     }
 
