@@ -273,7 +273,7 @@ impl Inner {
                 continue;
             }
             let path = &self.opts.sockets[slot.socket];
-            match Conn::connect(path) {
+            match Conn::connect(path).and_then(probe) {
                 Ok(c) => {
                     *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(c));
                 }
@@ -284,6 +284,34 @@ impl Inner {
             }
         }
         all_up
+    }
+}
+
+/// How long a new connection's first ping may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// A connection counts only once the vault answers on it. A socket can
+/// take connections while nothing serves them: a vault that starts binds
+/// its socket before its keystore is open, and a killed one's listener
+/// lingers while its threads exit. A handshake sent there would wait out
+/// the whole sign timeout instead of going to a vault that answers.
+fn probe(conn: Conn) -> std::io::Result<Conn> {
+    let ping = Request::Ping {
+        payload: Vec::new(),
+    };
+    let answered = conn
+        .send(|id| ping.to_frame(id))
+        .map(|sent| conn.wait(&sent, Instant::now() + PROBE_TIMEOUT));
+    match answered {
+        Some(Ok(_)) => Ok(conn),
+        Some(Err(WaitError::Timeout)) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the vault took the connection but did not answer a ping",
+        )),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the vault closed the connection before answering a ping",
+        )),
     }
 }
 
@@ -412,8 +440,10 @@ mod tests {
                         while let Ok(Some(f)) = frame::decode(&mut buf) {
                             got.push(f);
                         }
+                        // A silent vault still answers pings: it takes
+                        // requests and never signs.
                         if silent {
-                            continue;
+                            got.retain(|f| f.opcode == Op::Ping as u8);
                         }
                         let mut out = BytesMut::new();
                         for f in got.iter().rev() {
@@ -505,19 +535,66 @@ mod tests {
         assert!(matches!(p.call(&sign_req()), Err(SignerError::Unavailable)));
     }
 
-    /// A listener whose accepted connections arrive on the receiver.
+    /// A listener whose accepted connections arrive on the receiver once
+    /// they have answered the pool's probe (their first frame).
     fn accepting(dir: &std::path::Path) -> (PathBuf, std::sync::mpsc::Receiver<UnixStream>) {
         let path = dir.join("accepting.sock");
         let l = UnixListener::bind(&path).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for s in l.incoming() {
-                if tx.send(s.unwrap()).is_err() {
+                let mut s = s.unwrap();
+                let mut buf = BytesMut::new();
+                let mut chunk = [0u8; 4096];
+                let ping = loop {
+                    if let Ok(Some(f)) = frame::decode(&mut buf) {
+                        break f;
+                    }
+                    let n = s.read(&mut chunk).unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                let mut out = BytesMut::new();
+                Frame::new(ping.opcode, ping.request_id, ping.body)
+                    .encode(&mut out)
+                    .unwrap();
+                s.write_all(&out).unwrap();
+                if tx.send(s).is_err() {
                     return;
                 }
             }
         });
         (path, rx)
+    }
+
+    #[test]
+    fn a_socket_that_takes_connections_but_never_answers_is_passed_over() {
+        // A vault starting up (socket bound, keystore not open yet), or a
+        // killed one whose listener lingers: first in the failover order.
+        let dir = tempfile::tempdir().unwrap();
+        let mute = dir.path().join("mute.sock");
+        let held = UnixListener::bind(&mute).unwrap();
+        let live = fake_vault(dir.path(), false);
+        let p = VaultPool::start(PoolOptions {
+            sockets: vec![mute, live],
+            connections_per_socket: 1,
+            timeout: Duration::from_millis(100),
+            plain_wait: Duration::from_micros(50),
+        });
+        assert!(p.wait_connected(Duration::from_secs(5)));
+        let start = Instant::now();
+        for _ in 0..20 {
+            assert!(matches!(
+                p.call(&sign_req()),
+                Ok(Response::Signature { .. })
+            ));
+        }
+        // No call waited out the 100 ms timeout on the mute socket.
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            start.elapsed()
+        );
+        drop(held);
     }
 
     #[test]
