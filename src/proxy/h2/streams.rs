@@ -75,20 +75,23 @@ impl<F: Future> Future for WithStreams<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
         this.turns.next();
+        // Streams first: what they answer, the connection then writes in
+        // the same pass.
+        while let Poll::Ready(Some(())) = this.running.poll_next_unpin(cx) {}
+        if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        // Streams that the connection (or a stream) just started get their
+        // first poll now, not after another wake-up. Whatever they answer
+        // at once wakes the connection's task (h2 does) for the next turn,
+        // so the connection is not polled again here.
         loop {
-            // Streams first: what they answer, the connection then writes
-            // in the same pass.
-            while let Poll::Ready(Some(())) = this.running.poll_next_unpin(cx) {}
-            if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
-                return Poll::Ready(out);
-            }
-            // Streams that the connection (or a stream) just started get
-            // their first poll now, not after another wake-up.
             let new = std::mem::take(&mut *this.queued.lock());
             if new.is_empty() {
                 return Poll::Pending;
             }
             this.running.extend(new);
+            while let Poll::Ready(Some(())) = this.running.poll_next_unpin(cx) {}
         }
     }
 }
