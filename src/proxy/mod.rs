@@ -1,9 +1,10 @@
 //! The TLS-terminating reverse proxy: [`tls`] (certificates, resolver,
 //! resumption), [`forward`] (routes, upstreams, balancing, health, proxy
 //! headers, access log), [`h1`] (the HTTP/1.1 server side), `h2` (HTTP/2
-//! serving through hyper, with responses that finish together written
-//! together), [`origin`] (the HTTP/1.1 client side, to backends) and
-//! [`server`] (accept loop, limits, shutdown).
+//! serving through hyper, each connection's streams run in its own task
+//! and responses that finish together written together), [`origin`] (the
+//! HTTP/1.1 client side, to backends) and [`server`] (accept loop, limits,
+//! shutdown).
 
 pub mod forward;
 pub mod h1;

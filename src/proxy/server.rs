@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{Either, OptionFuture};
 use futures_util::FutureExt;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit};
@@ -23,11 +23,10 @@ use super::forward::Forwarder;
 use super::listeners::{self, Listeners};
 use super::Proxy;
 
-pub(super) fn http_builder(
-    settings: &crate::config::proxy::ProxySettings,
-) -> auto::Builder<TokioExecutor> {
-    let l = &settings.limits;
-    let mut b = auto::Builder::new(TokioExecutor::new());
+/// hyper's builder for one `h2` connection, with `exec` running its
+/// streams (see [`super::h2`]).
+pub(super) fn http_builder<E>(l: &crate::config::proxy::Limits, exec: E) -> auto::Builder<E> {
+    let mut b = auto::Builder::new(exec);
     // hyper's HTTP/1 serves only HTTP/1 bytes on an `h2` connection (to
     // refuse them with a 400); the proxy's own driver serves HTTP/1.
     b.http1()
@@ -47,7 +46,6 @@ pub(super) fn http_builder(
 /// shared by all of them.
 pub(super) struct Serving {
     pub acceptor: TlsAcceptor,
-    pub http: auto::Builder<TokioExecutor>,
     pub fwd: Arc<Forwarder>,
     pub limits: crate::config::proxy::Limits,
 }
@@ -56,7 +54,6 @@ impl Serving {
     pub fn new(live: &super::Live) -> Serving {
         Serving {
             acceptor: TlsAcceptor::from(live.tls.clone()),
-            http: http_builder(&live.settings),
             fwd: live.forwarder.clone(),
             limits: live.settings.limits.clone(),
         }
