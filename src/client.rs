@@ -9,16 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::FramedRead;
 use zeroize::Zeroizing;
 
 use crate::protocol::codec::CodecError;
 use crate::protocol::{
-    ErrorCode, Frame, FrameCodec, KeyEvent, KeyType, Op, ProtocolError, Request, Response, OP_EVENT,
+    frame, ErrorCode, Frame, KeyEvent, KeyType, Op, ProtocolError, Request, Response, OP_EVENT,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +81,18 @@ impl VaultClient {
         let pending: Arc<Pending> = Arc::default();
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
 
-        // Writer: everything queued goes out in one write.
+        // Writer: everything queued goes out in one write. A request wakes
+        // this task straight after the caller that queued it (tokio runs a
+        // task just woken next), so without the yield every request of a
+        // burst went out in its own `sendto`: ~3.5 µs each, as much CPU as
+        // the rest of the client's work per signature. Yielding once lets
+        // the callers already runnable queue theirs first; the vault then
+        // gets the burst in one write, at the cost of one scheduler pass
+        // for a lone request.
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(8192);
             while let Some(frame) = rx.recv().await {
+                tokio::task::yield_now().await;
                 let mut next = Some(frame);
                 while let Some(f) = next {
                     if f.encode(&mut buf).is_err() {
@@ -108,8 +114,8 @@ impl VaultClient {
         let closed = Arc::new(AtomicBool::new(false));
         let reader_closed = closed.clone();
         tokio::spawn(async move {
-            let mut frames = FramedRead::new(read, FrameCodec);
-            while let Some(Ok(frame)) = frames.next().await {
+            let mut frames = Frames::new(read);
+            while let Some(frame) = frames.next().await {
                 if frame.opcode == OP_EVENT {
                     let mut subs = reader_subs.lock().unwrap_or_else(|e| e.into_inner());
                     if let (Some(tx), Ok(event)) =
@@ -378,6 +384,44 @@ impl VaultClient {
                 serde_json::from_str(&json).map_err(|_| ClientError::Unexpected { op })
             }
             _ => Err(ClientError::Unexpected { op }),
+        }
+    }
+}
+
+/// Answer frames off the read half, decoded from reads of up to
+/// [`READ_CHUNK`]: a batch of answers arrives in one `recv` (a codec's
+/// 8 KiB buffer took two or three for 64 signatures).
+struct Frames {
+    read: tokio::net::unix::OwnedReadHalf,
+    buf: BytesMut,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+
+impl Frames {
+    fn new(read: tokio::net::unix::OwnedReadHalf) -> Frames {
+        Frames {
+            read,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// The next frame; `None` once the connection ends or carries
+    /// something that is not a frame.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            match frame::decode(&mut self.buf) {
+                Ok(Some(f)) => return Some(f),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            match self.read.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
         }
     }
 }

@@ -17,11 +17,15 @@ impl Drop for Vault {
     }
 }
 
-/// Starts the vault and returns once it prints `ready`.
+/// Starts the vault and returns once it prints `ready`. `VAULTGATE_BIN`
+/// names another build of the binary, for A/B runs of one bench build
+/// against an old and a new vault.
 pub fn start_vault() -> Vault {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("v.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vaultgate"))
+    let bin =
+        std::env::var_os("VAULTGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_vaultgate").into());
+    let mut child = Command::new(bin)
         .arg("vault")
         .arg("--socket")
         .arg(&socket)

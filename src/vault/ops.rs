@@ -141,6 +141,39 @@ pub fn is_slow(op: Op) -> bool {
     )
 }
 
+/// Counts a request and records its duration. The handles are looked up
+/// once per thread, operation and result, not per request: a lookup
+/// builds the labelled key (a `Vec`) and hashes it, twice per signature.
+/// A thread caches at its first request, which comes after `vault::run`
+/// installs the recorder, so no thread keeps a handle of the no-op one.
+fn count_request(op: Op, result: &'static str, took: std::time::Duration) {
+    struct Handles {
+        op: Op,
+        result: &'static str,
+        requests: metrics::Counter,
+        duration: metrics::Histogram,
+    }
+    thread_local! {
+        static KNOWN: std::cell::RefCell<Vec<Handles>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    KNOWN.with_borrow_mut(|known| {
+        let i = match known.iter().position(|h| h.op == op && h.result == result) {
+            Some(i) => i,
+            None => {
+                known.push(Handles {
+                    op,
+                    result,
+                    requests: metrics::counter!("vaultgate_vault_requests_total", "op" => op.name(), "result" => result),
+                    duration: metrics::histogram!("vaultgate_vault_request_duration_seconds", "op" => op.name(), "result" => result),
+                });
+                known.len() - 1
+            }
+        };
+        known[i].requests.increment(1);
+        known[i].duration.record(took.as_secs_f64());
+    });
+}
+
 /// Parameters of `cert-issue`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,10 +336,7 @@ impl Vault {
                 )
             }
         };
-        metrics::counter!("vaultgate_vault_requests_total", "op" => op.name(), "result" => result)
-            .increment(1);
-        metrics::histogram!("vaultgate_vault_request_duration_seconds", "op" => op.name(), "result" => result)
-            .record(started.elapsed().as_secs_f64());
+        count_request(op, result, started.elapsed());
         if op != Op::Ping {
             self.audit.record(Event {
                 caller: Some(*caller),
