@@ -82,13 +82,25 @@ pub async fn wait(
     }
 }
 
-/// Reads the socket without waiting: `WouldBlock` when it has nothing
-/// (which also clears tokio's readiness, so the next wait sleeps).
-struct TryRead<'a>(&'a TcpStream);
+/// Reads the socket without waiting: `WouldBlock` when it has nothing.
+/// Through tokio's `poll_read`, not `try_read`: a read shorter than the
+/// buffer tells tokio the socket is drained (epoll is edge-triggered), so
+/// the next wait sleeps at once instead of first making a read that finds
+/// nothing (`try_read` keeps the readiness until a read fails: one more
+/// syscall per request).
+struct TryRead<'a>(&'a mut TcpStream);
 
 impl std::io::Read for TryRead<'_> {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
-        self.0.try_read(b)
+        use tokio::io::AsyncRead;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut rb = tokio::io::ReadBuf::new(b);
+        match std::pin::Pin::new(&mut *self.0).poll_read(&mut cx, &mut rb) {
+            std::task::Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+            std::task::Poll::Ready(Err(e)) => Err(e),
+            // The wait that follows registers the task's own waker.
+            std::task::Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
     }
 }
 
