@@ -9,6 +9,7 @@
 pub mod forward;
 pub mod h1;
 mod h2;
+mod linger;
 pub mod listeners;
 pub mod origin;
 pub mod server;

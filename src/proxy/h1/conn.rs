@@ -30,14 +30,6 @@ use crate::proxy::origin::{self, OriginUpgrade};
 const BODY_READ: usize = 16 * 1024;
 /// How long a close_notify may take to go out before the socket closes.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// Lingering close (nginx's `lingering_close`): after answering a request
-/// whose body was not read whole, what the client still sends is read and
-/// dropped, for at most this long in all and this long between reads.
-/// Closing at once, with its data unread, would reset the connection, and
-/// a client still uploading could lose the answer (a 413, a 401) to the
-/// reset.
-const LINGER_TIME: Duration = Duration::from_secs(10);
-const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a request head could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +138,7 @@ pub fn serve(
         }
         let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
         if linger {
-            drain_client(io.get_mut().0).await;
+            crate::proxy::linger::drain(io.get_mut().0).await;
         }
     }
 }
@@ -252,20 +244,6 @@ async fn exchange(
     match write_response(io, buf, resp, answering, upgrade, info).await {
         Next::Close if !body_read => Next::Linger,
         next => next,
-    }
-}
-
-/// Reads and drops what the client still sends, raw (no TLS: it is not
-/// looked at), until it stops or [`LINGER_TIME`] runs out.
-async fn drain_client(tcp: &mut TcpStream) {
-    let deadline = Instant::now() + LINGER_TIME;
-    let mut scratch = vec![0u8; BODY_READ];
-    loop {
-        let wait = LINGER_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout(wait, tcp.read(&mut scratch)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return,
-        }
     }
 }
 

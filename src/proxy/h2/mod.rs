@@ -34,6 +34,9 @@ pub(super) async fn serve(
     mut drain: watch::Receiver<bool>,
 ) {
     let limits = &serving.limits;
+    // hyper closes the socket when the connection ends; a second handle
+    // keeps it open for a lingering close (see `linger`).
+    let kept = super::linger::keep(tls.get_ref().0);
     let service = {
         let (info, fwd) = (info.clone(), serving.fwd.clone());
         hyper::service::service_fn(move |req| forward::handle(req, fwd.clone(), info.clone()))
@@ -91,5 +94,9 @@ pub(super) async fn serve(
                 break;
             }
         }
+    }
+    drop(conn);
+    if let Some(kept) = kept {
+        super::linger::close(kept).await;
     }
 }
