@@ -143,7 +143,7 @@ fn benches(c: &mut Criterion) {
         .expect("local cert")
         .der()
         .clone();
-    let local_signer = rustls::crypto::ring::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
+    let local_signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
         PrivatePkcs8KeyDer::from(local_key.serialize_der()),
     ))
     .expect("local key");
@@ -159,16 +159,16 @@ fn benches(c: &mut Criterion) {
     client.resumption = rustls::client::Resumption::disabled();
     let client = Arc::new(client);
 
-    // ring's own order: AES-256-GCM with SHA-384 first.
-    let ring_order = server_with_provider(
+    // The provider's own order: AES-256-GCM with SHA-384 first.
+    let provider_order = server_with_provider(
         local_cert.clone(),
         local_signer.clone(),
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     );
     let in_process = server_with(local_cert, local_signer);
     let in_vault = server_with(vault_cert, Arc::new(remote.clone()));
     // The server's CPU time per handshake, by suite order: ours (AES-128-GCM
-    // with SHA-256 first) against ring's (AES-256-GCM with SHA-384 first).
+    // with SHA-256 first) against the provider's (AES-256-GCM with SHA-384 first).
     let mut g = c.benchmark_group("tls13_full_handshake_ecdsa_p256_server_cpu");
     let server_cpu = |server: &Arc<ServerConfig>, iters: u64| {
         (0..iters)
@@ -179,7 +179,7 @@ fn benches(c: &mut Criterion) {
         b.iter_custom(|iters| server_cpu(&in_process, iters))
     });
     g.bench_function("aes256_sha384", |b| {
-        b.iter_custom(|iters| server_cpu(&ring_order, iters))
+        b.iter_custom(|iters| server_cpu(&provider_order, iters))
     });
     g.finish();
 

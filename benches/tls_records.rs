@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rcgen::{CertificateParams, KeyPair};
-use rustls::crypto::ring::cipher_suite;
+use rustls::crypto::aws_lc_rs::cipher_suite;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConnection, Connection, ServerConnection, SupportedCipherSuite};
 
@@ -24,7 +24,7 @@ fn pair(suite: SupportedCipherSuite) -> (Connection, Connection) {
         .expect("cert");
     let provider = Arc::new(rustls::crypto::CryptoProvider {
         cipher_suites: vec![suite],
-        ..rustls::crypto::ring::default_provider()
+        ..rustls::crypto::aws_lc_rs::default_provider()
     });
     let server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])

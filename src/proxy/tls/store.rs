@@ -214,5 +214,5 @@ fn load_file_key(path: &std::path::Path) -> Result<Arc<dyn SigningKey>, String> 
     let der = rustls_pemfile::private_key(&mut data.as_slice())
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "no private key in PEM file".to_owned())?;
-    rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())
+    rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).map_err(|e| e.to_string())
 }
