@@ -1,5 +1,6 @@
-//! Signing through the vault versus signing in-process with ring, in the
-//! same run: one signature at a time (latency) and 64 in flight on one
+//! Signing through the vault versus signing in-process, with ring (the
+//! issue's reference) and with aws-lc-rs (the library the vault signs
+//! with, so the pair that shows what isolation costs), in the same run: one signature at a time (latency) and 64 in flight on one
 //! connection (throughput). Starts the real `vaultgate vault` binary.
 //!
 //! Run: `cargo bench --bench vault_sign` (figures go to BENCHMARKS.md).
@@ -47,6 +48,33 @@ fn benches(c: &mut Criterion) {
     };
     let rsa = RsaKeyPair::from_pkcs8(&rsa_der).expect("rsa");
     let _ = ec.public_key();
+    let aws_rng = aws_lc_rs::rand::SystemRandom::new();
+    let aws_ec = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        ec_pkcs8.as_ref(),
+    )
+    .expect("ec");
+    let aws_rsa = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(&rsa_der).expect("rsa");
+    let aws_sign = |alg: &str| {
+        if alg == "rsa-2048" {
+            let mut sig = vec![0; aws_rsa.public_modulus_len()];
+            aws_rsa
+                .sign(
+                    &aws_lc_rs::signature::RSA_PSS_SHA256,
+                    &aws_rng,
+                    &message,
+                    &mut sig,
+                )
+                .expect("sign");
+            sig
+        } else {
+            aws_ec
+                .sign(&aws_rng, &message)
+                .expect("sign")
+                .as_ref()
+                .to_vec()
+        }
+    };
 
     for (alg, key, code) in [
         ("ecdsa-p256", "ec", scheme::ECDSA_P256_SHA256),
@@ -66,6 +94,7 @@ fn benches(c: &mut Criterion) {
                 }
             })
         });
+        g.bench_function("aws-lc-in-process", |b| b.iter(|| aws_sign(alg)));
         g.bench_function("vault-one-at-a-time", |b| {
             b.to_async(&rt)
                 .iter(|| async { client.sign(key, None, code, &message).await.expect("sign") })
@@ -92,14 +121,21 @@ fn benches(c: &mut Criterion) {
             },
         );
         g.finish();
-        cpu_per_signature(&rt, &client, &vault, alg, key, code, &message, || {
+        let ring_sign = || {
             if alg == "rsa-2048" {
                 let mut sig = vec![0; rsa.public().modulus_len()];
                 let _ = rsa.sign(&ring::signature::RSA_PSS_SHA256, &rng, &message, &mut sig);
             } else {
                 let _ = ec.sign(&rng, &message);
             }
-        });
+        };
+        let in_process: [(&str, &dyn Fn()); 2] = [
+            ("ring", &ring_sign),
+            ("aws-lc", &|| {
+                aws_sign(alg);
+            }),
+        ];
+        cpu_per_signature(&rt, &client, &vault, alg, key, code, &message, &in_process);
     }
 }
 
@@ -129,14 +165,19 @@ fn cpu_per_signature(
     key: &'static str,
     code: u16,
     message: &[u8],
-    in_process: impl Fn(),
+    in_process: &[(&str, &dyn Fn())],
 ) {
     let n: u32 = if alg == "rsa-2048" { 2_000 } else { 40_000 };
-    let t0 = cpu_time_self();
-    for _ in 0..n {
-        in_process();
-    }
-    let ring_us = (cpu_time_self() - t0) * 1e6 / n as f64;
+    let local: Vec<(&str, f64)> = in_process
+        .iter()
+        .map(|(name, sign)| {
+            let t0 = cpu_time_self();
+            for _ in 0..n {
+                sign();
+            }
+            (*name, (cpu_time_self() - t0) * 1e6 / n as f64)
+        })
+        .collect();
     let before = cpu_seconds(vault.child.id());
     rt.block_on(async {
         let mut inflight = tokio::task::JoinSet::new();
@@ -150,10 +191,18 @@ fn cpu_per_signature(
         while inflight.join_next().await.is_some() {}
     });
     let vault_us = (cpu_seconds(vault.child.id()) - before) * 1e6 / n as f64;
+    let ratios: Vec<String> = local
+        .iter()
+        .map(|(name, us)| {
+            format!(
+                "{name} in-process {us:.1} us/sig (vault per core = {:.2} x)",
+                us / vault_us
+            )
+        })
+        .collect();
     println!(
-        "cpu/{alg}: ring in-process {ring_us:.1} us/sig, vault process {vault_us:.1} us/sig, \
-         vault throughput per core = {:.2} x in-process",
-        ring_us / vault_us
+        "cpu/{alg}: vault process {vault_us:.1} us/sig; {}",
+        ratios.join("; ")
     );
 }
 
