@@ -3,8 +3,8 @@
 //! headers, access log), [`h1`] (the HTTP/1.1 server side), `h2` (HTTP/2
 //! serving through hyper, each connection's streams run in its own task
 //! and responses that finish together written together), [`origin`] (the
-//! HTTP/1.1 client side, to backends) and [`server`] (accept loop, limits,
-//! shutdown).
+//! HTTP/1.1 client side, to backends), `linger` (lingering close for
+//! both protocols) and [`server`] (accept loop, limits, shutdown).
 
 pub mod forward;
 pub mod h1;
