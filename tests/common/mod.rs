@@ -17,6 +17,14 @@ pub fn bin() -> &'static str {
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
 /// For conditions with no event to wait on (a file appearing, a deletion
 /// taking effect); processes are waited on through their sockets.
+/// A current-thread runtime for a test's async client.
+pub fn current_thread_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt")
+}
+
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {

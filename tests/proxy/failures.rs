@@ -290,10 +290,7 @@ fn idle_keep_alive_connections_close_and_busy_ones_do_not() {
 
     // HTTP/2: the connection ends (GOAWAY) once idle.
     let cfg = crate::common::proxy::client_config(s.ca_path(), false, &[b"h2"]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = crate::common::current_thread_rt();
     let waited = rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(p.addr)
             .await

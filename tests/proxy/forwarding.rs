@@ -48,10 +48,7 @@ fn curl_args<'a>(s: &'a Setup, p: &ProxyProc, resolve: &'a mut String) -> Vec<&'
 
 /// GET over HTTP/2 with a rustls client (hyper's h2 client).
 fn h2_get(addr: SocketAddr, ca: &std::path::Path, path: &str) -> (u16, Vec<u8>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = crate::common::current_thread_rt();
     rt.block_on(async move {
         let mut send = h2_connect(addr, ca).await;
         let req = hyper::Request::get(format!("https://localhost:{}{path}", addr.port()))

@@ -39,10 +39,7 @@ fn concurrent_streams_of_mixed_sizes_arrive_intact_on_one_connection() {
     let p = s.localhost_proxy(&[nginx.addr], "", "");
     let addr: SocketAddr = p.addr;
     let ca = s.ca_path().to_path_buf();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = crate::common::current_thread_rt();
     let results = rt.block_on(async move {
         let send = h2_connect(addr, &ca).await;
         // Eight rounds over every size, all 64 requests in flight at once.
@@ -89,10 +86,7 @@ fn streams_the_client_cancels_leave_their_siblings_and_the_connection_intact() {
     let p = s.localhost_proxy(&[nginx.addr], "", "");
     let addr = p.addr;
     let ca = s.ca_path().to_path_buf();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = crate::common::current_thread_rt();
     let (kept, after) = rt.block_on(async move {
         let send = h2_connect(addr, &ca).await;
         // Every other stream is dropped after its first DATA frame: the
@@ -148,10 +142,7 @@ fn a_stream_in_flight_when_the_proxy_drains_finishes_and_then_the_connection_end
     let mut p = s.localhost_proxy(&[nginx.addr], "shutdown_timeout = \"20s\"", "");
     let addr = p.addr;
     let ca = s.ca_path().to_path_buf();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = crate::common::current_thread_rt();
     let (got, refused) = rt.block_on(async {
         let mut send = h2_connect(addr, &ca).await;
         let resp = send

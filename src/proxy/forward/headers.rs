@@ -116,10 +116,6 @@ impl ClientIp {
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ClientIp { ip, value }
     }
-
-    pub fn ip(&self) -> IpAddr {
-        self.ip
-    }
 }
 
 /// Adds the configured forwarding headers for a request from `client`
