@@ -57,7 +57,7 @@ pub async fn wait(
             // reader deal with them.
             return Wake::Readable;
         }
-        match session.read_tls(&mut TryRead(tcp)) {
+        match session.read_tls(&mut NoWaitRead(tcp)) {
             // The end of the stream: the next read reports it.
             Ok(0) => return Wake::Readable,
             // Records came: see whether they hold a request's bytes. A
@@ -88,9 +88,9 @@ pub async fn wait(
 /// the next wait sleeps at once instead of first making a read that finds
 /// nothing (`try_read` keeps the readiness until a read fails: one more
 /// syscall per request).
-struct TryRead<'a>(&'a mut TcpStream);
+struct NoWaitRead<'a>(&'a mut TcpStream);
 
-impl std::io::Read for TryRead<'_> {
+impl std::io::Read for NoWaitRead<'_> {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
         use tokio::io::AsyncRead;
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
