@@ -98,7 +98,11 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
                 let key_type = KeyType::from_name(&key_type).ok_or_else(|| {
                     format!(
                         "unknown key type {key_type:?}; one of: {}",
-                        KeyType::ALL.map(|t| t.name()).join(", ")
+                        KeyType::ALL
+                            .iter()
+                            .map(|t| t.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 })?;
                 let rotate_every = rotate_every.as_deref().map(parse_duration).transpose()?;

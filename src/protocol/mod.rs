@@ -10,6 +10,7 @@ pub mod fields;
 pub mod frame;
 pub mod message;
 pub mod scheme;
+mod wire_enum;
 
 pub use codec::FrameCodec;
 pub use frame::{Frame, HEADER_LEN, MAX_BODY, VERSION};
@@ -64,7 +65,7 @@ pub fn fuzz_decode(data: &[u8]) {
                 .expect("re-encoded event must decode");
             assert_eq!(event, back, "event round trip");
         }
-        if let Some(op) = Op::from_u8(frame.opcode & !message::RESPONSE_BIT) {
+        if let Some(op) = Op::from_value(frame.opcode & !message::RESPONSE_BIT) {
             if let Ok(resp) = Response::from_frame(op, &frame) {
                 let again = resp.to_frame(op, frame.request_id);
                 let back =
@@ -75,5 +76,7 @@ pub fn fuzz_decode(data: &[u8]) {
     }
 }
 
+#[cfg(test)]
+mod golden;
 #[cfg(test)]
 mod tests;
