@@ -12,6 +12,7 @@
 //! - [`pki`]      — rcgen: dev CA and certificates for vault-held keys
 //! - [`fsutil`]   — crash-safe file writes (temp, fsync, rename, fsync dir)
 //! - [`os`]       — process hardening: no core dumps, mlockall, privileges
+//! - `sync`       — locks that survive a panic elsewhere (no poisoning)
 //! - [`telemetry`] — tracing setup and the Prometheus `/metrics` listener
 //! - [`cli`]      — subcommand implementations behind `main.rs`
 
@@ -24,5 +25,6 @@ pub mod pki;
 pub mod protocol;
 pub mod proxy;
 pub mod signer;
+mod sync;
 pub mod telemetry;
 pub mod vault;

@@ -19,6 +19,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::server::{connection, ServeError, Serving};
 use super::Proxy;
+use crate::sync::Locked;
 
 /// The listeners being served, by the address the config names (so
 /// `127.0.0.1:0` stays the same listener across reloads).
@@ -61,7 +62,7 @@ impl Listeners {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// The configured addresses being served.

@@ -23,6 +23,7 @@ use rustls::ServerConfig;
 
 use crate::config::proxy::{KeyRef, ProxySettings};
 use crate::signer::{PoolOptions, VaultPool};
+use crate::sync::Locked;
 use forward::Forwarder;
 use tls::{CertStore, TlsError};
 
@@ -194,7 +195,7 @@ impl Proxy {
                 })
             }))
             .collect();
-        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let mut health = self.health.locked();
         for old in health.drain(..) {
             old.abort();
         }
@@ -203,7 +204,7 @@ impl Proxy {
 
     /// Stops every upstream task (at shutdown).
     pub fn stop_upstream_tasks(&self) {
-        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let mut health = self.health.locked();
         for old in health.drain(..) {
             old.abort();
         }

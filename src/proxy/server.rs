@@ -22,6 +22,7 @@ use super::forward::access::ConnInfo;
 use super::forward::Forwarder;
 use super::listeners::{self, Listeners};
 use super::Proxy;
+use crate::sync::Locked;
 
 /// hyper's builder for one `h2` connection, with `exec` running its
 /// streams (see [`super::h2`]).
@@ -330,7 +331,7 @@ struct MetricsListener {
 impl MetricsListener {
     /// The configured address being served.
     fn current(&self) -> Option<SocketAddr> {
-        let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.current.locked();
         cur.as_ref().map(|(a, _)| *a)
     }
 
@@ -351,10 +352,7 @@ impl MetricsListener {
                 Some((addr, task))
             }
         };
-        let old = std::mem::replace(
-            &mut *self.current.lock().unwrap_or_else(|e| e.into_inner()),
-            next,
-        );
+        let old = std::mem::replace(&mut *self.current.locked(), next);
         if let Some((_, task)) = old {
             task.abort();
         }

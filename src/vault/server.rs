@@ -28,6 +28,7 @@ use super::policy::Caller;
 use super::VaultError;
 use crate::config::user::RunAs;
 use crate::protocol::{frame, ErrorCode, Frame, KeyEvent, Request, Response};
+use crate::sync::Locked;
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 1024;
@@ -83,7 +84,7 @@ struct PerUid(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
 impl PerUid {
     /// Counts a connection for `uid`, unless it already holds the most.
     fn enter(self: &Arc<Self>, uid: u32) -> Option<UidSlot> {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.0.locked();
         let n = m.entry(uid).or_default();
         if *n >= MAX_CONNECTIONS_PER_UID {
             return None;
@@ -104,7 +105,7 @@ struct UidSlot {
 
 impl Drop for UidSlot {
     fn drop(&mut self) {
-        let mut m = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.counts.0.locked();
         if let Some(n) = m.get_mut(&self.uid) {
             *n -= 1;
             if *n == 0 {

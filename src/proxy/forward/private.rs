@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::proxy::origin::Idle;
+use crate::sync::Locked;
 
 /// The private backend pools of one client connection, by backend.
 #[derive(Default)]
@@ -36,8 +37,7 @@ impl PrivatePool {
         connect_timeout: Duration,
     ) -> Arc<Idle> {
         self.pools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .entry(backend)
             .or_insert_with(|| {
                 Arc::new(Idle::new(

@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::OriginError;
+use crate::sync::Locked;
 
 /// How long an idle connection is kept (hyper-util's default was the
 /// same; nginx keeps them until `keepalive_timeout`, 60 s).
@@ -58,7 +59,7 @@ impl Idle {
 
     /// The newest idle connection that is still open.
     pub fn take(&self) -> Option<OriginConn> {
-        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parked = self.parked.locked();
         while let Some((conn, since)) = parked.pop() {
             if since.elapsed() < IDLE_TIMEOUT && still_open(&conn.tcp) {
                 return Some(conn);
@@ -69,7 +70,7 @@ impl Idle {
 
     /// Parks a connection whose last answer was read whole.
     pub fn put(&self, conn: OriginConn) {
-        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parked = self.parked.locked();
         if parked.len() >= self.max {
             // The oldest goes: the newest are the likeliest to be reused.
             parked.remove(0);
@@ -80,13 +81,13 @@ impl Idle {
     /// Closes idle connections that expired or that the backend closed,
     /// so that a quiet proxy does not hold them open.
     pub fn prune(&self) {
-        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parked = self.parked.locked();
         parked.retain(|(conn, since)| since.elapsed() < IDLE_TIMEOUT && still_open(&conn.tcp));
     }
 
     #[cfg(test)]
     fn idle_count(&self) -> usize {
-        self.parked.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.parked.locked().len()
     }
 
     /// A new connection, its preface written.

@@ -16,6 +16,7 @@ use super::pool::{Idle, OriginConn};
 use super::request::Outgoing;
 use super::OriginError;
 use crate::proxy::h1::head::{self, Framing};
+use crate::sync::Locked;
 
 /// The largest answer head accepted (nginx's `proxy_buffer_size` is 4 or
 /// 8 KiB by default; this is generous).
@@ -50,7 +51,7 @@ pub struct OriginUpgrade(Arc<Mutex<Option<(TcpStream, BytesMut)>>>);
 
 impl OriginUpgrade {
     pub fn take(&self) -> Option<(TcpStream, BytesMut)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.0.locked().take()
     }
 }
 
