@@ -7,8 +7,8 @@
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vaultgate::proxy::h1::framing::{Decoded, Decoder};
-use vaultgate::proxy::h1::head::{self, Framing};
+use vaultgate::proxy::framing::{Decoded, Decoder, Framing};
+use vaultgate::proxy::h1::head;
 use vaultgate::proxy::origin::{response, Outgoing};
 
 const WRK: &str = "GET /1k HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n\r\n";

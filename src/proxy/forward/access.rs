@@ -26,7 +26,7 @@ pub struct ConnInfo {
     pub cipher: String,
     pub alpn: Option<String>,
     pub resumed: bool,
-    pub private: super::private::PrivatePool,
+    pub per_client: crate::proxy::origin::per_client::PerClientPools,
     pub activity: Activity,
 }
 

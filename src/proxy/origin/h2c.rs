@@ -10,7 +10,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::upstream::UpBody;
+use crate::proxy::body::UpBody;
 
 /// Why an h2c request got no answer.
 #[derive(Debug, thiserror::Error)]
