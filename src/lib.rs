@@ -9,7 +9,8 @@
 //! - [`vault`]    — the signing process: keystore, keys, policy, audit, server
 //! - [`signer`]   — the proxy's vault client: pooled, pipelined, rustls signing keys
 //! - [`proxy`]    — TLS termination, HTTP/1.1 and HTTP/2 serving, routing, the backend client, health, access log, shutdown
-//! - [`pki`]      — rcgen: dev CA and certificates for vault-held keys
+//! - [`pki`]      — certificate files and DER walks (no vault client: the vault uses it)
+//! - [`devca`]    — the dev CA of `run`, signing through the vault with rcgen
 //! - [`fsutil`]   — crash-safe file writes (temp, fsync, rename, fsync dir)
 //! - [`os`]       — process hardening: no core dumps, mlockall, privileges
 //! - `sync`       — locks that survive a panic elsewhere (no poisoning)
@@ -19,6 +20,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod devca;
 pub mod fsutil;
 pub mod os;
 pub mod pki;

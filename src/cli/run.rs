@@ -15,7 +15,8 @@ use crate::config::proxy::{KeyRef, ProxySettings};
 use crate::config::run::RunSettings;
 use crate::config::vault::VaultSettings;
 use crate::config::{self};
-use crate::pki::{self, DevCa, PkiError};
+use crate::devca::{self, DevCa, DevCaError};
+use crate::pki;
 use crate::proxy::{server, Proxy};
 use crate::signer::{PoolOptions, SignerError, VaultKey, VaultPool};
 
@@ -243,7 +244,7 @@ fn bootstrap(
     vault: &VaultSettings,
     proxy: &ProxySettings,
     run: &RunSettings,
-) -> Result<(VaultPool, DevCa), PkiError> {
+) -> Result<(VaultPool, DevCa), DevCaError> {
     let pool = VaultPool::start(PoolOptions {
         sockets: vec![vault.socket.clone()],
         connections_per_socket: 1,
@@ -251,9 +252,9 @@ fn bootstrap(
         plain_wait: Duration::from_millis(1),
     });
     if !pool.wait_connected(run.vault_start_timeout) {
-        return Err(PkiError::Vault(SignerError::Unavailable));
+        return Err(DevCaError::Vault(SignerError::Unavailable));
     }
-    let (ca, ca_new) = pki::ensure_dev_ca(&pool, &run.ca_key, &run.dev_ca)?;
+    let (ca, ca_new) = devca::ensure_dev_ca(&pool, &run.ca_key, &run.dev_ca)?;
     if ca_new {
         println!(
             "created dev CA {} (key vault:{})",
@@ -273,10 +274,10 @@ fn bootstrap(
         if current {
             continue;
         }
-        if pki::ensure_key(&pool, name, run.key_type)? {
+        if devca::ensure_key(&pool, name, run.key_type)? {
             println!("created key vault:{name} ({})", run.key_type);
         }
-        let pem = pki::issue_leaf(&ca, &pool, name, &spec.names, run.cert_validity)?;
+        let pem = devca::issue_leaf(&ca, &pool, name, &spec.names, run.cert_validity)?;
         pki::write_file(&spec.cert, pem.as_bytes())?;
         println!(
             "issued {} for {} (key vault:{name})",
@@ -314,7 +315,7 @@ fn reissue_rotated(
         if on_disk.as_deref() == Some(spki.as_slice()) && !expiring {
             continue;
         }
-        let pem = pki::issue_leaf(ca, pool, name, &spec.names, run.cert_validity)
+        let pem = devca::issue_leaf(ca, pool, name, &spec.names, run.cert_validity)
             .map_err(|e| e.to_string())?;
         pki::write_file(&spec.cert, pem.as_bytes()).map_err(|e| e.to_string())?;
         tracing::info!(key = %name, version = primary, cert = %spec.cert.display(), expiring, "issued a new certificate");

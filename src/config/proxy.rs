@@ -361,7 +361,7 @@ impl ProxySettings {
         let vault_connections =
             positive(&src, &p.vault_connections, 2, "vault_connections")? as usize;
         // The vault serves one uid at most this many connections.
-        let most = crate::vault::server::MAX_CONNECTIONS_PER_UID;
+        let most = crate::protocol::MAX_CONNECTIONS_PER_UID;
         if vault_connections > most {
             let span = p.vault_connections.as_ref().map_or(0..0, |v| v.span());
             return Err(src.error(

@@ -18,6 +18,12 @@ pub use message::{
     ErrorCode, KeyEvent, KeyType, Op, Request, Response, Secret, OP_ERROR, OP_EVENT,
 };
 
+/// Connections one uid may hold at once at the vault, so that no caller
+/// (idle, slow or hostile) can take every slot and starve the others
+/// (docs/PROTOCOL.md, "Limits"). Here, not in the vault, because callers'
+/// configs are checked against it too.
+pub const MAX_CONNECTIONS_PER_UID: usize = 256;
+
 /// Why bytes from a peer are not a valid message. Every variant means the
 /// peer is broken or hostile: the connection is closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

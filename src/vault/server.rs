@@ -34,9 +34,7 @@ use crate::sync::Locked;
 const MAX_CONNECTIONS: usize = 1024;
 /// Slow operations one connection may have running.
 const MAX_SLOW_PER_CONNECTION: usize = 8;
-/// Connections one uid may hold at once, so that no caller (idle, slow or
-/// hostile) can take every slot and starve the others.
-pub const MAX_CONNECTIONS_PER_UID: usize = 256;
+pub use crate::protocol::MAX_CONNECTIONS_PER_UID;
 
 /// At most one log line a second for something a caller can repeat at
 /// will (each occurrence is audited and counted anyway): a flood of bad
