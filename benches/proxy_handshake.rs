@@ -5,6 +5,11 @@
 //!
 //! `cargo bench --bench proxy_handshake`
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test or bench scenario reads top to bottom"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +90,7 @@ fn handshake_server_cpu(
 
 /// A server with the proxy's crypto provider (its suite order decides).
 fn server_with(cert: CertificateDer<'static>, key: Arc<dyn SigningKey>) -> Arc<ServerConfig> {
-    server_with_provider(cert, key, vaultgate::proxy::tls::provider())
+    server_with_provider(cert, key, vaultgate::internals::provider())
 }
 
 fn server_with_provider(

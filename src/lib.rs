@@ -21,12 +21,35 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod devca;
-pub mod fsutil;
-pub mod os;
+pub(crate) mod fsutil;
+pub(crate) mod os;
 pub mod pki;
 pub mod protocol;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod signer;
 mod sync;
-pub mod telemetry;
-pub mod vault;
+pub(crate) mod telemetry;
+pub(crate) mod vault;
+
+/// The fuzz targets' entry points (`fuzz/`), kept in one place as rustls
+/// keeps its own: each decodes arbitrary bytes and checks what decodes.
+#[doc(hidden)]
+pub mod fuzz {
+    pub use crate::config::fuzz_parse as config;
+    pub use crate::protocol::fuzz_decode as protocol;
+    pub use crate::vault::record::fuzz_record as record;
+}
+
+/// What the criterion benches and the integration tests reach inside the
+/// proxy and the vault to measure or inspect directly. Not an API: it
+/// changes whenever the internals do.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::proxy::framing::{Decoded, Decoder, Framing};
+    pub use crate::proxy::h1::head;
+    pub use crate::proxy::origin::{response, Outgoing};
+    pub use crate::proxy::tls::provider;
+    pub use crate::vault::audit::{Audit, Event};
+    pub use crate::vault::keys::{spki_sha256, Material};
+    pub use crate::vault::policy::Caller;
+}

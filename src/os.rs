@@ -195,6 +195,10 @@ pub fn log_switch(
 
 /// Makes a child started with `cmd` receive SIGTERM when this process dies
 /// (PR_SET_PDEATHSIG) and live in its own process group.
+#[allow(
+    unsafe_code,
+    reason = "pre_exec: the documented OS call between fork and exec"
+)]
 pub fn die_with_parent_in_own_group(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the child between fork and exec, where
@@ -231,6 +235,10 @@ pub async fn shutdown_signal() {
 /// `interest` only (tokio's own `UnixStream` always asks for both, and
 /// every read by the peer then wakes the reactor for writability).
 /// Must be called on a runtime.
+#[allow(
+    unsafe_code,
+    reason = "AsyncFd registration of a descriptor the stream owns"
+)]
 pub fn register_unix_stream(
     stream: std::os::unix::net::UnixStream,
     interest: tokio::io::Interest,

@@ -86,6 +86,10 @@ fn parse_scheme(s: &str) -> Result<u16, String> {
     })
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one arm per `key` subcommand, each a request and its printout"
+)]
 pub fn key(cmd: KeyCommand) -> ExitCode {
     block_on(async move {
         match cmd {

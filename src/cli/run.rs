@@ -20,6 +20,10 @@ use crate::pki;
 use crate::proxy::{server, Proxy};
 use crate::signer::{PoolOptions, SignerError, VaultKey, VaultPool};
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "start-up in order: vault child, bootstrap, proxy, supervision"
+)]
 pub fn main(args: ConfigArg) -> ExitCode {
     crate::telemetry::init_tracing();
     let _ = crate::telemetry::install_recorder();

@@ -1,18 +1,16 @@
 //! The vault wire protocol (docs/PROTOCOL.md): frames, typed fields,
-//! requests and responses, and a tokio-util codec.
+//! requests and responses.
 //!
 //! Three layers, each pure and separately tested: [`frame`] (header and
 //! body length), [`fields`] (tag-length-value fields in a body) and
 //! [`message`] (what each opcode carries).
 
-pub mod codec;
 pub mod fields;
 pub mod frame;
 pub mod message;
 pub mod scheme;
 mod wire_enum;
 
-pub use codec::FrameCodec;
 pub use frame::{Frame, HEADER_LEN, MAX_BODY, VERSION};
 pub use message::{
     ErrorCode, KeyEvent, KeyType, Op, Request, Response, Secret, OP_ERROR, OP_EVENT,

@@ -232,7 +232,7 @@ fn begin_record<B>(req: &Request<B>, fwd: &Forwarder, conn: &Arc<ConnInfo>) -> A
         backend: None,
         upstream_time: None,
         start,
-        in_flight,
+        _in_flight: in_flight,
     }
 }
 

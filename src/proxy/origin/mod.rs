@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use body::OriginBody;
-pub use pool::{OriginConn, Pool};
+pub use pool::Pool;
 pub use request::Outgoing;
 pub use response::OriginUpgrade;
 

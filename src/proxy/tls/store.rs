@@ -4,7 +4,6 @@
 //! old one.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::sign::{CertifiedKey, SigningKey};
@@ -20,8 +19,6 @@ use crate::signer::{VaultKey, VaultPool};
 pub struct Entry {
     pub certified: Arc<CertifiedKey>,
     pub algorithm: SignatureAlgorithm,
-    pub key: KeyRef,
-    pub cert_path: PathBuf,
     /// The key, when the vault holds it.
     pub vault: Option<VaultKey>,
 }
@@ -102,14 +99,6 @@ impl CertStore {
         }
         &self.default
     }
-
-    /// Every entry, for reports (`check`) and tests.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.exact
-            .values()
-            .chain(self.wildcard.iter().map(|(_, v)| v))
-            .flatten()
-    }
 }
 
 /// Loads one certificate and its key, and refuses a key whose public half
@@ -183,8 +172,6 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
     Ok(Entry {
         certified: Arc::new(CertifiedKey::new(certs, key)),
         algorithm,
-        key: spec.key.clone(),
-        cert_path: spec.cert.clone(),
         vault,
     })
 }
