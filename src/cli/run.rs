@@ -297,20 +297,36 @@ fn bootstrap(
 /// whose certificate expires within `renew_before`, writes it, and swaps
 /// the proxy's certificate store. Returns whether
 /// anything changed.
+/// Why a rotated or expiring key's certificate was not re-issued.
+#[derive(Debug, thiserror::Error)]
+enum ReissueError {
+    #[error("key {key}: {source}")]
+    Key { key: String, source: SignerError },
+    #[error(transparent)]
+    DevCa(#[from] DevCaError),
+    #[error(transparent)]
+    Reload(#[from] crate::proxy::tls::TlsError),
+}
+
 fn reissue_rotated(
     pool: &VaultPool,
     ca: &DevCa,
     proxy: &Proxy,
     certs: &[crate::config::proxy::CertSpec],
     run: &RunSettings,
-) -> Result<bool, String> {
+) -> Result<bool, ReissueError> {
     let mut changed = false;
     for spec in certs {
         let KeyRef::Vault(name) = &spec.key else {
             continue;
         };
-        let (_, primary, spki) = crate::signer::key::public_key(pool, name, None)
-            .map_err(|e| format!("key {name}: {e}"))?;
+        let (_, primary, spki) =
+            crate::signer::key::public_key(pool, name, None).map_err(|source| {
+                ReissueError::Key {
+                    key: name.clone(),
+                    source,
+                }
+            })?;
         let on_disk = pki::read_pem_certs(&spec.cert)
             .ok()
             .and_then(|c| pki::cert_spki(&c[0]).ok().map(<[u8]>::to_vec));
@@ -319,9 +335,8 @@ fn reissue_rotated(
         if on_disk.as_deref() == Some(spki.as_slice()) && !expiring {
             continue;
         }
-        let pem = devca::issue_leaf(ca, pool, name, &spec.names, run.cert_validity)
-            .map_err(|e| e.to_string())?;
-        pki::write_file(&spec.cert, pem.as_bytes()).map_err(|e| e.to_string())?;
+        let pem = devca::issue_leaf(ca, pool, name, &spec.names, run.cert_validity)?;
+        pki::write_file(&spec.cert, pem.as_bytes()).map_err(DevCaError::from)?;
         tracing::info!(key = %name, version = primary, cert = %spec.cert.display(), expiring, "issued a new certificate");
         println!(
             "re-issued {} for vault:{name} version {primary}",
@@ -330,7 +345,7 @@ fn reissue_rotated(
         changed = true;
     }
     if changed {
-        proxy.reload_certs().map_err(|e| e.to_string())?;
+        proxy.reload_certs()?;
     }
     Ok(changed)
 }

@@ -59,7 +59,7 @@ impl SendError {
     fn is_connect(&self) -> bool {
         match self {
             SendError::Origin(e) => e.is_connect(),
-            SendError::H2c(e) => matches!(e, H2cError::Connect(_)),
+            SendError::H2c(e) => matches!(e, H2cError::Connect(_) | H2cError::ConnectTimeout(_)),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use rustls::sign::{CertifiedKey, SigningKey};
 use rustls::SignatureAlgorithm;
 
+use super::FileKeyError;
 use super::TlsError;
 use crate::config::proxy::{CertSpec, KeyRef, ProxySettings};
 use crate::pki;
@@ -150,10 +151,10 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
             (certs, Arc::new(key))
         }
         KeyRef::File(path) => {
-            let key = load_file_key(path).map_err(|message| TlsError::FileKey {
+            let key = load_file_key(path).map_err(|source| TlsError::FileKey {
                 at: spec.key_at.to_string(),
                 path: path.clone(),
-                message,
+                source,
             })?;
             let matches = key
                 .public_key()
@@ -196,10 +197,8 @@ fn bound_to(
 }
 
 /// An in-process key from a PEM file: the comparison/migration path.
-fn load_file_key(path: &std::path::Path) -> Result<Arc<dyn SigningKey>, String> {
-    let data = std::fs::read(path).map_err(|e| e.to_string())?;
-    let der = rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "no private key in PEM file".to_owned())?;
-    rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).map_err(|e| e.to_string())
+fn load_file_key(path: &std::path::Path) -> Result<Arc<dyn SigningKey>, FileKeyError> {
+    let data = std::fs::read(path)?;
+    let der = rustls_pemfile::private_key(&mut data.as_slice())?.ok_or(FileKeyError::NoKey)?;
+    Ok(rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)?)
 }
