@@ -12,6 +12,9 @@ pub mod run;
 pub mod user;
 pub mod vault;
 
+#[cfg(test)]
+mod reference;
+
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Location, Source};

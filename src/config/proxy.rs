@@ -270,6 +270,37 @@ pub struct UpstreamSpec {
     pub health: Option<HealthSpec>,
 }
 
+/// The defaults of `[proxy.upstream.NAME.health]`.
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            path: "/".to_owned(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            healthy: 2,
+            unhealthy: 2,
+        }
+    }
+}
+
+/// The defaults of `[proxy.upstream.NAME]` (it has no backends until the
+/// file names some).
+impl Default for UpstreamSpec {
+    fn default() -> Self {
+        UpstreamSpec {
+            name: String::new(),
+            backends: Vec::new(),
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            fail_timeout: Duration::from_secs(10),
+            h2c: false,
+            proxy_protocol: false,
+            health: None,
+        }
+    }
+}
+
 /// Which proxy headers are added to requests sent to backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardedHeaders {
@@ -318,27 +349,77 @@ pub struct ProxySettings {
     pub upstreams: BTreeMap<String, UpstreamSpec>,
 }
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            max_header_size: 64 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for ForwardedHeaders {
+    fn default() -> Self {
+        ForwardedHeaders {
+            x_forwarded_for: true,
+            x_forwarded_proto: true,
+            x_forwarded_host: true,
+            forwarded: true,
+        }
+    }
+}
+
+/// Every `[proxy]` default in one place (docs/configuration.md lists them,
+/// and a test holds the two together). Certificates, routes and upstreams
+/// have none: a proxy needs at least one of each.
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8443))],
+            workers: None,
+            metrics_listen: None,
+            vault_sockets: vec![PathBuf::from(super::vault::DEFAULT_SOCKET)],
+            vault_connections: 2,
+            sign_timeout: Duration::from_millis(100),
+            sign_plain_wait: Duration::from_millis(2),
+            min_tls_version: TlsVersion::Tls12,
+            default_server_name: None,
+            limits: Limits::default(),
+            session_cache_size: 20_000,
+            session_tickets: true,
+            ticket_rotation: Duration::from_secs(6 * 3600),
+            access_log: true,
+            cert_expiry_warning: Duration::from_secs(14 * 86400),
+            pid_file: None,
+            user: None,
+            forwarded: ForwardedHeaders::default(),
+            certs: Vec::new(),
+            routes: Vec::new(),
+            upstreams: BTreeMap::new(),
+        }
+    }
+}
 
 impl ProxySettings {
     /// Validates `[proxy]`. A missing section is an error: a proxy with no
     /// certificate or upstream cannot serve anything.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "validates [proxy] field by field, in the order of the docs; to be split per sub-table"
-    )]
     pub fn from_loaded(loaded: &Loaded) -> Result<ProxySettings, ConfigError> {
         let src = loaded.source();
         let Some(p) = &loaded.file.proxy else {
             return Err(src.file_error("no [proxy] section"));
         };
+        let d = ProxySettings::default();
+        // In the order of the file's keys, so the first error reported is
+        // the first in the docs' table.
         let vault = super::vault::VaultSettings::from_loaded(loaded)?;
         let user = super::user::resolve(&src, &p.user, &p.group)?;
         let listen = match &p.listen {
             Some(l) => listen_addrs(&src, l)?,
-            None => vec![DEFAULT_LISTEN
-                .parse()
-                .map_err(|_| src.file_error("bad default listen"))?],
+            None => d.listen,
         };
         let workers = p
             .workers
@@ -351,130 +432,17 @@ impl ProxySettings {
             .as_ref()
             .map(|m| parse_addr(&src, m, "metrics_listen"))
             .transpose()?;
-        let vault_sockets = match &p.vault_sockets {
-            Some(v) if v.get_ref().is_empty() => {
-                return Err(src.error(v.span(), "vault_sockets must name at least one socket"))
-            }
-            Some(v) => v
-                .get_ref()
-                .iter()
-                .map(|s| loaded.resolve(s.as_ref()))
-                .collect(),
-            None => vec![vault.socket.clone()],
-        };
-        let vault_connections =
-            positive(&src, &p.vault_connections, 2, "vault_connections")? as usize;
-        // The vault serves one uid at most this many connections.
-        let most = crate::protocol::MAX_CONNECTIONS_PER_UID;
-        if vault_connections > most {
-            let span = p.vault_connections.as_ref().map_or(0..0, |v| v.span());
-            return Err(src.error(
-                span,
-                format!("vault_connections {vault_connections} is more than the vault serves one caller ({most})"),
-            ));
-        }
-        let sign_timeout =
-            duration::parse_opt(&src, &p.sign_timeout)?.unwrap_or(Duration::from_millis(100));
+        let (vault_sockets, vault_connections) = vault_client(loaded, &src, p, &vault)?;
+        let sign_timeout = duration::parse_opt(&src, &p.sign_timeout)?.unwrap_or(d.sign_timeout);
         let sign_plain_wait =
-            duration::parse_opt(&src, &p.sign_plain_wait)?.unwrap_or(Duration::from_millis(2));
-        let min_tls_version = match &p.min_tls_version {
-            None => TlsVersion::Tls12,
-            Some(v) => match v.get_ref().as_str() {
-                "1.2" => TlsVersion::Tls12,
-                "1.3" => TlsVersion::Tls13,
-                other => {
-                    return Err(src.error(
-                        v.span(),
-                        format!("invalid min_tls_version {other:?}: \"1.2\" or \"1.3\" (1.0 and 1.1 are never offered)"),
-                    ))
-                }
-            },
-        };
-        let default_server_name = p
-            .default_server_name
-            .as_ref()
-            .map(|n| n.get_ref().to_ascii_lowercase());
-        let limits = Limits {
-            max_connections: positive(&src, &p.max_connections, 10_000, "max_connections")?
-                as usize,
-            handshake_timeout: duration::parse_opt(&src, &p.handshake_timeout)?
-                .unwrap_or(Duration::from_secs(10)),
-            header_timeout: duration::parse_opt(&src, &p.header_timeout)?
-                .unwrap_or(Duration::from_secs(30)),
-            idle_timeout: duration::parse_opt(&src, &p.idle_timeout)?
-                .unwrap_or(Duration::from_secs(75)),
-            max_header_size: positive(&src, &p.max_header_size, 64 * 1024, "max_header_size")?
-                .max(8192) as usize,
-            shutdown_timeout: duration::parse_opt(&src, &p.shutdown_timeout)?
-                .unwrap_or(Duration::from_secs(30)),
-        };
-        let session_cache_size = p
-            .session_cache_size
-            .as_ref()
-            .map_or(20_000, |s| *s.get_ref()) as usize;
+            duration::parse_opt(&src, &p.sign_plain_wait)?.unwrap_or(d.sign_plain_wait);
+        let min_tls_version =
+            min_tls_version(&src, &p.min_tls_version)?.unwrap_or(d.min_tls_version);
+        let limits = limits(&src, p, d.limits)?;
         let forwarded = forwarded_headers(&src, &p.forwarded_headers)?;
-
-        let mut certs = Vec::new();
-        for c in &p.cert {
-            certs.push(cert_spec(loaded, &src, c)?);
-        }
-        if certs.is_empty() {
-            return Err(src.file_error("[proxy] needs at least one [[proxy.cert]]"));
-        }
-        if let Some(name) = &default_server_name {
-            let known = certs.iter().any(|c| {
-                c.names
-                    .iter()
-                    .any(|n| HostPattern::parse(n).is_ok_and(|p| p.matches(name)))
-            });
-            if !known {
-                let span = p.default_server_name.as_ref().map_or(0..0, |n| n.span());
-                return Err(src.error(
-                    span,
-                    format!("default_server_name {name:?} matches no [[proxy.cert]] names"),
-                ));
-            }
-        }
-
-        let mut upstreams = BTreeMap::new();
-        for (name, u) in &p.upstream {
-            upstreams.insert(name.clone(), upstream_spec(&src, name, u)?);
-        }
-        let mut routes = Vec::new();
-        for r in &p.route {
-            let host = match &r.host {
-                None => HostPattern::Any,
-                Some(h) => HostPattern::parse(h.get_ref()).map_err(|e| src.error(h.span(), e))?,
-            };
-            let path_prefix = match &r.path {
-                None => "/".to_owned(),
-                Some(path) if path.get_ref().starts_with('/') => path.get_ref().clone(),
-                Some(path) => {
-                    return Err(src.error(
-                        path.span(),
-                        format!("route path {:?} must start with '/'", path.get_ref()),
-                    ))
-                }
-            };
-            if !upstreams.contains_key(r.upstream.get_ref()) {
-                return Err(src.error(
-                    r.upstream.span(),
-                    format!(
-                        "unknown upstream {:?} (define [proxy.upstream.{}])",
-                        r.upstream.get_ref(),
-                        r.upstream.get_ref()
-                    ),
-                ));
-            }
-            routes.push(RouteSpec {
-                host,
-                path_prefix,
-                upstream: r.upstream.get_ref().clone(),
-            });
-        }
-        if routes.is_empty() {
-            return Err(src.file_error("[proxy] needs at least one [[proxy.route]]"));
-        }
+        let certs = certs(loaded, &src, p)?;
+        let default_server_name = default_server_name(&src, p, &certs)?;
+        let (upstreams, routes) = upstreams_and_routes(&src, p)?;
         Ok(ProxySettings {
             listen,
             workers,
@@ -486,13 +454,16 @@ impl ProxySettings {
             min_tls_version,
             default_server_name,
             limits,
-            session_cache_size,
-            session_tickets: p.session_tickets.unwrap_or(true),
+            session_cache_size: p
+                .session_cache_size
+                .as_ref()
+                .map_or(d.session_cache_size, |s| *s.get_ref() as usize),
+            session_tickets: p.session_tickets.unwrap_or(d.session_tickets),
             ticket_rotation: duration::parse_opt(&src, &p.ticket_rotation)?
-                .unwrap_or(Duration::from_secs(6 * 3600)),
-            access_log: p.access_log.unwrap_or(true),
+                .unwrap_or(d.ticket_rotation),
+            access_log: p.access_log.unwrap_or(d.access_log),
             cert_expiry_warning: duration::parse_opt(&src, &p.cert_expiry_warning)?
-                .unwrap_or(Duration::from_secs(14 * 86400)),
+                .unwrap_or(d.cert_expiry_warning),
             pid_file: p
                 .pid_file
                 .as_ref()
@@ -504,6 +475,155 @@ impl ProxySettings {
             upstreams,
         })
     }
+}
+
+/// `vault_sockets` (default: the `[vault]` socket) and
+/// `vault_connections`, which the vault's per-uid limit bounds.
+fn vault_client(
+    loaded: &Loaded,
+    src: &Source,
+    p: &ProxyFile,
+    vault: &super::vault::VaultSettings,
+) -> Result<(Vec<PathBuf>, usize), ConfigError> {
+    let sockets = match &p.vault_sockets {
+        Some(v) if v.get_ref().is_empty() => {
+            return Err(src.error(v.span(), "vault_sockets must name at least one socket"))
+        }
+        Some(v) => v
+            .get_ref()
+            .iter()
+            .map(|s| loaded.resolve(s.as_ref()))
+            .collect(),
+        None => vec![vault.socket.clone()],
+    };
+    let default = ProxySettings::default().vault_connections as u32;
+    let connections = positive(src, &p.vault_connections, default, "vault_connections")? as usize;
+    let most = crate::protocol::MAX_CONNECTIONS_PER_UID;
+    if connections > most {
+        let span = p.vault_connections.as_ref().map_or(0..0, |v| v.span());
+        return Err(src.error(
+            span,
+            format!(
+                "vault_connections {connections} is more than the vault serves one caller ({most})"
+            ),
+        ));
+    }
+    Ok((sockets, connections))
+}
+
+fn min_tls_version(
+    src: &Source,
+    v: &Option<Spanned<String>>,
+) -> Result<Option<TlsVersion>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    match v.get_ref().as_str() {
+        "1.2" => Ok(Some(TlsVersion::Tls12)),
+        "1.3" => Ok(Some(TlsVersion::Tls13)),
+        other => Err(src.error(
+            v.span(),
+            format!("invalid min_tls_version {other:?}: \"1.2\" or \"1.3\" (1.0 and 1.1 are never offered)"),
+        )),
+    }
+}
+
+fn limits(src: &Source, p: &ProxyFile, d: Limits) -> Result<Limits, ConfigError> {
+    let max_connections = d.max_connections as u32;
+    let max_header_size = d.max_header_size as u32;
+    Ok(Limits {
+        max_connections: positive(src, &p.max_connections, max_connections, "max_connections")?
+            as usize,
+        handshake_timeout: duration::parse_opt(src, &p.handshake_timeout)?
+            .unwrap_or(d.handshake_timeout),
+        header_timeout: duration::parse_opt(src, &p.header_timeout)?.unwrap_or(d.header_timeout),
+        idle_timeout: duration::parse_opt(src, &p.idle_timeout)?.unwrap_or(d.idle_timeout),
+        max_header_size: positive(src, &p.max_header_size, max_header_size, "max_header_size")?
+            .max(8192) as usize,
+        shutdown_timeout: duration::parse_opt(src, &p.shutdown_timeout)?
+            .unwrap_or(d.shutdown_timeout),
+    })
+}
+
+fn certs(loaded: &Loaded, src: &Source, p: &ProxyFile) -> Result<Vec<CertSpec>, ConfigError> {
+    let certs = p
+        .cert
+        .iter()
+        .map(|c| cert_spec(loaded, src, c))
+        .collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        return Err(src.file_error("[proxy] needs at least one [[proxy.cert]]"));
+    }
+    Ok(certs)
+}
+
+/// `default_server_name`, which must be one of the certificates' names.
+fn default_server_name(
+    src: &Source,
+    p: &ProxyFile,
+    certs: &[CertSpec],
+) -> Result<Option<String>, ConfigError> {
+    let Some(n) = &p.default_server_name else {
+        return Ok(None);
+    };
+    let name = n.get_ref().to_ascii_lowercase();
+    let known = certs.iter().any(|c| {
+        c.names
+            .iter()
+            .any(|pat| HostPattern::parse(pat).is_ok_and(|p| p.matches(&name)))
+    });
+    if !known {
+        return Err(src.error(
+            n.span(),
+            format!("default_server_name {name:?} matches no [[proxy.cert]] names"),
+        ));
+    }
+    Ok(Some(name))
+}
+
+/// The upstreams, and the routes to them (each naming a defined one).
+fn upstreams_and_routes(
+    src: &Source,
+    p: &ProxyFile,
+) -> Result<(BTreeMap<String, UpstreamSpec>, Vec<RouteSpec>), ConfigError> {
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in &p.upstream {
+        upstreams.insert(name.clone(), upstream_spec(src, name, u)?);
+    }
+    let mut routes = Vec::new();
+    for r in &p.route {
+        let host = match &r.host {
+            None => HostPattern::Any,
+            Some(h) => HostPattern::parse(h.get_ref()).map_err(|e| src.error(h.span(), e))?,
+        };
+        let path_prefix = match &r.path {
+            None => "/".to_owned(),
+            Some(path) if path.get_ref().starts_with('/') => path.get_ref().clone(),
+            Some(path) => {
+                return Err(src.error(
+                    path.span(),
+                    format!("route path {:?} must start with '/'", path.get_ref()),
+                ))
+            }
+        };
+        if !upstreams.contains_key(r.upstream.get_ref()) {
+            return Err(src.error(
+                r.upstream.span(),
+                format!(
+                    "unknown upstream {:?} (define [proxy.upstream.{}])",
+                    r.upstream.get_ref(),
+                    r.upstream.get_ref()
+                ),
+            ));
+        }
+        routes.push(RouteSpec {
+            host,
+            path_prefix,
+            upstream: r.upstream.get_ref().clone(),
+        });
+    }
+    if routes.is_empty() {
+        return Err(src.file_error("[proxy] needs at least one [[proxy.route]]"));
+    }
+    Ok((upstreams, routes))
 }
 
 fn listen_addrs(src: &Source, v: &Spanned<OneOrMany>) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -556,12 +676,7 @@ fn forwarded_headers(
     v: &Option<Spanned<Vec<String>>>,
 ) -> Result<ForwardedHeaders, ConfigError> {
     let Some(list) = v else {
-        return Ok(ForwardedHeaders {
-            x_forwarded_for: true,
-            x_forwarded_proto: true,
-            x_forwarded_host: true,
-            forwarded: true,
-        });
+        return Ok(ForwardedHeaders::default());
     };
     let mut f = ForwardedHeaders {
         x_forwarded_for: false,
@@ -638,8 +753,9 @@ fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamS
     for b in u.backends.get_ref() {
         backends.push(parse_backend(b).map_err(|e| src.error(u.backends.span(), e))?);
     }
+    let d = UpstreamSpec::default();
     let balance = match &u.balance {
-        None => Balance::RoundRobin,
+        None => d.balance,
         Some(b) => match b.get_ref().as_str() {
             "round-robin" => Balance::RoundRobin,
             "least-conn" => Balance::LeastConn,
@@ -663,6 +779,7 @@ fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamS
             format!("upstream {name:?}: h2c and proxy_protocol together are not supported"),
         ));
     }
+    let hd = HealthSpec::default();
     let health = match &u.health {
         None => None,
         Some(h) => Some(HealthSpec {
@@ -674,25 +791,24 @@ fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamS
                     ))
                 }
                 Some(p) => p.get_ref().clone(),
-                None => "/".to_owned(),
+                None => hd.path,
             },
-            interval: duration::parse_opt(src, &h.interval)?.unwrap_or(Duration::from_secs(5)),
-            timeout: duration::parse_opt(src, &h.timeout)?.unwrap_or(Duration::from_secs(2)),
-            healthy: positive(src, &h.healthy, 2, "healthy")?,
-            unhealthy: positive(src, &h.unhealthy, 2, "unhealthy")?,
+            interval: duration::parse_opt(src, &h.interval)?.unwrap_or(hd.interval),
+            timeout: duration::parse_opt(src, &h.timeout)?.unwrap_or(hd.timeout),
+            healthy: positive(src, &h.healthy, hd.healthy, "healthy")?,
+            unhealthy: positive(src, &h.unhealthy, hd.unhealthy, "unhealthy")?,
         }),
     };
     Ok(UpstreamSpec {
         name: name.to_owned(),
         backends,
         balance,
-        connect_timeout: duration::parse_opt(src, &u.connect_timeout)?
-            .unwrap_or(Duration::from_secs(5)),
+        connect_timeout: duration::parse_opt(src, &u.connect_timeout)?.unwrap_or(d.connect_timeout),
         response_timeout: duration::parse_opt(src, &u.response_timeout)?
-            .unwrap_or(Duration::from_secs(60)),
-        fail_timeout: duration::parse_opt(src, &u.fail_timeout)?.unwrap_or(Duration::from_secs(10)),
-        h2c: u.h2c.unwrap_or(false),
-        proxy_protocol: u.proxy_protocol.unwrap_or(false),
+            .unwrap_or(d.response_timeout),
+        fail_timeout: duration::parse_opt(src, &u.fail_timeout)?.unwrap_or(d.fail_timeout),
+        h2c: u.h2c.unwrap_or(d.h2c),
+        proxy_protocol: u.proxy_protocol.unwrap_or(d.proxy_protocol),
         health,
     })
 }
