@@ -53,3 +53,42 @@ pub mod internals {
     pub use crate::vault::keys::{spki_sha256, Material};
     pub use crate::vault::policy::Caller;
 }
+
+#[cfg(test)]
+mod layout {
+    /// Every `mod NAME;` of `source` is named in its `//!` docs.
+    fn assert_listed(file: &str, source: &str) {
+        let docs: String = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut test_only = false;
+        for line in source.lines() {
+            // Test modules are not part of the map.
+            let after_cfg_test = std::mem::replace(&mut test_only, line == "#[cfg(test)]");
+            if after_cfg_test {
+                continue;
+            }
+            let line = line.trim_start_matches("pub(crate) ").trim_start_matches("pub ");
+            let Some(name) = line.strip_prefix("mod ").and_then(|l| l.strip_suffix(';')) else {
+                continue;
+            };
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "{file}: module `{name}` is missing from its layout docs"
+            );
+        }
+    }
+
+    #[test]
+    fn every_module_is_in_the_layout_maps() {
+        assert_listed("src/lib.rs", include_str!("lib.rs"));
+        assert_listed("src/proxy/mod.rs", include_str!("proxy/mod.rs"));
+        assert_listed("src/vault/mod.rs", include_str!("vault/mod.rs"));
+        assert_listed("src/protocol/mod.rs", include_str!("protocol/mod.rs"));
+        assert_listed("src/signer/mod.rs", include_str!("signer/mod.rs"));
+        assert_listed("src/config/mod.rs", include_str!("config/mod.rs"));
+        assert_listed("src/cli/mod.rs", include_str!("cli/mod.rs"));
+    }
+}

@@ -1,5 +1,12 @@
 //! Subcommand implementations. Each returns an exit code; errors are one
 //! line on stderr.
+//!
+//! - [`args`]: the command line (clap)
+//! - [`vault`], [`proxy`], [`run`]: the long-running commands
+//! - [`admin`]: `key`, `data`, `cert`, `audit`, `backup`, through the vault socket
+//! - [`check`]: `check`, which validates a config and its files (`reload`
+//!   itself is here, below)
+//! - [`demo_backend`]: the page `run` serves until a real backend listens
 
 pub mod admin;
 pub mod args;

@@ -3,6 +3,12 @@
 //!
 //! Relative paths in a config file are resolved against the directory the
 //! file is in, so a config means the same thing from any working directory.
+//!
+//! - [`file`](mod@file): the whole file as serde reads it
+//! - [`proxy`], [`run`], [`vault`]: one section each, validated into its
+//!   settings, every default in the settings type's `impl Default`
+//! - [`duration`], [`user`]: values several sections share
+//! - [`error`]: errors located at file, line and column
 
 pub mod duration;
 pub mod error;
