@@ -5,7 +5,7 @@
 //!
 //! - [`config`]   — TOML file structs, validation into settings, located errors
 //! - [`protocol`] — the vault wire protocol: frames, fields, messages, codec
-//! - [`client`]   — multiplexed async vault client (CLI, `run`, proxy signer)
+//! - [`client`]   — multiplexed async vault client (the CLI, `run`, the proxy's key-event follower)
 //! - [`vault`]    — the signing process: keystore, keys, policy, audit, server
 //! - [`signer`]   — the proxy's vault client: pooled, pipelined, rustls signing keys
 //! - [`proxy`]    — TLS termination, HTTP/1.1 and HTTP/2 serving, routing, the backend client, health, access log, shutdown
