@@ -70,7 +70,9 @@ mod layout {
             if after_cfg_test {
                 continue;
             }
-            let line = line.trim_start_matches("pub(crate) ").trim_start_matches("pub ");
+            let line = line
+                .trim_start_matches("pub(crate) ")
+                .trim_start_matches("pub ");
             let Some(name) = line.strip_prefix("mod ").and_then(|l| l.strip_suffix(';')) else {
                 continue;
             };
