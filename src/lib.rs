@@ -14,12 +14,14 @@
 //! - [`fsutil`]   — crash-safe file writes (temp, fsync, rename, fsync dir)
 //! - [`os`]       — process hardening: no core dumps, mlockall, privileges
 //! - `sync`       — locks that survive a panic elsewhere (no poisoning)
+//! - [`control`]  — pid and status files: how `reload` finds a process and hears its verdict
 //! - [`telemetry`] — tracing setup and the Prometheus `/metrics` listener
 //! - [`cli`]      — subcommand implementations behind `main.rs`
 
 pub mod cli;
 pub mod client;
 pub mod config;
+pub(crate) mod control;
 pub mod devca;
 pub(crate) mod fsutil;
 pub(crate) mod os;

@@ -917,6 +917,46 @@ fn sighup_reloads_grants_and_an_invalid_config_changes_nothing() {
 }
 
 #[test]
+fn vaultgate_reload_reaches_the_vault_through_its_pid_file_and_hears_its_verdict() {
+    let me = nix::unistd::geteuid().as_raw();
+    let grants = |ops: &str| {
+        format!(
+            "[vault]\npid_file = \"{{dir}}/vault.pid\"\n[[vault.grant]]\nprincipal = \"uid:{me}\"\nkeys = [\"*\"]\nops = [{ops}]\n"
+        )
+    };
+    let v = VaultProc::start_with(Opts {
+        config: Some(grants("\"use\"")),
+        ..Opts::default()
+    });
+    let config = v.config.clone().unwrap();
+    let dir = config.parent().unwrap().display().to_string();
+    let pid = std::fs::read_to_string(config.with_file_name("vault.pid")).unwrap();
+    assert_eq!(pid.trim(), v.child.id().to_string());
+    assert!(v
+        .err(&["key", "create", "a", "--type", "ed25519"])
+        .contains("denied"));
+    std::fs::write(&config, grants("\"use\", \"admin\"").replace("{dir}", &dir)).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["reload", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("vault (pid {}) reloaded its config", v.child.id())),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The verdict came after the reload: the new grants are in force.
+    v.ok(&["key", "create", "a", "--type", "ed25519"]);
+}
+
+#[test]
 fn a_caller_that_never_reads_is_cut_off_and_others_are_served() {
     let v = VaultProc::start_with(Opts {
         config: Some("[vault]\nclient_write_timeout = \"1s\"\n".into()),

@@ -9,17 +9,20 @@ use std::time::{Duration, Instant};
 
 use super::listeners::{self, bind_metrics, Listeners, MetricsListener};
 use super::{Proxy, ReloadError};
+use crate::control::StatusFile;
 
 /// Starts the watchers; the caller aborts them at shutdown.
 pub(crate) fn spawn(
     proxy: &Arc<Proxy>,
     listeners: Arc<Listeners>,
     metrics: MetricsListener,
+    status: Option<Arc<StatusFile>>,
 ) -> [tokio::task::JoinHandle<()>; 4] {
     let reloads = Reloads {
         proxy: proxy.clone(),
         listeners,
         metrics,
+        status,
     };
     [
         tokio::spawn(reload_on_sighup(reloads)),
@@ -34,6 +37,8 @@ struct Reloads {
     proxy: Arc<Proxy>,
     listeners: Arc<Listeners>,
     metrics: MetricsListener,
+    /// Where a SIGHUP's verdict goes, for `vaultgate reload`.
+    status: Option<Arc<StatusFile>>,
 }
 
 /// SIGHUP re-reads the config file (or, for a proxy started without one,
@@ -47,7 +52,10 @@ async fn reload_on_sighup(reloads: Reloads) {
         if reloads.proxy.config_path.is_some() {
             reload_config(&reloads).await;
         } else {
-            reload_certs(&reloads.proxy, "SIGHUP").await;
+            let outcome = reload_certs(&reloads.proxy, "SIGHUP").await;
+            if let Some(s) = &reloads.status {
+                s.record(outcome);
+            }
         }
     }
 }
@@ -85,7 +93,7 @@ async fn reload_on_file_change(proxy: Arc<Proxy>) {
         if now != last {
             // Remember it even if the reload fails: retry on the next change.
             last = now;
-            reload_certs(&proxy, "certificate file changed").await;
+            let _ = reload_certs(&proxy, "certificate file changed").await;
         }
     }
 }
@@ -118,10 +126,10 @@ async fn follow_vault_events(proxy: Arc<Proxy>) {
             match followed {
                 // Whatever changed while nobody listened.
                 Followed::Subscribed { again: true } => {
-                    reload_certs(&proxy, "vault reconnected").await
+                    let _ = reload_certs(&proxy, "vault reconnected").await;
                 }
                 Followed::Event(e) if serves(&proxy, &e.key) => {
-                    reload_certs(&proxy, "vault key changed").await
+                    let _ = reload_certs(&proxy, "vault key changed").await;
                 }
                 _ => {}
             }
@@ -164,6 +172,9 @@ async fn watch_expiry(proxy: Arc<Proxy>) {
 /// reload as a bad file would; removed ones stop accepting and drain.
 async fn reload_config(r: &Reloads) {
     let outcome = apply_reload(r).await;
+    if let Some(s) = &r.status {
+        s.record(outcome.as_ref().map(|_| ()));
+    }
     let result = if outcome.is_ok() { "ok" } else { "error" };
     metrics::counter!("vaultgate_proxy_config_reloads_total", "result" => result).increment(1);
     match outcome {
@@ -210,18 +221,24 @@ async fn apply_reload(r: &Reloads) -> Result<Vec<&'static str>, ReloadError> {
     Ok(ignored)
 }
 
-async fn reload_certs(proxy: &Arc<Proxy>, why: &'static str) {
+/// Reloads the certificates (the error is logged and returned).
+async fn reload_certs(proxy: &Arc<Proxy>, why: &'static str) -> Result<(), ReloadError> {
     let p = proxy.clone();
     match tokio::task::spawn_blocking(move || p.reload_certs()).await {
         Ok(Ok(())) => {
             metrics::counter!("vaultgate_proxy_cert_reloads_total", "result" => "ok").increment(1);
             tracing::info!(why, "certificates reloaded");
+            Ok(())
         }
         Ok(Err(e)) => {
             metrics::counter!("vaultgate_proxy_cert_reloads_total", "result" => "error")
                 .increment(1);
             tracing::error!(why, error = %e, "certificate reload failed; keeping the current certificates");
+            Err(e.into())
         }
-        Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
+        Err(e) => {
+            tracing::error!(error = %e, "certificate reload task failed");
+            Err(e.into())
+        }
     }
 }

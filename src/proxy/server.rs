@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use super::listeners::{self, BindError, Listeners, MetricsListener};
 use super::Proxy;
+use crate::control::StatusFile;
 
 /// Why the proxy could not start serving.
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +60,16 @@ pub fn run_until_signal(
 pub struct Bound {
     listen: Vec<(SocketAddr, TcpListener)>,
     metrics: Option<(SocketAddr, TcpListener)>,
+    /// Beside the pid file: each reload's verdict, for `vaultgate reload`.
+    status: Option<StatusFile>,
 }
 
 /// Binds everything before serving anything: a bad address fails the
 /// start, not half of it. Then writes the pid file.
-pub async fn bind(settings: &crate::config::proxy::ProxySettings) -> Result<Bound, ServeError> {
+pub async fn bind(
+    settings: &crate::config::proxy::ProxySettings,
+    config: Option<&std::path::Path>,
+) -> Result<Bound, ServeError> {
     let mut listen = Vec::new();
     for &addr in &settings.listen {
         listen.push((addr, listeners::bind(addr).await?));
@@ -72,10 +78,26 @@ pub async fn bind(settings: &crate::config::proxy::ProxySettings) -> Result<Boun
         Some(a) => Some((a, listeners::bind(a).await?)),
         None => None,
     };
-    if let Some(f) = &settings.pid_file {
-        write_pid_file(f)?;
-    }
-    Ok(Bound { listen, metrics })
+    let status = match &settings.pid_file {
+        Some(f) => {
+            write_pid_file(f)?;
+            let config = config.unwrap_or(std::path::Path::new("-"));
+            let status =
+                StatusFile::create(f, config, settings.user.as_ref()).map_err(|source| {
+                    ServeError::PidFile {
+                        path: crate::control::status_path(f),
+                        source,
+                    }
+                })?;
+            Some(status)
+        }
+        None => None,
+    };
+    Ok(Bound {
+        listen,
+        metrics,
+        status,
+    })
 }
 
 /// Serves on `bound` (or binds first, see [`bind`]), prints `listen ADDR`
@@ -92,7 +114,7 @@ pub async fn run(
     let settings = proxy.live.load().settings.clone();
     let bound = match bound {
         Some(b) => b,
-        None => bind(&settings).await?,
+        None => bind(&settings, proxy.config_path.as_deref()).await?,
     };
     let metrics = MetricsListener::default();
     metrics.replace(bound.metrics)?;
@@ -106,7 +128,8 @@ pub async fn run(
         first.get_or_insert(local);
     }
     proxy.restart_upstream_tasks();
-    let tasks = super::reload::spawn(&proxy, listeners.clone(), metrics);
+    let status = bound.status.map(Arc::new);
+    let tasks = super::reload::spawn(&proxy, listeners.clone(), metrics, status.clone());
     if let Some(local) = first {
         on_listen(local);
     }
@@ -120,6 +143,7 @@ pub async fn run(
     proxy.stop_upstream_tasks();
     if let Some(f) = &pid_file {
         let _ = std::fs::remove_file(f);
+        let _ = std::fs::remove_file(crate::control::status_path(f));
     }
     Ok(clean)
 }
