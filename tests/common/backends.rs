@@ -99,6 +99,7 @@ http {{
     listen {addr}{listen_opts};
     root {d}/www;
     location = /whoami {{ return 200 "{name}\n"; }}
+    location = /healthz {{ return 200 "ok\n"; }}
     location = /headers {{
       return 200 "host=$http_host\nxff=$http_x_forwarded_for\nxfp=$http_x_forwarded_proto\nxfh=$http_x_forwarded_host\nforwarded=$http_forwarded\nconnection=$http_connection\nkeep-alive=$http_keep_alive\nproxy-connection=$http_proxy_connection\nx-hop=$http_x_hop\npp=$proxy_protocol_addr\nprotocol=$server_protocol\n";
     }}
