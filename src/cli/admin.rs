@@ -91,7 +91,7 @@ pub fn socket_path(conn: &Conn) -> Result<PathBuf, ConfigError> {
     }
     let path = match &conn.config {
         Some(p) => p.clone(),
-        None if Path::new(config::DEFAULT_PATH).exists() => PathBuf::from(config::DEFAULT_PATH),
+        None if config::default_path().exists() => config::default_path(),
         None => return Ok(PathBuf::from(config::vault::DEFAULT_SOCKET)),
     };
     let loaded = config::load(&path)?;

@@ -48,7 +48,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ConfigArg {
-    /// Config file [default: config/vaultgate.toml]
+    /// Config file [default: config/vaultgate.toml here, else the built-in default's under $VAULTGATE_HOME]
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
 }
@@ -88,7 +88,7 @@ pub struct Conn {
     /// Vault socket [env: VAULTGATE_SOCKET; else the config's vault.socket]
     #[arg(long, env = "VAULTGATE_SOCKET", global = true)]
     pub socket: Option<PathBuf>,
-    /// Config file whose `[vault]` socket to use [default: config/vaultgate.toml if present]
+    /// Config file whose `[vault]` socket to use [default: config/vaultgate.toml here, else the built-in default's, if present]
     #[arg(long, short = 'c', global = true)]
     pub config: Option<PathBuf>,
 }

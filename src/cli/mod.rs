@@ -46,7 +46,7 @@ pub fn load_config(args: &args::ConfigArg) -> Result<crate::config::Loaded, Exit
     let path = args
         .config
         .clone()
-        .unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_PATH));
+        .unwrap_or_else(crate::config::default_path);
     crate::config::load(&path).map_err(fail)
 }
 

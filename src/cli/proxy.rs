@@ -61,5 +61,5 @@ pub fn main(args: ConfigArg) -> ExitCode {
 fn config_path(args: &ConfigArg) -> std::path::PathBuf {
     args.config
         .clone()
-        .unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_PATH))
+        .unwrap_or_else(crate::config::default_path)
 }

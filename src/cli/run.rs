@@ -25,9 +25,20 @@ use crate::signer::{PoolOptions, SignerError, VaultKey, VaultPool};
 fn settings(
     args: ConfigArg,
 ) -> Result<(PathBuf, VaultSettings, ProxySettings, RunSettings), ExitCode> {
-    let path = args
-        .config
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let path = match args.config {
+        Some(p) => p,
+        None => {
+            // Away from a checkout: the built-in default, as a file of its
+            // own (kept once written, so it can be edited and reloaded).
+            let p = config::default_path();
+            match config::materialize_default(&p) {
+                Ok(true) => println!("config {} (written from the built-in default)", p.display()),
+                Ok(false) => {}
+                Err(e) => return Err(super::fail(format!("{}: {e}", p.display()))),
+            }
+            p
+        }
+    };
     let loaded = match config::load(&path) {
         Ok(l) => l,
         Err(e) => return Err(super::fail(e)),
