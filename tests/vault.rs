@@ -415,6 +415,8 @@ ops = ["sign", "public-key"]
         &["key", "rotate", "shared-web"][..],
         &["key", "create", "shared-new", "--type", "ed25519"][..],
         &["key", "disable", "shared-web"][..],
+        // no `list` grant at all: refused, not an empty table
+        &["key", "list"][..],
     ] {
         let out = as_uid(65534, 65534, args);
         assert!(!out.status.success(), "{args:?} was allowed");
@@ -425,7 +427,11 @@ ops = ["sign", "public-key"]
     }
     // a uid outside the socket's group cannot even connect
     let out = as_uid(65533, 65533, &["key", "list"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Permission denied") && err.contains("socket_group"),
+        "{err}"
+    );
 
     v.ok(&["audit", "verify"]);
     let log = v.audit_log();
@@ -433,16 +439,17 @@ ops = ["sign", "public-key"]
         .lines()
         .filter(|l| l.contains("\"uid\":65534") && l.contains("\"result\":\"denied\""))
         .collect();
-    assert_eq!(denied.len(), 4, "{log}");
+    assert_eq!(denied.len(), 5, "{log}");
     assert!(denied.iter().any(|l| l.contains("\"op\":\"rotate\"")));
     assert!(log.lines().any(|l| l.contains("\"uid\":65534")
         && l.contains("\"op\":\"sign\"")
         && l.contains("\"result\":\"ok\"")));
-    // and counted: nobody's four, and the admin's sign
+    // and counted: nobody's five, and the admin's sign
     let metrics = http_get(v.metrics.expect("metrics address"), "/metrics");
     let denied =
         |labels: &[&str]| common::proxy::metric(&metrics, "vaultgate_vault_denied_total", labels);
-    assert_eq!(denied(&[]), 5.0, "{metrics}");
+    assert_eq!(denied(&[]), 6.0, "{metrics}");
+    assert_eq!(denied(&["op=\"list\""]), 1.0);
     assert_eq!(denied(&["op=\"sign\""]), 2.0);
     assert_eq!(denied(&["op=\"rotate\""]), 1.0);
     assert_eq!(
@@ -451,7 +458,7 @@ ops = ["sign", "public-key"]
             "vaultgate_vault_requests_total",
             &["result=\"denied\""]
         ),
-        5.0
+        6.0
     );
 }
 

@@ -142,6 +142,32 @@ fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
+/// A describe document as people read it: times (Unix seconds on the
+/// wire) as RFC 3339, the rotation period as `365d`.
+fn for_people(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            for (k, field) in map.iter_mut() {
+                match (k.as_str(), field.as_u64()) {
+                    ("created" | "rotated" | "deletion_at" | "retire_at", Some(t)) => {
+                        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t);
+                        *field = Value::String(humantime::format_rfc3339_seconds(when).to_string());
+                    }
+                    ("rotate_every", Some(secs)) => {
+                        *field = Value::String(crate::config::duration::format(
+                            std::time::Duration::from_secs(secs),
+                        ));
+                    }
+                    _ => for_people(field),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(for_people),
+        _ => {}
+    }
+}
+
 fn parse_duration(s: &str) -> Result<u64, AdminError> {
     humantime::parse_duration(s)
         .map(|d| d.as_secs())
@@ -277,7 +303,8 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
             }
             KeyCommand::Describe { name, conn } => {
                 let c = connect(&conn).await?;
-                let v = c.json(&Request::Describe { key: name }).await?;
+                let mut v = c.json(&Request::Describe { key: name }).await?;
+                for_people(&mut v);
                 println!("{}", pretty(&v));
                 Ok(ExitCode::SUCCESS)
             }

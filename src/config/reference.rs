@@ -86,15 +86,7 @@ fn doc_table(heading: &str) -> BTreeMap<String, String> {
 
 /// A duration as the docs and the config files write it.
 fn dur(d: Duration) -> String {
-    let s = d.as_secs();
-    let text = match (s, d.subsec_nanos()) {
-        (0, 0) => "0s".to_owned(),
-        (s, 0) if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
-        (s, 0) => format!("{s}s"),
-        _ => format!("{}ms", d.as_millis()),
-    };
-    format!("\"{text}\"")
+    format!("\"{}\"", super::duration::format(d))
 }
 
 fn quoted(s: impl std::fmt::Display) -> String {
