@@ -8,11 +8,13 @@
 //! - [`proxy`], [`run`], [`vault`]: one section each, validated into its
 //!   settings, every default in the settings type's `impl Default`
 //! - [`duration`], [`user`]: values several sections share
+//! - `keys`: the keys each section accepts; unknown ones found, and a near one suggested
 //! - [`error`]: errors located at file, line and column
 
 pub mod duration;
 pub mod error;
 pub mod file;
+mod keys;
 pub mod proxy;
 pub mod run;
 pub mod user;
@@ -124,7 +126,8 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 pub fn parse(path: &Path, text: String) -> Result<Loaded, ConfigError> {
     let file: ConfigFile = {
         let src = Source { path, text: &text };
-        toml::from_str(&text).map_err(|e| src.toml_error(e))?
+        toml::from_str(&text)
+            .map_err(|e| keys::unknown_key(&src).unwrap_or_else(|| src.toml_error(e)))?
     };
     Ok(Loaded {
         path: path.to_owned(),

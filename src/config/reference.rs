@@ -7,56 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::de::{self, Visitor};
-use serde::Deserialize;
-
+use super::keys::fields_of;
 use super::proxy::{HealthFile, ProxySettings, TlsVersion, UpstreamFile};
 use super::run::RunSettings;
 use super::vault::VaultSettings;
 
 const DOC: &str = include_str!("../../docs/configuration.md");
-
-/// The field names a serde struct accepts: a deserializer that asks for
-/// a struct, writes down the names serde offers it, and stops.
-fn fields_of<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
-    struct Fields(Vec<&'static str>);
-    #[derive(Debug)]
-    struct Stop;
-    impl std::fmt::Display for Stop {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("stop")
-        }
-    }
-    impl std::error::Error for Stop {}
-    impl de::Error for Stop {
-        fn custom<M: std::fmt::Display>(_: M) -> Self {
-            Stop
-        }
-    }
-    impl<'de> de::Deserializer<'de> for &mut Fields {
-        type Error = Stop;
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
-            Err(Stop)
-        }
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Stop> {
-            self.0 = fields.to_vec();
-            Err(Stop)
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-            bytes byte_buf option unit unit_struct newtype_struct seq tuple
-            tuple_struct map enum identifier ignored_any
-        }
-    }
-    let mut f = Fields(Vec::new());
-    let _ = T::deserialize(&mut f);
-    f.0
-}
 
 /// The rows of the table under `heading`: key → default cell.
 fn doc_table(heading: &str) -> BTreeMap<String, String> {

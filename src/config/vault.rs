@@ -431,7 +431,9 @@ ops = ["use"]
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("/etc/vg/v.toml:2:1: unknown field `sokcet`"),
+            e.starts_with(
+                "/etc/vg/v.toml:2:1: unknown key `sokcet` in [vault]; did you mean `socket`?"
+            ),
             "{e}"
         );
         let e = settings("[vault]\nmin_deletion_wait = \"soon\"\n")

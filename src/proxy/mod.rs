@@ -123,7 +123,10 @@ impl Proxy {
                         KeyRef::File(_) => None,
                     })
                     .unwrap_or_default();
-                return Err(TlsError::NoVault { key });
+                return Err(TlsError::NoVault {
+                    key,
+                    sockets: pool.socket_states(),
+                });
             }
         }
         let store = Arc::new(ArcSwap::from_pointee(CertStore::load(

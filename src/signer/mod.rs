@@ -8,7 +8,7 @@ pub mod key;
 pub mod pool;
 
 pub use key::VaultKey;
-pub use pool::{PoolOptions, VaultPool};
+pub use pool::{PoolOptions, SocketState, VaultPool};
 
 use std::time::Duration;
 
