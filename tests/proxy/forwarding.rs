@@ -10,7 +10,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 
 use crate::common::backends::{ws_accept_key, Apache, Nginx, WsEcho};
-use crate::common::proxy::{client_config, config, curl_ok, h2_connect, https_get, ProxyProc};
+use crate::common::proxy::{
+    client_config, config, curl, curl_ok, h2_connect, https_get, ProxyProc,
+};
 use crate::Setup;
 
 fn random_bytes(n: usize) -> Vec<u8> {
@@ -127,6 +129,44 @@ fn http1_and_http2_return_the_backend_bytes_exactly() {
             && log.contains("tls=TLSv1_3"),
         "{log}"
     );
+}
+
+#[test]
+fn default_server_name_routes_requests_for_hosts_no_route_names() {
+    let s = Setup::start();
+    let (n1, n2) = (Nginx::start("n1"), Nginx::start("n2"));
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost", "www.test"]);
+    let cfg = |extra: &str| {
+        config(&s.vault.socket, &[(&["localhost", "www.test"], &cert, "vault:tls-local")], &[n1.addr], extra, "")
+            // The catch-all route the helper writes now names a host.
+            .replace("[[proxy.route]]\nupstream = \"web\"", "[[proxy.route]]\nhost = \"localhost\"\nupstream = \"web\"")
+            + &format!("\n[[proxy.route]]\nhost = \"www.test\"\nupstream = \"www\"\n\n[proxy.upstream.www]\nbackends = [\"{}\"]\n", n2.addr)
+    };
+    // A client without SNI and with an IP address as Host (curl to
+    // https://127.0.0.1/): the default's certificate, and its route.
+    let get = |p: &ProxyProc| {
+        curl(&[
+            "-s",
+            "-o",
+            "/dev/stdout",
+            "-w",
+            " %{http_code}",
+            "--cacert",
+            s.ca_path().to_str().expect("utf-8"),
+            "--connect-to",
+            &format!("www.test:{0}:127.0.0.1:{0}", p.addr.port()),
+            "-H",
+            &format!("Host: 127.0.0.1:{}", p.addr.port()),
+            &format!("https://www.test:{}/whoami", p.addr.port()),
+        ])
+        .stdout
+    };
+    let p = ProxyProc::start(s.dir.path(), &cfg("default_server_name = \"www.test\""));
+    assert_eq!(String::from_utf8_lossy(&get(&p)), "n2\n 200");
+    drop(p);
+    // Without it, a host no route names is not found, as before.
+    let p = ProxyProc::start(s.dir.path(), &cfg(""));
+    assert!(String::from_utf8_lossy(&get(&p)).ends_with(" 404"));
 }
 
 #[test]

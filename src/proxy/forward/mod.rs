@@ -67,6 +67,9 @@ impl SendError {
 /// Routes and upstreams, shared by every connection.
 pub struct Forwarder {
     routes: Vec<RouteSpec>,
+    /// `default_server_name`: where a request whose host no route names
+    /// goes (nginx's `default_server`), as its certificate does.
+    default_host: Option<String>,
     upstreams: HashMap<String, Arc<Upstream>>,
     forwarded: ForwardedHeaders,
     access_log: bool,
@@ -76,6 +79,7 @@ impl Forwarder {
     pub fn new(settings: &ProxySettings) -> Forwarder {
         Forwarder {
             routes: settings.routes.clone(),
+            default_host: settings.default_server_name.clone(),
             upstreams: settings
                 .upstreams
                 .iter()
@@ -91,8 +95,17 @@ impl Forwarder {
     }
 
     /// The most specific route: exact host over wildcard over any, then
-    /// the longest path prefix (as nginx picks locations).
+    /// the longest path prefix (as nginx picks locations). A host no
+    /// route names (a client without SNI, an IP address, a name the proxy
+    /// does not serve) is routed as `default_server_name`, if set.
     pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Upstream>> {
+        self.route_host(host, path).or_else(|| {
+            let default = self.default_host.as_deref().filter(|d| *d != host)?;
+            self.route_host(default, path)
+        })
+    }
+
+    fn route_host(&self, host: &str, path: &str) -> Option<&Arc<Upstream>> {
         self.routes
             .iter()
             .filter(|r| r.host.matches(host) && path.starts_with(r.path_prefix.as_str()))
