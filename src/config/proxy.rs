@@ -163,6 +163,8 @@ pub struct UpstreamFile {
     /// Start each backend connection with a PROXY protocol v2 header;
     /// such connections are private to one client connection.
     pub proxy_protocol: Option<bool>,
+    /// How often backends given by host name are resolved again.
+    pub resolve_every: Option<Spanned<String>>,
     pub health: Option<HealthFile>,
 }
 
@@ -269,10 +271,65 @@ pub enum Balance {
     HashHeader(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
     pub addr: SocketAddr,
     pub weight: u32,
+}
+
+/// A backend given by host name (`app.internal:8080`): resolved when the
+/// config is loaded, each address a backend, and again every
+/// `resolve_every` while the proxy runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedBackend {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// A name that did not resolve.
+#[derive(Debug, thiserror::Error)]
+#[error("backend {host}:{port}: cannot resolve: {source}")]
+pub struct ResolveError {
+    pub host: String,
+    pub port: u16,
+    pub source: std::io::Error,
+}
+
+impl NamedBackend {
+    /// Its addresses now (blocking: the system resolver), sorted.
+    pub fn resolve(&self) -> Result<Vec<BackendSpec>, ResolveError> {
+        use std::net::ToSocketAddrs;
+        let mut addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|source| ResolveError {
+                host: self.host.clone(),
+                port: self.port,
+                source,
+            })?
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        Ok(addrs
+            .into_iter()
+            .map(|addr| BackendSpec {
+                addr,
+                weight: self.weight,
+            })
+            .collect())
+    }
+}
+
+impl UpstreamSpec {
+    /// The backends given by address, then every address of each named
+    /// one, resolved now.
+    pub fn resolved_backends(&self) -> Result<Vec<BackendSpec>, ResolveError> {
+        let mut all = self.fixed.clone();
+        for n in &self.named {
+            all.extend(n.resolve()?);
+        }
+        Ok(all)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -287,7 +344,14 @@ pub struct HealthSpec {
 #[derive(Debug, Clone)]
 pub struct UpstreamSpec {
     pub name: String,
+    /// What the proxy sends to: the backends given by address, and those
+    /// the named ones resolved to when last resolved.
     pub backends: Vec<BackendSpec>,
+    /// The backends given by address.
+    pub fixed: Vec<BackendSpec>,
+    /// The backends given by name, and how often to resolve them again.
+    pub named: Vec<NamedBackend>,
+    pub resolve_every: Duration,
     pub balance: Balance,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
@@ -317,6 +381,9 @@ impl Default for UpstreamSpec {
         UpstreamSpec {
             name: String::new(),
             backends: Vec::new(),
+            fixed: Vec::new(),
+            named: Vec::new(),
+            resolve_every: Duration::from_secs(30),
             balance: Balance::RoundRobin,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
@@ -776,9 +843,12 @@ fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamS
             format!("upstream {name:?} needs at least one backend"),
         ));
     }
-    let mut backends = Vec::new();
+    let (mut fixed, mut named) = (Vec::new(), Vec::new());
     for b in u.backends.get_ref() {
-        backends.push(parse_backend(b).map_err(|e| src.error(u.backends.span(), e))?);
+        match parse_backend(b).map_err(|e| src.error(u.backends.span(), e))? {
+            Backend::Addr(a) => fixed.push(a),
+            Backend::Named(n) => named.push(n),
+        }
     }
     let d = UpstreamSpec::default();
     let balance = match &u.balance {
@@ -826,9 +896,12 @@ fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamS
             unhealthy: positive(src, &h.unhealthy, hd.unhealthy, "unhealthy")?,
         }),
     };
-    Ok(UpstreamSpec {
+    let mut spec = UpstreamSpec {
         name: name.to_owned(),
-        backends,
+        backends: Vec::new(),
+        fixed,
+        named,
+        resolve_every: duration::parse_opt(src, &u.resolve_every)?.unwrap_or(d.resolve_every),
         balance,
         connect_timeout: duration::parse_opt(src, &u.connect_timeout)?.unwrap_or(d.connect_timeout),
         response_timeout: duration::parse_opt(src, &u.response_timeout)?
@@ -837,15 +910,52 @@ fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamS
         h2c: u.h2c.unwrap_or(d.h2c),
         proxy_protocol: u.proxy_protocol.unwrap_or(d.proxy_protocol),
         health,
-    })
+    };
+    // Resolved now, as nginx resolves at load: a name that does not
+    // resolve fails the start (or the reload), named.
+    spec.backends = spec
+        .resolved_backends()
+        .map_err(|e| src.error(u.backends.span(), e.to_string()))?;
+    if spec.backends.is_empty() {
+        return Err(src.error(
+            u.backends.span(),
+            format!("upstream {name:?}: its backends resolved to no address"),
+        ));
+    }
+    Ok(spec)
 }
 
-fn parse_backend(s: &str) -> Result<BackendSpec, String> {
+/// A backend as written: an address, or a host name to resolve.
+enum Backend {
+    Addr(BackendSpec),
+    Named(NamedBackend),
+}
+
+fn parse_backend(s: &str) -> Result<Backend, String> {
     let mut parts = s.split_whitespace();
     let addr_text = parts.next().ok_or_else(|| "empty backend".to_owned())?;
-    let addr = addr_text
-        .parse()
-        .map_err(|e| format!("invalid backend address {addr_text:?}: {e} (expected IP:PORT)"))?;
+    let target = match addr_text.parse::<SocketAddr>() {
+        Ok(addr) => Ok(addr),
+        Err(_) => match addr_text.rsplit_once(':') {
+            Some((host, port))
+                if !host.is_empty()
+                    && !host.contains(['[', ']', ':'])
+                    && host.split('.').all(|l| {
+                        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    }) =>
+            {
+                let port = port.parse::<u16>().map_err(|_| {
+                    format!("invalid backend port in {addr_text:?} (expected HOST:PORT)")
+                })?;
+                Err((host.to_ascii_lowercase(), port))
+            }
+            _ => {
+                return Err(format!(
+                    "invalid backend address {addr_text:?} (expected IP:PORT or HOST:PORT)"
+                ))
+            }
+        },
+    };
     let mut weight = 1;
     for opt in parts {
         match opt.strip_prefix("weight=").map(str::parse::<u32>) {
@@ -857,7 +967,10 @@ fn parse_backend(s: &str) -> Result<BackendSpec, String> {
             }
         }
     }
-    Ok(BackendSpec { addr, weight })
+    Ok(match target {
+        Ok(addr) => Backend::Addr(BackendSpec { addr, weight }),
+        Err((host, port)) => Backend::Named(NamedBackend { host, port, weight }),
+    })
 }
 
 #[cfg(test)]

@@ -138,6 +138,7 @@ fn the_proxy_tables_match_the_code() {
             ("fail_timeout", dur(u.fail_timeout)),
             ("h2c", u.h2c.to_string()),
             ("proxy_protocol", u.proxy_protocol.to_string()),
+            ("resolve_every", dur(u.resolve_every)),
         ],
     );
     assert!(matches!(u.balance, super::proxy::Balance::RoundRobin));

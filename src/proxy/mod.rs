@@ -196,6 +196,19 @@ impl Proxy {
         Ok(ignored)
     }
 
+    /// Makes `next` (the live settings with upstreams' backends changed)
+    /// the live generation, with a forwarder for it and the same TLS, if
+    /// `current` is still live. Returns whether it was.
+    pub fn replace_upstreams(&self, current: &Arc<Live>, next: ProxySettings) -> bool {
+        let fresh = Arc::new(Live {
+            forwarder: Arc::new(Forwarder::new(&next)),
+            settings: Arc::new(next),
+            tls: current.tls.clone(),
+        });
+        let prev = self.live.compare_and_swap(current, fresh);
+        Arc::ptr_eq(&prev, current)
+    }
+
     /// Reloads every certificate and key reference and swaps the store.
     /// Handshakes already past certificate selection finish with the old
     /// store; on any error the old store stays. Blocking (vault lookups).

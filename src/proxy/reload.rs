@@ -17,7 +17,7 @@ pub(crate) fn spawn(
     listeners: Arc<Listeners>,
     metrics: MetricsListener,
     status: Option<Arc<StatusFile>>,
-) -> [tokio::task::JoinHandle<()>; 4] {
+) -> [tokio::task::JoinHandle<()>; 5] {
     let reloads = Reloads {
         proxy: proxy.clone(),
         listeners,
@@ -29,6 +29,7 @@ pub(crate) fn spawn(
         tokio::spawn(reload_on_file_change(proxy.clone())),
         tokio::spawn(watch_expiry(proxy.clone())),
         tokio::spawn(follow_vault_events(proxy.clone())),
+        tokio::spawn(follow_dns(proxy.clone())),
     ]
 }
 
@@ -136,6 +137,75 @@ async fn follow_vault_events(proxy: Arc<Proxy>) {
         }
     })
     .await
+}
+
+/// Resolves the backends given by host name again, each upstream every
+/// `resolve_every`. When an upstream's addresses changed, the forwarder is
+/// rebuilt with them, as a reload of the upstreams alone would: new
+/// requests go to the new addresses, those in flight finish where they
+/// are. A name that no longer resolves keeps the addresses it had.
+async fn follow_dns(proxy: Arc<Proxy>) {
+    let mut last: std::collections::HashMap<String, Instant> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let live = proxy.live.load_full();
+        let due: Vec<crate::config::proxy::UpstreamSpec> = live
+            .settings
+            .upstreams
+            .values()
+            .filter(|u| !u.named.is_empty())
+            .filter(|u| {
+                last.get(&u.name)
+                    .is_none_or(|t| t.elapsed() >= u.resolve_every)
+            })
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        for u in &due {
+            last.insert(u.name.clone(), Instant::now());
+        }
+        let Ok(resolved) = tokio::task::spawn_blocking(move || {
+            due.into_iter()
+                .map(|u| {
+                    let r = u.resolved_backends();
+                    (u.name, r)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        else {
+            continue;
+        };
+        let mut next = (*live.settings).clone();
+        let mut changed = false;
+        for (name, result) in resolved {
+            let Some(spec) = next.upstreams.get_mut(&name) else {
+                continue;
+            };
+            match result {
+                Ok(b) if !b.is_empty() && b != spec.backends => {
+                    let addrs = |v: &[crate::config::proxy::BackendSpec]| {
+                        v.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>()
+                    };
+                    tracing::info!(upstream = %name, was = ?addrs(&spec.backends), now = ?addrs(&b), "backend addresses changed");
+                    spec.backends = b;
+                    changed = true;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(upstream = %name, error = %e, "cannot resolve a backend; keeping the addresses it has")
+                }
+            }
+        }
+        // Only over the generation it read: a reload that came meanwhile
+        // resolved for itself, and wins.
+        if changed && proxy.replace_upstreams(&live, next) {
+            proxy.restart_upstream_tasks();
+        }
+    }
 }
 
 /// Publishes each certificate's seconds to expiry

@@ -169,6 +169,96 @@ fn default_server_name_routes_requests_for_hosts_no_route_names() {
     assert!(String::from_utf8_lossy(&get(&p)).ends_with(" 404"));
 }
 
+/// A name in /etc/hosts for the length of a test (the system resolver
+/// reads the file on every lookup).
+struct HostsEntry {
+    name: String,
+}
+
+impl HostsEntry {
+    fn set(&self, ip: Option<&str>) {
+        let hosts = std::fs::read_to_string("/etc/hosts").expect("/etc/hosts");
+        let mut kept: Vec<&str> = hosts
+            .lines()
+            .filter(|l| !l.split_whitespace().any(|w| w == self.name))
+            .collect();
+        let line = ip.map(|ip| format!("{ip} {}", self.name));
+        kept.extend(line.as_deref());
+        std::fs::write("/etc/hosts", kept.join("\n") + "\n").expect("write /etc/hosts");
+    }
+}
+
+impl Drop for HostsEntry {
+    fn drop(&mut self) {
+        self.set(None);
+    }
+}
+
+#[test]
+fn backends_by_host_name_are_resolved_and_followed_when_the_name_moves() {
+    crate::common::require_root("the test names its backend in /etc/hosts");
+    let port = (0..50)
+        .map(|_| crate::common::backends::free_port())
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.2", p)).is_ok())
+        .expect("a port free on 127.0.0.1 and 127.0.0.2");
+    let n1 = Nginx::start_at("n1", SocketAddr::from(([127, 0, 0, 1], port)), "");
+    let n2 = Nginx::start_at("n2", SocketAddr::from(([127, 0, 0, 2], port)), "");
+    let entry = HostsEntry {
+        name: format!("vg-backend-{}.test", std::process::id()),
+    };
+    entry.set(Some("127.0.0.1"));
+    let s = Setup::start();
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let named = format!("{}:{port}", entry.name);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[n1.addr],
+        "",
+        "resolve_every = \"1s\"",
+    )
+    .replace(&format!("\"{}\"", n1.addr), &format!("\"{named}\""));
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let client = client_config(s.ca_path(), false, &[]);
+    let whoami = || https_get(p.addr, "localhost", &client, "/whoami");
+    assert_eq!(whoami().body, b"n1\n");
+
+    // The name moves: within a few seconds, new requests follow it.
+    entry.set(Some("127.0.0.2"));
+    crate::common::wait_for(
+        "requests to follow the name",
+        std::time::Duration::from_secs(15),
+        || {
+            let r = whoami();
+            assert_eq!(r.status, 200, "no request may fail while the name moves");
+            (r.body == b"n2\n").then_some(())
+        },
+    );
+    assert!(p.log().contains("backend addresses changed"), "{}", p.log());
+
+    // The name goes away: the last addresses keep serving, and it says so.
+    entry.set(None);
+    crate::common::wait_for(
+        "the failed lookup to be logged",
+        std::time::Duration::from_secs(15),
+        || p.log().contains("cannot resolve a backend").then_some(()),
+    );
+    assert_eq!(whoami().body, b"n2\n");
+    drop(p);
+
+    // At start, a name that does not resolve fails the start, named.
+    std::fs::write(s.path("proxy.toml"), &cfg).expect("write");
+    let path = s.path("proxy.toml").display().to_string();
+    let err = ProxyProc::try_spawn(s.dir.path(), &["proxy", "--config", &path])
+        .err()
+        .expect("a proxy whose backend does not resolve must not start");
+    assert!(
+        err.contains(&format!("backend {named}: cannot resolve")),
+        "{err}"
+    );
+    drop(n2);
+}
+
 #[test]
 fn large_bodies_stream_both_ways_to_nginx_and_apache() {
     let s = Setup::start();
