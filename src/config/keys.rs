@@ -60,6 +60,7 @@ fn accepted(path: &[&str]) -> Option<Vec<&'static str>> {
         ["vault", "grant"] => fields_of::<super::vault::GrantFile>(),
         ["proxy"] => fields_of::<super::proxy::ProxyFile>(),
         ["proxy", "cert"] => fields_of::<super::proxy::CertFile>(),
+        ["proxy", "response_headers"] => fields_of::<super::proxy::ResponseHeadersFile>(),
         ["proxy", "route"] => fields_of::<super::proxy::RouteFile>(),
         ["proxy", "upstream", _] => fields_of::<super::proxy::UpstreamFile>(),
         ["proxy", "upstream", _, "health"] => fields_of::<super::proxy::HealthFile>(),

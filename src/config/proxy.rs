@@ -117,12 +117,30 @@ pub struct ProxyFile {
     /// Any of "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
     /// "forwarded".
     pub forwarded_headers: Option<Spanned<Vec<String>>>,
+    /// Plain-HTTP listeners that answer every request with a redirect to
+    /// the same URL over HTTPS.
+    pub redirect_listen: Option<Spanned<OneOrMany>>,
+    /// `Strict-Transport-Security` on every HTTPS answer, e.g.
+    /// "max-age=63072000; includeSubDomains".
+    pub hsts: Option<Spanned<String>>,
+    /// Fields set on, and removed from, every answer to clients.
+    pub response_headers: Option<ResponseHeadersFile>,
     #[serde(default)]
     pub cert: Vec<CertFile>,
     #[serde(default)]
     pub route: Vec<RouteFile>,
     #[serde(default)]
     pub upstream: BTreeMap<String, UpstreamFile>,
+}
+
+/// `[proxy.response_headers]`: `set = { NAME = "VALUE", … }` adds or
+/// replaces, `remove = ["Server", …]` drops the backend's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseHeadersFile {
+    #[serde(default)]
+    pub set: BTreeMap<String, Spanned<String>>,
+    pub remove: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,6 +413,30 @@ impl Default for UpstreamSpec {
     }
 }
 
+/// What the proxy changes in every answer to clients (after the backend's
+/// hop-by-hop fields are gone): fields removed, then fields set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseHeaders {
+    pub remove: Vec<http::HeaderName>,
+    /// `hsts` comes first, then `[proxy.response_headers] set`.
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl ResponseHeaders {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty()
+    }
+
+    pub fn apply(&self, h: &mut http::HeaderMap) {
+        for name in &self.remove {
+            h.remove(name);
+        }
+        for (name, value) in &self.set {
+            h.insert(name.clone(), value.clone());
+        }
+    }
+}
+
 /// Which proxy headers are added to requests sent to backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardedHeaders {
@@ -438,6 +480,9 @@ pub struct ProxySettings {
     /// The account to switch to after binding.
     pub user: Option<super::user::RunAs>,
     pub forwarded: ForwardedHeaders,
+    /// Plain-HTTP listeners that redirect to HTTPS.
+    pub redirect_listen: Vec<SocketAddr>,
+    pub response_headers: ResponseHeaders,
     pub certs: Vec<CertSpec>,
     pub routes: Vec<RouteSpec>,
     pub upstreams: BTreeMap<String, UpstreamSpec>,
@@ -491,6 +536,8 @@ impl Default for ProxySettings {
             pid_file: None,
             user: None,
             forwarded: ForwardedHeaders::default(),
+            redirect_listen: Vec::new(),
+            response_headers: ResponseHeaders::default(),
             certs: Vec::new(),
             routes: Vec::new(),
             upstreams: BTreeMap::new(),
@@ -534,6 +581,11 @@ impl ProxySettings {
             min_tls_version(&src, &p.min_tls_version)?.unwrap_or(d.min_tls_version);
         let limits = limits(&src, p, d.limits)?;
         let forwarded = forwarded_headers(&src, &p.forwarded_headers)?;
+        let redirect_listen = match &p.redirect_listen {
+            Some(l) => listen_addrs(&src, l)?,
+            None => d.redirect_listen,
+        };
+        let response_headers = response_headers(&src, p)?;
         let certs = certs(loaded, &src, p)?;
         let default_server_name = default_server_name(&src, p, &certs)?;
         let (upstreams, routes) = upstreams_and_routes(&src, p)?;
@@ -564,11 +616,42 @@ impl ProxySettings {
                 .map(|f| loaded.resolve(f.get_ref().as_ref())),
             user,
             forwarded,
+            redirect_listen,
+            response_headers,
             certs,
             routes,
             upstreams,
         })
     }
+}
+
+/// `hsts` and `[proxy.response_headers]`, each name and value checked.
+fn response_headers(src: &Source, p: &ProxyFile) -> Result<ResponseHeaders, ConfigError> {
+    let name = |n: &str, span: std::ops::Range<usize>| {
+        http::HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| src.error(span, format!("invalid header name {n:?}")))
+    };
+    let value = |v: &Spanned<String>| {
+        http::HeaderValue::from_str(v.get_ref())
+            .map_err(|_| src.error(v.span(), format!("invalid header value {:?}", v.get_ref())))
+    };
+    let mut out = ResponseHeaders::default();
+    if let Some(h) = &p.hsts {
+        out.set
+            .push((http::header::STRICT_TRANSPORT_SECURITY, value(h)?));
+    }
+    let Some(rh) = &p.response_headers else {
+        return Ok(out);
+    };
+    if let Some(remove) = &rh.remove {
+        for n in remove.get_ref() {
+            out.remove.push(name(n, remove.span())?);
+        }
+    }
+    for (n, v) in &rh.set {
+        out.set.push((name(n, v.span())?, value(v)?));
+    }
+    Ok(out)
 }
 
 /// `vault_sockets` (default: the `[vault]` socket) and

@@ -94,7 +94,7 @@ fn the_proxy_tables_match_the_code() {
     check(
         "## `[proxy]`",
         fields_of::<super::proxy::ProxyFile>(),
-        &["cert", "route", "upstream"],
+        &["cert", "route", "upstream", "response_headers"],
         &[
             ("listen", quoted(d.listen[0])),
             ("vault_connections", d.vault_connections.to_string()),
@@ -113,6 +113,12 @@ fn the_proxy_tables_match_the_code() {
             ("access_log", d.access_log.to_string()),
             ("cert_expiry_warning", dur(d.cert_expiry_warning)),
         ],
+    );
+    check(
+        "### `[proxy.response_headers]`",
+        fields_of::<super::proxy::ResponseHeadersFile>(),
+        &[],
+        &[],
     );
     check(
         "### `[[proxy.cert]]`",

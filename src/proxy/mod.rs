@@ -10,6 +10,7 @@
 //! - [`server`]: the process's lifetime: runtime, binding, pid file, drain.
 //! - [`listeners`]: the listening sockets, their accept loops and the
 //!   metrics listener.
+//! - `redirect`: plain-HTTP listeners that send clients to HTTPS.
 //! - `reload`: what changes a running proxy (SIGHUP, certificate files,
 //!   vault key events, expiry).
 //! - `connection`: one client connection: TLS handshake, then HTTP/1 or
@@ -34,6 +35,7 @@ mod h2;
 mod linger;
 pub mod listeners;
 pub mod origin;
+mod redirect;
 mod reload;
 pub mod server;
 pub mod tls;
@@ -174,6 +176,9 @@ impl Proxy {
         }
         if new.user != self.settings.user {
             ignored.push("user");
+        }
+        if new.redirect_listen != self.settings.redirect_listen {
+            ignored.push("redirect_listen");
         }
         let certs = CertStore::load(&new, self.pool.as_ref())?;
         // A new ServerConfig would start new ticket keys, so returning

@@ -62,6 +62,8 @@ pub struct Bound {
     metrics: Option<(SocketAddr, TcpListener)>,
     /// Beside the pid file: each reload's verdict, for `vaultgate reload`.
     status: Option<StatusFile>,
+    /// Plain-HTTP listeners that redirect to HTTPS.
+    redirect: Vec<(SocketAddr, TcpListener)>,
 }
 
 /// Binds everything before serving anything: a bad address fails the
@@ -78,6 +80,10 @@ pub async fn bind(
         Some(a) => Some((a, listeners::bind(a).await?)),
         None => None,
     };
+    let mut redirect = Vec::new();
+    for &addr in &settings.redirect_listen {
+        redirect.push((addr, listeners::bind(addr).await?));
+    }
     let status = match &settings.pid_file {
         Some(f) => {
             write_pid_file(f)?;
@@ -97,6 +103,7 @@ pub async fn bind(
         listen,
         metrics,
         status,
+        redirect,
     })
 }
 
@@ -119,6 +126,21 @@ pub async fn run(
     let metrics = MetricsListener::default();
     metrics.replace(bound.metrics)?;
     let pid_file = settings.pid_file.clone();
+    // Redirects first, so their `redirect ADDR` lines come before the
+    // `listen` line that tells a caller the proxy is up.
+    let https_port = bound
+        .listen
+        .first()
+        .and_then(|(_, l)| l.local_addr().ok())
+        .map_or(443, |a| a.port());
+    let mut redirects = Vec::new();
+    for (addr, l) in bound.redirect {
+        let local = l
+            .local_addr()
+            .map_err(|source| BindError { addr, source })?;
+        println!("redirect {local}");
+        redirects.push(tokio::spawn(super::redirect::serve(l, https_port)));
+    }
     let listeners = Arc::new(Listeners::new(proxy.clone()));
     let mut first = None;
     for (addr, l) in bound.listen {
@@ -137,7 +159,7 @@ pub async fn run(
     let clean = listeners
         .shutdown(proxy.live.load().settings.limits.shutdown_timeout)
         .await;
-    for t in tasks {
+    for t in tasks.into_iter().chain(redirects) {
         t.abort();
     }
     proxy.stop_upstream_tasks();

@@ -169,6 +169,69 @@ fn default_server_name_routes_requests_for_hosts_no_route_names() {
     assert!(String::from_utf8_lossy(&get(&p)).ends_with(" 404"));
 }
 
+#[test]
+fn plain_http_redirects_to_https_and_every_answer_carries_hsts_and_the_set_headers() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "redirect_listen = \"127.0.0.1:0\"\nhsts = \"max-age=63072000; includeSubDomains\"\n\
+         [proxy.response_headers]\nset = { \"X-Frame-Options\" = \"DENY\" }\nremove = [\"Server\"]\n",
+        "",
+    );
+    // The extra lines open a table: the helper's certificates come after.
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let redirect: SocketAddr = p
+        .early
+        .iter()
+        .find_map(|l| l.strip_prefix("redirect ")?.parse().ok())
+        .expect("a `redirect ADDR` line");
+    let head = |args: &[&str]| {
+        let mut a = vec!["-s", "-o", "/dev/null", "-D", "-"];
+        a.extend(args);
+        String::from_utf8_lossy(&curl(&a).stdout).to_ascii_lowercase()
+    };
+    // http://localhost:R/a?b=1 → https://localhost:P/a?b=1, the method
+    // kept for a POST.
+    let url = format!("http://localhost:{}/a/b?c=1", redirect.port());
+    let resolve = format!("localhost:{}:127.0.0.1", redirect.port());
+    let got = head(&["--resolve", &resolve, &url]);
+    let want = format!("location: https://localhost:{}/a/b?c=1", p.addr.port());
+    assert!(
+        got.starts_with("http/1.1 301") && got.contains(&want),
+        "{got}"
+    );
+    let got = head(&["--resolve", &resolve, "-X", "POST", &url]);
+    assert!(
+        got.starts_with("http/1.1 308") && got.contains(&want),
+        "{got}"
+    );
+
+    // Over HTTPS: the backend's answer and the proxy's own 404 alike.
+    let https = |path: &str| {
+        let resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
+        let url = format!("https://localhost:{}{path}", p.addr.port());
+        head(&[
+            "--cacert",
+            s.ca_path().to_str().expect("utf-8"),
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+    };
+    for got in [https("/whoami"), https("/no-such-file")] {
+        assert!(
+            got.contains("strict-transport-security: max-age=63072000; includesubdomains")
+                && got.contains("x-frame-options: deny")
+                && !got.contains("server: nginx"),
+            "{got}"
+        );
+    }
+}
+
 /// A name in /etc/hosts for the length of a test (the system resolver
 /// reads the file on every lookup).
 struct HostsEntry {

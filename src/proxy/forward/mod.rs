@@ -36,7 +36,9 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use crate::config::proxy::{Balance, ForwardedHeaders, HostPattern, ProxySettings, RouteSpec};
+use crate::config::proxy::{
+    Balance, ForwardedHeaders, HostPattern, ProxySettings, ResponseHeaders, RouteSpec,
+};
 use crate::proxy::body::{BoxError, UpBody};
 use crate::proxy::origin::h2c::H2cError;
 use crate::proxy::origin::{self, OriginError, OriginUpgrade, Outgoing};
@@ -73,6 +75,8 @@ pub struct Forwarder {
     upstreams: HashMap<String, Arc<Upstream>>,
     forwarded: ForwardedHeaders,
     access_log: bool,
+    /// Set on and removed from every answer, the proxy's own included.
+    response_headers: ResponseHeaders,
 }
 
 impl Forwarder {
@@ -87,6 +91,7 @@ impl Forwarder {
                 .collect(),
             forwarded: settings.forwarded,
             access_log: settings.access_log,
+            response_headers: settings.response_headers.clone(),
         }
     }
 
@@ -213,12 +218,22 @@ where
     let mut record = begin_record(&req, &fwd, &conn);
     let mut prepared = match prepare(req, &fwd, &conn, &mut record) {
         Ok(p) => p,
-        Err(refusal) => return Ok(fail(record, refusal)),
+        Err(refusal) => return Ok(edited(fail(record, refusal), &fwd)),
     };
-    match try_backends(&mut prepared, &conn, &mut record).await {
-        Ok((resp, backend)) => Ok(finish(resp, prepared, record, backend)),
-        Err(refusal) => Ok(fail(record, refusal)),
+    let resp = match try_backends(&mut prepared, &conn, &mut record).await {
+        Ok((resp, backend)) => finish(resp, prepared, record, backend),
+        Err(refusal) => fail(record, refusal),
+    };
+    Ok(edited(resp, &fwd))
+}
+
+/// The answer with `[proxy] hsts` and `response_headers` applied, as
+/// nginx's `add_header … always` does: error answers too.
+fn edited(mut resp: Response<Logged>, fwd: &Forwarder) -> Response<Logged> {
+    if !fwd.response_headers.is_empty() {
+        fwd.response_headers.apply(resp.headers_mut());
     }
+    resp
 }
 
 /// The access record, started before anything can fail.
