@@ -14,10 +14,10 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
-use crate::protocol::codec::CodecError;
 use crate::protocol::{
     frame, ErrorCode, Frame, KeyEvent, KeyType, Op, ProtocolError, Request, Response, OP_EVENT,
 };
+use crate::sync::Locked;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -117,7 +117,7 @@ impl VaultClient {
             let mut frames = Frames::new(read);
             while let Some(frame) = frames.next().await {
                 if frame.opcode == OP_EVENT {
-                    let mut subs = reader_subs.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut subs = reader_subs.locked();
                     if let (Some(tx), Ok(event)) =
                         (subs.get(&frame.request_id), KeyEvent::from_frame(&frame))
                     {
@@ -136,10 +136,7 @@ impl VaultClient {
             // ends every subscription's stream.
             reader_closed.store(true, Ordering::SeqCst);
             lock(&reader_pending).clear();
-            reader_subs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            reader_subs.locked().clear();
         });
 
         Ok(VaultClient {
@@ -175,17 +172,11 @@ impl VaultClient {
     pub async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<KeyEvent>, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        self.subscriptions.locked().insert(id, tx);
         match self.call_with_id(&Request::Subscribe, id).await {
             Ok(_) => Ok(rx),
             Err(e) => {
-                self.subscriptions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
+                self.subscriptions.locked().remove(&id);
                 Err(e)
             }
         }
@@ -428,16 +419,7 @@ impl Frames {
 
 fn lock(p: &Pending) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Frame>>> {
     // A panic while holding this lock leaves only a map of waiters; keep going.
-    p.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl From<CodecError> for ClientError {
-    fn from(e: CodecError) -> Self {
-        match e {
-            CodecError::Io(_) => ClientError::Closed,
-            CodecError::Protocol(p) => ClientError::Protocol(p),
-        }
-    }
+    p.locked()
 }
 
 /// What [`follow_key_events`] reports to its caller.

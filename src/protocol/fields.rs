@@ -3,64 +3,39 @@
 
 use bytes::{BufMut, BytesMut};
 
+use super::wire_enum::wire_enum;
 use super::ProtocolError;
 
-/// Field tags. Values are fixed by docs/PROTOCOL.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Tag {
-    KeyName = 0x01,
-    KeyVersion = 0x02,
-    Scheme = 0x03,
-    Payload = 0x04,
-    Signature = 0x05,
-    KeyType = 0x06,
-    Pem = 0x07,
-    Context = 0x08,
-    Length = 0x09,
-    Passphrase = 0x0a,
-    Salt = 0x0b,
-    Json = 0x0c,
-    ErrorCode = 0x0d,
-    Message = 0x0e,
-    Seconds = 0x0f,
-    Plaintext = 0x10,
-    Ciphertext = 0x11,
-    Spki = 0x12,
-    Blob = 0x13,
-    Flag = 0x14,
-    Subject = 0x15,
+wire_enum! {
+    /// Field tags. Values and names are those of docs/PROTOCOL.md's field
+    /// table; values run from 1 without gaps: a tag's value less one is its
+    /// slot in [`Fields`].
+    pub enum Tag: u8 {
+        KeyName = 0x01 => "key name",
+        KeyVersion = 0x02 => "key version",
+        Scheme = 0x03 => "scheme",
+        Payload = 0x04 => "payload",
+        Signature = 0x05 => "signature",
+        KeyType = 0x06 => "key type",
+        Pem = 0x07 => "PEM",
+        Context = 0x08 => "context",
+        Length = 0x09 => "length",
+        Passphrase = 0x0a => "passphrase",
+        Salt = 0x0b => "salt",
+        Json = 0x0c => "JSON",
+        ErrorCode = 0x0d => "error code",
+        Message = 0x0e => "message",
+        Seconds = 0x0f => "seconds",
+        Plaintext = 0x10 => "plaintext",
+        Ciphertext = 0x11 => "ciphertext",
+        Spki = 0x12 => "SPKI",
+        Blob = 0x13 => "blob",
+        Flag = 0x14 => "flag",
+        Subject = 0x15 => "subject",
+    }
 }
 
 impl Tag {
-    const ALL: [Tag; 21] = [
-        Tag::KeyName,
-        Tag::KeyVersion,
-        Tag::Scheme,
-        Tag::Payload,
-        Tag::Signature,
-        Tag::KeyType,
-        Tag::Pem,
-        Tag::Context,
-        Tag::Length,
-        Tag::Passphrase,
-        Tag::Salt,
-        Tag::Json,
-        Tag::ErrorCode,
-        Tag::Message,
-        Tag::Seconds,
-        Tag::Plaintext,
-        Tag::Ciphertext,
-        Tag::Spki,
-        Tag::Blob,
-        Tag::Flag,
-        Tag::Subject,
-    ];
-
-    fn from_u8(v: u8) -> Option<Tag> {
-        Tag::ALL.iter().copied().find(|t| *t as u8 == v)
-    }
-
     fn slot(self) -> usize {
         self as usize - 1
     }
@@ -146,7 +121,7 @@ impl<'a> Fields<'a> {
             if body.len() < 5 {
                 return Err(ProtocolError::TruncatedField);
             }
-            let tag = Tag::from_u8(body[0]).ok_or(ProtocolError::UnknownTag(body[0]))?;
+            let tag = Tag::from_value(body[0]).ok_or(ProtocolError::UnknownTag(body[0]))?;
             let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
             let rest = &body[5..];
             if rest.len() < len {
@@ -217,7 +192,7 @@ impl<'a> Fields<'a> {
     /// Fails if any field outside `allowed` is present: a message carries
     /// exactly the fields its opcode defines.
     pub fn only(&self, allowed: &[Tag]) -> Result<(), ProtocolError> {
-        for tag in Tag::ALL {
+        for &tag in Tag::ALL {
             if self.slots[tag.slot()].is_some() && !allowed.contains(&tag) {
                 return Err(ProtocolError::UnexpectedField(tag as u8));
             }

@@ -3,167 +3,63 @@
 //! A response frame's opcode is the request's opcode with the high bit set
 //! ([`RESPONSE_BIT`]), or [`OP_ERROR`]; vault events use [`OP_EVENT`].
 
-use std::fmt;
-
 use zeroize::Zeroizing;
 
 use super::fields::{Fields, Tag, Writer};
 use super::frame::Frame;
+use super::wire_enum::wire_enum;
 use super::ProtocolError;
 
 pub const RESPONSE_BIT: u8 = 0x80;
 pub const OP_ERROR: u8 = 0xff;
 pub const OP_EVENT: u8 = 0xfe;
 
-/// Request opcodes. Values are fixed by docs/PROTOCOL.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Op {
-    Ping = 0x01,
-    Sign = 0x02,
-    Verify = 0x03,
-    PublicKey = 0x04,
-    Encrypt = 0x05,
-    Decrypt = 0x06,
-    GenerateDataKey = 0x07,
-    Create = 0x10,
-    Import = 0x11,
-    List = 0x12,
-    Describe = 0x13,
-    Rotate = 0x14,
-    Enable = 0x15,
-    Disable = 0x16,
-    ScheduleDeletion = 0x17,
-    CancelDeletion = 0x18,
-    BackupExport = 0x19,
-    BackupImport = 0x1a,
-    AuditVerify = 0x1b,
-    Subscribe = 0x20,
-    CertInstall = 0x21,
-    CertGet = 0x22,
-    CertCsr = 0x23,
-    CertIssue = 0x24,
-}
-
-impl Op {
-    pub const ALL: [Op; 24] = [
-        Op::Ping,
-        Op::Sign,
-        Op::Verify,
-        Op::PublicKey,
-        Op::Encrypt,
-        Op::Decrypt,
-        Op::GenerateDataKey,
-        Op::Create,
-        Op::Import,
-        Op::List,
-        Op::Describe,
-        Op::Rotate,
-        Op::Enable,
-        Op::Disable,
-        Op::ScheduleDeletion,
-        Op::CancelDeletion,
-        Op::BackupExport,
-        Op::BackupImport,
-        Op::AuditVerify,
-        Op::Subscribe,
-        Op::CertInstall,
-        Op::CertGet,
-        Op::CertCsr,
-        Op::CertIssue,
-    ];
-
-    pub fn from_u8(v: u8) -> Option<Op> {
-        Op::ALL.iter().copied().find(|o| *o as u8 == v)
-    }
-
-    /// The name used in config grants, audit records and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Ping => "ping",
-            Op::Sign => "sign",
-            Op::Verify => "verify",
-            Op::PublicKey => "public-key",
-            Op::Encrypt => "encrypt",
-            Op::Decrypt => "decrypt",
-            Op::GenerateDataKey => "generate-data-key",
-            Op::Create => "create",
-            Op::Import => "import",
-            Op::List => "list",
-            Op::Describe => "describe",
-            Op::Rotate => "rotate",
-            Op::Enable => "enable",
-            Op::Disable => "disable",
-            Op::ScheduleDeletion => "schedule-deletion",
-            Op::CancelDeletion => "cancel-deletion",
-            Op::BackupExport => "backup-export",
-            Op::BackupImport => "backup-import",
-            Op::AuditVerify => "audit-verify",
-            Op::Subscribe => "subscribe",
-            Op::CertInstall => "cert-install",
-            Op::CertGet => "cert-get",
-            Op::CertCsr => "cert-csr",
-            Op::CertIssue => "cert-issue",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Op> {
-        Op::ALL.iter().copied().find(|o| o.name() == name)
+wire_enum! {
+    /// Request opcodes. Values are fixed by docs/PROTOCOL.md; names are
+    /// those of config grants, audit records and metrics.
+    pub enum Op: u8 {
+        Ping = 0x01 => "ping",
+        Sign = 0x02 => "sign",
+        Verify = 0x03 => "verify",
+        PublicKey = 0x04 => "public-key",
+        Encrypt = 0x05 => "encrypt",
+        Decrypt = 0x06 => "decrypt",
+        GenerateDataKey = 0x07 => "generate-data-key",
+        Create = 0x10 => "create",
+        Import = 0x11 => "import",
+        List = 0x12 => "list",
+        Describe = 0x13 => "describe",
+        Rotate = 0x14 => "rotate",
+        Enable = 0x15 => "enable",
+        Disable = 0x16 => "disable",
+        ScheduleDeletion = 0x17 => "schedule-deletion",
+        CancelDeletion = 0x18 => "cancel-deletion",
+        BackupExport = 0x19 => "backup-export",
+        BackupImport = 0x1a => "backup-import",
+        AuditVerify = 0x1b => "audit-verify",
+        Subscribe = 0x20 => "subscribe",
+        CertInstall = 0x21 => "cert-install",
+        CertGet = 0x22 => "cert-get",
+        CertCsr = 0x23 => "cert-csr",
+        CertIssue = 0x24 => "cert-issue",
     }
 }
 
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+wire_enum! {
+    /// Key types the vault holds. They travel as their names (field
+    /// `key type`, describe JSON, keystore records).
+    pub enum KeyType {
+        EcdsaP256 => "ecdsa-p256",
+        EcdsaP384 => "ecdsa-p384",
+        Rsa2048 => "rsa-2048",
+        Rsa3072 => "rsa-3072",
+        Rsa4096 => "rsa-4096",
+        Ed25519 => "ed25519",
+        Aes256 => "aes-256",
     }
-}
-
-/// Key types the vault holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum KeyType {
-    #[serde(rename = "ecdsa-p256")]
-    EcdsaP256,
-    #[serde(rename = "ecdsa-p384")]
-    EcdsaP384,
-    #[serde(rename = "rsa-2048")]
-    Rsa2048,
-    #[serde(rename = "rsa-3072")]
-    Rsa3072,
-    #[serde(rename = "rsa-4096")]
-    Rsa4096,
-    #[serde(rename = "ed25519")]
-    Ed25519,
-    #[serde(rename = "aes-256")]
-    Aes256,
 }
 
 impl KeyType {
-    pub const ALL: [KeyType; 7] = [
-        KeyType::EcdsaP256,
-        KeyType::EcdsaP384,
-        KeyType::Rsa2048,
-        KeyType::Rsa3072,
-        KeyType::Rsa4096,
-        KeyType::Ed25519,
-        KeyType::Aes256,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            KeyType::EcdsaP256 => "ecdsa-p256",
-            KeyType::EcdsaP384 => "ecdsa-p384",
-            KeyType::Rsa2048 => "rsa-2048",
-            KeyType::Rsa3072 => "rsa-3072",
-            KeyType::Rsa4096 => "rsa-4096",
-            KeyType::Ed25519 => "ed25519",
-            KeyType::Aes256 => "aes-256",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<KeyType> {
-        KeyType::ALL.iter().copied().find(|k| k.name() == name)
-    }
-
     pub fn is_signing(self) -> bool {
         self != KeyType::Aes256
     }
@@ -175,12 +71,6 @@ impl KeyType {
             KeyType::Rsa4096 => Some(4096),
             _ => None,
         }
-    }
-}
-
-impl fmt::Display for KeyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -367,6 +257,10 @@ impl Request {
         }
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one arm per opcode, each its fields in order"
+    )]
     pub fn to_frame(&self, request_id: u32) -> Frame {
         let mut w = Writer::new();
         match self {
@@ -505,8 +399,12 @@ impl Request {
 
     /// Decodes a request frame. Unknown opcodes, missing or unexpected
     /// fields and malformed values are errors.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one arm per opcode, each its fields in order"
+    )]
     pub fn from_frame(frame: &Frame) -> Result<Request, ProtocolError> {
-        let op = Op::from_u8(frame.opcode).ok_or(ProtocolError::UnknownOpcode(frame.opcode))?;
+        let op = Op::from_value(frame.opcode).ok_or(ProtocolError::UnknownOpcode(frame.opcode))?;
         let f = Fields::parse(&frame.body)?;
         let key =
             |f: &Fields| -> Result<String, ProtocolError> { Ok(f.str(Tag::KeyName)?.to_owned()) };
@@ -678,78 +576,32 @@ impl Request {
     }
 }
 
-/// Why the vault refused or failed a request. Values are fixed by
-/// docs/PROTOCOL.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum ErrorCode {
-    /// The frame or its fields were malformed; the vault closes the connection.
-    BadRequest = 1,
-    /// The caller has no grant for this operation on this key.
-    Denied = 2,
-    NotFound = 3,
-    Disabled = 4,
-    PendingDeletion = 5,
-    AlreadyExists = 6,
-    /// The key type cannot do this (e.g. encrypt with an ECDSA key) or the
-    /// scheme does not fit the key.
-    Unsupported = 7,
-    /// A ciphertext or backup blob failed authentication.
-    InvalidCiphertext = 8,
-    Internal = 9,
-    /// The keystore could not be written; nothing was changed.
-    Storage = 10,
-    /// The stored record failed its integrity check.
-    CorruptKey = 11,
-    /// The version asked for may no longer sign.
-    VersionRetired = 12,
-    /// Invalid argument (bad name, bad PEM, bad length).
-    InvalidInput = 13,
-}
-
-impl ErrorCode {
-    const ALL: [ErrorCode; 13] = [
-        ErrorCode::BadRequest,
-        ErrorCode::Denied,
-        ErrorCode::NotFound,
-        ErrorCode::Disabled,
-        ErrorCode::PendingDeletion,
-        ErrorCode::AlreadyExists,
-        ErrorCode::Unsupported,
-        ErrorCode::InvalidCiphertext,
-        ErrorCode::Internal,
-        ErrorCode::Storage,
-        ErrorCode::CorruptKey,
-        ErrorCode::VersionRetired,
-        ErrorCode::InvalidInput,
-    ];
-
-    pub fn from_u16(v: u16) -> Option<ErrorCode> {
-        ErrorCode::ALL.iter().copied().find(|c| *c as u16 == v)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad-request",
-            ErrorCode::Denied => "denied",
-            ErrorCode::NotFound => "not-found",
-            ErrorCode::Disabled => "disabled",
-            ErrorCode::PendingDeletion => "pending-deletion",
-            ErrorCode::AlreadyExists => "already-exists",
-            ErrorCode::Unsupported => "unsupported",
-            ErrorCode::InvalidCiphertext => "invalid-ciphertext",
-            ErrorCode::Internal => "internal",
-            ErrorCode::Storage => "storage",
-            ErrorCode::CorruptKey => "corrupt-key",
-            ErrorCode::VersionRetired => "version-retired",
-            ErrorCode::InvalidInput => "invalid-input",
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+wire_enum! {
+    /// Why the vault refused or failed a request. Values are fixed by
+    /// docs/PROTOCOL.md.
+    pub enum ErrorCode: u16 {
+        /// The frame or its fields were malformed; the vault closes the connection.
+        BadRequest = 1 => "bad-request",
+        /// The caller has no grant for this operation on this key.
+        Denied = 2 => "denied",
+        NotFound = 3 => "not-found",
+        Disabled = 4 => "disabled",
+        PendingDeletion = 5 => "pending-deletion",
+        AlreadyExists = 6 => "already-exists",
+        /// The key type cannot do this (e.g. encrypt with an ECDSA key) or the
+        /// scheme does not fit the key.
+        Unsupported = 7 => "unsupported",
+        /// A ciphertext or backup blob failed authentication.
+        InvalidCiphertext = 8 => "invalid-ciphertext",
+        Internal = 9 => "internal",
+        /// The keystore could not be written; nothing was changed.
+        Storage = 10 => "storage",
+        /// The stored record failed its integrity check.
+        CorruptKey = 11 => "corrupt-key",
+        /// The version asked for may no longer sign.
+        VersionRetired = 12 => "version-retired",
+        /// Invalid argument (bad name, bad PEM, bad length).
+        InvalidInput = 13 => "invalid-input",
     }
 }
 
@@ -876,13 +728,17 @@ impl Response {
     }
 
     /// Decodes the answer to a request of opcode `op`.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one arm per answer shape, each its fields in order"
+    )]
     pub fn from_frame(op: Op, frame: &Frame) -> Result<Response, ProtocolError> {
         let f = Fields::parse(&frame.body)?;
         if frame.opcode == OP_ERROR {
             f.only(&[Tag::ErrorCode, Tag::Message])?;
             let code = f.u16(Tag::ErrorCode)?;
             return Ok(Response::Error {
-                code: ErrorCode::from_u16(code)
+                code: ErrorCode::from_value(code)
                     .ok_or(ProtocolError::BadField(Tag::ErrorCode as u8))?,
                 message: f.opt_str(Tag::Message)?.unwrap_or_default().to_owned(),
             });

@@ -1,21 +1,26 @@
 //! The vault wire protocol (docs/PROTOCOL.md): frames, typed fields,
-//! requests and responses, and a tokio-util codec.
+//! requests and responses.
 //!
 //! Three layers, each pure and separately tested: [`frame`] (header and
 //! body length), [`fields`] (tag-length-value fields in a body) and
 //! [`message`] (what each opcode carries).
 
-pub mod codec;
 pub mod fields;
 pub mod frame;
 pub mod message;
 pub mod scheme;
+mod wire_enum;
 
-pub use codec::FrameCodec;
 pub use frame::{Frame, HEADER_LEN, MAX_BODY, VERSION};
 pub use message::{
     ErrorCode, KeyEvent, KeyType, Op, Request, Response, Secret, OP_ERROR, OP_EVENT,
 };
+
+/// Connections one uid may hold at once at the vault, so that no caller
+/// (idle, slow or hostile) can take every slot and starve the others
+/// (docs/PROTOCOL.md, "Limits"). Here, not in the vault, because callers'
+/// configs are checked against it too.
+pub const MAX_CONNECTIONS_PER_UID: usize = 256;
 
 /// Why bytes from a peer are not a valid message. Every variant means the
 /// peer is broken or hostile: the connection is closed.
@@ -64,7 +69,7 @@ pub fn fuzz_decode(data: &[u8]) {
                 .expect("re-encoded event must decode");
             assert_eq!(event, back, "event round trip");
         }
-        if let Some(op) = Op::from_u8(frame.opcode & !message::RESPONSE_BIT) {
+        if let Some(op) = Op::from_value(frame.opcode & !message::RESPONSE_BIT) {
             if let Ok(resp) = Response::from_frame(op, &frame) {
                 let again = resp.to_frame(op, frame.request_id);
                 let back =
@@ -75,5 +80,7 @@ pub fn fuzz_decode(data: &[u8]) {
     }
 }
 
+#[cfg(test)]
+mod golden;
 #[cfg(test)]
 mod tests;

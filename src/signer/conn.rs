@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use crate::protocol::{frame, Frame};
+use crate::sync::Locked;
 
 /// A live connection. Dropping it closes the socket.
 pub struct Conn {
@@ -274,5 +275,5 @@ impl Drop for Conn {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Holders never panic mid-update; a poisoned map of waiters is still usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::conn::{Conn, Sent, WaitError};
 use super::SignerError;
 use crate::protocol::{Frame, Request, Response, MAX_BODY};
+use crate::sync::Locked;
 
 /// Tuning of a [`VaultPool`].
 #[derive(Debug, Clone)]
@@ -98,11 +99,7 @@ impl VaultPool {
         });
         inner.reconnect_dead();
         let weak = Arc::downgrade(&inner);
-        let watch = inner
-            .gone_rx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let watch = inner.gone_rx.locked().take();
         if let Some(watch) = watch {
             let _ = std::thread::Builder::new()
                 .name("vault-supervisor".into())
@@ -237,7 +234,7 @@ impl VaultPool {
 
 impl Slot {
     fn live(&self) -> Option<Arc<Conn>> {
-        let g = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.conn.locked();
         g.as_ref().filter(|c| !c.is_dead()).cloned()
     }
 }
@@ -280,7 +277,7 @@ impl Inner {
 
     /// One reconnect attempt for every dead slot; returns whether all are up.
     fn reconnect_dead(&self) -> bool {
-        let _guard = self.reconnecting.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.reconnecting.locked();
         self.reconnect_dead_locked()
     }
 
@@ -293,7 +290,7 @@ impl Inner {
             let path = &self.opts.sockets[slot.socket];
             match Conn::connect(path).and_then(probe) {
                 Ok(c) => {
-                    *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(c));
+                    *slot.conn.locked() = Some(Arc::new(c));
                 }
                 Err(e) => {
                     all_up = false;

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use super::policy::Caller;
 use crate::fsutil;
+use crate::sync::Locked;
 
 pub const LOG_FILE: &str = "audit.log";
 pub const HEAD_FILE: &str = "audit.head";
@@ -124,7 +125,7 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // Holders never panic mid-update; the queue stays usable.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        self.queue.locked()
     }
 }
 
@@ -156,7 +157,7 @@ struct Health {
 
 impl Health {
     fn set(&self, error: Option<String>) {
-        let mut e = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        let mut e = self.error.locked();
         self.failing.store(error.is_some(), Ordering::SeqCst);
         *e = error.unwrap_or_default();
         metrics::gauge!("vaultgate_vault_audit_failing").set(if self.failing() {
@@ -267,7 +268,7 @@ impl Audit {
         if !self.health.failing() {
             return None;
         }
-        let e = self.health.error.lock().unwrap_or_else(|e| e.into_inner());
+        let e = self.health.error.locked();
         self.health.failing().then(|| e.clone())
     }
 
@@ -311,6 +312,10 @@ struct Writer {
 }
 
 impl Writer {
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the writer loop: batch, write, fsync, answer, in one place for its invariants"
+    )]
     fn run(mut self, shared: &Shared) {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut waiters = Vec::new();

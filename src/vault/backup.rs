@@ -20,6 +20,7 @@ use super::keys::{self, Material};
 use super::master;
 use super::record::{Key, KeyRecord, KeyState, Origin, VersionRecord};
 use crate::protocol::KeyType;
+use crate::sync::Locked;
 
 const AAD: &[u8] = b"vaultgate backup v1";
 
@@ -96,7 +97,7 @@ impl KeyCache {
         id_input.extend_from_slice(passphrase);
         let mut id = [0u8; 32];
         id.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &id_input).as_ref());
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last.locked();
         if let Some((cached, key)) = last.as_ref() {
             if *cached == id {
                 return Ok(key.clone());

@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use super::master::Subkeys;
 use super::record::{Key, RecordError};
 use crate::fsutil;
+use crate::sync::RwLocked;
 
 pub enum Slot {
     Ready(Arc<Key>),
@@ -82,7 +83,7 @@ impl Keystore {
 
     /// The key named `name`: `None` if absent, `Err` if its record is corrupt.
     pub fn get(&self, name: &str) -> Option<Result<Arc<Key>, RecordError>> {
-        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        let slots = self.slots.read_locked();
         slots.get(name).map(|s| match s {
             Slot::Ready(k) => Ok(k.clone()),
             Slot::Corrupt(e) => Err(e.clone()),
@@ -91,7 +92,7 @@ impl Keystore {
 
     /// Every name with its key or its error, sorted by name.
     pub fn list(&self) -> Vec<(String, Result<Arc<Key>, RecordError>)> {
-        let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+        let slots = self.slots.read_locked();
         let mut out: Vec<_> = slots
             .iter()
             .map(|(n, s)| {
@@ -110,13 +111,13 @@ impl Keystore {
     /// nothing changes, on disk or in memory. Callers serialise writes.
     pub fn put(&self, mut key: Key) -> Result<Arc<Key>, StoreError> {
         let path = self.path(key.name());
-        let bytes = key.to_bytes(&self.subkeys);
+        let bytes = key.seal_to_bytes(&self.subkeys);
         fsutil::write_atomic(&path, &bytes, 0o600).map_err(|source| StoreError::Io {
             path: path.clone(),
             source,
         })?;
         let key = Arc::new(key);
-        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        let mut slots = self.slots.write_locked();
         slots.insert(key.name().to_owned(), Slot::Ready(key.clone()));
         Ok(key)
     }
@@ -129,7 +130,7 @@ impl Keystore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(StoreError::Io { path, source }),
         }
-        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        let mut slots = self.slots.write_locked();
         slots.remove(name);
         Ok(())
     }

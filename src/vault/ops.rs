@@ -16,6 +16,7 @@ use super::policy::{Caller, Policy};
 use super::record::{Key, KeyState, Origin, RecordError};
 use crate::config::vault::{is_name_char, VaultSettings};
 use crate::protocol::{ErrorCode, KeyEvent, KeyType, Op, Request, Response};
+use crate::sync::Locked;
 
 /// Largest plaintext `encrypt` takes (KMS takes 4 KiB; we allow 64 KiB).
 pub const MAX_PLAINTEXT: usize = 64 * 1024;
@@ -669,7 +670,7 @@ impl Vault {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+        self.write_lock.locked()
     }
 
     fn create(

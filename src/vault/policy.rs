@@ -81,7 +81,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::vault::{ADMIN_OPS, USE_OPS};
+    use crate::config::vault::{admin_ops, use_ops};
 
     fn caller(uid: u32, gid: u32) -> Caller {
         Caller {
@@ -98,12 +98,12 @@ mod tests {
                 Grant {
                     principal: Principal::Uid(33),
                     keys: vec!["web*".into()],
-                    ops: USE_OPS.to_vec(),
+                    ops: use_ops(),
                 },
                 Grant {
                     principal: Principal::Gid(50),
                     keys: vec!["*".into()],
-                    ops: ADMIN_OPS.to_vec(),
+                    ops: admin_ops(),
                 },
             ],
             0,
@@ -127,7 +127,7 @@ mod tests {
         let owner = Grant {
             principal: Principal::Owner,
             keys: vec!["*".into()],
-            ops: USE_OPS.to_vec(),
+            ops: use_ops(),
         };
         let p = Policy::new(&[owner], 65534);
         assert!(p.allows(&caller(65534, 1), Op::Sign, Some("x")));

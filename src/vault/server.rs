@@ -28,14 +28,13 @@ use super::policy::Caller;
 use super::VaultError;
 use crate::config::user::RunAs;
 use crate::protocol::{frame, ErrorCode, Frame, KeyEvent, Request, Response};
+use crate::sync::Locked;
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 1024;
 /// Slow operations one connection may have running.
 const MAX_SLOW_PER_CONNECTION: usize = 8;
-/// Connections one uid may hold at once, so that no caller (idle, slow or
-/// hostile) can take every slot and starve the others.
-pub const MAX_CONNECTIONS_PER_UID: usize = 256;
+pub use crate::protocol::MAX_CONNECTIONS_PER_UID;
 
 /// At most one log line a second for something a caller can repeat at
 /// will (each occurrence is audited and counted anyway): a flood of bad
@@ -83,7 +82,7 @@ struct PerUid(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
 impl PerUid {
     /// Counts a connection for `uid`, unless it already holds the most.
     fn enter(self: &Arc<Self>, uid: u32) -> Option<UidSlot> {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.0.locked();
         let n = m.entry(uid).or_default();
         if *n >= MAX_CONNECTIONS_PER_UID {
             return None;
@@ -104,7 +103,7 @@ struct UidSlot {
 
 impl Drop for UidSlot {
     fn drop(&mut self) {
-        let mut m = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.counts.0.locked();
         if let Some(n) = m.get_mut(&self.uid) {
             *n -= 1;
             if *n == 0 {
@@ -316,6 +315,10 @@ impl Workers {
 /// extra `epoll_wait` and context switch per signature. Writes go straight
 /// to the non-blocking socket; only one that finds the buffer full
 /// registers (a duplicate of) the socket for writability, for that wait.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the connection loop and its select arms; to be split with the scheduling work"
+)]
 async fn serve_connection(
     stream: std::os::unix::net::UnixStream,
     caller: Caller,

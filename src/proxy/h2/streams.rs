@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::coalesce::Turns;
+use crate::sync::Locked;
 
 type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -36,7 +37,7 @@ where
 
 impl Streams {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Stream>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.locked()
     }
 }
 

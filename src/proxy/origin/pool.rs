@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::OriginError;
+use crate::sync::Locked;
 
 /// How long an idle connection is kept (hyper-util's default was the
 /// same; nginx keeps them until `keepalive_timeout`, 60 s).
@@ -24,9 +25,10 @@ pub struct OriginConn {
     pub buf: BytesMut,
 }
 
-/// The idle connections to one backend, and how to make a new one.
+/// The connection pool of one backend: its idle keep-alive connections,
+/// and how to make a new one.
 #[derive(Debug)]
-pub struct Idle {
+pub struct Pool {
     addr: SocketAddr,
     connect_timeout: Duration,
     /// Written first on every new connection (a PROXY protocol header).
@@ -36,14 +38,14 @@ pub struct Idle {
     parked: Mutex<Vec<(OriginConn, Instant)>>,
 }
 
-impl Idle {
+impl Pool {
     pub fn new(
         addr: SocketAddr,
         connect_timeout: Duration,
         preface: Option<Vec<u8>>,
         max: usize,
-    ) -> Idle {
-        Idle {
+    ) -> Pool {
+        Pool {
             addr,
             connect_timeout,
             preface: preface.map(Vec::into_boxed_slice),
@@ -58,7 +60,7 @@ impl Idle {
 
     /// The newest idle connection that is still open.
     pub fn take(&self) -> Option<OriginConn> {
-        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parked = self.parked.locked();
         while let Some((conn, since)) = parked.pop() {
             if since.elapsed() < IDLE_TIMEOUT && still_open(&conn.tcp) {
                 return Some(conn);
@@ -69,7 +71,7 @@ impl Idle {
 
     /// Parks a connection whose last answer was read whole.
     pub fn put(&self, conn: OriginConn) {
-        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parked = self.parked.locked();
         if parked.len() >= self.max {
             // The oldest goes: the newest are the likeliest to be reused.
             parked.remove(0);
@@ -80,13 +82,13 @@ impl Idle {
     /// Closes idle connections that expired or that the backend closed,
     /// so that a quiet proxy does not hold them open.
     pub fn prune(&self) {
-        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parked = self.parked.locked();
         parked.retain(|(conn, since)| since.elapsed() < IDLE_TIMEOUT && still_open(&conn.tcp));
     }
 
     #[cfg(test)]
     fn idle_count(&self) -> usize {
-        self.parked.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.parked.locked().len()
     }
 
     /// A new connection, its preface written.
@@ -121,7 +123,7 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    async fn pair(listener: &TcpListener, idle: &Idle) -> (OriginConn, TcpStream) {
+    async fn pair(listener: &TcpListener, idle: &Pool) -> (OriginConn, TcpStream) {
         let (conn, accepted) = tokio::join!(idle.connect(), listener.accept());
         (conn.expect("connect"), accepted.expect("accept").0)
     }
@@ -129,7 +131,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_backend_closed_is_not_reused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let idle = Idle::new(
+        let idle = Pool::new(
             listener.local_addr().unwrap(),
             Duration::from_secs(1),
             None,
@@ -157,7 +159,7 @@ mod tests {
     #[tokio::test]
     async fn the_oldest_goes_when_full_and_prune_drops_closed_ones() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let idle = Idle::new(
+        let idle = Pool::new(
             listener.local_addr().unwrap(),
             Duration::from_secs(1),
             None,
@@ -181,7 +183,7 @@ mod tests {
     async fn a_preface_is_written_first() {
         use tokio::io::AsyncReadExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let idle = Idle::new(
+        let idle = Pool::new(
             listener.local_addr().unwrap(),
             Duration::from_secs(1),
             Some(b"PREFACE".to_vec()),
@@ -198,7 +200,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let idle = Idle::new(addr, Duration::from_secs(1), None, 1);
+        let idle = Pool::new(addr, Duration::from_secs(1), None, 1);
         let e = idle.connect().await.expect_err("refused");
         assert!(e.is_connect(), "{e}");
     }
