@@ -183,4 +183,3 @@ fn check_reads_what_the_proxy_reads_as_the_user_it_runs_as() {
     let (ok, text) = check(&p);
     assert!(ok, "{text}");
 }
-
