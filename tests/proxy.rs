@@ -33,6 +33,8 @@ mod origin;
 mod privdrop;
 #[path = "proxy/reload.rs"]
 mod reload;
+#[path = "proxy/routes.rs"]
+mod routes;
 #[path = "proxy/run.rs"]
 mod run;
 #[path = "proxy/scanners.rs"]

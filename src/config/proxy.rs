@@ -125,6 +125,14 @@ pub struct ProxyFile {
     pub hsts: Option<Spanned<String>>,
     /// Fields set on, and removed from, every answer to clients.
     pub response_headers: Option<ResponseHeadersFile>,
+    /// Resolve dot segments and decode escaped unreserved characters in
+    /// request paths before routing, and forward the result; refuse
+    /// escapes backends read differently.
+    pub normalize_path: Option<bool>,
+    /// Runs of slashes in request paths are one slash.
+    pub merge_slashes: Option<bool>,
+    /// Protocols a request may switch to (`Upgrade`); never "h2c".
+    pub upgrade_protocols: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub cert: Vec<CertFile>,
     #[serde(default)]
@@ -437,6 +445,25 @@ impl ResponseHeaders {
     }
 }
 
+/// How request paths are put in one form before routes match them
+/// (`normalize_path`, `merge_slashes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathRules {
+    /// RFC 3986 dot segments resolved, unreserved escapes decoded, and
+    /// ambiguous escapes refused.
+    pub normalize: bool,
+    pub merge_slashes: bool,
+}
+
+impl Default for PathRules {
+    fn default() -> Self {
+        PathRules {
+            normalize: true,
+            merge_slashes: true,
+        }
+    }
+}
+
 /// Which proxy headers are added to requests sent to backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardedHeaders {
@@ -483,6 +510,9 @@ pub struct ProxySettings {
     /// Plain-HTTP listeners that redirect to HTTPS.
     pub redirect_listen: Vec<SocketAddr>,
     pub response_headers: ResponseHeaders,
+    pub path_rules: PathRules,
+    /// Lower-case protocol names a request may upgrade to.
+    pub upgrade_protocols: Vec<String>,
     pub certs: Vec<CertSpec>,
     pub routes: Vec<RouteSpec>,
     pub upstreams: BTreeMap<String, UpstreamSpec>,
@@ -538,6 +568,8 @@ impl Default for ProxySettings {
             forwarded: ForwardedHeaders::default(),
             redirect_listen: Vec::new(),
             response_headers: ResponseHeaders::default(),
+            path_rules: PathRules::default(),
+            upgrade_protocols: vec!["websocket".to_owned()],
             certs: Vec::new(),
             routes: Vec::new(),
             upstreams: BTreeMap::new(),
@@ -588,7 +620,13 @@ impl ProxySettings {
         let response_headers = response_headers(&src, p)?;
         let certs = certs(loaded, &src, p)?;
         let default_server_name = default_server_name(&src, p, &certs)?;
-        let (upstreams, routes) = upstreams_and_routes(&src, p)?;
+        let path_rules = PathRules {
+            normalize: p.normalize_path.unwrap_or(d.path_rules.normalize),
+            merge_slashes: p.merge_slashes.unwrap_or(d.path_rules.merge_slashes),
+        };
+        let upgrade_protocols =
+            upgrade_protocols(&src, &p.upgrade_protocols)?.unwrap_or(d.upgrade_protocols);
+        let (upstreams, routes) = upstreams_and_routes(&src, p, path_rules)?;
         Ok(ProxySettings {
             listen,
             workers,
@@ -618,6 +656,8 @@ impl ProxySettings {
             forwarded,
             redirect_listen,
             response_headers,
+            path_rules,
+            upgrade_protocols,
             certs,
             routes,
             upstreams,
@@ -760,6 +800,7 @@ fn default_server_name(
 fn upstreams_and_routes(
     src: &Source,
     p: &ProxyFile,
+    rules: PathRules,
 ) -> Result<(BTreeMap<String, UpstreamSpec>, Vec<RouteSpec>), ConfigError> {
     let mut upstreams = BTreeMap::new();
     for (name, u) in &p.upstream {
@@ -773,12 +814,16 @@ fn upstreams_and_routes(
         };
         let path_prefix = match &r.path {
             None => "/".to_owned(),
-            Some(path) if path.get_ref().starts_with('/') => path.get_ref().clone(),
-            Some(path) => {
+            Some(path) if !path.get_ref().starts_with('/') => {
                 return Err(src.error(
                     path.span(),
                     format!("route path {:?} must start with '/'", path.get_ref()),
                 ))
+            }
+            Some(path) => {
+                route_prefix_can_match(path.get_ref(), rules)
+                    .map_err(|e| src.error(path.span(), e))?;
+                path.get_ref().clone()
             }
         };
         if !upstreams.contains_key(r.upstream.get_ref()) {
@@ -801,6 +846,55 @@ fn upstreams_and_routes(
         return Err(src.file_error("[proxy] needs at least one [[proxy.route]]"));
     }
     Ok((upstreams, routes))
+}
+
+/// A prefix with a dot segment, or a doubled slash, could never match a
+/// request path once it is normalised.
+fn route_prefix_can_match(prefix: &str, rules: PathRules) -> Result<(), String> {
+    let dotted = prefix.split('/').any(|s| s == "." || s == "..");
+    if rules.normalize && dotted {
+        return Err(format!(
+            "route path {prefix:?} can never match: request paths have their dot segments resolved before routing (normalize_path)"
+        ));
+    }
+    if rules.merge_slashes && prefix.contains("//") {
+        return Err(format!(
+            "route path {prefix:?} can never match: request paths have their slashes merged before routing (merge_slashes)"
+        ));
+    }
+    Ok(())
+}
+
+/// `upgrade_protocols`: token names, lower-cased. `h2c` is refused: after
+/// its `101` the client holds an HTTP/2 connection to the backend that no
+/// route, host check or access log sees.
+fn upgrade_protocols(
+    src: &Source,
+    v: &Option<Spanned<Vec<String>>>,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(list) = v else { return Ok(None) };
+    let mut out = Vec::new();
+    for name in list.get_ref() {
+        let lower = name.to_ascii_lowercase();
+        let token = !lower.is_empty()
+            && lower
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(src.error(
+                list.span(),
+                format!("invalid upgrade protocol {name:?} (a token, e.g. \"websocket\")"),
+            ));
+        }
+        if lower == "h2c" {
+            return Err(src.error(
+                list.span(),
+                "upgrade protocol \"h2c\" is never forwarded: the client would get an HTTP/2 connection to the backend past the routes (use an upstream with h2c = true)",
+            ));
+        }
+        out.push(lower);
+    }
+    Ok(Some(out))
 }
 
 fn listen_addrs(src: &Source, v: &Spanned<OneOrMany>) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -1153,6 +1247,33 @@ balance = "hash:header:X-User"
         );
         let e = settings("[proxy]\nlisten = 1\n").unwrap_err().to_string();
         assert!(e.starts_with("/etc/vg/p.toml:2:10:"), "{e}");
+    }
+
+    #[test]
+    fn h2c_is_never_an_upgrade_protocol_and_prefixes_must_be_reachable() {
+        let s = settings(MINIMAL).unwrap();
+        assert_eq!(s.upgrade_protocols, ["websocket"]);
+        assert_eq!(s.path_rules, PathRules::default());
+        let h2c = MINIMAL.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nupgrade_protocols = [\"WebSocket\", \"H2C\"]",
+        );
+        let e = settings(&h2c).unwrap_err().to_string();
+        assert!(
+            e.contains("p.toml:4:") && e.contains("\"h2c\" is never"),
+            "{e}"
+        );
+        let dots = MINIMAL.replace(
+            "upstream = \"web\"",
+            "path = \"/a/../b\"\nupstream = \"web\"",
+        );
+        let e = settings(&dots).unwrap_err().to_string();
+        assert!(e.contains("can never match"), "{e}");
+        let off = dots.replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nnormalize_path = false",
+        );
+        assert!(!settings(&off).unwrap().path_rules.normalize);
     }
 
     #[test]

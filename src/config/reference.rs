@@ -112,6 +112,9 @@ fn the_proxy_tables_match_the_code() {
             ("ticket_rotation", dur(d.ticket_rotation)),
             ("access_log", d.access_log.to_string()),
             ("cert_expiry_warning", dur(d.cert_expiry_warning)),
+            ("normalize_path", d.path_rules.normalize.to_string()),
+            ("merge_slashes", d.path_rules.merge_slashes.to_string()),
+            ("upgrade_protocols", format!("{:?}", d.upgrade_protocols)),
         ],
     );
     check(

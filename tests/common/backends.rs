@@ -130,23 +130,7 @@ http {{
     /// Starts (again) on the same port and files.
     pub fn restart(&mut self) {
         self.stop();
-        let nginx = require_tool("nginx", "nginx");
-        let d = self.dir.path();
-        let mut child = Command::new(nginx)
-            .arg("-p")
-            .arg(d)
-            .arg("-e")
-            .arg(d.join("logs/error.log"))
-            .arg("-c")
-            .arg(d.join("nginx.conf"))
-            .args(["-g", "daemon off; master_process off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nginx");
-        wait_listening("nginx", &mut child, self.addr, &d.join("logs/error.log"));
-        self.child = Some(child);
+        self.child = Some(run_nginx(self.dir.path(), self.addr));
     }
 
     pub fn stop(&mut self) {
@@ -172,6 +156,87 @@ impl Drop for Nginx {
     }
 }
 
+/// Runs nginx on `dir/nginx.conf` in the foreground, once `addr` answers.
+fn run_nginx(d: &Path, addr: SocketAddr) -> Child {
+    let nginx = require_tool("nginx", "nginx");
+    let mut child = Command::new(nginx)
+        .arg("-p")
+        .arg(d)
+        .arg("-e")
+        .arg(d.join("logs/error.log"))
+        .arg("-c")
+        .arg(d.join("nginx.conf"))
+        .args(["-g", "daemon off; master_process off;"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nginx");
+    wait_listening("nginx", &mut child, addr, &d.join("logs/error.log"));
+    child
+}
+
+/// nginx as a reverse proxy, for comparing with vaultgate in front of the
+/// same backend: one `location PREFIX { proxy_pass http://BACKEND; }` and
+/// nothing else (any other path is a 404 from its empty root), on a
+/// plain HTTP/1.1 port and an h2c (prior knowledge) port.
+pub struct NginxProxy {
+    pub addr: SocketAddr,
+    pub h2c_addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl NginxProxy {
+    pub fn start(prefix: &str, backend: SocketAddr) -> NginxProxy {
+        let dir = temp_dir("vg-nginx-proxy-");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let h2c_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        for sub in ["www", "tmp", "logs"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+        }
+        let d = dir.path().display();
+        let user = if is_root() { "user root;" } else { "" };
+        let conf = format!(
+            r#"{user}
+worker_processes 1;
+error_log {d}/logs/error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  server {{
+    listen {addr};
+    listen {h2c_addr} http2;
+    root {d}/www;
+    location {prefix} {{ proxy_pass http://{backend}; }}
+  }}
+}}
+"#
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).expect("write nginx.conf");
+        let child = run_nginx(dir.path(), addr);
+        NginxProxy {
+            addr,
+            h2c_addr,
+            _dir: dir,
+            child,
+        }
+    }
+}
+
+impl Drop for NginxProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A real Apache (prefork, `-X`) serving `www/` and two CGI scripts:
 /// `/cgi/echo` (answers with the request body) and `/cgi/headers`.
 pub struct Apache {
@@ -182,6 +247,12 @@ pub struct Apache {
 
 impl Apache {
     pub fn start() -> Apache {
+        Apache::start_with(false)
+    }
+
+    /// With `h2c`, the event MPM and mod_http2 with `Protocols h2c
+    /// http/1.1`: the backend accepts an HTTP/1.1 `Upgrade: h2c`.
+    pub fn start_with(h2c: bool) -> Apache {
         let httpd = require_tool("apache2", "apache2");
         let dir = temp_dir("vg-apache-");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -213,6 +284,12 @@ impl Apache {
         } else {
             ""
         };
+        // mod_http2 does nothing under prefork.
+        let mpm = if h2c {
+            format!("LoadModule mpm_event_module {m}/mod_mpm_event.so\nLoadModule http2_module {m}/mod_http2.so\nProtocols h2c http/1.1")
+        } else {
+            format!("LoadModule mpm_prefork_module {m}/mod_mpm_prefork.so")
+        };
         let conf = format!(
             r#"ServerRoot "{d}"
 ServerName localhost
@@ -221,7 +298,7 @@ PidFile {d}/run/httpd.pid
 DefaultRuntimeDir {d}/run
 ErrorLog {d}/logs/error.log
 LogLevel warn
-LoadModule mpm_prefork_module {m}/mod_mpm_prefork.so
+{mpm}
 LoadModule authz_core_module {m}/mod_authz_core.so
 LoadModule alias_module {m}/mod_alias.so
 LoadModule cgi_module {m}/mod_cgi.so

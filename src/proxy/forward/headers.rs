@@ -14,12 +14,17 @@ use crate::config::proxy::ForwardedHeaders;
 // every time, on every request.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Connection-specific by definition (RFC 7540 §3.2.1), whether or not
+/// `Connection` names it: it only means something with an h2c upgrade,
+/// which never passes.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
+    HTTP2_SETTINGS,
     KEEP_ALIVE,
     PROXY_CONNECTION,
     PROXY_AUTHENTICATE,
@@ -48,7 +53,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// once and removes only what is there: removing every hop-by-hop name
 /// unconditionally hashed nine names per call.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Which of HOP_BY_HOP (bits 0..8) and Upgrade (bit 8) are present.
+    // Which of HOP_BY_HOP (bits 0..9) and Upgrade (bit 9) are present.
     let mut present = 0u16;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {

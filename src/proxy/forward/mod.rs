@@ -13,12 +13,17 @@
 //! - [`body`]: the answer's body types: counted, logged when it ends.
 //! - [`headers`]: hop-by-hop fields, forwarding fields, host checks.
 //! - [`health`]: active health checks.
+//! - [`path`]: the one form of a request path that routes match and
+//!   backends receive.
+//! - [`upgrade`]: which protocol upgrades pass (WebSocket, never h2c).
 //! - [`upstream`]: upstreams, their backends, balancing, ejection.
 
 pub mod access;
 pub mod body;
 pub mod headers;
 pub mod health;
+pub mod path;
+pub mod upgrade;
 pub mod upstream;
 
 use std::borrow::Cow;
@@ -37,7 +42,7 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::config::proxy::{
-    Balance, ForwardedHeaders, HostPattern, ProxySettings, ResponseHeaders, RouteSpec,
+    Balance, ForwardedHeaders, HostPattern, PathRules, ProxySettings, ResponseHeaders, RouteSpec,
 };
 use crate::proxy::body::{BoxError, UpBody};
 use crate::proxy::origin::h2c::H2cError;
@@ -77,6 +82,8 @@ pub struct Forwarder {
     access_log: bool,
     /// Set on and removed from every answer, the proxy's own included.
     response_headers: ResponseHeaders,
+    path_rules: PathRules,
+    upgrade_protocols: Vec<String>,
 }
 
 impl Forwarder {
@@ -92,6 +99,8 @@ impl Forwarder {
             forwarded: settings.forwarded,
             access_log: settings.access_log,
             response_headers: settings.response_headers.clone(),
+            path_rules: settings.path_rules,
+            upgrade_protocols: settings.upgrade_protocols.clone(),
         }
     }
 
@@ -164,8 +173,11 @@ impl Refusal {
 /// many backends are tried.
 struct Prepared {
     up: Arc<Upstream>,
-    /// A protocol upgrade (WebSocket) was asked for.
-    upgrade: bool,
+    /// The path the route matched, and the query: what the backend gets.
+    target: PathAndQuery,
+    /// The protocols offered to the backend (`Upgrade`), when the client
+    /// asked to switch to one that may pass.
+    upgrade: Option<HeaderValue>,
     /// The client side of an upgrade, when hyper read the request.
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     method: hyper::Method,
@@ -220,7 +232,10 @@ where
         Ok(p) => p,
         Err(refusal) => return Ok(edited(fail(record, refusal), &fwd)),
     };
-    let resp = match try_backends(&mut prepared, &conn, &mut record).await {
+    let answered = try_backends(&mut prepared, &conn, &mut record)
+        .await
+        .and_then(|(resp, backend)| check_switch(&resp, &prepared).map(|()| (resp, backend)));
+    let resp = match answered {
         Ok((resp, backend)) => finish(resp, prepared, record, backend),
         Err(refusal) => fail(record, refusal),
     };
@@ -283,14 +298,12 @@ where
         close: true,
         ..Refusal::new(StatusCode::BAD_REQUEST, why)
     })?;
-    let up = fwd
-        .route(&headers::host_for_routing(&record.host), req.uri().path())
-        .cloned()
-        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route for this host and path"))?;
-    record.upstream = Some(up.clone());
-
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-    let client_upgrade = (upgrade
+    let (up, target) = route(fwd, record)?;
+    let upgrade =
+        (req.version() == Version::HTTP_11 && !up.spec.h2c && headers::is_upgrade(req.headers()))
+            .then(|| upgrade::permitted(req.headers(), &fwd.upgrade_protocols))
+            .flatten();
+    let client_upgrade = (upgrade.is_some()
         && req
             .extensions()
             .get::<hyper::upgrade::OnUpgrade>()
@@ -298,7 +311,10 @@ where
     .then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut hdrs = parts.headers;
-    headers::strip_hop_by_hop(&mut hdrs, upgrade);
+    headers::strip_hop_by_hop(&mut hdrs, upgrade.is_some());
+    if let Some(offered) = &upgrade {
+        hdrs.insert(hyper::header::UPGRADE, offered.clone());
+    }
     headers::add_forwarded(
         &mut hdrs,
         fwd.forwarded,
@@ -329,14 +345,15 @@ where
     } else {
         Sending::Http1(Outgoing::new(
             &parts.method,
-            record.path.as_str(),
+            target.as_str(),
             &hdrs,
             body,
-            upgrade,
+            upgrade.is_some(),
         ))
     };
     Ok(Prepared {
         up,
+        target,
         upgrade,
         client_upgrade,
         method: parts.method,
@@ -344,6 +361,23 @@ where
         hash_value,
         send,
     })
+}
+
+/// The request's path in normal form (400 when it cannot be put in one),
+/// and the upstream of the route that matches it (404 when none does).
+fn route(
+    fwd: &Forwarder,
+    record: &mut AccessRecord,
+) -> Result<(Arc<Upstream>, PathAndQuery), Refusal> {
+    let target = path::normalize(&record.path, fwd.path_rules)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?
+        .into_owned();
+    let up = fwd
+        .route(&headers::host_for_routing(&record.host), target.path())
+        .cloned()
+        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route for this host and path"))?;
+    record.upstream = Some(up.clone());
+    Ok((up, target))
 }
 
 /// Picks a backend and sends the request to it; a backend that refuses
@@ -415,7 +449,7 @@ async fn send_once(
                 &p.method,
                 &p.headers,
                 body.take().unwrap_or_else(empty_up),
-                record,
+                (record, &p.target),
                 backend,
             )?;
             // Boxed: the h2c path is rare, and its future is large.
@@ -437,7 +471,7 @@ fn h2c_request(
     method: &hyper::Method,
     hdrs: &HeaderMap,
     body: UpBody,
-    record: &AccessRecord,
+    (record, target): (&AccessRecord, &PathAndQuery),
     backend: &Backend,
 ) -> Result<Request<UpBody>, Refusal> {
     let authority = if record.host.is_empty() {
@@ -448,7 +482,7 @@ fn h2c_request(
     let uri = Uri::builder()
         .scheme("http")
         .authority(authority)
-        .path_and_query(record.path.clone())
+        .path_and_query(target.clone())
         .build()
         .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "invalid request target"))?;
     let mut out = Request::new(body);
@@ -502,6 +536,26 @@ fn classify(result: SendResult, up: &Upstream, i: usize, record: &AccessRecord) 
     }
 }
 
+/// A `101` must switch to a protocol that was offered: a backend that
+/// switches to anything else (h2c to a request that asked for it, whose
+/// `Upgrade` the proxy dropped) would hand the client a connection past
+/// the routes. Its connection is closed and the client gets a 502.
+fn check_switch(resp: &Response<Answer>, p: &Prepared) -> Result<(), Refusal> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(());
+    }
+    match &p.upgrade {
+        Some(offered) if upgrade::answer_matches(resp.headers(), offered) => Ok(()),
+        _ => Err(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "backend switched protocols to {:?}, which was not offered",
+                resp.headers().get(hyper::header::UPGRADE)
+            ),
+        )),
+    }
+}
+
 /// The backend's answer on its way to the client: counted against the
 /// backend, an upgrade spliced when hyper holds the client side, and its
 /// hop-by-hop fields removed.
@@ -536,7 +590,7 @@ fn finish(
         }
     }
     let (mut rparts, rbody) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut rparts.headers, switching && p.upgrade);
+    headers::strip_hop_by_hop(&mut rparts.headers, switching && p.upgrade.is_some());
     record.status = rparts.status.as_u16();
     Response::from_parts(rparts, Logged::new(rbody, record))
 }
