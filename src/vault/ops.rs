@@ -18,6 +18,9 @@ use crate::config::vault::{is_name_char, VaultSettings};
 use crate::protocol::{ErrorCode, KeyEvent, KeyType, Op, Request, Response};
 use crate::sync::Locked;
 
+/// `Material::sign` or `Material::sign_digest`.
+type SignWith = fn(&Material, u16, &[u8]) -> Result<Vec<u8>, KeyError>;
+
 /// Largest plaintext `encrypt` takes (KMS takes 4 KiB; we allow 64 KiB).
 pub const MAX_PLAINTEXT: usize = 64 * 1024;
 /// Largest data key `generate-data-key` makes.
@@ -45,8 +48,9 @@ impl From<KeyError> for OpError {
         let code = match e {
             KeyError::SchemeMismatch { .. }
             | KeyError::NotSigning(_)
+            | KeyError::NoDigestSigning(_)
             | KeyError::NotSymmetric(_) => ErrorCode::Unsupported,
-            KeyError::Import(_) => ErrorCode::InvalidInput,
+            KeyError::Import(_) | KeyError::DigestLength { .. } => ErrorCode::InvalidInput,
             KeyError::Open => ErrorCode::InvalidCiphertext,
             KeyError::Generate(_) | KeyError::Material(_) | KeyError::Sign => ErrorCode::Internal,
         };
@@ -371,7 +375,13 @@ impl Vault {
                 version,
                 scheme,
                 message,
-            } => plain(self.sign(key, *version, *scheme, message)),
+            } => plain(self.sign(key, *version, *scheme, message, Material::sign)),
+            Request::SignDigest {
+                key,
+                version,
+                scheme,
+                digest,
+            } => plain(self.sign(key, *version, *scheme, digest, Material::sign_digest)),
             Request::Verify {
                 key,
                 version,
@@ -501,12 +511,15 @@ impl Vault {
         })
     }
 
+    /// `sign` and `sign-digest`: the same key, state, version and grace
+    /// checks, then `how` signs the message or the digest.
     fn sign(
         &self,
         name: &str,
         version: Option<u32>,
         scheme: u16,
-        message: &[u8],
+        input: &[u8],
+        how: SignWith,
     ) -> Result<Done, OpError> {
         let key = self.usable(name)?;
         let (v, m) = Self::version(&key, version)?;
@@ -524,7 +537,7 @@ impl Vault {
                 ));
             }
         }
-        let signature = m.sign(scheme, message)?;
+        let signature = how(m, scheme, input)?;
         Ok(Done::new(Response::Signature {
             version: v,
             signature,
