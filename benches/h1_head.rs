@@ -5,11 +5,16 @@
 //!
 //! Run: `cargo bench --bench h1_head`.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test or bench scenario reads top to bottom"
+)]
+
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vaultgate::proxy::h1::framing::{Decoded, Decoder};
-use vaultgate::proxy::h1::head::{self, Framing};
-use vaultgate::proxy::origin::{response, Outgoing};
+use vaultgate::internals::head;
+use vaultgate::internals::{response, Outgoing};
+use vaultgate::internals::{Decoded, Decoder, Framing};
 
 const WRK: &str = "GET /1k HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n\r\n";
 const BROWSER: &str = "GET /static/app.js?v=3 HTTP/1.1\r\nHost: www.example.test\r\n\

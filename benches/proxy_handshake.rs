@@ -5,6 +5,11 @@
 //!
 //! `cargo bench --bench proxy_handshake`
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test or bench scenario reads top to bottom"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +90,7 @@ fn handshake_server_cpu(
 
 /// A server with the proxy's crypto provider (its suite order decides).
 fn server_with(cert: CertificateDer<'static>, key: Arc<dyn SigningKey>) -> Arc<ServerConfig> {
-    server_with_provider(cert, key, vaultgate::proxy::tls::provider())
+    server_with_provider(cert, key, vaultgate::internals::provider())
 }
 
 fn server_with_provider(
@@ -113,17 +118,17 @@ fn benches(c: &mut Criterion) {
         plain_wait: Duration::from_micros(100),
     });
     assert!(pool.wait_connected(Duration::from_secs(5)));
-    vaultgate::pki::ensure_key(&pool, "bench", KeyType::EcdsaP256).expect("create key");
+    vaultgate::devca::ensure_key(&pool, "bench", KeyType::EcdsaP256).expect("create key");
     let remote = VaultKey::load(&pool, "bench", None, "-").expect("vault key");
 
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
     let mut ca_params = CertificateParams::default();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = vaultgate::pki::DevCa {
+    let ca = vaultgate::devca::DevCa {
         cert: ca_params.self_signed(&ca_key).expect("ca"),
         key: ca_key,
     };
-    let pem = vaultgate::pki::issue_leaf(
+    let pem = vaultgate::devca::issue_leaf(
         &ca,
         &pool,
         "bench",

@@ -6,6 +6,11 @@
 //!
 //! `cargo bench --bench tls_records`
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test or bench scenario reads top to bottom"
+)]
+
 use std::io::{Read, Write};
 use std::sync::Arc;
 

@@ -3,12 +3,17 @@
 //!
 //! Run: `cargo bench --bench vault_hot`.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test or bench scenario reads top to bottom"
+)]
+
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use vaultgate::internals::Caller;
+use vaultgate::internals::Material;
+use vaultgate::internals::{Audit, Event};
 use vaultgate::protocol::{frame, scheme, Op, Request, Response};
-use vaultgate::vault::audit::{Audit, Event};
-use vaultgate::vault::keys::Material;
-use vaultgate::vault::policy::Caller;
 
 fn protocol(c: &mut Criterion) {
     let req = Request::Sign {

@@ -14,7 +14,6 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
-use crate::protocol::codec::CodecError;
 use crate::protocol::{
     frame, ErrorCode, Frame, KeyEvent, KeyType, Op, ProtocolError, Request, Response, OP_EVENT,
 };
@@ -421,15 +420,6 @@ impl Frames {
 fn lock(p: &Pending) -> std::sync::MutexGuard<'_, HashMap<u32, oneshot::Sender<Frame>>> {
     // A panic while holding this lock leaves only a map of waiters; keep going.
     p.locked()
-}
-
-impl From<CodecError> for ClientError {
-    fn from(e: CodecError) -> Self {
-        match e {
-            CodecError::Io(_) => ClientError::Closed,
-            CodecError::Protocol(p) => ClientError::Protocol(p),
-        }
-    }
 }
 
 /// What [`follow_key_events`] reports to its caller.

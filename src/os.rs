@@ -74,22 +74,31 @@ const MEMLOCK_AFTER_SWITCH: u64 = 256 << 20;
 /// least up to the hard limit. If what is allowed is below
 /// [`MEMLOCK_AFTER_SWITCH`], unlocks the memory (`munlockall`) rather
 /// than have the process fail to map a thread or heap later, and says so.
-pub fn memlock_for_switch() -> Result<(), String> {
+pub fn memlock_for_switch() -> Result<(), MemlockError> {
     use nix::sys::resource::{getrlimit, RLIM_INFINITY};
     if setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_ok() {
         return Ok(());
     }
-    let (_, hard) = getrlimit(Resource::RLIMIT_MEMLOCK).map_err(|e| e.to_string())?;
+    let (_, hard) = getrlimit(Resource::RLIMIT_MEMLOCK).map_err(MemlockError::Os)?;
     let _ = setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard);
     if hard == RLIM_INFINITY || hard >= MEMLOCK_AFTER_SWITCH {
         return Ok(());
     }
-    nix::sys::mman::munlockall().map_err(|e| e.to_string())?;
-    Err(format!(
-        "RLIMIT_MEMLOCK is {hard} bytes and cannot be raised (no CAP_SYS_RESOURCE), \
+    nix::sys::mman::munlockall().map_err(MemlockError::Os)?;
+    Err(MemlockError::TooLow(hard))
+}
+
+/// Why memory stays unlocked after a switch away from root.
+#[derive(Debug, thiserror::Error)]
+pub enum MemlockError {
+    #[error("RLIMIT_MEMLOCK: {0}")]
+    Os(nix::Error),
+    #[error(
+        "RLIMIT_MEMLOCK is {0} bytes and cannot be raised (no CAP_SYS_RESOURCE), \
          too little for locked memory after the switch: memory is left unlocked and \
          key material may be swapped to disk. Raise it (LimitMEMLOCK=infinity in systemd)"
-    ))
+    )]
+    TooLow(u64),
 }
 
 /// Fails unless [`become_user`] can work: running as root, or as `user`
@@ -195,6 +204,10 @@ pub fn log_switch(
 
 /// Makes a child started with `cmd` receive SIGTERM when this process dies
 /// (PR_SET_PDEATHSIG) and live in its own process group.
+#[allow(
+    unsafe_code,
+    reason = "pre_exec: the documented OS call between fork and exec"
+)]
 pub fn die_with_parent_in_own_group(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the child between fork and exec, where
@@ -231,6 +244,10 @@ pub async fn shutdown_signal() {
 /// `interest` only (tokio's own `UnixStream` always asks for both, and
 /// every read by the peer then wakes the reactor for writability).
 /// Must be called on a runtime.
+#[allow(
+    unsafe_code,
+    reason = "AsyncFd registration of a descriptor the stream owns"
+)]
 pub fn register_unix_stream(
     stream: std::os::unix::net::UnixStream,
     interest: tokio::io::Interest,

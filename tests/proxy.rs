@@ -2,6 +2,11 @@
 //! and proxy processes, real nginx and Apache backends, curl and rustls
 //! clients.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test or bench scenario reads top to bottom"
+)]
+
 mod common;
 
 #[path = "proxy/check.rs"]

@@ -1,6 +1,11 @@
 //! The vault as users meet it: the real `vaultgate vault` process, driven
 //! through the CLI, the library client and raw bytes on its socket.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test or bench scenario reads top to bottom"
+)]
+
 mod common;
 
 #[path = "vault/crash.rs"]

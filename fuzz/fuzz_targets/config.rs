@@ -1,5 +1,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    vaultgate::config::fuzz_parse(data);
+    vaultgate::fuzz::config(data);
 });

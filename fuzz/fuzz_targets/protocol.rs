@@ -1,5 +1,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    vaultgate::protocol::fuzz_decode(data);
+    vaultgate::fuzz::protocol(data);
 });

@@ -1,5 +1,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    vaultgate::vault::record::fuzz_record(data);
+    vaultgate::fuzz::record(data);
 });

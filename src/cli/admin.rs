@@ -11,17 +11,81 @@ use zeroize::Zeroizing;
 
 use super::args::{AuditCommand, BackupCommand, CertCommand, Conn, DataCommand, KeyCommand};
 use super::fail;
-use crate::client::VaultClient;
-use crate::config::{self, vault::VaultSettings};
-use crate::protocol::{scheme, KeyType, Request};
+use crate::client::{ClientError, VaultClient};
+use crate::config::{self, vault::VaultSettings, ConfigError};
+use crate::protocol::{scheme, KeyType, Op, Request};
 use crate::vault::backup::BackupFile;
 use crate::vault::keys;
 
-type CmdResult = Result<ExitCode, String>;
+type CmdResult = Result<ExitCode, AdminError>;
+
+/// Why an admin or use command failed; printed as `vaultgate: …`.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Vault(#[from] ClientError),
+    /// One key or backup entry of several failed.
+    #[error("{what}: {source}")]
+    Entry { what: String, source: ClientError },
+    #[error("{path}: {source}", path = .path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Stdio {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("invalid duration {value:?}: {source} (examples: 7d, 30s)")]
+    Duration {
+        value: String,
+        source: humantime::DurationError,
+    },
+    #[error("unknown scheme {0:?} (ecdsa-p256-sha256, ecdsa-p384-sha384, rsa-pkcs1-sha256, rsa-pss-sha256, ed25519, …)")]
+    Scheme(String),
+    #[error("unknown key type {0:?}; one of: {names}", names = key_type_names())]
+    KeyType(String),
+    #[error("the vault answered {0} with an unexpected response")]
+    Unexpected(Op),
+    #[error("give both --plaintext-out and --ciphertext-out, or neither")]
+    DataKeyOutputs,
+    #[error("environment variable {0} is not set")]
+    PassphraseEnv(String),
+    #[error("backup passphrase must be at least 8 bytes")]
+    PassphraseTooShort,
+    #[error("{path}: not a vaultgate backup: {source}", path = .path.display())]
+    NotABackup {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{0} is not base64")]
+    Base64(String),
+    #[error(transparent)]
+    Key(#[from] crate::vault::keys::KeyError),
+    #[error(transparent)]
+    Master(#[from] crate::vault::master::MasterError),
+    #[error(transparent)]
+    Audit(#[from] crate::vault::audit::AuditError),
+    #[error("encoding the backup: {0}")]
+    Encode(serde_json::Error),
+}
+
+fn key_type_names() -> String {
+    KeyType::ALL
+        .iter()
+        .map(|t| t.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Finds the socket: `--socket`/`VAULTGATE_SOCKET`, else the config's
 /// `[vault] socket` (`--config`, or `config/vaultgate.toml` if present).
-pub fn socket_path(conn: &Conn) -> Result<PathBuf, String> {
+pub fn socket_path(conn: &Conn) -> Result<PathBuf, ConfigError> {
     if let Some(s) = &conn.socket {
         return Ok(s.clone());
     }
@@ -30,10 +94,8 @@ pub fn socket_path(conn: &Conn) -> Result<PathBuf, String> {
         None if Path::new(config::DEFAULT_PATH).exists() => PathBuf::from(config::DEFAULT_PATH),
         None => return Ok(PathBuf::from(config::vault::DEFAULT_SOCKET)),
     };
-    let loaded = config::load(&path).map_err(|e| e.to_string())?;
-    Ok(VaultSettings::from_loaded(&loaded)
-        .map_err(|e| e.to_string())?
-        .socket)
+    let loaded = config::load(&path)?;
+    Ok(VaultSettings::from_loaded(&loaded)?.socket)
 }
 
 fn block_on<F: std::future::Future<Output = CmdResult>>(f: F) -> ExitCode {
@@ -42,7 +104,7 @@ fn block_on<F: std::future::Future<Output = CmdResult>>(f: F) -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+        Err(e) => return fail(AdminError::Runtime(e)),
     };
     match rt.block_on(f) {
         Ok(code) => code,
@@ -50,42 +112,68 @@ fn block_on<F: std::future::Future<Output = CmdResult>>(f: F) -> ExitCode {
     }
 }
 
-async fn connect(conn: &Conn) -> Result<VaultClient, String> {
+async fn connect(conn: &Conn) -> Result<VaultClient, AdminError> {
     let path = socket_path(conn)?;
-    VaultClient::connect(&path).await.map_err(|e| e.to_string())
+    Ok(VaultClient::connect(&path).await?)
 }
 
-fn read_stdin() -> Result<Zeroizing<Vec<u8>>, String> {
+fn read_stdin() -> Result<Zeroizing<Vec<u8>>, AdminError> {
     let mut buf = Zeroizing::new(Vec::new());
     std::io::stdin()
         .read_to_end(&mut buf)
-        .map_err(|e| format!("reading stdin: {e}"))?;
+        .map_err(|source| AdminError::Stdio {
+            what: "reading stdin",
+            source,
+        })?;
     Ok(buf)
 }
 
-fn write_stdout(bytes: &[u8]) -> Result<(), String> {
+fn write_stdout(bytes: &[u8]) -> Result<(), AdminError> {
     let mut out = std::io::stdout().lock();
     out.write_all(bytes)
         .and_then(|_| out.flush())
-        .map_err(|e| format!("writing stdout: {e}"))
+        .map_err(|source| AdminError::Stdio {
+            what: "writing stdout",
+            source,
+        })
 }
 
 fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-fn parse_duration(s: &str) -> Result<u64, String> {
+fn parse_duration(s: &str) -> Result<u64, AdminError> {
     humantime::parse_duration(s)
         .map(|d| d.as_secs())
-        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 7d, 30s)"))
+        .map_err(|source| AdminError::Duration {
+            value: s.to_owned(),
+            source,
+        })
 }
 
-fn parse_scheme(s: &str) -> Result<u16, String> {
-    scheme::from_name(s).ok_or_else(|| {
-        format!("unknown scheme {s:?} (ecdsa-p256-sha256, ecdsa-p384-sha384, rsa-pkcs1-sha256, rsa-pss-sha256, ed25519, …)")
+fn parse_scheme(s: &str) -> Result<u16, AdminError> {
+    scheme::from_name(s).ok_or_else(|| AdminError::Scheme(s.to_owned()))
+}
+
+/// A file's bytes, its path named if it cannot be read.
+fn read_file(path: &Path) -> Result<Vec<u8>, AdminError> {
+    std::fs::read(path).map_err(|source| AdminError::File {
+        path: path.to_owned(),
+        source,
     })
 }
 
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), AdminError> {
+    crate::fsutil::write_atomic(path, data, mode).map_err(|source| AdminError::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[allow(
+    clippy::too_many_lines,
+    reason = "one arm per `key` subcommand, each a request and its printout"
+)]
 pub fn key(cmd: KeyCommand) -> ExitCode {
     block_on(async move {
         match cmd {
@@ -95,16 +183,8 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
                 rotate_every,
                 conn,
             } => {
-                let key_type = KeyType::from_name(&key_type).ok_or_else(|| {
-                    format!(
-                        "unknown key type {key_type:?}; one of: {}",
-                        KeyType::ALL
-                            .iter()
-                            .map(|t| t.name())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })?;
+                let key_type =
+                    KeyType::from_name(&key_type).ok_or(AdminError::KeyType(key_type))?;
                 let rotate_every = rotate_every.as_deref().map(parse_duration).transpose()?;
                 let c = connect(&conn).await?;
                 let v = c
@@ -113,8 +193,7 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
                         key_type,
                         rotate_every,
                     })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 println!("created {name} ({key_type}), version {}", v["primary"]);
                 Ok(ExitCode::SUCCESS)
             }
@@ -127,9 +206,7 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
                 let bytes = if pem == Path::new("-") {
                     read_stdin()?
                 } else {
-                    Zeroizing::new(
-                        std::fs::read(&pem).map_err(|e| format!("{}: {e}", pem.display()))?,
-                    )
+                    Zeroizing::new(read_file(&pem)?)
                 };
                 let c = connect(&conn).await?;
                 let v = c
@@ -138,8 +215,7 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
                         pem: bytes,
                         new_version,
                     })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 println!(
                     "imported {name} ({}), version {}",
                     v["type"].as_str().unwrap_or("?"),
@@ -149,7 +225,7 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
             }
             KeyCommand::List { json, conn } => {
                 let c = connect(&conn).await?;
-                let v = c.json(&Request::List).await.map_err(|e| e.to_string())?;
+                let v = c.json(&Request::List).await?;
                 if json {
                     println!("{}", pretty(&v));
                 } else {
@@ -174,10 +250,7 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
             }
             KeyCommand::Describe { name, conn } => {
                 let c = connect(&conn).await?;
-                let v = c
-                    .json(&Request::Describe { key: name })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let v = c.json(&Request::Describe { key: name }).await?;
                 println!("{}", pretty(&v));
                 Ok(ExitCode::SUCCESS)
             }
@@ -187,20 +260,14 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
                 conn,
             } => {
                 let c = connect(&conn).await?;
-                let (_, _, spki) = c
-                    .public_key(&name, version)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (_, _, spki) = c.public_key(&name, version).await?;
                 print!("{}", keys::spki_pem(&spki));
                 println!("spki-sha256: {}", keys::spki_sha256(&spki));
                 Ok(ExitCode::SUCCESS)
             }
             KeyCommand::Rotate { name, conn } => {
                 let c = connect(&conn).await?;
-                let v = c
-                    .json(&Request::Rotate { key: name.clone() })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let v = c.json(&Request::Rotate { key: name.clone() }).await?;
                 println!("rotated {name}: primary version {}", v["primary"]);
                 Ok(ExitCode::SUCCESS)
             }
@@ -221,8 +288,7 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
                         key: name.clone(),
                         wait_secs,
                     })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 let at = v["deletion_at"].as_u64().unwrap_or(0);
                 let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at);
                 println!(
@@ -240,10 +306,7 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
                 let scheme = parse_scheme(&scheme)?;
                 let message = read_stdin()?;
                 let c = connect(&conn).await?;
-                let (_, sig) = c
-                    .sign(&name, version, scheme, &message)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (_, sig) = c.sign(&name, version, scheme, &message).await?;
                 write_stdout(&sig)?;
                 Ok(ExitCode::SUCCESS)
             }
@@ -255,14 +318,10 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
                 conn,
             } => {
                 let scheme = parse_scheme(&scheme)?;
-                let sig = std::fs::read(&signature)
-                    .map_err(|e| format!("{}: {e}", signature.display()))?;
+                let sig = read_file(&signature)?;
                 let message = read_stdin()?;
                 let c = connect(&conn).await?;
-                let ok = c
-                    .verify(&name, version, scheme, &message, &sig)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let ok = c.verify(&name, version, scheme, &message, &sig).await?;
                 if ok {
                     println!("valid");
                     Ok(ExitCode::SUCCESS)
@@ -277,7 +336,7 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
 
 async fn state_change(conn: &Conn, req: Request) -> CmdResult {
     let c = connect(conn).await?;
-    let v = c.json(&req).await.map_err(|e| e.to_string())?;
+    let v = c.json(&req).await?;
     println!(
         "{}: {}",
         v["name"].as_str().unwrap_or("?"),
@@ -292,19 +351,13 @@ pub fn data(cmd: DataCommand) -> ExitCode {
             DataCommand::Encrypt { key, context, conn } => {
                 let plaintext = read_stdin()?;
                 let c = connect(&conn).await?;
-                let blob = c
-                    .encrypt(&key, &plaintext, context.as_bytes())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let blob = c.encrypt(&key, &plaintext, context.as_bytes()).await?;
                 write_stdout(&blob)?;
             }
             DataCommand::Decrypt { context, conn } => {
                 let blob = read_stdin()?;
                 let c = connect(&conn).await?;
-                let (_, _, plaintext) = c
-                    .decrypt(&blob, context.as_bytes())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (_, _, plaintext) = c.decrypt(&blob, context.as_bytes()).await?;
                 write_stdout(&plaintext)?;
             }
             DataCommand::GenerateKey {
@@ -316,16 +369,11 @@ pub fn data(cmd: DataCommand) -> ExitCode {
                 conn,
             } => {
                 let c = connect(&conn).await?;
-                let (plain, wrapped) = c
-                    .generate_data_key(&key, bytes, context.as_bytes())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (plain, wrapped) = c.generate_data_key(&key, bytes, context.as_bytes()).await?;
                 match (&plaintext_out, &ciphertext_out) {
                     (Some(p), Some(w)) => {
-                        crate::fsutil::write_atomic(p, &plain, 0o600)
-                            .map_err(|e| format!("{}: {e}", p.display()))?;
-                        crate::fsutil::write_atomic(w, &wrapped, 0o644)
-                            .map_err(|e| format!("{}: {e}", w.display()))?;
+                        write_file(p, &plain, 0o600)?;
+                        write_file(w, &wrapped, 0o644)?;
                     }
                     (None, None) => {
                         let v = serde_json::json!({
@@ -334,11 +382,7 @@ pub fn data(cmd: DataCommand) -> ExitCode {
                         });
                         println!("{v}");
                     }
-                    _ => {
-                        return Err(
-                            "give both --plaintext-out and --ciphertext-out, or neither".into()
-                        )
-                    }
+                    _ => return Err(AdminError::DataKeyOutputs),
                 }
             }
         }
@@ -355,17 +399,18 @@ pub fn cert(cmd: CertCommand) -> ExitCode {
                 version,
                 conn,
             } => {
-                let pem = std::fs::read_to_string(&chain)
-                    .map_err(|e| format!("{}: {e}", chain.display()))?;
+                let pem = std::fs::read_to_string(&chain).map_err(|source| AdminError::File {
+                    path: chain.clone(),
+                    source,
+                })?;
                 let c = connect(&conn).await?;
                 c.json(&Request::CertInstall {
                     key: key.clone(),
                     version,
                     chain_pem: pem,
                 })
-                .await
-                .map_err(|e| e.to_string())?;
-                let (v, _) = c.cert_get(&key, version).await.map_err(|e| e.to_string())?;
+                .await?;
+                let (v, _) = c.cert_get(&key, version).await?;
                 println!("installed certificate for {key} version {v}");
             }
             CertCommand::Csr {
@@ -385,14 +430,12 @@ pub fn cert(cmd: CertCommand) -> ExitCode {
                         version,
                         params,
                     })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 let crate::protocol::Response::Certificate { chain_pem, .. } = resp else {
-                    return Err("unexpected answer".into());
+                    return Err(AdminError::Unexpected(Op::CertCsr));
                 };
                 match out {
-                    Some(path) => crate::fsutil::write_atomic(&path, chain_pem.as_bytes(), 0o644)
-                        .map_err(|e| format!("{}: {e}", path.display()))?,
+                    Some(path) => write_file(&path, chain_pem.as_bytes(), 0o644)?,
                     None => print!("{chain_pem}"),
                 }
             }
@@ -421,14 +464,13 @@ pub fn cert(cmd: CertCommand) -> ExitCode {
                         version,
                         params,
                     })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 let issued = version.unwrap_or(v["primary"].as_u64().unwrap_or(0) as u32);
                 println!("issued a certificate for {key} version {issued}");
             }
             CertCommand::Show { key, version, conn } => {
                 let c = connect(&conn).await?;
-                let (_, pem) = c.cert_get(&key, version).await.map_err(|e| e.to_string())?;
+                let (_, pem) = c.cert_get(&key, version).await?;
                 print!("{pem}");
             }
         }
@@ -447,13 +489,11 @@ pub fn audit(cmd: AuditCommand) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
-        let result = crate::vault::master::obtain_existing(&dir, &source)
-            .map_err(|e| e.to_string())
-            .and_then(|master| {
-                let sub =
-                    crate::vault::master::Subkeys::derive(&master).map_err(|e| e.to_string())?;
-                crate::vault::audit::verify(&dir, &sub.audit_mac).map_err(|e| e.to_string())
-            });
+        let result = (|| -> Result<u64, AdminError> {
+            let master = crate::vault::master::obtain_existing(&dir, &source)?;
+            let sub = crate::vault::master::Subkeys::derive(&master)?;
+            Ok(crate::vault::audit::verify(&dir, &sub.audit_mac)?)
+        })();
         return match result {
             Ok(n) => {
                 println!("ok {n} records");
@@ -464,32 +504,32 @@ pub fn audit(cmd: AuditCommand) -> ExitCode {
     }
     block_on(async move {
         let c = connect(&conn).await?;
-        let v = c
-            .json(&Request::AuditVerify)
-            .await
-            .map_err(|e| e.to_string())?;
+        let v = c.json(&Request::AuditVerify).await?;
         println!("ok {} records", v["records"]);
         Ok(ExitCode::SUCCESS)
     })
 }
 
-fn backup_passphrase(env: &Option<String>) -> Result<Zeroizing<Vec<u8>>, String> {
+fn backup_passphrase(env: &Option<String>) -> Result<Zeroizing<Vec<u8>>, AdminError> {
     let pass = match env {
         Some(var) => Zeroizing::new(
             std::env::var(var)
-                .map_err(|_| format!("environment variable {var} is not set"))?
+                .map_err(|_| AdminError::PassphraseEnv(var.clone()))?
                 .into_bytes(),
         ),
         None => {
             let mut line = Zeroizing::new(String::new());
             std::io::stdin()
                 .read_line(&mut line)
-                .map_err(|e| format!("reading the passphrase from stdin: {e}"))?;
+                .map_err(|source| AdminError::Stdio {
+                    what: "reading the passphrase from stdin",
+                    source,
+                })?;
             Zeroizing::new(line.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
         }
     };
     if pass.len() < 8 {
-        return Err("backup passphrase must be at least 8 bytes".into());
+        return Err(AdminError::PassphraseTooShort);
     }
     Ok(pass)
 }
@@ -503,9 +543,9 @@ pub fn backup(cmd: BackupCommand) -> ExitCode {
                 conn,
             } => {
                 let pass = backup_passphrase(&passphrase_env)?;
-                let salt = keys::random_bytes(16).map_err(|e| e.to_string())?;
+                let salt = keys::random_bytes(16)?;
                 let c = connect(&conn).await?;
-                let list = c.json(&Request::List).await.map_err(|e| e.to_string())?;
+                let list = c.json(&Request::List).await?;
                 let mut entries = Vec::new();
                 for k in list.as_array().into_iter().flatten() {
                     let Some(name) = k["name"].as_str() else {
@@ -518,9 +558,12 @@ pub fn backup(cmd: BackupCommand) -> ExitCode {
                             salt: salt.to_vec(),
                         })
                         .await
-                        .map_err(|e| format!("key {name}: {e}"))?;
+                        .map_err(|source| AdminError::Entry {
+                            what: format!("key {name}"),
+                            source,
+                        })?;
                     let crate::protocol::Response::BackupEntry { blob } = resp else {
-                        return Err(format!("key {name}: unexpected answer"));
+                        return Err(AdminError::Unexpected(Op::BackupExport));
                     };
                     entries.push(B64.encode(blob));
                 }
@@ -530,9 +573,8 @@ pub fn backup(cmd: BackupCommand) -> ExitCode {
                     salt: B64.encode(&salt[..]),
                     keys: entries,
                 };
-                let json = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-                crate::fsutil::write_atomic(&out, &json, 0o600)
-                    .map_err(|e| format!("{}: {e}", out.display()))?;
+                let json = serde_json::to_vec_pretty(&file).map_err(AdminError::Encode)?;
+                write_file(&out, &json, 0o600)?;
                 println!("exported {n} keys to {}", out.display());
             }
             BackupCommand::Import {
@@ -540,20 +582,22 @@ pub fn backup(cmd: BackupCommand) -> ExitCode {
                 passphrase_env,
                 conn,
             } => {
-                let bytes =
-                    std::fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
-                let file: BackupFile = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("{}: not a vaultgate backup: {e}", input.display()))?;
+                let bytes = read_file(&input)?;
+                let file: BackupFile =
+                    serde_json::from_slice(&bytes).map_err(|source| AdminError::NotABackup {
+                        path: input.clone(),
+                        source,
+                    })?;
                 let salt = B64
                     .decode(&file.salt)
-                    .map_err(|_| "backup salt is not base64".to_string())?;
+                    .map_err(|_| AdminError::Base64("the backup's salt".into()))?;
                 let pass = backup_passphrase(&passphrase_env)?;
                 let c = connect(&conn).await?;
                 let mut n = 0;
                 for (i, entry) in file.keys.iter().enumerate() {
                     let blob = B64
                         .decode(entry)
-                        .map_err(|_| format!("entry {i} is not base64"))?;
+                        .map_err(|_| AdminError::Base64(format!("entry {i}")))?;
                     let v = c
                         .json(&Request::BackupImport {
                             blob,
@@ -561,7 +605,10 @@ pub fn backup(cmd: BackupCommand) -> ExitCode {
                             salt: salt.clone(),
                         })
                         .await
-                        .map_err(|e| format!("entry {i}: {e}"))?;
+                        .map_err(|source| AdminError::Entry {
+                            what: format!("entry {i}"),
+                            source,
+                        })?;
                     println!("restored {}", v["name"].as_str().unwrap_or("?"));
                     n += 1;
                 }

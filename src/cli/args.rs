@@ -55,7 +55,7 @@ pub struct ConfigArg {
 
 #[derive(Debug, Args, Clone)]
 pub struct VaultArgs {
-    /// Config file with a [vault] section; flags override it.
+    /// Config file with a `[vault]` section; flags override it.
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// Unix socket to listen on.
@@ -88,7 +88,7 @@ pub struct Conn {
     /// Vault socket [env: VAULTGATE_SOCKET; else the config's vault.socket]
     #[arg(long, env = "VAULTGATE_SOCKET", global = true)]
     pub socket: Option<PathBuf>,
-    /// Config file whose [vault] socket to use [default: config/vaultgate.toml if present]
+    /// Config file whose `[vault]` socket to use [default: config/vaultgate.toml if present]
     #[arg(long, short = 'c', global = true)]
     pub config: Option<PathBuf>,
 }

@@ -15,10 +15,15 @@ use crate::config::proxy::{KeyRef, ProxySettings};
 use crate::config::run::RunSettings;
 use crate::config::vault::VaultSettings;
 use crate::config::{self};
-use crate::pki::{self, DevCa, PkiError};
+use crate::devca::{self, DevCa, DevCaError};
+use crate::pki;
 use crate::proxy::{server, Proxy};
 use crate::signer::{PoolOptions, SignerError, VaultKey, VaultPool};
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "start-up in order: vault child, bootstrap, proxy, supervision"
+)]
 pub fn main(args: ConfigArg) -> ExitCode {
     crate::telemetry::init_tracing();
     let _ = crate::telemetry::install_recorder();
@@ -243,7 +248,7 @@ fn bootstrap(
     vault: &VaultSettings,
     proxy: &ProxySettings,
     run: &RunSettings,
-) -> Result<(VaultPool, DevCa), PkiError> {
+) -> Result<(VaultPool, DevCa), DevCaError> {
     let pool = VaultPool::start(PoolOptions {
         sockets: vec![vault.socket.clone()],
         connections_per_socket: 1,
@@ -251,9 +256,9 @@ fn bootstrap(
         plain_wait: Duration::from_millis(1),
     });
     if !pool.wait_connected(run.vault_start_timeout) {
-        return Err(PkiError::Vault(SignerError::Unavailable));
+        return Err(DevCaError::Vault(SignerError::Unavailable));
     }
-    let (ca, ca_new) = pki::ensure_dev_ca(&pool, &run.ca_key, &run.dev_ca)?;
+    let (ca, ca_new) = devca::ensure_dev_ca(&pool, &run.ca_key, &run.dev_ca)?;
     if ca_new {
         println!(
             "created dev CA {} (key vault:{})",
@@ -273,10 +278,10 @@ fn bootstrap(
         if current {
             continue;
         }
-        if pki::ensure_key(&pool, name, run.key_type)? {
+        if devca::ensure_key(&pool, name, run.key_type)? {
             println!("created key vault:{name} ({})", run.key_type);
         }
-        let pem = pki::issue_leaf(&ca, &pool, name, &spec.names, run.cert_validity)?;
+        let pem = devca::issue_leaf(&ca, &pool, name, &spec.names, run.cert_validity)?;
         pki::write_file(&spec.cert, pem.as_bytes())?;
         println!(
             "issued {} for {} (key vault:{name})",
@@ -292,20 +297,36 @@ fn bootstrap(
 /// whose certificate expires within `renew_before`, writes it, and swaps
 /// the proxy's certificate store. Returns whether
 /// anything changed.
+/// Why a rotated or expiring key's certificate was not re-issued.
+#[derive(Debug, thiserror::Error)]
+enum ReissueError {
+    #[error("key {key}: {source}")]
+    Key { key: String, source: SignerError },
+    #[error(transparent)]
+    DevCa(#[from] DevCaError),
+    #[error(transparent)]
+    Reload(#[from] crate::proxy::tls::TlsError),
+}
+
 fn reissue_rotated(
     pool: &VaultPool,
     ca: &DevCa,
     proxy: &Proxy,
     certs: &[crate::config::proxy::CertSpec],
     run: &RunSettings,
-) -> Result<bool, String> {
+) -> Result<bool, ReissueError> {
     let mut changed = false;
     for spec in certs {
         let KeyRef::Vault(name) = &spec.key else {
             continue;
         };
-        let (_, primary, spki) = crate::signer::key::public_key(pool, name, None)
-            .map_err(|e| format!("key {name}: {e}"))?;
+        let (_, primary, spki) =
+            crate::signer::key::public_key(pool, name, None).map_err(|source| {
+                ReissueError::Key {
+                    key: name.clone(),
+                    source,
+                }
+            })?;
         let on_disk = pki::read_pem_certs(&spec.cert)
             .ok()
             .and_then(|c| pki::cert_spki(&c[0]).ok().map(<[u8]>::to_vec));
@@ -314,9 +335,8 @@ fn reissue_rotated(
         if on_disk.as_deref() == Some(spki.as_slice()) && !expiring {
             continue;
         }
-        let pem = pki::issue_leaf(ca, pool, name, &spec.names, run.cert_validity)
-            .map_err(|e| e.to_string())?;
-        pki::write_file(&spec.cert, pem.as_bytes()).map_err(|e| e.to_string())?;
+        let pem = devca::issue_leaf(ca, pool, name, &spec.names, run.cert_validity)?;
+        pki::write_file(&spec.cert, pem.as_bytes()).map_err(DevCaError::from)?;
         tracing::info!(key = %name, version = primary, cert = %spec.cert.display(), expiring, "issued a new certificate");
         println!(
             "re-issued {} for vault:{name} version {primary}",
@@ -325,7 +345,7 @@ fn reissue_rotated(
         changed = true;
     }
     if changed {
-        proxy.reload_certs().map_err(|e| e.to_string())?;
+        proxy.reload_certs()?;
     }
     Ok(changed)
 }

@@ -5,7 +5,25 @@ use std::process::ExitCode;
 
 use super::args::VaultArgs;
 use super::fail;
-use crate::config::{self, vault::VaultSettings};
+use crate::config::{self, vault::VaultSettings, ConfigError};
+
+/// Why the config file and the flags give no settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("--master-key: {0}")]
+    MasterKey(String),
+    #[error("--group: {0}")]
+    Group(String),
+    #[error("--user: {0}")]
+    User(String),
+    #[error("invalid --metrics-listen {value:?}: {source}")]
+    MetricsListen {
+        value: String,
+        source: std::net::AddrParseError,
+    },
+}
 
 pub fn main(args: VaultArgs) -> ExitCode {
     crate::telemetry::init_tracing();
@@ -16,7 +34,7 @@ pub fn main(args: VaultArgs) -> ExitCode {
     // SIGHUP re-reads the file with the same flags on top.
     let reload: Option<crate::vault::Reloader> = args.config.is_some().then(|| {
         let args = args.clone();
-        Box::new(move || settings(&args)) as crate::vault::Reloader
+        Box::new(move || settings(&args).map_err(Into::into)) as crate::vault::Reloader
     });
     // No-new-privileges is per thread and inherited: set before the
     // runtime starts its threads, so it covers every one of them (the
@@ -44,11 +62,9 @@ pub fn main(args: VaultArgs) -> ExitCode {
 }
 
 /// The config file's `[vault]` settings with the flags on top.
-fn settings(args: &VaultArgs) -> Result<VaultSettings, String> {
+fn settings(args: &VaultArgs) -> Result<VaultSettings, SettingsError> {
     let mut settings = match &args.config {
-        Some(path) => config::load(path)
-            .and_then(|l| VaultSettings::from_loaded(&l))
-            .map_err(|e| e.to_string())?,
+        Some(path) => config::load(path).and_then(|l| VaultSettings::from_loaded(&l))?,
         None => VaultSettings::default(),
     };
     if let Some(s) = &args.socket {
@@ -58,21 +74,21 @@ fn settings(args: &VaultArgs) -> Result<VaultSettings, String> {
         settings.state_dir = d.clone();
     }
     if let Some(m) = &args.master_key {
-        settings.master_key = m.parse()?;
+        settings.master_key = m.parse().map_err(SettingsError::MasterKey)?;
     }
     if let Some(u) = &args.user {
         let gid = match &args.group {
-            Some(g) => Some(config::user::resolve_group(g).map_err(|e| format!("--group: {e}"))?),
+            Some(g) => Some(config::user::resolve_group(g).map_err(SettingsError::Group)?),
             None => None,
         };
-        settings.user =
-            Some(config::user::resolve_user(u, gid).map_err(|e| format!("--user: {e}"))?);
+        settings.user = Some(config::user::resolve_user(u, gid).map_err(SettingsError::User)?);
     }
     if let Some(m) = &args.metrics_listen {
-        settings.metrics_listen = Some(
-            m.parse()
-                .map_err(|e| format!("invalid --metrics-listen {m:?}: {e}"))?,
-        );
+        settings.metrics_listen =
+            Some(m.parse().map_err(|source| SettingsError::MetricsListen {
+                value: m.clone(),
+                source,
+            })?);
     }
     Ok(settings)
 }

@@ -1,4 +1,4 @@
-//! Configuration: serde file structs ([`file`]) checked into validated
+//! Configuration: serde file structs ([`file`](mod@file)) checked into validated
 //! settings ([`vault::VaultSettings`], …). Errors name file, line and column.
 //!
 //! Relative paths in a config file are resolved against the directory the

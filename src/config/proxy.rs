@@ -323,6 +323,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 impl ProxySettings {
     /// Validates `[proxy]`. A missing section is an error: a proxy with no
     /// certificate or upstream cannot serve anything.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "validates [proxy] field by field, in the order of the docs; to be split per sub-table"
+    )]
     pub fn from_loaded(loaded: &Loaded) -> Result<ProxySettings, ConfigError> {
         let src = loaded.source();
         let Some(p) = &loaded.file.proxy else {
@@ -361,7 +365,7 @@ impl ProxySettings {
         let vault_connections =
             positive(&src, &p.vault_connections, 2, "vault_connections")? as usize;
         // The vault serves one uid at most this many connections.
-        let most = crate::vault::server::MAX_CONNECTIONS_PER_UID;
+        let most = crate::protocol::MAX_CONNECTIONS_PER_UID;
         if vault_connections > most {
             let span = p.vault_connections.as_ref().map_or(0..0, |v| v.span());
             return Err(src.error(

@@ -270,6 +270,10 @@ impl Request {
         }
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one arm per opcode, each its fields in order"
+    )]
     pub fn to_frame(&self, request_id: u32) -> Frame {
         let mut w = Writer::new();
         match self {
@@ -414,6 +418,10 @@ impl Request {
 
     /// Decodes a request frame. Unknown opcodes, missing or unexpected
     /// fields and malformed values are errors.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one arm per opcode, each its fields in order"
+    )]
     pub fn from_frame(frame: &Frame) -> Result<Request, ProtocolError> {
         let op = Op::from_value(frame.opcode).ok_or(ProtocolError::UnknownOpcode(frame.opcode))?;
         let f = Fields::parse(&frame.body)?;
@@ -754,6 +762,10 @@ impl Response {
     }
 
     /// Decodes the answer to a request of opcode `op`.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one arm per answer shape, each its fields in order"
+    )]
     pub fn from_frame(op: Op, frame: &Frame) -> Result<Response, ProtocolError> {
         let f = Fields::parse(&frame.body)?;
         if frame.opcode == OP_ERROR {

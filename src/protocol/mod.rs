@@ -1,22 +1,26 @@
 //! The vault wire protocol (docs/PROTOCOL.md): frames, typed fields,
-//! requests and responses, and a tokio-util codec.
+//! requests and responses.
 //!
 //! Three layers, each pure and separately tested: [`frame`] (header and
 //! body length), [`fields`] (tag-length-value fields in a body) and
 //! [`message`] (what each opcode carries).
 
-pub mod codec;
 pub mod fields;
 pub mod frame;
 pub mod message;
 pub mod scheme;
 mod wire_enum;
 
-pub use codec::FrameCodec;
 pub use frame::{Frame, HEADER_LEN, MAX_BODY, VERSION};
 pub use message::{
     ErrorCode, KeyEvent, KeyType, Op, Request, Response, Secret, OP_ERROR, OP_EVENT,
 };
+
+/// Connections one uid may hold at once at the vault, so that no caller
+/// (idle, slow or hostile) can take every slot and starve the others
+/// (docs/PROTOCOL.md, "Limits"). Here, not in the vault, because callers'
+/// configs are checked against it too.
+pub const MAX_CONNECTIONS_PER_UID: usize = 256;
 
 /// Why bytes from a peer are not a valid message. Every variant means the
 /// peer is broken or hostile: the connection is closed.

@@ -221,19 +221,17 @@ fn body_errors_are_named() {
 }
 
 #[test]
-fn codec_splits_a_stream_of_many_frames() {
-    use tokio_util::codec::Decoder;
+fn the_decoder_splits_a_stream_of_many_frames() {
     let mut stream = Vec::new();
     for (i, req) in sample_requests().iter().enumerate() {
         stream.extend(wire(&req.to_frame(i as u32)));
     }
     // feed in 7-byte pieces, as a socket might deliver
-    let mut codec = FrameCodec;
     let mut buf = BytesMut::new();
     let mut got = Vec::new();
     for chunk in stream.chunks(7) {
         buf.extend_from_slice(chunk);
-        while let Some(frame) = codec.decode(&mut buf).unwrap() {
+        while let Some(frame) = frame::decode(&mut buf).unwrap() {
             got.push(Request::from_frame(&frame).unwrap());
         }
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use super::server::{connection, ServeError, Serving};
+use super::connection::{connection, Serving};
 use super::Proxy;
 use crate::sync::Locked;
 
@@ -40,12 +40,20 @@ struct Listening {
     stop: watch::Sender<bool>,
 }
 
+/// An address that could not be listened on.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
 /// Binds `addr`; `SO_REUSEADDR` as every server sets it, so a restart
 /// does not wait for `TIME_WAIT`.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind { addr, source })
+        .map_err(|source| BindError { addr, source })
 }
 
 impl Listeners {
@@ -219,4 +227,65 @@ fn shed(tcp: tokio::net::TcpStream, warned: &mut Option<std::time::Instant>) {
         *warned = Some(std::time::Instant::now());
         tracing::warn!("max_connections reached: new connections are being reset");
     }
+}
+
+/// The Prometheus listener, replaced when a reload changes its address.
+#[derive(Default)]
+pub(crate) struct MetricsListener {
+    current: std::sync::Mutex<Option<(SocketAddr, tokio::task::JoinHandle<()>)>>,
+}
+
+impl MetricsListener {
+    /// The configured address being served.
+    pub fn current(&self) -> Option<SocketAddr> {
+        let cur = self.current.locked();
+        cur.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Serves metrics on `next` (bound by the caller, so a failure to bind
+    /// changes nothing) and stops the previous listener.
+    pub fn replace(&self, next: Option<(SocketAddr, TcpListener)>) -> Result<(), BindError> {
+        let next = match next {
+            None => None,
+            Some((addr, l)) => {
+                let local = l
+                    .local_addr()
+                    .map_err(|source| BindError { addr, source })?;
+                println!("metrics {local}");
+                let task = tokio::spawn(crate::telemetry::serve_metrics(
+                    l,
+                    crate::telemetry::install_recorder(),
+                ));
+                Some((addr, task))
+            }
+        };
+        let old = std::mem::replace(&mut *self.current.locked(), next);
+        if let Some((_, task)) = old {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MetricsListener {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.current.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
+}
+
+/// Binds `addr` if it is not what is served already: `Ok(None)` means
+/// nothing to change.
+pub(crate) async fn bind_metrics(
+    metrics: &MetricsListener,
+    addr: Option<SocketAddr>,
+) -> Result<Option<Option<(SocketAddr, TcpListener)>>, BindError> {
+    if metrics.current() == addr {
+        return Ok(None);
+    }
+    Ok(Some(match addr {
+        Some(a) => Some((a, bind(a).await?)),
+        None => None,
+    }))
 }

@@ -1,17 +1,40 @@
-//! The TLS-terminating reverse proxy: [`tls`] (certificates, resolver,
-//! resumption), [`forward`] (routes, upstreams, balancing, health, proxy
-//! headers, access log), [`h1`] (the HTTP/1.1 server side), `h2` (HTTP/2
-//! serving through hyper, each connection's streams run in its own task
-//! and responses that finish together written together), [`origin`] (the
-//! HTTP/1.1 client side, to backends), `linger` (lingering close for
-//! both protocols) and [`server`] (accept loop, limits, shutdown).
+//! The TLS-terminating reverse proxy.
+//!
+//! # Layout
+//!
+//! Imports go one way, from the process down to the backend client:
+//! `server → listeners, reload → connection → h1, h2 → forward → origin`,
+//! with `tls` (certificates, resolver, resumption) beside them and `body`,
+//! `framing` and `linger` shared below.
+//!
+//! - [`server`]: the process's lifetime: runtime, binding, pid file, drain.
+//! - [`listeners`]: the listening sockets, their accept loops and the
+//!   metrics listener.
+//! - `reload`: what changes a running proxy (SIGHUP, certificate files,
+//!   vault key events, expiry).
+//! - `connection`: one client connection: TLS handshake, then HTTP/1 or
+//!   HTTP/2 by ALPN.
+//! - [`h1`]: the proxy's own HTTP/1.1 server driver.
+//! - `h2`: HTTP/2 through hyper, a connection's streams in its own task.
+//! - [`forward`]: routes, upstreams, balancing, health, proxy headers,
+//!   access log; the request path in named phases.
+//! - [`origin`]: the clients to backends: the proxy's own HTTP/1.1 client
+//!   and its connection pools, and h2c through hyper.
+//! - [`body`]: the request body type both sides pass each other.
+//! - [`framing`]: HTTP/1.1 message framing, for the server and the client.
+//! - `linger`: lingering close, for both protocols.
+//! - [`tls`]: certificate store, SNI resolver, session tickets.
 
+pub mod body;
+mod connection;
 pub mod forward;
+pub mod framing;
 pub mod h1;
 mod h2;
 mod linger;
 pub mod listeners;
 pub mod origin;
+mod reload;
 pub mod server;
 pub mod tls;
 
@@ -60,6 +83,10 @@ pub enum ReloadError {
     Tls(#[from] TlsError),
     #[error("no config file to re-read")]
     NoConfig,
+    #[error(transparent)]
+    Bind(#[from] listeners::BindError),
+    #[error("the reload task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl Proxy {

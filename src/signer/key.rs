@@ -277,8 +277,10 @@ impl Signer for VaultSigner {
                 metrics::counter!("vaultgate_proxy_vault_errors_total", "reason" => e.reason())
                     .increment(1);
                 tracing::warn!(key = %self.key.name(), version = self.key.version(), error = %e, "vault signature failed; failing the handshake");
-                Err(rustls::Error::General(format!(
-                    "vault signature failed: {e}"
+                // Typed, so the handshake's failure can be told apart
+                // from rustls's own by downcasting, not by its text.
+                Err(rustls::Error::Other(rustls::OtherError(
+                    std::sync::Arc::new(e),
                 )))
             }
         }

@@ -312,6 +312,10 @@ struct Writer {
 }
 
 impl Writer {
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the writer loop: batch, write, fsync, answer, in one place for its invariants"
+    )]
     fn run(mut self, shared: &Shared) {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut waiters = Vec::new();

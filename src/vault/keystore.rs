@@ -111,7 +111,7 @@ impl Keystore {
     /// nothing changes, on disk or in memory. Callers serialise writes.
     pub fn put(&self, mut key: Key) -> Result<Arc<Key>, StoreError> {
         let path = self.path(key.name());
-        let bytes = key.to_bytes(&self.subkeys);
+        let bytes = key.seal_to_bytes(&self.subkeys);
         fsutil::write_atomic(&path, &bytes, 0o600).map_err(|source| StoreError::Io {
             path: path.clone(),
             source,

@@ -100,13 +100,15 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
 
 pub use ops::Vault;
 
+/// Re-reads the vault's settings on SIGHUP. Its error is the caller's own
+/// (config or flags), logged and audited as it displays; a config error
+/// names the file, line and column.
+pub type Reloader =
+    Box<dyn Fn() -> Result<VaultSettings, Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
+
 /// Runs the vault until SIGTERM or SIGINT: hardens the process, opens the
 /// keystore, binds the socket, serves. `on_ready` is called once the
 /// socket accepts connections.
-/// Re-reads the vault's settings on SIGHUP; an error message names the
-/// file, line and column.
-pub type Reloader = Box<dyn Fn() -> Result<VaultSettings, String> + Send + Sync>;
-
 pub async fn run(
     settings: VaultSettings,
     reload: Option<Reloader>,
@@ -332,7 +334,7 @@ async fn reload_on_sighup(vault: Arc<Vault>, reload: Option<Reloader>) {
                     .increment(1);
                 vault
                     .audit()
-                    .record(audit::Event::system("config-reload", Some(e)));
+                    .record(audit::Event::system("config-reload", Some(e.to_string())));
             }
         }
     }

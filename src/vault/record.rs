@@ -209,7 +209,7 @@ impl Key {
     }
 
     /// Seals the record's MAC and serialises it for writing.
-    pub fn to_bytes(&mut self, subkeys: &Subkeys) -> Vec<u8> {
+    pub fn seal_to_bytes(&mut self, subkeys: &Subkeys) -> Vec<u8> {
         self.record.mac = self.record.compute_mac(subkeys);
         let mut out = serde_json::to_vec_pretty(&self.record).unwrap_or_default();
         out.push(b'\n');
@@ -311,7 +311,7 @@ pub fn fuzz_record(data: &[u8]) {
         return;
     };
     if let Ok(mut key) = Key::from_bytes(subkeys, "fuzz.json", data) {
-        let again = key.to_bytes(subkeys);
+        let again = key.seal_to_bytes(subkeys);
         let back = Key::from_bytes(subkeys, "fuzz.json", &again)
             .expect("a record that opened must reopen");
         assert_eq!(back.record, key.record);
@@ -345,7 +345,7 @@ mod tests {
             200,
         )
         .unwrap();
-        let bytes = key.to_bytes(&sk);
+        let bytes = key.seal_to_bytes(&sk);
         let back = Key::from_bytes(&sk, "web.json", &bytes).unwrap();
         assert_eq!(back.record, key.record);
         assert_eq!(back.record.primary, 2);
@@ -386,7 +386,7 @@ mod tests {
             let good = GOOD.get_or_init(|| {
                 let sk = Subkeys::derive(&[0x42; 32]).unwrap();
                 let mut k = Key::new(&sk, "fuzz", Material::generate(KeyType::Ed25519).unwrap(), Origin::Generated, None, 1).unwrap();
-                k.to_bytes(&sk)
+                k.seal_to_bytes(&sk)
             });
             let mut data = good.clone();
             let i = at % data.len();

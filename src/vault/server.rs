@@ -34,9 +34,7 @@ use crate::sync::Locked;
 const MAX_CONNECTIONS: usize = 1024;
 /// Slow operations one connection may have running.
 const MAX_SLOW_PER_CONNECTION: usize = 8;
-/// Connections one uid may hold at once, so that no caller (idle, slow or
-/// hostile) can take every slot and starve the others.
-pub const MAX_CONNECTIONS_PER_UID: usize = 256;
+pub use crate::protocol::MAX_CONNECTIONS_PER_UID;
 
 /// At most one log line a second for something a caller can repeat at
 /// will (each occurrence is audited and counted anyway): a flood of bad
@@ -317,6 +315,10 @@ impl Workers {
 /// extra `epoll_wait` and context switch per signature. Writes go straight
 /// to the non-blocking socket; only one that finds the buffer full
 /// registers (a duplicate of) the socket for writability, for that wait.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the connection loop and its select arms; to be split with the scheduling work"
+)]
 async fn serve_connection(
     stream: std::os::unix::net::UnixStream,
     caller: Caller,

@@ -141,7 +141,7 @@ impl Drop for ProxyProc {
 /// A test CA (its key in the test process: it is test scaffolding, not
 /// the thing under test) issuing certificates for vault and file keys.
 pub struct TestCa {
-    pub ca: vaultgate::pki::DevCa,
+    pub ca: vaultgate::devca::DevCa,
     pub pem_path: PathBuf,
 }
 
@@ -160,7 +160,7 @@ impl TestCa {
         let pem_path = dir.join("ca.pem");
         std::fs::write(&pem_path, cert.pem()).expect("write CA");
         TestCa {
-            ca: vaultgate::pki::DevCa { cert, key },
+            ca: vaultgate::devca::DevCa { cert, key },
             pem_path,
         }
     }
@@ -179,7 +179,7 @@ impl TestCa {
         let pool = pool(vault);
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let pem =
-            vaultgate::pki::issue_leaf(&self.ca, &pool, name, &names, Duration::from_secs(86400))
+            vaultgate::devca::issue_leaf(&self.ca, &pool, name, &names, Duration::from_secs(86400))
                 .expect("issue");
         std::fs::write(out, pem).expect("write cert");
     }

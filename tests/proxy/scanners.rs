@@ -19,7 +19,7 @@ fn proxy(s: &Setup, backend: std::net::SocketAddr) -> ProxyProc {
     s.vault
         .ok(&["key", "create", "tls-scan", "--type", "ecdsa-p256"]);
     let names = vec!["localhost".to_owned()];
-    let pem = vaultgate::pki::issue_leaf(
+    let pem = vaultgate::devca::issue_leaf(
         &s.ca.ca,
         &pool(&s.vault),
         "tls-scan",

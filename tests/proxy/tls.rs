@@ -487,7 +487,7 @@ fn sighup_swaps_in_a_rotated_key_and_certificate_without_failing_a_request() {
     // it, replace the file atomically: handshakes still use version 1.
     s.vault.ok(&["key", "rotate", "tls-rot"]);
     let pool = crate::common::proxy::pool(&s.vault);
-    let pem = vaultgate::pki::issue_leaf(
+    let pem = vaultgate::devca::issue_leaf(
         &s.ca.ca,
         &pool,
         "tls-rot",
@@ -598,7 +598,7 @@ fn a_replaced_certificate_file_is_picked_up_without_a_signal() {
     // the file atomically (as certbot and friends do): no SIGHUP.
     s.vault.ok(&["key", "rotate", "tls-watch"]);
     let pool = crate::common::proxy::pool(&s.vault);
-    let pem = vaultgate::pki::issue_leaf(
+    let pem = vaultgate::devca::issue_leaf(
         &s.ca.ca,
         &pool,
         "tls-watch",
@@ -655,7 +655,7 @@ fn a_certificate_bound_in_the_vault_after_a_rotation_is_served_without_a_signal(
     // proxy's certificate file is not touched and no signal is sent: the
     // vault's key event is all the proxy hears.
     s.vault.ok(&["key", "rotate", "tls-local"]);
-    let pem = vaultgate::pki::issue_leaf(
+    let pem = vaultgate::devca::issue_leaf(
         &s.ca.ca,
         &crate::common::proxy::pool(&s.vault),
         "tls-local",

@@ -122,7 +122,7 @@ fn rotations_and_reloads_under_load_fail_no_request() {
                             *seen
                                 .lock()
                                 .unwrap()
-                                .entry(vaultgate::vault::keys::spki_sha256(spki))
+                                .entry(vaultgate::internals::spki_sha256(spki))
                                 .or_default() += 1;
                         }
                         Ok(f) => failures

@@ -258,7 +258,7 @@ fn one_uid_holding_idle_connections_cannot_starve_the_others() {
         ),
         ..Opts::default()
     });
-    let limit = vaultgate::vault::server::MAX_CONNECTIONS_PER_UID;
+    let limit = vaultgate::protocol::MAX_CONNECTIONS_PER_UID;
     // This uid opens more connections than it may hold, and never speaks.
     let idle: Vec<UnixStream> = (0..limit + 20)
         .map(|_| UnixStream::connect(&v.socket).expect("connect"))

@@ -26,7 +26,7 @@ pub struct ConnInfo {
     pub cipher: String,
     pub alpn: Option<String>,
     pub resumed: bool,
-    pub private: super::private::PrivatePool,
+    pub per_client: crate::proxy::origin::per_client::PerClientPools,
     pub activity: Activity,
 }
 
@@ -143,7 +143,9 @@ pub struct AccessRecord {
     pub backend: Option<Arc<Backend>>,
     pub upstream_time: Option<Duration>,
     pub start: Instant,
-    pub in_flight: InFlight,
+    /// Held for its `Drop`: the connection counts the request until the
+    /// record is dropped.
+    pub _in_flight: InFlight,
 }
 
 impl AccessRecord {

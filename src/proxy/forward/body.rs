@@ -11,7 +11,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::access::{AccessRecord, BodyStats};
-use super::upstream::BoxError;
+use crate::proxy::body::BoxError;
 use crate::proxy::origin::OriginBody;
 
 /// A response body from anywhere but an HTTP/1 backend (an h2c backend,

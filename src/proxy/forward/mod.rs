@@ -1,15 +1,27 @@
 //! Forwarding: route a request to an upstream, pick a backend, send the
 //! request with proxy headers, stream the answer back. 502 when no backend
 //! can be reached, 504 when one does not answer in time.
+//!
+//! The request path is [`handle`]'s phases, each a function with one job
+//! (as pingora names its own): `begin_record`, `prepare` (check, route,
+//! rewrite headers), `try_backends` (pick a backend, `send_once`,
+//! `classify` the outcome: answered, refused and tried elsewhere, or
+//! failed) and `finish` (count, splice an upgrade, strip hop-by-hop
+//! fields). Every refusal is a `Refusal`, answered by `fail`.
+//!
+//! - [`access`]: what a connection and a request record, the access log.
+//! - [`body`]: the answer's body types: counted, logged when it ends.
+//! - [`headers`]: hop-by-hop fields, forwarding fields, host checks.
+//! - [`health`]: active health checks.
+//! - [`upstream`]: upstreams, their backends, balancing, ejection.
 
 pub mod access;
 pub mod body;
-pub mod h2c;
 pub mod headers;
 pub mod health;
-pub mod private;
 pub mod upstream;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -19,17 +31,18 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Body;
-use hyper::header::{HeaderValue, HOST};
+use hyper::header::{HeaderMap, HeaderValue, HOST};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::config::proxy::{Balance, ForwardedHeaders, HostPattern, ProxySettings, RouteSpec};
+use crate::proxy::body::{BoxError, UpBody};
+use crate::proxy::origin::h2c::H2cError;
 use crate::proxy::origin::{self, OriginError, OriginUpgrade, Outgoing};
 use access::{AccessRecord, BodyStats, ConnInfo};
 use body::{Answer, Counting, Logged};
-use h2c::H2cError;
-use upstream::{UpBody, Upstream};
+use upstream::{Backend, Upstream};
 
 /// Why a request got no answer from a backend.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +59,7 @@ impl SendError {
     fn is_connect(&self) -> bool {
         match self {
             SendError::Origin(e) => e.is_connect(),
-            SendError::H2c(e) => matches!(e, H2cError::Connect(_)),
+            SendError::H2c(e) => matches!(e, H2cError::Connect(_) | H2cError::ConnectTimeout(_)),
         }
     }
 }
@@ -109,24 +122,96 @@ fn empty_up() -> UpBody {
         .boxed_unsync()
 }
 
+/// Why the proxy answers a request itself, with an error status.
+struct Refusal {
+    status: StatusCode,
+    why: Cow<'static, str>,
+    /// Close the connection after the answer (the client cannot be trusted
+    /// to frame the next request).
+    close: bool,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, why: impl Into<Cow<'static, str>>) -> Refusal {
+        Refusal {
+            status,
+            why: why.into(),
+            close: false,
+        }
+    }
+}
+
+/// A request made ready for the backends: routed, its headers rewritten,
+/// its body wrapped, and for HTTP/1 backends its head encoded once however
+/// many backends are tried.
+struct Prepared {
+    up: Arc<Upstream>,
+    /// A protocol upgrade (WebSocket) was asked for.
+    upgrade: bool,
+    /// The client side of an upgrade, when hyper read the request.
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    method: hyper::Method,
+    headers: HeaderMap,
+    /// The value `hash_header` balancing hashes.
+    hash_value: Option<Vec<u8>>,
+    send: Sending,
+}
+
+/// How the request goes to a backend.
+enum Sending {
+    /// HTTP/1.1: the head is encoded once; a refused connection sent
+    /// nothing, body included, so the request can always go elsewhere.
+    Http1(Outgoing),
+    /// h2c: the body is consumed by the attempt, so only a bodiless
+    /// request can be tried again.
+    H2c {
+        body: Option<UpBody>,
+        retryable: bool,
+    },
+}
+
+impl Sending {
+    fn retryable(&self) -> bool {
+        match self {
+            Sending::Http1(_) => true,
+            Sending::H2c { retryable, .. } => *retryable,
+        }
+    }
+}
+
 /// Handles one request from a client, read by hyper (HTTP/2) or by the
-/// proxy's HTTP/1 driver ([`crate::proxy::h1`]).
+/// proxy's HTTP/1 driver ([`crate::proxy::h1`]), in four phases: make the
+/// access record, [`prepare`] the request, [`try_backends`] until one
+/// answers or the request fails, and [`finish`] the answer.
 ///
 /// A protocol upgrade (WebSocket) is spliced here when hyper read the
 /// request (it carries hyper's `OnUpgrade`); otherwise the response keeps
 /// the backend's upgrade in its extensions for the driver, which owns the
 /// client's connection, to take with `hyper::upgrade::on`.
 pub async fn handle<B>(
-    mut req: Request<B>,
+    req: Request<B>,
     fwd: Arc<Forwarder>,
     conn: Arc<ConnInfo>,
 ) -> Result<Response<Logged>, Infallible>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<upstream::BoxError>,
+    B::Error: Into<BoxError>,
 {
+    let mut record = begin_record(&req, &fwd, &conn);
+    let mut prepared = match prepare(req, &fwd, &conn, &mut record) {
+        Ok(p) => p,
+        Err(refusal) => return Ok(fail(record, refusal)),
+    };
+    match try_backends(&mut prepared, &conn, &mut record).await {
+        Ok((resp, backend)) => Ok(finish(resp, prepared, record, backend)),
+        Err(refusal) => Ok(fail(record, refusal)),
+    }
+}
+
+/// The access record, started before anything can fail.
+fn begin_record<B>(req: &Request<B>, fwd: &Forwarder, conn: &Arc<ConnInfo>) -> AccessRecord {
     let start = Instant::now();
-    let in_flight = access::Activity::begin(&conn);
+    let in_flight = access::Activity::begin(conn);
     let host = headers::request_host(req.headers(), req.uri())
         .unwrap_or("")
         .to_owned();
@@ -135,7 +220,7 @@ where
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut record = AccessRecord {
+    AccessRecord {
         enabled: fwd.access_log,
         conn: conn.clone(),
         method: req.method().clone(),
@@ -147,27 +232,33 @@ where
         backend: None,
         upstream_time: None,
         start,
-        in_flight,
-    };
-    if let Err(why) = headers::check_host(req.headers(), req.version()) {
-        return Ok(fail(record, StatusCode::BAD_REQUEST, why));
+        _in_flight: in_flight,
     }
-    if let Err(why) = headers::check_alpn(conn.alpn.as_deref(), req.version()) {
-        let mut resp = fail(record, StatusCode::BAD_REQUEST, why);
-        resp.headers_mut()
-            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(resp);
-    }
-    let routed = fwd
+}
+
+/// Checks and routes the request, rewrites its headers for the backend
+/// (hop-by-hop fields out, forwarding fields in, `Host` for HTTP/2
+/// clients), and wraps its body to count it.
+fn prepare<B>(
+    mut req: Request<B>,
+    fwd: &Forwarder,
+    conn: &ConnInfo,
+    record: &mut AccessRecord,
+) -> Result<Prepared, Refusal>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    headers::check_host(req.headers(), req.version())
+        .map_err(|why| Refusal::new(StatusCode::BAD_REQUEST, why))?;
+    headers::check_alpn(conn.alpn.as_deref(), req.version()).map_err(|why| Refusal {
+        close: true,
+        ..Refusal::new(StatusCode::BAD_REQUEST, why)
+    })?;
+    let up = fwd
         .route(&headers::host_for_routing(&record.host), req.uri().path())
-        .cloned();
-    let Some(up) = routed else {
-        return Ok(fail(
-            record,
-            StatusCode::NOT_FOUND,
-            "no route for this host and path",
-        ));
-    };
+        .cloned()
+        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route for this host and path"))?;
     record.upstream = Some(up.clone());
 
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
@@ -202,138 +293,204 @@ where
             .map_err(Into::into)
             .boxed_unsync()
     });
-    // HTTP/1 backends: the head is encoded once, however many backends are
-    // tried. A refused connection sent nothing, body included, so the
-    // request can always go to another backend.
-    let (mut outgoing, mut h2c_body) = if up.spec.h2c {
-        (None, body)
+    let send = if up.spec.h2c {
+        Sending::H2c {
+            retryable: body.is_none(),
+            body,
+        }
     } else {
-        let out = Outgoing::new(&parts.method, record.path.as_str(), &hdrs, body, upgrade);
-        (Some(out), None)
+        Sending::Http1(Outgoing::new(
+            &parts.method,
+            record.path.as_str(),
+            &hdrs,
+            body,
+            upgrade,
+        ))
     };
-    // An h2c request's body is consumed by the attempt: only a bodiless
-    // one can be tried again.
-    let h2c_retryable = h2c_body.is_none();
+    Ok(Prepared {
+        up,
+        upgrade,
+        client_upgrade,
+        method: parts.method,
+        headers: hdrs,
+        hash_value,
+        send,
+    })
+}
 
+/// Picks a backend and sends the request to it; a backend that refuses
+/// the connection is ejected and the request goes to one other backend
+/// (once), as nginx's `proxy_next_upstream error` does. Returns the answer
+/// and the index of the backend that gave it.
+async fn try_backends(
+    p: &mut Prepared,
+    conn: &ConnInfo,
+    record: &mut AccessRecord,
+) -> Result<(Response<Answer>, usize), Refusal> {
+    let up = p.up.clone();
     let mut exclude = None;
     let mut refused: Option<String> = None;
-    let (resp, backend_i) = loop {
-        let Some(i) = up.pick(conn.client.ip(), hash_value.as_deref(), exclude) else {
+    loop {
+        let Some(i) = up.pick(conn.client.ip(), p.hash_value.as_deref(), exclude) else {
             let why = refused
                 .unwrap_or_else(|| "no available backend (all ejected or unhealthy)".to_owned());
-            return Ok(fail(record, StatusCode::BAD_GATEWAY, &why));
+            return Err(Refusal::new(StatusCode::BAD_GATEWAY, why));
         };
         let backend = up.backends[i].clone();
         let sent = Instant::now();
-        let result = match outgoing.as_mut() {
-            Some(out) => {
-                let pool = if up.spec.proxy_protocol {
-                    conn.private.to(
-                        backend.addr,
-                        conn.client,
-                        conn.local,
-                        up.spec.connect_timeout,
-                    )
-                } else {
-                    backend.idle.clone()
-                };
-                let send = origin::send(&pool, out);
-                tokio::time::timeout(up.spec.response_timeout, send)
-                    .await
-                    .map(|r| {
-                        r.map(|resp| resp.map(Answer::Origin))
-                            .map_err(SendError::from)
-                    })
-            }
-            None => {
-                // HTTP/2 carries the host in :authority (nginx refuses a
-                // request whose :authority and Host differ).
-                let authority = if record.host.is_empty() {
-                    backend.addr.to_string()
-                } else {
-                    record.host.clone()
-                };
-                let uri = match Uri::builder()
-                    .scheme("http")
-                    .authority(authority)
-                    .path_and_query(record.path.clone())
-                    .build()
-                {
-                    Ok(u) => u,
-                    Err(_) => {
-                        return Ok(fail(
-                            record,
-                            StatusCode::BAD_REQUEST,
-                            "invalid request target",
-                        ))
-                    }
-                };
-                let mut out = Request::new(h2c_body.take().unwrap_or_else(empty_up));
-                *out.method_mut() = parts.method.clone();
-                *out.uri_mut() = uri;
-                *out.headers_mut() = hdrs.clone();
-                *out.version_mut() = Version::HTTP_2;
-                out.headers_mut().remove(HOST);
-                // Boxed: the h2c path is rare, and its future is large.
-                let send = Box::pin(up.h2c.send(backend.addr, up.spec.connect_timeout, out));
-                tokio::time::timeout(up.spec.response_timeout, send)
-                    .await
-                    .map(|r| {
-                        r.map(|resp| {
-                            resp.map(|b| Answer::Other(b.map_err(Into::into).boxed_unsync()))
-                        })
-                        .map_err(SendError::from)
-                    })
-            }
-        };
-        match result {
-            Ok(Ok(resp)) => {
+        let result = send_once(p, &backend, conn, record).await?;
+        match classify(result, &up, i, record) {
+            Attempt::Answered(resp) => {
                 record.upstream_time = Some(sent.elapsed());
-                break (resp, i);
+                return Ok((resp, i));
             }
-            Ok(Err(e)) if e.is_connect() => {
-                let why = format!(
-                    "backend {} refused the connection: {}",
-                    backend.addr,
-                    error_chain(&e)
-                );
-                up.eject(i, &why);
-                let retryable = outgoing.is_some() || h2c_retryable;
-                if retryable && exclude.is_none() {
-                    exclude = Some(i);
-                    refused = Some(why);
-                    continue;
-                }
-                return Ok(fail(record, StatusCode::BAD_GATEWAY, &why));
+            Attempt::Refused(why) if p.send.retryable() && exclude.is_none() => {
+                exclude = Some(i);
+                refused = Some(why);
             }
-            // The client's body broke (an invalid chunk, a reset stream):
-            // its fault, not the backend's, and the backend never got a
-            // complete request.
-            Ok(Err(e)) if record.body.failed.load(Ordering::Relaxed) => {
-                let why = format!("invalid request body: {}", error_chain(&e));
-                return Ok(fail(record, StatusCode::BAD_REQUEST, &why));
-            }
-            Ok(Err(e)) => {
-                let why = format!("backend {} failed: {}", backend.addr, error_chain(&e));
-                return Ok(fail(record, StatusCode::BAD_GATEWAY, &why));
-            }
-            Err(_) => {
-                let why = format!(
-                    "backend {} did not answer within {:?}",
-                    backend.addr, up.spec.response_timeout
-                );
-                return Ok(fail(record, StatusCode::GATEWAY_TIMEOUT, &why));
-            }
+            Attempt::Refused(why) => return Err(Refusal::new(StatusCode::BAD_GATEWAY, why)),
+            Attempt::Failed(refusal) => return Err(refusal),
         }
+    }
+}
+
+/// What one attempt on one backend gave: the answer, or an error, or no
+/// answer within `response_timeout` (the outer `Err`).
+type SendResult = Result<Result<Response<Answer>, SendError>, tokio::time::error::Elapsed>;
+
+/// One attempt on one backend, within the upstream's response timeout.
+async fn send_once(
+    p: &mut Prepared,
+    backend: &Backend,
+    conn: &ConnInfo,
+    record: &AccessRecord,
+) -> Result<SendResult, Refusal> {
+    let spec = &p.up.spec;
+    match &mut p.send {
+        Sending::Http1(out) => {
+            let pool = if spec.proxy_protocol {
+                conn.per_client
+                    .to(backend.addr, conn.client, conn.local, spec.connect_timeout)
+            } else {
+                backend.pool.clone()
+            };
+            let send = origin::send(&pool, out);
+            Ok(tokio::time::timeout(spec.response_timeout, send)
+                .await
+                .map(|r| {
+                    r.map(|resp| resp.map(Answer::Origin))
+                        .map_err(SendError::from)
+                }))
+        }
+        Sending::H2c { body, .. } => {
+            let out = h2c_request(
+                &p.method,
+                &p.headers,
+                body.take().unwrap_or_else(empty_up),
+                record,
+                backend,
+            )?;
+            // Boxed: the h2c path is rare, and its future is large.
+            let send = Box::pin(p.up.h2c.send(backend.addr, spec.connect_timeout, out));
+            Ok(tokio::time::timeout(spec.response_timeout, send)
+                .await
+                .map(|r| {
+                    r.map(|resp| resp.map(|b| Answer::Other(b.map_err(Into::into).boxed_unsync())))
+                        .map_err(SendError::from)
+                }))
+        }
+    }
+}
+
+/// The request as an h2c backend gets it: HTTP/2 carries the host in
+/// `:authority` (nginx refuses a request whose `:authority` and `Host`
+/// differ), so `Host` goes.
+fn h2c_request(
+    method: &hyper::Method,
+    hdrs: &HeaderMap,
+    body: UpBody,
+    record: &AccessRecord,
+    backend: &Backend,
+) -> Result<Request<UpBody>, Refusal> {
+    let authority = if record.host.is_empty() {
+        backend.addr.to_string()
+    } else {
+        record.host.clone()
     };
-    let backend = up.backends[backend_i].clone();
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(record.path.clone())
+        .build()
+        .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "invalid request target"))?;
+    let mut out = Request::new(body);
+    *out.method_mut() = method.clone();
+    *out.uri_mut() = uri;
+    *out.headers_mut() = hdrs.clone();
+    *out.version_mut() = Version::HTTP_2;
+    out.headers_mut().remove(HOST);
+    Ok(out)
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Answered(Response<Answer>),
+    /// The backend could not be reached: it is ejected, and another may
+    /// be tried.
+    Refused(String),
+    /// The request fails with this answer.
+    Failed(Refusal),
+}
+
+/// Sorts an attempt's outcome: who is at fault decides the status (502
+/// for the backend, 504 for its silence, 400 for the client's own body).
+fn classify(result: SendResult, up: &Upstream, i: usize, record: &AccessRecord) -> Attempt {
+    let addr = up.backends[i].addr;
+    match result {
+        Ok(Ok(resp)) => Attempt::Answered(resp),
+        Ok(Err(e)) if e.is_connect() => {
+            let why = format!("backend {addr} refused the connection: {}", error_chain(&e));
+            up.eject(i, &why);
+            Attempt::Refused(why)
+        }
+        // The client's body broke (an invalid chunk, a reset stream): its
+        // fault, not the backend's, and the backend never got a complete
+        // request.
+        Ok(Err(e)) if record.body.failed.load(Ordering::Relaxed) => Attempt::Failed(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {}", error_chain(&e)),
+        )),
+        Ok(Err(e)) => Attempt::Failed(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            format!("backend {addr} failed: {}", error_chain(&e)),
+        )),
+        Err(_) => Attempt::Failed(Refusal::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "backend {addr} did not answer within {:?}",
+                up.spec.response_timeout
+            ),
+        )),
+    }
+}
+
+/// The backend's answer on its way to the client: counted against the
+/// backend, an upgrade spliced when hyper holds the client side, and its
+/// hop-by-hop fields removed.
+fn finish(
+    resp: Response<Answer>,
+    p: Prepared,
+    mut record: AccessRecord,
+    backend_i: usize,
+) -> Response<Logged> {
+    let backend = p.up.backends[backend_i].clone();
     backend.active.fetch_add(1, Ordering::Relaxed);
     record.backend = Some(backend);
-    up.upstream_seconds
+    p.up.upstream_seconds
         .record(record.upstream_time.map_or(0.0, |d| d.as_secs_f64()));
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+    if let (true, Some(client_upgrade)) = (switching, p.client_upgrade) {
         if let Some((backend_io, pending)) = resp
             .extensions()
             .get::<OriginUpgrade>()
@@ -351,9 +508,9 @@ where
         }
     }
     let (mut rparts, rbody) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut rparts.headers, switching && upgrade);
+    headers::strip_hop_by_hop(&mut rparts.headers, switching && p.upgrade);
     record.status = rparts.status.as_u16();
-    Ok(Response::from_parts(rparts, Logged::new(rbody, record)))
+    Response::from_parts(rparts, Logged::new(rbody, record))
 }
 
 /// "client error (Connect): tcp connect error: Connection refused": hyper's
@@ -370,7 +527,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// An error answer: a short body, and a log line saying why.
-fn fail(mut record: AccessRecord, status: StatusCode, why: &str) -> Response<Logged> {
+fn fail(mut record: AccessRecord, refusal: Refusal) -> Response<Logged> {
+    let Refusal { status, why, close } = refusal;
     record.status = status.as_u16();
     if status.is_server_error() {
         tracing::warn!(upstream = %record.upstream_name(), host = ?record.host, path = ?record.path.as_str(), status = status.as_u16(), "{why}");
@@ -388,5 +546,9 @@ fn fail(mut record: AccessRecord, status: StatusCode, why: &str) -> Response<Log
         hyper::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if close {
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }

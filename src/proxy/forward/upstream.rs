@@ -5,19 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-
 use crate::config::proxy::{Balance, UpstreamSpec};
-use crate::proxy::origin::Idle;
-
-/// Request bodies sent to backends: the client's streamed body, or empty.
-/// The error is boxed because the body comes from hyper (HTTP/2) or from
-/// the proxy's own HTTP/1 driver.
-pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A request body's error, whichever server read it.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::proxy::origin::Pool;
 
 /// One backend server.
 #[derive(Debug)]
@@ -31,7 +20,7 @@ pub struct Backend {
     /// Requests in flight, for least-conn.
     pub active: AtomicUsize,
     /// Keep-alive connections to it, shared by every client.
-    pub idle: Arc<Idle>,
+    pub pool: Arc<Pool>,
 }
 
 impl Backend {
@@ -41,7 +30,7 @@ impl Backend {
     }
 }
 
-/// Idle keep-alive connections kept per backend (nginx's `keepalive` is
+/// Pool keep-alive connections kept per backend (nginx's `keepalive` is
 /// per worker; this is per proxy).
 const MAX_IDLE: usize = 256;
 
@@ -50,7 +39,7 @@ pub struct Upstream {
     pub spec: UpstreamSpec,
     pub backends: Vec<Arc<Backend>>,
     /// Connections for `h2c` upstreams.
-    pub h2c: super::h2c::H2cPool,
+    pub h2c: crate::proxy::origin::h2c::H2cPool,
     /// Time to the answer's head, per request (the handle is looked up
     /// once, not per request).
     pub upstream_seconds: metrics::Histogram,
@@ -73,7 +62,7 @@ impl Upstream {
                     healthy: AtomicBool::new(true),
                     down_until_ms: AtomicU64::new(0),
                     active: AtomicUsize::new(0),
-                    idle: Arc::new(Idle::new(b.addr, spec.connect_timeout, None, MAX_IDLE)),
+                    pool: Arc::new(Pool::new(b.addr, spec.connect_timeout, None, MAX_IDLE)),
                 })
             })
             .collect();
@@ -167,7 +156,7 @@ impl Upstream {
     /// their backend; called now and then so a quiet proxy lets them go.
     pub fn prune_idle(&self) {
         for b in &self.backends {
-            b.idle.prune();
+            b.pool.prune();
         }
     }
 

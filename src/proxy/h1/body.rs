@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{mpsc, oneshot};
 
-use super::framing::FramingError;
+use crate::proxy::framing::FramingError;
 
 /// What the connection loop sends down the channel.
 #[derive(Debug)]

@@ -17,13 +17,13 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use super::body::{Feed, Piece, RequestBody};
-use super::framing::{Decoded, Decoder};
-use super::head::{self, Framing, Head, HeadError};
+use super::head::{self, Head, HeadError};
 use super::idle::{self, Wake, HEAD_BUFFER};
 use super::response::{self, Answering, Delimit};
 use crate::config::proxy::Limits;
 use crate::proxy::forward::access::ConnInfo;
 use crate::proxy::forward::{self, headers, Forwarder};
+use crate::proxy::framing::{Decoded, Decoder, Framing};
 use crate::proxy::origin::{self, OriginUpgrade};
 
 /// What each read of a request body may take at most.

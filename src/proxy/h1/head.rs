@@ -5,27 +5,16 @@
 //! is how requests are smuggled.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING,
-};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use smallvec::SmallVec;
+
+use crate::proxy::framing::{connection_options, Framing};
 
 /// The most header fields a request may have (hyper's limit too).
 pub const MAX_HEADERS: usize = 100;
 /// Fields the forwarder may add to a request.
 const FORWARDING_ROOM: usize = 4;
-
-/// How the request body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// No body.
-    Empty,
-    /// `Content-Length` bytes.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-}
 
 /// A parsed, checked request head.
 #[derive(Debug)]
@@ -187,20 +176,6 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> 
             }
         }
     }
-}
-
-/// Whether `Connection` lists `close`, and whether it lists `keep-alive`.
-pub fn connection_options(headers: &HeaderMap) -> (bool, bool) {
-    let mut close = false;
-    let mut keep_alive = false;
-    for v in headers.get_all(CONNECTION) {
-        for token in v.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    (close, keep_alive)
 }
 
 #[cfg(test)]

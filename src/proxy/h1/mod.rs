@@ -8,7 +8,6 @@
 //! # Layout
 //! - [`head`]: parsing and checking a request head (httparse), framing
 //!   and keep-alive decisions, the refusals.
-//! - [`framing`]: request-body decoding, by length or chunked, strictly.
 //! - [`body`]: the request body handed to the forwarder, fed by the loop.
 //! - [`response`]: writing a response head and streaming its body.
 //! - [`idle`]: waiting for the next request without a buffer.
@@ -16,7 +15,6 @@
 
 pub mod body;
 pub mod conn;
-pub mod framing;
 pub mod head;
 pub mod idle;
 pub mod response;

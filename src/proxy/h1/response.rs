@@ -18,7 +18,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::proxy::forward::upstream::BoxError;
+use crate::proxy::body::BoxError;
 
 /// Data frames at least this large are written as they are, not copied
 /// into the gathering buffer.

@@ -10,41 +10,62 @@
 mod coalesce;
 mod streams;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::forward;
 use super::forward::access::ConnInfo;
-use super::server::Serving;
+use super::forward::Forwarder;
+use crate::config::proxy::Limits;
 use coalesce::{Coalesce, Turns};
 use streams::{Streams, WithStreams};
+
+/// hyper's builder for one `h2` connection, with `exec` running its
+/// streams (see [`streams`]).
+fn http_builder<E>(l: &Limits, exec: E) -> auto::Builder<E> {
+    let mut b = auto::Builder::new(exec);
+    // hyper's HTTP/1 serves only HTTP/1 bytes on an `h2` connection (to
+    // refuse them with a 400); the proxy's own driver serves HTTP/1.
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(l.header_timeout.min(l.idle_timeout))
+        .max_buf_size(l.max_header_size)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(l.max_header_size as u32)
+        .keep_alive_interval(Some(l.idle_timeout))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
 
 /// HTTP/2 (and, on an `h2` connection, HTTP/1 bytes, which the forwarder
 /// refuses: hyper's builder tells them apart) with hyper.
 pub(super) async fn serve(
     tls: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: SocketAddr,
+    fwd: Arc<Forwarder>,
     info: Arc<ConnInfo>,
-    serving: Arc<Serving>,
+    limits: Limits,
     mut drain: watch::Receiver<bool>,
 ) {
-    let limits = &serving.limits;
+    let limits = &limits;
+    let peer = info.client;
     // hyper closes the socket when the connection ends; a second handle
     // keeps it open for a lingering close (see `linger`).
     let kept = super::linger::keep(tls.get_ref().0);
     let service = {
-        let (info, fwd) = (info.clone(), serving.fwd.clone());
+        let info = info.clone();
         hyper::service::service_fn(move |req| forward::handle(req, fwd.clone(), info.clone()))
     };
     let turns = Turns::default();
     let io = TokioIo::new(Coalesce::new(tls, turns.clone()));
     let streams = Streams::default();
-    let http = super::server::http_builder(limits, streams.clone());
+    let http = http_builder(limits, streams.clone());
     let mut conn = WithStreams::new(
         http.serve_connection_with_upgrades(io, service),
         streams,

@@ -11,11 +11,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio_util::io::poll_read_buf;
 
-use super::pool::{Idle, OriginConn};
+use super::pool::{OriginConn, Pool};
 use super::response::READ_SIZE;
-use crate::proxy::forward::upstream::BoxError;
-use crate::proxy::h1::framing::{Decoded, Decoder};
-use crate::proxy::h1::head::Framing;
+use crate::proxy::body::BoxError;
+use crate::proxy::framing::Framing;
+use crate::proxy::framing::{Decoded, Decoder};
 
 /// See the module docs.
 #[derive(Debug)]
@@ -24,7 +24,7 @@ pub struct OriginBody {
     /// `None`: the body runs until the backend closes the connection.
     decoder: Option<Decoder>,
     /// Where the connection goes when the body ends, if reusable.
-    home: Option<Arc<Idle>>,
+    home: Option<Arc<Pool>>,
 }
 
 impl OriginBody {
@@ -40,7 +40,7 @@ impl OriginBody {
     pub(super) fn new(
         conn: OriginConn,
         framing: Option<Framing>,
-        home: Option<Arc<Idle>>,
+        home: Option<Arc<Pool>>,
     ) -> OriginBody {
         let mut body = OriginBody {
             conn: Some(conn),

@@ -1,12 +1,16 @@
-//! The proxy's own HTTP/1.1 client to backends ("origin servers"). It
-//! replaces hyper-util's pooled client on the hot path: a request is
+//! The proxy's clients to backends ("origin servers"): its own HTTP/1.1
+//! client, and h2c through hyper ([`h2c`]). The HTTP/1.1 client replaces
+//! hyper-util's pooled client on the hot path: a request is
 //! written, and its answer read, on the request's own task, with no
 //! dispatch task and channel in between, and the response body is read
 //! straight off the backend's socket by whoever writes it to the client.
 //!
 //! # Layout
-//! - [`pool`]: keep-alive connections to one backend, idle ones parked
-//!   until reused, expired or closed by the backend.
+//! - [`pool`]: the connection pool of one backend: keep-alive
+//!   connections parked until reused, expired or closed by the backend.
+//! - [`per_client`]: the pools private to one client connection, for
+//!   backends that get a PROXY protocol header.
+//! - [`h2c`]: HTTP/2 over cleartext to backends that ask for it.
 //! - [`request`]: writing a request head and streaming its body.
 //! - [`response`]: reading and checking a response head, and how its body
 //!   is delimited.
@@ -21,6 +25,8 @@
 //! was sent whole ends the upload, and that connection is not reused.
 
 pub mod body;
+pub mod h2c;
+pub mod per_client;
 pub mod pool;
 pub mod request;
 pub mod response;
@@ -33,11 +39,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use body::OriginBody;
-pub use pool::{Idle, OriginConn};
+pub use pool::Pool;
 pub use request::Outgoing;
 pub use response::OriginUpgrade;
 
-use super::forward::upstream::BoxError;
+use super::body::BoxError;
 
 /// Why a request got no answer from a backend.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +101,7 @@ impl OriginError {
 ///
 /// A failure to connect leaves `req` whole, to be sent to another backend.
 pub async fn send(
-    pool: &std::sync::Arc<Idle>,
+    pool: &std::sync::Arc<Pool>,
     req: &mut Outgoing,
 ) -> Result<Response<OriginBody>, OriginError> {
     // A request with a body cannot be sent twice: the body is consumed.

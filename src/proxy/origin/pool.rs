@@ -25,9 +25,10 @@ pub struct OriginConn {
     pub buf: BytesMut,
 }
 
-/// The idle connections to one backend, and how to make a new one.
+/// The connection pool of one backend: its idle keep-alive connections,
+/// and how to make a new one.
 #[derive(Debug)]
-pub struct Idle {
+pub struct Pool {
     addr: SocketAddr,
     connect_timeout: Duration,
     /// Written first on every new connection (a PROXY protocol header).
@@ -37,14 +38,14 @@ pub struct Idle {
     parked: Mutex<Vec<(OriginConn, Instant)>>,
 }
 
-impl Idle {
+impl Pool {
     pub fn new(
         addr: SocketAddr,
         connect_timeout: Duration,
         preface: Option<Vec<u8>>,
         max: usize,
-    ) -> Idle {
-        Idle {
+    ) -> Pool {
+        Pool {
             addr,
             connect_timeout,
             preface: preface.map(Vec::into_boxed_slice),
@@ -122,7 +123,7 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    async fn pair(listener: &TcpListener, idle: &Idle) -> (OriginConn, TcpStream) {
+    async fn pair(listener: &TcpListener, idle: &Pool) -> (OriginConn, TcpStream) {
         let (conn, accepted) = tokio::join!(idle.connect(), listener.accept());
         (conn.expect("connect"), accepted.expect("accept").0)
     }
@@ -130,7 +131,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_backend_closed_is_not_reused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let idle = Idle::new(
+        let idle = Pool::new(
             listener.local_addr().unwrap(),
             Duration::from_secs(1),
             None,
@@ -158,7 +159,7 @@ mod tests {
     #[tokio::test]
     async fn the_oldest_goes_when_full_and_prune_drops_closed_ones() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let idle = Idle::new(
+        let idle = Pool::new(
             listener.local_addr().unwrap(),
             Duration::from_secs(1),
             None,
@@ -182,7 +183,7 @@ mod tests {
     async fn a_preface_is_written_first() {
         use tokio::io::AsyncReadExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let idle = Idle::new(
+        let idle = Pool::new(
             listener.local_addr().unwrap(),
             Duration::from_secs(1),
             Some(b"PREFACE".to_vec()),
@@ -199,7 +200,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let idle = Idle::new(addr, Duration::from_secs(1), None, 1);
+        let idle = Pool::new(addr, Duration::from_secs(1), None, 1);
         let e = idle.connect().await.expect_err("refused");
         assert!(e.is_connect(), "{e}");
     }

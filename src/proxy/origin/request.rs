@@ -13,7 +13,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::pool::OriginConn;
 use super::response::{read_head, ResponseHead};
 use super::OriginError;
-use crate::proxy::forward::upstream::UpBody;
+use crate::proxy::body::UpBody;
 
 /// Body bytes gathered behind the head, or between writes, before they
 /// go out in one write.

@@ -12,10 +12,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 use super::body::OriginBody;
-use super::pool::{Idle, OriginConn};
+use super::pool::{OriginConn, Pool};
 use super::request::Outgoing;
 use super::OriginError;
-use crate::proxy::h1::head::{self, Framing};
+use crate::proxy::framing::{connection_options, Framing};
 use crate::sync::Locked;
 
 /// The largest answer head accepted (nginx's `proxy_buffer_size` is 4 or
@@ -207,7 +207,7 @@ fn content_length(h: &HeaderMap) -> Result<Option<u64>, OriginError> {
 }
 
 fn keeps_alive(head: &ResponseHead) -> bool {
-    let (close, keep_alive) = head::connection_options(&head.headers);
+    let (close, keep_alive) = connection_options(&head.headers);
     match head.version {
         Version::HTTP_11 => !close,
         _ => keep_alive && !close,
@@ -219,7 +219,7 @@ fn keeps_alive(head: &ResponseHead) -> bool {
 pub(super) fn finish(
     conn: OriginConn,
     head: ResponseHead,
-    pool: &Arc<Idle>,
+    pool: &Arc<Pool>,
     req: &Outgoing,
 ) -> Result<Response<OriginBody>, OriginError> {
     let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;

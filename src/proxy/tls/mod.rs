@@ -19,15 +19,26 @@ use crate::signer::SignerError;
 
 pub use store::CertStore;
 
+/// Why a `file:` key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum FileKeyError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("no private key in PEM file")]
+    NoKey,
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{at}: certificate: {source}")]
     Cert { at: String, source: PkiError },
-    #[error("{at}: key file {path}: {message}", path = .path.display())]
+    #[error("{at}: key file {path}: {source}", path = .path.display())]
     FileKey {
         at: String,
         path: PathBuf,
-        message: String,
+        source: FileKeyError,
     },
     #[error("{at}: vault key {key:?}: {source}")]
     Vault {

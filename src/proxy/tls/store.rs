@@ -4,12 +4,12 @@
 //! old one.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::sign::{CertifiedKey, SigningKey};
 use rustls::SignatureAlgorithm;
 
+use super::FileKeyError;
 use super::TlsError;
 use crate::config::proxy::{CertSpec, KeyRef, ProxySettings};
 use crate::pki;
@@ -20,8 +20,6 @@ use crate::signer::{VaultKey, VaultPool};
 pub struct Entry {
     pub certified: Arc<CertifiedKey>,
     pub algorithm: SignatureAlgorithm,
-    pub key: KeyRef,
-    pub cert_path: PathBuf,
     /// The key, when the vault holds it.
     pub vault: Option<VaultKey>,
 }
@@ -102,14 +100,6 @@ impl CertStore {
         }
         &self.default
     }
-
-    /// Every entry, for reports (`check`) and tests.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.exact
-            .values()
-            .chain(self.wildcard.iter().map(|(_, v)| v))
-            .flatten()
-    }
 }
 
 /// Loads one certificate and its key, and refuses a key whose public half
@@ -161,10 +151,10 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
             (certs, Arc::new(key))
         }
         KeyRef::File(path) => {
-            let key = load_file_key(path).map_err(|message| TlsError::FileKey {
+            let key = load_file_key(path).map_err(|source| TlsError::FileKey {
                 at: spec.key_at.to_string(),
                 path: path.clone(),
-                message,
+                source,
             })?;
             let matches = key
                 .public_key()
@@ -183,8 +173,6 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
     Ok(Entry {
         certified: Arc::new(CertifiedKey::new(certs, key)),
         algorithm,
-        key: spec.key.clone(),
-        cert_path: spec.cert.clone(),
         vault,
     })
 }
@@ -209,10 +197,8 @@ fn bound_to(
 }
 
 /// An in-process key from a PEM file: the comparison/migration path.
-fn load_file_key(path: &std::path::Path) -> Result<Arc<dyn SigningKey>, String> {
-    let data = std::fs::read(path).map_err(|e| e.to_string())?;
-    let der = rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "no private key in PEM file".to_owned())?;
-    rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).map_err(|e| e.to_string())
+fn load_file_key(path: &std::path::Path) -> Result<Arc<dyn SigningKey>, FileKeyError> {
+    let data = std::fs::read(path)?;
+    let der = rustls_pemfile::private_key(&mut data.as_slice())?.ok_or(FileKeyError::NoKey)?;
+    Ok(rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)?)
 }

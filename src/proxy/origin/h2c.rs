@@ -10,13 +10,15 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::upstream::UpBody;
+use crate::proxy::body::UpBody;
 
 /// Why an h2c request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum H2cError {
     #[error("tcp connect error: {0}")]
-    Connect(String),
+    Connect(std::io::Error),
+    #[error("tcp connect error: timed out after {0:?}")]
+    ConnectTimeout(Duration),
     #[error("{0}")]
     Http(#[from] hyper::Error),
 }
@@ -47,10 +49,8 @@ impl H2cPool {
                 None => {
                     let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(backend))
                         .await
-                        .map_err(|_| {
-                            H2cError::Connect(format!("timed out after {connect_timeout:?}"))
-                        })?
-                        .map_err(|e| H2cError::Connect(e.to_string()))?;
+                        .map_err(|_| H2cError::ConnectTimeout(connect_timeout))?
+                        .map_err(H2cError::Connect)?;
                     let _ = tcp.set_nodelay(true);
                     let (s, conn) = hyper::client::conn::http2::handshake(
                         hyper_util::rt::TokioExecutor::new(),

@@ -1,10 +1,39 @@
-//! Request-body framing: taking a body's data out of the bytes read from
-//! the connection, by `Content-Length` or by strict chunked decoding
-//! (RFC 9112 §7.1). Pure: bytes in, data or "need more" or an error out.
+//! HTTP/1.1 message framing, shared by the server driver ([`super::h1`])
+//! and the backend client ([`super::origin`]): how a body is delimited,
+//! what `Connection` asks for, and taking a body's data out of the bytes
+//! read from the connection, by `Content-Length` or by strict chunked
+//! decoding (RFC 9112 §6, §7.1, §9.6). Pure: bytes in, data or "need more"
+//! or an error out.
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::head::Framing;
+use http::header::CONNECTION;
+use http::HeaderMap;
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Whether `Connection` lists `close`, and whether it lists `keep-alive`.
+pub fn connection_options(headers: &HeaderMap) -> (bool, bool) {
+    let mut close = false;
+    let mut keep_alive = false;
+    for v in headers.get_all(CONNECTION) {
+        for token in v.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    (close, keep_alive)
+}
 
 /// The longest chunk-size line (size, extensions) or trailer line accepted.
 const MAX_LINE: usize = 4096;

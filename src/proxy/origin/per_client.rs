@@ -9,22 +9,22 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::proxy::origin::Idle;
+use crate::proxy::origin::Pool;
 use crate::sync::Locked;
 
 /// The private backend pools of one client connection, by backend.
 #[derive(Default)]
-pub struct PrivatePool {
-    pools: Mutex<HashMap<SocketAddr, Arc<Idle>>>,
+pub struct PerClientPools {
+    pools: Mutex<HashMap<SocketAddr, Arc<Pool>>>,
 }
 
-impl std::fmt::Debug for PrivatePool {
+impl std::fmt::Debug for PerClientPools {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PrivatePool")
+        f.write_str("PerClientPools")
     }
 }
 
-impl PrivatePool {
+impl PerClientPools {
     /// This client's connections to `backend`: new ones start with a
     /// PROXY v2 header for `client` → `local`. One idle connection is
     /// kept (a second request in flight meanwhile gets its own rather
@@ -35,12 +35,12 @@ impl PrivatePool {
         client: SocketAddr,
         local: SocketAddr,
         connect_timeout: Duration,
-    ) -> Arc<Idle> {
+    ) -> Arc<Pool> {
         self.pools
             .locked()
             .entry(backend)
             .or_insert_with(|| {
-                Arc::new(Idle::new(
+                Arc::new(Pool::new(
                     backend,
                     connect_timeout,
                     Some(proxy_v2_header(client, local)),

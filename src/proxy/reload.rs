@@ -1,0 +1,227 @@
+//! What changes a running proxy: SIGHUP re-reads the config (or the
+//! certificates), certificate files that change on disk, the vault's key
+//! events, and the expiry watch. Each runs as its own task for the
+//! proxy's life; a failed reload keeps what runs and says why.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::listeners::{self, bind_metrics, Listeners, MetricsListener};
+use super::{Proxy, ReloadError};
+
+/// Starts the watchers; the caller aborts them at shutdown.
+pub(crate) fn spawn(
+    proxy: &Arc<Proxy>,
+    listeners: Arc<Listeners>,
+    metrics: MetricsListener,
+) -> [tokio::task::JoinHandle<()>; 4] {
+    let reloads = Reloads {
+        proxy: proxy.clone(),
+        listeners,
+        metrics,
+    };
+    [
+        tokio::spawn(reload_on_sighup(reloads)),
+        tokio::spawn(reload_on_file_change(proxy.clone())),
+        tokio::spawn(watch_expiry(proxy.clone())),
+        tokio::spawn(follow_vault_events(proxy.clone())),
+    ]
+}
+
+/// What a config reload changes besides the live generation.
+struct Reloads {
+    proxy: Arc<Proxy>,
+    listeners: Arc<Listeners>,
+    metrics: MetricsListener,
+}
+
+/// SIGHUP re-reads the config file (or, for a proxy started without one,
+/// the certificates); a failed reload keeps what runs and says why.
+async fn reload_on_sighup(reloads: Reloads) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        if reloads.proxy.config_path.is_some() {
+            reload_config(&reloads).await;
+        } else {
+            reload_certs(&reloads.proxy, "SIGHUP").await;
+        }
+    }
+}
+
+/// Watches the certificate files: a file replaced (new inode, as an atomic
+/// rename makes) or rewritten (size, mtime) reloads the store within about
+/// a second, without a signal. Polling a handful of paths costs nothing
+/// and needs no inotify.
+async fn reload_on_file_change(proxy: Arc<Proxy>) {
+    use std::os::unix::fs::MetadataExt;
+    let files = |p: &Proxy| -> Vec<std::path::PathBuf> {
+        p.live
+            .load()
+            .settings
+            .certs
+            .iter()
+            .map(|c| c.cert.clone())
+            .collect()
+    };
+    let stamp = |files: &[std::path::PathBuf]| {
+        files
+            .iter()
+            .map(|f| {
+                std::fs::metadata(f)
+                    .ok()
+                    .map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut last = stamp(&files(&proxy));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = stamp(&files(&proxy));
+        if now != last {
+            // Remember it even if the reload fails: retry on the next change.
+            last = now;
+            reload_certs(&proxy, "certificate file changed").await;
+        }
+    }
+}
+
+/// Follows the vault's key events (pushed, no polling): when a key the
+/// proxy serves changes — rotated, a certificate bound to a version,
+/// enabled or disabled — the certificates reload, so a chain bound in the
+/// vault to the new primary version is served at once. Reconnects (and
+/// catches up) after the vault restarts; tries each socket in order.
+async fn follow_vault_events(proxy: Arc<Proxy>) {
+    if proxy.pool.is_none() {
+        return;
+    }
+    let serves = |proxy: &Proxy, key: &str| {
+        key == "*"
+            || proxy
+                .live
+                .load()
+                .settings
+                .certs
+                .iter()
+                .any(|c| matches!(&c.key, crate::config::proxy::KeyRef::Vault(n) if n == key))
+    };
+    let sockets = proxy.settings.vault_sockets.clone();
+    let why = "new certificates arrive by file change or SIGHUP only (\"cert-get\" is needed too)";
+    crate::client::follow_key_events(sockets, Duration::from_secs(5), why, |followed| {
+        let proxy = proxy.clone();
+        async move {
+            use crate::client::Followed;
+            match followed {
+                // Whatever changed while nobody listened.
+                Followed::Subscribed { again: true } => {
+                    reload_certs(&proxy, "vault reconnected").await
+                }
+                Followed::Event(e) if serves(&proxy, &e.key) => {
+                    reload_certs(&proxy, "vault key changed").await
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+}
+
+/// Publishes each certificate's seconds to expiry
+/// (`vaultgate_proxy_cert_expiry_seconds{cert}`) and warns, at most hourly
+/// per certificate, while one expires within `cert_expiry_warning`.
+async fn watch_expiry(proxy: Arc<Proxy>) {
+    let mut warned: std::collections::HashMap<std::path::PathBuf, Instant> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let live = proxy.live.load_full();
+        for spec in &live.settings.certs {
+            let Ok(left) = crate::pki::seconds_to_expiry(&spec.cert) else {
+                continue;
+            };
+            let label = spec.cert.display().to_string();
+            metrics::gauge!("vaultgate_proxy_cert_expiry_seconds", "cert" => label.clone())
+                .set(left as f64);
+            let window = live.settings.cert_expiry_warning.as_secs() as i64;
+            let due = warned
+                .get(&spec.cert)
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
+            if left < window && due {
+                tracing::warn!(cert = %label, names = ?spec.names, seconds_left = left, "certificate expires soon");
+                warned.insert(spec.cert.clone(), Instant::now());
+            }
+        }
+    }
+}
+
+/// Re-reads the whole config; an invalid one changes nothing, and the
+/// error (file, line, column) is logged and counted. New listen addresses
+/// are bound before anything changes, so an address in use refuses the
+/// reload as a bad file would; removed ones stop accepting and drain.
+async fn reload_config(r: &Reloads) {
+    let outcome = apply_reload(r).await;
+    let result = if outcome.is_ok() { "ok" } else { "error" };
+    metrics::counter!("vaultgate_proxy_config_reloads_total", "result" => result).increment(1);
+    match outcome {
+        Ok(ignored) => {
+            if !ignored.is_empty() {
+                tracing::warn!(?ignored, "these settings change only on restart");
+            }
+            tracing::info!("config reloaded");
+        }
+        Err(e) => tracing::error!(error = %e, "config reload failed; the running config stays"),
+    }
+}
+
+async fn apply_reload(r: &Reloads) -> Result<Vec<&'static str>, ReloadError> {
+    let p = r.proxy.clone();
+    let new = tokio::task::spawn_blocking(move || p.read_config()).await??;
+    let open = r.listeners.configured();
+    let mut added = Vec::new();
+    for &addr in new.listen.iter().filter(|a| !open.contains(a)) {
+        added.push((addr, listeners::bind(addr).await?));
+    }
+    let removed: Vec<SocketAddr> = open
+        .into_iter()
+        .filter(|a| !new.listen.contains(a))
+        .collect();
+    let metrics = bind_metrics(&r.metrics, new.metrics_listen).await?;
+    let max_connections = new.limits.max_connections;
+    let drain = new.limits.shutdown_timeout;
+    let p = r.proxy.clone();
+    let ignored = tokio::task::spawn_blocking(move || p.apply_config(new)).await??;
+    r.proxy.restart_upstream_tasks();
+    if let Some(m) = metrics {
+        r.metrics.replace(m)?;
+    }
+    for (addr, l) in added {
+        if let Err(e) = r.listeners.start(addr, l) {
+            tracing::error!(%addr, error = %e, "cannot serve a new listener");
+        }
+    }
+    for addr in removed {
+        r.listeners.stop(addr, drain);
+    }
+    r.listeners.resize(max_connections);
+    Ok(ignored)
+}
+
+async fn reload_certs(proxy: &Arc<Proxy>, why: &'static str) {
+    let p = proxy.clone();
+    match tokio::task::spawn_blocking(move || p.reload_certs()).await {
+        Ok(Ok(())) => {
+            metrics::counter!("vaultgate_proxy_cert_reloads_total", "result" => "ok").increment(1);
+            tracing::info!(why, "certificates reloaded");
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("vaultgate_proxy_cert_reloads_total", "result" => "error")
+                .increment(1);
+            tracing::error!(why, error = %e, "certificate reload failed; keeping the current certificates");
+        }
+        Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
+    }
+}
