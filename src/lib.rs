@@ -13,7 +13,7 @@
 //! - [`devca`]    — the dev CA of `run`, signing through the vault with rcgen
 //! - [`fsutil`]   — crash-safe file writes (temp, fsync, rename, fsync dir)
 //! - [`os`]       — process hardening: no core dumps, mlockall, privileges
-//! - `sync`       — locks that survive a panic elsewhere (no poisoning)
+//! - [`sync`]     — locks that survive a panic elsewhere (no poisoning; the PKCS#11 module uses them too)
 //! - [`telemetry`] — tracing setup and the Prometheus `/metrics` listener
 //! - [`cli`]      — subcommand implementations behind `main.rs`
 
@@ -27,7 +27,7 @@ pub mod pki;
 pub mod protocol;
 pub(crate) mod proxy;
 pub mod signer;
-mod sync;
+pub mod sync;
 pub(crate) mod telemetry;
 pub(crate) mod vault;
 
