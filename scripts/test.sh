@@ -8,7 +8,35 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the integration tests drive: real backends, real clients,
 # an outside TLS scanner (testssl.sh), and python3-venv for the other (sslyze).
-packages=(nginx apache2 curl wrk testssl.sh python3-venv)
+# The PKCS#11 module's clients: pkcs11-tool (opensc), libp11's OpenSSL
+# engine, p11tool (gnutls-bin), PyKCS11, ssh-keygen, and ss (iproute2) to
+# see who holds vault connections.
+packages=(nginx apache2 curl wrk testssl.sh python3-venv
+    opensc libengine-pkcs11-openssl gnutls-bin python3-pykcs11 openssh-client iproute2)
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+# pkcs11-provider (the OpenSSL 3 provider route) is in bookworm-backports
+# only: add that source once, then install it from there.
+backports=/etc/apt/sources.list.d/vaultgate-bookworm-backports.sources
+if ! dpkg-query -W -f='${Status}' pkcs11-provider 2>/dev/null | grep -q "install ok installed"; then
+    if [ ! -e "$backports" ]; then
+        # The same mirror the machine's bookworm source uses.
+        mirror=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+        [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $3 == "bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+        if [ -z "$mirror" ]; then
+            echo "no bookworm apt source found to add bookworm-backports beside; add it by hand" >&2
+            exit 1
+        fi
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$mirror" \
+            | $sudo tee "$backports" >/dev/null
+    fi
+    echo "installing: pkcs11-provider (bookworm-backports)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        -t bookworm-backports pkcs11-provider
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -16,8 +44,6 @@ for p in "${packages[@]}"; do
 done
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
@@ -27,8 +53,6 @@ fi
 venv=/opt/vaultgate-test-venv
 if [ ! -x "$venv/bin/sslyze" ]; then
     echo "installing sslyze into $venv"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo /usr/bin/python3 -m venv "$venv"
     $sudo "$venv/bin/pip" install --quiet --disable-pip-version-check sslyze
 fi
@@ -42,4 +66,7 @@ cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --release --no-deps --document-private-items
 
+# `cargo test` does not build cdylibs: the PKCS#11 tests load
+# target/release/libvaultgate_pkcs11.so, built here with everything else.
+cargo build --release
 cargo test --release "$@"

@@ -277,7 +277,7 @@ pub fn read(config: &Config) -> Result<Vec<VaultKey>> {
     };
     let usable: Vec<(String, KeyType, u32)> = entries
         .into_iter()
-        .filter(|e| e.state == "enabled")
+        .filter(|e| e.state == "enabled" && config.shows(&e.name))
         .filter_map(|e| {
             let t = KeyType::from_name(e.key_type.as_deref()?)?;
             Some((e.name, t, e.primary?)).filter(|_| t.is_signing())

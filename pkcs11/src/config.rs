@@ -3,6 +3,7 @@
 //! In order: `VAULTGATE_SOCKET` (as for the CLI); the `socket` of the
 //! config file named by `VAULTGATE_PKCS11_CONFIG`, or of
 //! `/etc/vaultgate/pkcs11.toml` if that exists; the vault's default socket.
+//! The file may also narrow the keys the token shows (`keys`).
 //! A file is needed where the environment is not passed on: nginx gives
 //! its workers only the variables its `env` directive names, and a child
 //! that re-initialises the module must still find the vault (a forked
@@ -31,6 +32,11 @@ pub struct Config {
     pub timeout: Duration,
     /// Append a line here for every failure (nothing is ever printed).
     pub log: Option<PathBuf>,
+    /// Name patterns (`*`, `?`) of the vault keys the token shows, of
+    /// those the uid may use; default all. Debian 12's libp11 engine
+    /// (0.4.12) gives up on a token holding a key type it does not know
+    /// (Ed25519): `keys = ["tls-*"]` keeps such keys out of its sight.
+    pub keys: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -39,6 +45,7 @@ struct File {
     socket: Option<PathBuf>,
     timeout: Option<String>,
     log: Option<PathBuf>,
+    keys: Option<Vec<String>>,
 }
 
 impl Config {
@@ -65,9 +72,9 @@ impl Config {
         file: Option<File>,
         path: &Path,
     ) -> Result<Config> {
-        let (file_socket, timeout, file_log) = match file {
-            Some(f) => (f.socket, f.timeout, f.log),
-            None => (None, None, None),
+        let (file_socket, timeout, file_log, keys) = match file {
+            Some(f) => (f.socket, f.timeout, f.log, f.keys),
+            None => (None, None, None, None),
         };
         let timeout = match timeout {
             None => DEFAULT_TIMEOUT,
@@ -84,7 +91,17 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             timeout,
             log: log_env.or(file_log),
+            keys: keys.unwrap_or_else(|| vec!["*".to_owned()]),
         })
+    }
+}
+
+impl Config {
+    /// Whether the token shows the vault key `name`.
+    pub fn shows(&self, name: &str) -> bool {
+        self.keys
+            .iter()
+            .any(|p| wildmatch::WildMatch::new(p).matches(name))
     }
 }
 
@@ -118,6 +135,9 @@ mod tests {
         assert_eq!(c.socket, Path::new("/f.sock"));
         let c = Config::from_parts(None, None, None, p).unwrap();
         assert_eq!(c.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(c.keys, ["*"]);
+        let c = Config::from_parts(None, None, Some(file("keys = [\"tls-*\"]")), p).unwrap();
+        assert!(c.shows("tls-web") && !c.shows("ssh-host"));
         assert_eq!(c.timeout, DEFAULT_TIMEOUT);
     }
 
