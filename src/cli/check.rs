@@ -1,6 +1,8 @@
 //! `vaultgate check`: validates a config without starting anything, like
-//! `nginx -t`. Every problem is reported (file:line:column where the
-//! config is at fault); the exit code is non-zero if there was any.
+//! `nginx -t`. It reports the first problem of each section (`[vault]`,
+//! `[run]`, `[proxy]`, at file:line:column), and once `[proxy]` is valid,
+//! every certificate or key that does not load or match; the exit code is
+//! non-zero if there was any.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -40,6 +40,27 @@ pub struct VaultPool {
     inner: Arc<Inner>,
 }
 
+/// One vault socket as the pool last found it.
+#[derive(Debug, Clone)]
+pub struct SocketState {
+    pub path: PathBuf,
+    /// Why the last connect failed; `None` if it connected.
+    pub error: Option<Arc<std::io::Error>>,
+}
+
+impl std::fmt::Display for SocketState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.error {
+            Some(e) => write!(f, "{}: {e}", self.path.display()),
+            None => write!(
+                f,
+                "{}: connected, but the vault did not answer",
+                self.path.display()
+            ),
+        }
+    }
+}
+
 struct Inner {
     /// Closed when the pool is dropped: wakes the supervisor to stop.
     _gone_tx: Option<UnixStream>,
@@ -56,6 +77,9 @@ struct Inner {
     /// When a handshake last tried to reconnect (ms after `epoch`).
     last_nudge_ms: AtomicU64,
     epoch: Instant,
+    /// Why the last connect failed, per socket: what a proxy that cannot
+    /// reach any vault says at start.
+    last_errors: Mutex<Vec<Option<Arc<std::io::Error>>>>,
 }
 
 /// The supervisor's first wait after a failed reconnect.
@@ -69,6 +93,7 @@ impl VaultPool {
     /// Starts the pool. Connections are made in the background; the first
     /// attempt is made before returning so a running vault is usable at once.
     pub fn start(opts: PoolOptions) -> VaultPool {
+        let n_sockets = opts.sockets.len();
         let mut slots = Vec::new();
         for socket in 0..opts.sockets.len() {
             for _ in 0..opts.connections_per_socket.max(1) {
@@ -96,6 +121,7 @@ impl VaultPool {
             reconnecting: Mutex::new(()),
             last_nudge_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            last_errors: Mutex::new(vec![None; n_sockets]),
         });
         inner.reconnect_dead();
         let weak = Arc::downgrade(&inner);
@@ -140,6 +166,12 @@ impl VaultPool {
     }
 
     /// Waits (blocking) until a connection is up or `timeout` passes.
+    /// Each vault socket, and why the last attempt to connect to it
+    /// failed: what to say when none is usable.
+    pub fn socket_states(&self) -> Vec<SocketState> {
+        self.inner.connect_errors()
+    }
+
     pub fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
@@ -270,17 +302,38 @@ impl Inner {
                 continue;
             }
             let path = &self.opts.sockets[slot.socket];
+            // A connection that was up and died: said once, when it is
+            // found dead (the reconnect attempts that follow are debug).
+            if slot.conn.locked().take().is_some() {
+                tracing::warn!(socket = %path.display(), "lost a vault connection; reconnecting");
+            }
             match Conn::connect(path).and_then(probe) {
                 Ok(c) => {
                     *slot.conn.locked() = Some(Arc::new(c));
+                    self.last_errors.locked()[slot.socket] = None;
                 }
                 Err(e) => {
                     all_up = false;
                     tracing::debug!(socket = %path.display(), error = %e, "vault connect failed");
+                    self.last_errors.locked()[slot.socket] = Some(Arc::new(e));
                 }
             }
         }
         all_up
+    }
+
+    /// Each socket with why its last connect failed (none: it connected).
+    fn connect_errors(&self) -> Vec<SocketState> {
+        let errors = self.last_errors.locked();
+        self.opts
+            .sockets
+            .iter()
+            .zip(errors.iter())
+            .map(|(path, error)| SocketState {
+                path: path.clone(),
+                error: error.clone(),
+            })
+            .collect()
     }
 }
 

@@ -273,6 +273,21 @@ fn handshakes_fail_fast_while_the_vault_is_down_and_recover_when_it_returns() {
         start.elapsed()
     );
 
+    // Said in the log, naming the socket.
+    crate::common::wait_for(
+        "the lost connection to be logged",
+        Duration::from_secs(10),
+        || {
+            let log = p.log();
+            log.lines()
+                .any(|l| {
+                    l.contains("lost a vault connection")
+                        && l.contains(&s.vault.socket.display().to_string())
+                })
+                .then_some(())
+        },
+    );
+
     s.vault.restart();
     // The signer reconnects with backoff (at most 2 s between attempts).
     crate::common::wait_for("the proxy to sign again", Duration::from_secs(15), || {
@@ -283,6 +298,32 @@ fn handshakes_fail_fast_while_the_vault_is_down_and_recover_when_it_returns() {
     assert!(
         metric(&m, "vaultgate_proxy_handshake_failures_total", &[]) >= 1.0,
         "{m}"
+    );
+}
+
+#[test]
+fn a_proxy_started_without_a_vault_names_the_sockets_and_why() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let missing = s.path("no-vault-here.sock");
+    let cfg = config(
+        &missing,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "",
+        "",
+    );
+    std::fs::write(s.path("proxy.toml"), cfg).expect("write config");
+    let path = s.path("proxy.toml").display().to_string();
+    let err = ProxyProc::try_spawn(s.dir.path(), &["proxy", "--config", &path])
+        .err()
+        .expect("a proxy without its vault must not start");
+    assert!(
+        err.contains("no vault socket is usable")
+            && err.contains(&missing.display().to_string())
+            && err.contains("No such file"),
+        "{err}"
     );
 }
 

@@ -40,7 +40,7 @@ pub enum TlsError {
         path: PathBuf,
         source: FileKeyError,
     },
-    #[error("{at}: vault key {key:?}: {source}")]
+    #[error("{at}: {}", vault_text(key, source))]
     Vault {
         at: String,
         key: String,
@@ -52,10 +52,32 @@ pub enum TlsError {
         cert: String,
         key: String,
     },
-    #[error("vault key {key:?} is configured but no vault socket is usable")]
-    NoVault { key: String },
+    #[error("vault key {key:?} is configured but no vault socket is usable: {}", sockets_text(.sockets))]
+    NoVault {
+        key: String,
+        sockets: Vec<crate::signer::SocketState>,
+    },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+fn sockets_text(sockets: &[crate::signer::SocketState]) -> String {
+    if sockets.is_empty() {
+        return "none is configured".into();
+    }
+    sockets
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The key named once: some signer errors name it themselves.
+fn vault_text(key: &str, source: &SignerError) -> String {
+    match source {
+        SignerError::NotSigning { .. } | SignerError::Mismatch { .. } => source.to_string(),
+        _ => format!("vault key {key:?}: {source}"),
+    }
 }
 
 /// The server's suites, in its order of preference: Mozilla

@@ -119,7 +119,10 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
     let mut vault = None;
     let (certs, key): (_, Arc<dyn SigningKey>) = match &spec.key {
         KeyRef::Vault(name) => {
-            let pool = pool.ok_or_else(|| TlsError::NoVault { key: name.clone() })?;
+            let pool = pool.ok_or_else(|| TlsError::NoVault {
+                key: name.clone(),
+                sockets: Vec::new(),
+            })?;
             let vault_err = |source| TlsError::Vault {
                 at: spec.key_at.to_string(),
                 key: name.clone(),
