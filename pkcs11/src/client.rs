@@ -11,7 +11,7 @@
 //! vault sees the child's uid.
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -150,7 +150,7 @@ impl Conn {
                 })?;
             waiting.insert(id, i);
         }
-        self.stream.write_all(&out).map_err(io)?;
+        send_all(&self.stream, &out).map_err(io)?;
         let mut answers: Vec<Option<Response>> = vec![None; requests.len()];
         let mut left = requests.len();
         while left > 0 {
@@ -193,6 +193,24 @@ impl Conn {
         }
         Ok(answers.into_iter().flatten().collect())
     }
+}
+
+/// Writes all of `buf` with `MSG_NOSIGNAL`: a plain `write` on a
+/// connection the vault has closed raises SIGPIPE, which kills a host
+/// that did not ignore it (the openssl command, a script). Retries on
+/// EINTR; the socket's write timeout still applies.
+fn send_all(stream: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    while !buf.is_empty() {
+        match send(stream.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// One `read` into the spare capacity of `buf`; retries on EINTR (a web

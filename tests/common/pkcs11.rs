@@ -51,6 +51,20 @@ fn newest_mtime(p: &Path) -> std::time::SystemTime {
         .unwrap_or(std::time::UNIX_EPOCH)
 }
 
+/// A temp dir a web server's workers (www-data) can read.
+pub fn server_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    dir
+}
+
 /// The vault's socket is in www-data's group, so web server workers (and
 /// a test's other uids, given that group) can connect; root administers
 /// and loads keys (nginx's and Apache's masters), `grants` follow.

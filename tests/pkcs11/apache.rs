@@ -26,13 +26,8 @@ impl Apache {
     fn start(v: &VaultProc, route: Route) -> Apache {
         require_root("Apache's master switches its children to www-data");
         let httpd = require_tool("apache2", "apache2");
-        let dir = tempfile::Builder::new()
-            .prefix("vg-p11-apache-")
-            .tempdir_in("/tmp")
-            .expect("temp dir");
+        let dir = crate::common::pkcs11::server_dir("vg-p11-apache-");
         let d = dir.path();
-        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("chmod");
         for sub in ["logs", "run", "www"] {
             std::fs::create_dir_all(d.join(sub)).expect("mkdir");
         }

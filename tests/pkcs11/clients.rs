@@ -261,51 +261,44 @@ fn p11tool_and_ssh_keygen_see_the_vault_keys() {
 fn openssl_makes_a_certificate_with_a_vault_key_through_the_engine_and_the_provider() {
     let v = web_vault();
     let dir = tempfile::tempdir().expect("tmp");
-    let engine = engine_conf(dir.path());
-    let cert = dir.path().join("engine.pem");
-    let out = Command::new(openssl())
-        .args([
-            "req",
-            "-new",
-            "-x509",
-            "-subj",
-            "/CN=localhost",
-            "-days",
-            "1",
-        ])
-        .args(["-engine", "pkcs11", "-keyform", "engine", "-key"])
-        .arg("pkcs11:token=vaultgate;object=web;type=private")
-        .arg("-out")
-        .arg(&cert)
-        .env("OPENSSL_CONF", &engine)
-        .env("VAULTGATE_SOCKET", &v.socket)
-        .output()
-        .expect("openssl req");
-    ok_stdout("openssl req -engine pkcs11", &out);
-    self_signed_by(&cert, &public_pem(&v, "web"));
-
-    let provider = provider_conf(dir.path());
-    let cert = dir.path().join("provider.pem");
-    let out = Command::new(openssl())
-        .args([
-            "req",
-            "-new",
-            "-x509",
-            "-subj",
-            "/CN=localhost",
-            "-days",
-            "1",
-            "-key",
-        ])
-        .arg("pkcs11:token=vaultgate;object=rsa;type=private")
-        .arg("-out")
-        .arg(&cert)
-        .env("OPENSSL_CONF", &provider)
-        .env("VAULTGATE_SOCKET", &v.socket)
-        .output()
-        .expect("openssl req");
-    ok_stdout("openssl req (pkcs11-provider)", &out);
-    self_signed_by(&cert, &public_pem(&v, "rsa"));
+    let req = |conf: &std::path::Path, engine: &[&str], key: &str, cert: &std::path::Path| {
+        let out = Command::new(openssl())
+            .args([
+                "req",
+                "-new",
+                "-x509",
+                "-subj",
+                "/CN=localhost",
+                "-days",
+                "1",
+            ])
+            .args(engine)
+            .args([
+                "-key",
+                &format!("pkcs11:token=vaultgate;object={key};type=private"),
+            ])
+            .arg("-out")
+            .arg(cert)
+            .env("OPENSSL_CONF", conf)
+            .env("VAULTGATE_SOCKET", &v.socket)
+            .output()
+            .expect("openssl req");
+        ok_stdout(&format!("openssl req {engine:?} with {key}"), &out);
+        self_signed_by(cert, &public_pem(&v, key));
+    };
+    let engine = ["-engine", "pkcs11", "-keyform", "engine"];
+    req(
+        &engine_conf(dir.path()),
+        &engine,
+        "web",
+        &dir.path().join("engine.pem"),
+    );
+    req(
+        &provider_conf(dir.path()),
+        &[],
+        "rsa",
+        &dir.path().join("provider.pem"),
+    );
     // The key was used where it lives: signed by the vault.
     pkcs11::audit_until(&v, "signatures by web and rsa", |records| {
         ["web", "rsa"].iter().all(|k| {

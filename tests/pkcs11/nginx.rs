@@ -56,13 +56,8 @@ impl Nginx {
     pub fn start(v: &VaultProc, route: Route, user: &str) -> Nginx {
         require_root("nginx's master switches its workers to www-data");
         let nginx = require_tool("nginx", "nginx");
-        let dir = tempfile::Builder::new()
-            .prefix("vg-p11-nginx-")
-            .tempdir_in("/tmp")
-            .expect("temp dir");
+        let dir = pkcs11::server_dir("vg-p11-nginx-");
         let d = dir.path();
-        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .expect("chmod");
         std::fs::create_dir_all(d.join("logs")).expect("mkdir");
         let (ec_port, rsa_port) = (free_port(), free_port());
         let (openssl_conf, ec_key, rsa_key) = match route {
@@ -186,6 +181,20 @@ http {{
         );
     }
 
+    /// SIGKILLs one worker and waits for the master to replace it.
+    pub fn kill_a_worker(&self) {
+        let victim = *self.workers().iter().next().expect("a worker");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill worker");
+        wait_for("a replacement worker", Duration::from_secs(20), || {
+            let w = self.workers();
+            (w.len() == 4 && !w.contains(&victim)).then_some(())
+        });
+    }
+
     pub fn ec_ca(&self) -> PathBuf {
         self.dir.path().join("web.crt")
     }
@@ -295,16 +304,7 @@ fn serves_with_workers_as_www_data(route: Route) {
     n.assert_serving();
 
     // A worker killed outright is replaced, and its successor signs.
-    let victim = *n.workers().iter().next().expect("a worker");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill worker");
-    wait_for("a replacement worker", Duration::from_secs(20), || {
-        let w = n.workers();
-        (w.len() == 4 && !w.contains(&victim)).then_some(())
-    });
+    n.kill_a_worker();
     n.handshakes(16);
     n.assert_serving();
     let signers = signing_workers(&v, &n, www);
@@ -333,16 +333,7 @@ fn a_rotated_key_keeps_signing_until_reload_then_the_new_version_signs() {
     v.ok(&["key", "rotate", "web"]);
     // The running workers, and one started after the rotation, sign with
     // the version whose certificate nginx loaded.
-    let victim = *n.workers().iter().next().expect("a worker");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill worker");
-    wait_for("a replacement worker", Duration::from_secs(20), || {
-        let w = n.workers();
-        (w.len() == 4 && !w.contains(&victim)).then_some(())
-    });
+    n.kill_a_worker();
     let seq = pkcs11::audit(&v).len();
     n.handshakes(16);
     // Every one of the 16 handshakes to the ECDSA server signed once.
