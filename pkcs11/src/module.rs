@@ -6,11 +6,12 @@
 //! takes its operation out of the session, signs, and is done; a search
 //! reads the vault, then takes the lock to merge what it read.
 //!
-//! After a fork the child keeps its parent's settings and catalogue,
-//! through `C_Finalize` and `C_Initialize` too (pkcs11-provider calls both
-//! in every child): so it finds the same objects under the same handles
-//! at the versions its parent loaded, and the vault's socket even where
-//! the child's environment was emptied (nginx workers).
+//! After a fork the child keeps its parent's settings and (while that
+//! parent lives) its catalogue, through `C_Finalize` and `C_Initialize`
+//! too (pkcs11-provider calls both in every child): so it finds the same
+//! objects under the same handles at the versions its parent loaded, and
+//! the vault's socket even where the child's environment was emptied
+//! (nginx workers). Its connections are its own (see `client`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -98,6 +99,10 @@ pub fn initialize() -> Result<()> {
         let config = Arc::new(Config::load()?);
         log::set(config.log.clone());
         m = MODULE.locked();
+        // Another thread may have initialised while the file was read.
+        if m.initialized == Some(gen) {
+            return Err(Error::Rv(CKR_CRYPTOKI_ALREADY_INITIALIZED));
+        }
         m.config = Some((config, gen));
     }
     m.initialized = Some(gen);
@@ -398,4 +403,40 @@ pub fn sign(h: CK_SESSION_HANDLE, data: Option<&[u8]>, room: Option<usize>) -> R
         None => signature,
     };
     Ok(Signed::Signature(signature))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Threads that call `C_Initialize` at once (a host whose libraries
+    /// each initialise the module they share): one wins, the others are
+    /// told it is done, and the module is initialised once.
+    #[test]
+    fn concurrent_initialisations_succeed_once() {
+        for _ in 0..20 {
+            let start = std::sync::Barrier::new(8);
+            let results: Vec<Result<()>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            initialize()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let ok = results.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(ok, 1, "{results:?}");
+            assert!(results
+                .iter()
+                .all(|r| matches!(r, Ok(()) | Err(Error::Rv(CKR_CRYPTOKI_ALREADY_INITIALIZED)))));
+            finalize().unwrap();
+            assert!(matches!(
+                finalize(),
+                Err(Error::Rv(CKR_CRYPTOKI_NOT_INITIALIZED))
+            ));
+        }
+    }
 }
