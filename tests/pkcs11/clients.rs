@@ -348,3 +348,76 @@ fn a_uid_without_a_grant_sees_no_objects() {
     let text = ok_stdout("pkcs11-tool -O", &pkcs11_tool(&v, &["-O"]));
     assert!(text.contains("label:      web"), "{text}");
 }
+
+#[test]
+fn the_config_file_names_the_socket_and_the_keys_and_the_log_tells_failures() {
+    let v = web_vault();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (conf, log) = (dir.path().join("pkcs11.toml"), dir.path().join("p11.log"));
+    std::fs::write(
+        &conf,
+        format!(
+            "socket = {:?}\nkeys = [\"rs*\"]\nlog = {:?}\n",
+            v.socket.display().to_string(),
+            log.display().to_string()
+        ),
+    )
+    .expect("write pkcs11.toml");
+    let tool = |socket: Option<&std::path::Path>| {
+        let mut c = Command::new(require_tool("pkcs11-tool", "opensc"));
+        c.arg("--module")
+            .arg(module())
+            .arg("-O")
+            .env_remove("VAULTGATE_SOCKET")
+            .env("VAULTGATE_PKCS11_CONFIG", &conf);
+        if let Some(s) = socket {
+            c.env("VAULTGATE_SOCKET", s);
+        }
+        c.output().expect("pkcs11-tool")
+    };
+    // The file's socket, and only the keys its patterns name.
+    let text = ok_stdout("pkcs11-tool -O (config file)", &tool(None));
+    assert!(text.contains("label:      rsa"), "{text}");
+    assert!(!text.contains("label:      web"), "{text}");
+    assert!(!log.exists(), "a log line without a failure");
+
+    // VAULTGATE_SOCKET wins over the file; the vault it names is not
+    // there, and the log (the module prints nothing) says so.
+    let gone = dir.path().join("gone.sock");
+    let out = tool(Some(&gone));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("label:"),
+        "objects from a missing vault"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("vaultgate"),
+        "the module printed"
+    );
+    let line = std::fs::read_to_string(&log).expect("the module's log");
+    assert!(
+        line.contains(&format!(
+            "cannot connect to the vault at {}",
+            gone.display()
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn the_module_exports_only_c_get_function_list() {
+    let nm = require_tool("nm", "binutils");
+    let out = Command::new(nm)
+        .args(["-D", "--defined-only"])
+        .arg(module())
+        .output()
+        .expect("nm -D");
+    let text = ok_stdout("nm -D", &out);
+    let functions: Vec<&str> = text
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [_, "T", name] => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(functions, ["C_GetFunctionList"], "{text}");
+}

@@ -174,3 +174,38 @@ fn a_forked_child_signs_on_its_own_connection_and_finalises_without_a_word_to_th
         "{records:?}"
     );
 }
+
+const REINIT: &str = r#"
+import sys, PyKCS11
+lib = PyKCS11.PyKCS11Lib()
+lib.load(sys.argv[1])
+def objects():
+    slots = lib.getSlotList(tokenPresent=True)
+    s = lib.openSession(slots[0], PyKCS11.CKF_SERIAL_SESSION)
+    found = sorted((o.value(), bytes(s.getAttributeValue(o, [PyKCS11.CKA_ID])[0]).hex())
+                   for o in s.findObjects([]))
+    web = s.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_PRIVATE_KEY), (PyKCS11.CKA_LABEL, "web")])[0]
+    s.closeSession()
+    return slots, found, web
+slots, found, web = objects()
+# A second C_Initialize without C_Finalize is refused, as PKCS#11 says.
+assert lib.lib.C_Initialize() == PyKCS11.CKR_CRYPTOKI_ALREADY_INITIALIZED
+assert lib.lib.C_Finalize() == PyKCS11.CKR_OK
+assert lib.lib.C_Finalize() == PyKCS11.CKR_CRYPTOKI_NOT_INITIALIZED
+assert lib.lib.C_Initialize() == PyKCS11.CKR_OK
+slots2, found2, _ = objects()
+assert (slots, found) == (slots2, found2), ((slots, found), (slots2, found2))
+# The handle found before re-initialising still names the key.
+s = lib.openSession(slots2[0], PyKCS11.CKF_SERIAL_SESSION)
+sig = bytes(s.sign(web, b"x" * 32, PyKCS11.Mechanism(PyKCS11.CKM_ECDSA)))
+print(len(found2), slots2, len(sig))
+"#;
+
+#[test]
+fn slot_ids_and_object_handles_stay_the_same_across_re_initialisation() {
+    let v = web_vault();
+    let text = python(&v, REINIT);
+    // web and rsa: a private key, a public key and a certificate each;
+    // slot 0; an r||s signature of P-256.
+    assert_eq!(text.trim(), "6 [0] 64", "{text}");
+}
