@@ -73,6 +73,11 @@ fn reload(args: args::ConfigArg) -> ExitCode {
             Err(e) => return fail(format!("{e}; nothing was reloaded")),
         }
     }
+    // The whole check (certificates, keys, as the service's user), as
+    // `vaultgate check` does: what it refuses, the process would.
+    if !check::passes(&loaded) {
+        return fail("the check failed; nothing was reloaded");
+    }
     if pid_files.is_empty() {
         return fail(format!(
             "{}: neither [proxy] nor [vault] names a pid_file, so the running process cannot be found; send it SIGHUP yourself",

@@ -93,7 +93,8 @@ pub enum ReloadError {
 
 impl Proxy {
     /// Connects to the vault (when any key is `vault:`), loads every
-    /// certificate and checks each key against it. Blocking.
+    /// certificate, checks each key against it and signs once with each
+    /// vault key (see [`crate::signer::VaultKey::warm_up`]). Blocking.
     pub fn build(settings: ProxySettings) -> Result<Proxy, TlsError> {
         let needs_vault = settings
             .certs
@@ -135,6 +136,11 @@ impl Proxy {
             &settings,
             pool.as_ref(),
         )?));
+        for key in store.load().vault_keys() {
+            if let Err(e) = key.warm_up() {
+                tracing::warn!(key = %key.name(), version = key.version(), error = %e, "the vault did not sign a warm-up message; handshakes with this key will fail until it does");
+            }
+        }
         let tls = tls::server_config(&settings, store.clone())?;
         let forwarder = Arc::new(Forwarder::new(&settings));
         Ok(Proxy {

@@ -210,12 +210,19 @@ impl VaultPool {
         // count, and once none is left one reconnect is tried at once.
         let mut sent_count = 0;
         let mut nudged = false;
+        // Sockets whose vault took this request and hung up without an
+        // answer: every request here is idempotent (a signature, a
+        // lookup), so it goes to the next vault, within the same
+        // deadline. A vault that is dying drops its connections one by
+        // one as its process goes; its other connections are passed over
+        // while another socket has one.
+        let mut hung_up = SocketSet::default();
         for _ in 0..self.inner.slots.len() + 4 {
             if sent_count == 3 || Instant::now() >= deadline {
                 break;
             }
-            let conn = match self.inner.pick() {
-                Some(c) => c,
+            let (socket, conn) = match self.inner.pick(&hung_up) {
+                Some(picked) => picked,
                 None if !nudged => {
                     nudged = true;
                     if !self.is_available() {
@@ -246,7 +253,11 @@ impl VaultPool {
                     conn.cancel(sent.id);
                     return Err(SignerError::Timeout { op, timeout });
                 }
-                Err(WaitError::Closed) => last_err = SignerError::Closed,
+                Err(WaitError::Closed) => {
+                    metrics::counter!("vaultgate_proxy_vault_resent_total").increment(1);
+                    hung_up.insert(socket);
+                    last_err = SignerError::Closed;
+                }
             }
         }
         Err(last_err)
@@ -262,11 +273,18 @@ impl Slot {
 
 impl Inner {
     /// Round robin over the live connections of the first socket that has
-    /// any: later sockets are failovers, not load sharing.
-    fn pick(&self) -> Option<Arc<Conn>> {
+    /// any: later sockets are failovers, not load sharing. Sockets in
+    /// `avoid` come last, used only when no other has a connection.
+    /// Returns the connection and its socket's index.
+    fn pick(&self, avoid: &SocketSet) -> Option<(usize, Arc<Conn>)> {
         let n = self.slots.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for socket in 0..self.opts.sockets.len() {
+        let sockets = 0..self.opts.sockets.len();
+        let order = sockets
+            .clone()
+            .filter(|&s| !avoid.contains(s))
+            .chain(sockets.filter(|&s| avoid.contains(s)));
+        for socket in order {
             for i in 0..n {
                 let slot = &self.slots[(start + i) % n];
                 if slot.socket != socket {
@@ -282,7 +300,7 @@ impl Inner {
                             "vault failover"
                         );
                     }
-                    return Some(c);
+                    return Some((socket, c));
                 }
             }
         }
@@ -334,6 +352,22 @@ impl Inner {
                 error: error.clone(),
             })
             .collect()
+    }
+}
+
+/// A few socket indexes (the configured vault sockets are a handful).
+#[derive(Default)]
+struct SocketSet(u64);
+
+impl SocketSet {
+    fn insert(&mut self, socket: usize) {
+        if socket < 64 {
+            self.0 |= 1 << socket;
+        }
+    }
+
+    fn contains(&self, socket: usize) -> bool {
+        socket < 64 && self.0 & (1 << socket) != 0
     }
 }
 
@@ -645,6 +679,66 @@ mod tests {
             start.elapsed()
         );
         drop(held);
+    }
+
+    /// Answers pings; hangs up on anything else without answering, as a
+    /// vault that dies with the request in hand.
+    fn hanging_up_vault(dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("dying.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                std::thread::spawn(move || {
+                    let mut buf = BytesMut::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Ok(Some(f)) = frame::decode(&mut buf) {
+                            if f.opcode != Op::Ping as u8 {
+                                return;
+                            }
+                            let mut out = BytesMut::new();
+                            Frame::new(f.opcode, f.request_id, f.body)
+                                .encode(&mut out)
+                                .unwrap();
+                            if s.write_all(&out).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        path
+    }
+
+    #[test]
+    fn a_request_whose_vault_hangs_up_goes_to_the_next_vault() {
+        // Its other connections look alive for a moment yet (a dying
+        // process closes them one by one): each would take the request
+        // and hang up too, until no try was left.
+        let dir = tempfile::tempdir().unwrap();
+        let dying = hanging_up_vault(dir.path());
+        let live = fake_vault(dir.path(), false);
+        let p = VaultPool::start(PoolOptions {
+            sockets: vec![dying, live],
+            connections_per_socket: 4,
+            timeout: Duration::from_secs(5),
+            plain_wait: Duration::from_micros(50),
+        });
+        assert!(p.wait_connected(Duration::from_secs(5)));
+        for i in 0..4 {
+            let r = p.call(&sign_req());
+            assert!(
+                matches!(r, Ok(Response::Signature { .. })),
+                "call {i}: {r:?}"
+            );
+        }
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
         settings.audit_sync,
     )?;
     let policy = policy::Policy::new(&settings.grants, nix::unistd::geteuid().as_raw());
+    keys::warm_up();
     Ok(Vault::new(settings, store, policy, audit))
 }
 

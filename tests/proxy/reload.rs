@@ -124,12 +124,33 @@ fn reload_reports_the_running_process_verdict_and_never_signals_a_stranger() {
             .expect("vaultgate reload")
     };
 
-    // Valid for the command (it checks the file), refused by the process
-    // (the certificate it names is not a certificate): the command says
-    // so, with the process's own error, and exits non-zero.
+    // A certificate that is not one: `reload` runs the whole check first
+    // and refuses, naming it, before anything is signalled.
     let garbage = s.dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").expect("write");
     std::fs::write(&path, cfg(&garbage)).expect("write config");
+    let out = reload();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("garbage.pem")
+            && err.contains("nothing was reloaded"),
+        "{err}"
+    );
+    // Valid for the check, refused by the process (a listen address the
+    // check does not bind, and something else holds): the command says
+    // so, with the process's own error, and exits non-zero.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
+    std::fs::write(
+        &path,
+        cfg(&cert).replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = [\"127.0.0.1:0\", \"{taken_addr}\"]"),
+            1,
+        ),
+    )
+    .expect("write config");
     let out = reload();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -138,10 +159,11 @@ fn reload_reports_the_running_process_verdict_and_never_signals_a_stranger() {
     );
     assert!(
         err.contains("the reload failed in the running process")
-            && err.contains("garbage.pem")
+            && err.contains(&format!("cannot listen on {taken_addr}"))
             && err.contains(&format!("pid {}", p.pid())),
         "{err}"
     );
+    drop(taken);
     // It still serves, and a good config reloads with exit 0.
     let client = client_config(s.ca_path(), false, &[]);
     assert_eq!(

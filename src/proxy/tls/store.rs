@@ -85,6 +85,25 @@ impl CertStore {
         Ok(store)
     }
 
+    /// Every vault key the store signs with, once each.
+    pub fn vault_keys(&self) -> Vec<VaultKey> {
+        let mut keys: Vec<VaultKey> = Vec::new();
+        let all = self
+            .exact
+            .values()
+            .chain(self.wildcard.iter().map(|(_, v)| v))
+            .chain(std::iter::once(&self.default));
+        for key in all.flatten().filter_map(|e| e.vault.as_ref()) {
+            let known = keys
+                .iter()
+                .any(|k| k.name() == key.name() && k.version() == key.version());
+            if !known {
+                keys.push(key.clone());
+            }
+        }
+        keys
+    }
+
     /// The candidates for a server name (lower case), falling back to the
     /// default certificate.
     pub fn lookup(&self, sni: Option<&str>) -> &[Entry] {
