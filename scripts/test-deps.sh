@@ -9,9 +9,11 @@ set -euo pipefail
 # an outside TLS scanner (testssl.sh), and python3-venv for the other (sslyze).
 # The PKCS#11 module's clients: pkcs11-tool (opensc), libp11's OpenSSL
 # engine, p11tool (gnutls-bin), PyKCS11, ssh-keygen, and ss (iproute2) to
-# see who holds vault connections; nm (binutils) to read what the module exports.
+# see who holds vault connections; nm (binutils) to read what the module
+# exports; keytool (a headless JRE) for Java's SunPKCS11.
 packages=(nginx apache2 curl wrk testssl.sh python3-venv
-    opensc libengine-pkcs11-openssl gnutls-bin python3-pykcs11 openssh-client iproute2 binutils)
+    opensc libengine-pkcs11-openssl gnutls-bin python3-pykcs11 openssh-client iproute2 binutils
+    openjdk-17-jre-headless)
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -421,3 +421,59 @@ fn the_module_exports_only_c_get_function_list() {
         .collect();
     assert_eq!(functions, ["C_GetFunctionList"], "{text}");
 }
+
+#[test]
+fn java_sunpkcs11_lists_the_keys_and_signs_a_certificate_request() {
+    let v = web_vault();
+    let keytool = require_tool("keytool", "openjdk-17-jre-headless");
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("vaultgate-pkcs11.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = vaultgate\nlibrary = {}\nslot = 0\n",
+            module().display()
+        ),
+    )
+    .expect("write cfg");
+    let run = |args: &[&str]| {
+        let out = Command::new(&keytool)
+            .args(args)
+            .args(["-keystore", "NONE", "-storetype", "PKCS11"])
+            .args(["-providerClass", "sun.security.pkcs11.SunPKCS11"])
+            .arg("-providerArg")
+            .arg(&cfg)
+            .args(["-storepass", "any"])
+            .env("VAULTGATE_SOCKET", &v.socket)
+            .output()
+            .expect("run keytool");
+        ok_stdout(&format!("keytool {args:?}"), &out)
+    };
+    let list = run(&["-list"]);
+    for key in ["web", "rsa"] {
+        assert!(list.contains(&format!("{key}, PrivateKeyEntry")), "{list}");
+    }
+    // A certificate request signed with each key, by the vault.
+    for key in ["web", "rsa"] {
+        let csr = dir.path().join(format!("{key}.csr"));
+        let csr_arg = csr.display().to_string();
+        run(&["-certreq", "-alias", key, "-file", &csr_arg]);
+        let out = Command::new(openssl())
+            .args(["req", "-verify", "-noout", "-in"])
+            .arg(&csr)
+            .output()
+            .expect("openssl req -verify");
+        ok_stdout("openssl req -verify", &out);
+        let out = Command::new(openssl())
+            .args(["req", "-noout", "-pubkey", "-in"])
+            .arg(&csr)
+            .output()
+            .expect("openssl req -pubkey");
+        assert_eq!(ok_stdout("openssl req -pubkey", &out), public_pem(&v, key));
+    }
+    pkcs11::audit_until(&v, "Java's signatures", |records| {
+        ["web", "rsa"].iter().all(|k| {
+            pkcs11::matching(records, "sign-digest", 0, Some("ok")).any(|r| r["key"] == *k)
+        })
+    });
+}
