@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the integration tests drive: real backends, real clients,
-# an outside TLS scanner (testssl.sh), and python3-venv for the other (sslyze).
-packages=(nginx apache2 curl wrk testssl.sh python3-venv)
+# Debian packages the integration tests drive: real backends, real clients
+# (curl, wrk, openssl s_client), an outside TLS scanner (testssl.sh),
+# python3-venv for the other (sslyze).
+packages=(nginx apache2 curl wrk openssl testssl.sh python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do

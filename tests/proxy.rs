@@ -27,6 +27,10 @@ mod h2;
 mod http1;
 #[path = "proxy/isolation.rs"]
 mod isolation;
+#[path = "proxy/logs.rs"]
+mod logs;
+#[path = "proxy/metrics.rs"]
+mod metrics;
 #[path = "proxy/origin.rs"]
 mod origin;
 #[path = "proxy/privdrop.rs"]
