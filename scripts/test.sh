@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the integration tests drive: real backends, real clients
 # (curl, wrk, openssl s_client), an outside TLS scanner (testssl.sh),
-# python3-venv for the other (sslyze).
-packages=(nginx apache2 curl wrk openssl testssl.sh python3-venv)
+# python3-venv for the other (sslyze), and a browser for the status page
+# (headless chromium, with a font to render it in).
+packages=(nginx apache2 curl wrk openssl testssl.sh python3-venv chromium fonts-dejavu-core)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -43,6 +43,8 @@ mod run;
 mod scanners;
 #[path = "proxy/smuggling.rs"]
 mod smuggling;
+#[path = "proxy/status.rs"]
+mod status;
 #[path = "proxy/tls.rs"]
 mod tls;
 #[path = "proxy/under_load.rs"]

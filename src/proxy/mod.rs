@@ -25,6 +25,7 @@
 //! - [`framing`]: HTTP/1.1 message framing, for the server and the client.
 //! - `linger`: lingering close, for both protocols.
 //! - [`tls`]: certificate store, SNI resolver, session tickets.
+//! - `status`: the status page on the metrics listener.
 
 pub mod body;
 mod connection;
@@ -38,6 +39,7 @@ pub mod origin;
 mod redirect;
 mod reload;
 pub mod server;
+mod status;
 pub mod tls;
 
 use std::sync::Arc;

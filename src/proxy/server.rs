@@ -140,7 +140,7 @@ pub async fn run(
         redirects.push(tokio::spawn(super::redirect::serve(l, https_port)));
     }
     let listeners = Arc::new(Listeners::new(proxy.clone()));
-    let metrics = MetricsListener::new(None);
+    let metrics = MetricsListener::new(Some(super::status::page(proxy.clone(), listeners.clone())));
     metrics.replace(bound.metrics)?;
     let mut first = None;
     for (addr, l) in bound.listen {

@@ -47,6 +47,7 @@ pub struct Served {
     pub key: String,
     /// The vault key version that signs (`None` for `file:` keys).
     pub version: Option<u32>,
+    pub algorithm: SignatureAlgorithm,
     /// The leaf's notAfter (Unix seconds): the chain served, which after a
     /// rotation is the one bound in the vault, not always the file's.
     pub not_after: Option<i64>,
@@ -66,6 +67,7 @@ impl CertStore {
                 cert: spec.cert.clone(),
                 key: spec.key.to_string(),
                 version: e.vault.as_ref().map(VaultKey::version),
+                algorithm: e.algorithm,
                 not_after: e
                     .certified
                     .cert
