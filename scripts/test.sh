@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # (curl, wrk, openssl s_client), an outside TLS scanner (testssl.sh),
 # python3-venv for the other (sslyze), and a browser for the status page
 # (headless chromium, with a font to render it in).
-packages=(nginx apache2 curl wrk openssl testssl.sh python3-venv chromium fonts-dejavu-core)
+packages=(nginx apache2 curl wrk openssl testssl.sh python3-venv chromium fonts-dejavu-core logrotate)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -34,6 +34,9 @@ if [ ! -x "$venv/bin/sslyze" ]; then
     $sudo /usr/bin/python3 -m venv "$venv"
     $sudo "$venv/bin/pip" install --quiet --disable-pip-version-check sslyze
 fi
+
+# cargo-deb, for the package test (tests/package.rs). A no-op once it is there.
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 
 # The system users of the shipped production configs (config/vault-only.toml,
 # config/proxy-only.toml), as docs/deployment.md makes them: the vault's
