@@ -31,6 +31,8 @@ mod isolation;
 mod logs;
 #[path = "proxy/metrics.rs"]
 mod metrics;
+#[path = "proxy/notify.rs"]
+mod notify;
 #[path = "proxy/origin.rs"]
 mod origin;
 #[path = "proxy/privdrop.rs"]

@@ -11,7 +11,10 @@ use super::listeners::{self, bind_metrics, Listeners, MetricsListener};
 use super::{Proxy, ReloadError};
 use crate::control::StatusFile;
 
-/// Starts the watchers; the caller aborts them at shutdown.
+/// Starts the watchers; the caller aborts them at shutdown. The signal
+/// handlers are installed before this returns, so a SIGHUP or SIGUSR1
+/// sent as soon as the proxy says it is ready (to systemd, or by its pid
+/// file) is handled, not the end of the process (their default action).
 pub(crate) fn spawn(
     proxy: &Arc<Proxy>,
     listeners: Arc<Listeners>,
@@ -24,23 +27,23 @@ pub(crate) fn spawn(
         metrics,
         status,
     };
+    use tokio::signal::unix::{signal, SignalKind};
+    let hup = signal(SignalKind::hangup()).ok();
+    let usr1 = signal(SignalKind::user_defined1()).ok();
     [
-        tokio::spawn(reload_on_sighup(reloads)),
+        tokio::spawn(reload_on_sighup(hup, reloads)),
         tokio::spawn(reload_on_file_change(proxy.clone())),
         tokio::spawn(watch_expiry(proxy.clone())),
         tokio::spawn(follow_vault_events(proxy.clone())),
         tokio::spawn(follow_dns(proxy.clone())),
-        tokio::spawn(reopen_logs_on_sigusr1()),
+        tokio::spawn(reopen_logs_on_sigusr1(usr1)),
     ]
 }
 
 /// SIGUSR1 reopens the access log files by name, as nginx does: logrotate
 /// renames a file, then signals, and the lines after go to a new file.
-async fn reopen_logs_on_sigusr1() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        return;
-    };
+async fn reopen_logs_on_sigusr1(usr1: Option<tokio::signal::unix::Signal>) {
+    let Some(mut usr1) = usr1 else { return };
     while usr1.recv().await.is_some() {
         let failed = tokio::task::spawn_blocking(super::forward::access_log::reopen_all)
             .await
@@ -65,11 +68,8 @@ struct Reloads {
 
 /// SIGHUP re-reads the config file (or, for a proxy started without one,
 /// the certificates); a failed reload keeps what runs and says why.
-async fn reload_on_sighup(reloads: Reloads) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_sighup(hup: Option<tokio::signal::unix::Signal>, reloads: Reloads) {
+    let Some(mut hup) = hup else { return };
     while hup.recv().await.is_some() {
         crate::notify::reloading();
         let outcome = if reloads.proxy.config_path.is_some() {

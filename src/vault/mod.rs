@@ -206,15 +206,19 @@ pub async fn run(
         serve_metrics(listener);
     }
 
-    tracing::info!(socket = %socket.display(), "vault listening");
-    on_ready(&vault.settings());
-    crate::notify::ready(&format!("vault listening on {}", socket.display()));
-
+    // The handler is in place before anyone is told the vault is up: a
+    // SIGHUP that came first would end the process (its default action).
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let reloads = tokio::spawn(reload_on_sighup(
+        hup,
         vault.clone(),
         reload.map(|r| r.read),
         status,
     ));
+
+    tracing::info!(socket = %socket.display(), "vault listening");
+    on_ready(&vault.settings());
+    crate::notify::ready(&format!("vault listening on {}", socket.display()));
 
     let housekeeping = {
         let vault = vault.clone();
@@ -376,14 +380,12 @@ fn write_pid_file(
 /// Applies a re-read config on every SIGHUP. An invalid config changes
 /// nothing: the error is logged, audited and counted.
 async fn reload_on_sighup(
+    hup: Option<tokio::signal::unix::Signal>,
     vault: Arc<Vault>,
     reload: Option<Reloader>,
     status: Option<Arc<crate::control::StatusFile>>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+    let Some(mut hup) = hup else { return };
     while hup.recv().await.is_some() {
         let Some(reload) = &reload else {
             tracing::info!("SIGHUP: no config file to re-read (started from flags)");
