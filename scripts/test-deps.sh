@@ -10,8 +10,10 @@ set -euo pipefail
 # The PKCS#11 module's clients: pkcs11-tool (opensc), libp11's OpenSSL
 # engine, p11tool (gnutls-bin), PyKCS11, ssh-keygen, and ss (iproute2) to
 # see who holds vault connections; nm (binutils) to read what the module
-# exports; keytool (a headless JRE) for Java's SunPKCS11.
-packages=(nginx apache2 curl wrk testssl.sh python3-venv
+# exports; keytool (a headless JRE) for Java's SunPKCS11. A browser for the
+# status page (headless chromium, with a font to render it in), and
+# logrotate for the package's snippet.
+packages=(nginx apache2 curl wrk openssl testssl.sh python3-venv chromium fonts-dejavu-core logrotate
     opensc libengine-pkcs11-openssl gnutls-bin python3-pykcs11 openssh-client iproute2 binutils
     openjdk-17-jre-headless)
 
@@ -57,6 +59,9 @@ if [ ! -x "$venv/bin/sslyze" ]; then
     $sudo /usr/bin/python3 -m venv "$venv"
     $sudo "$venv/bin/pip" install --quiet --disable-pip-version-check sslyze
 fi
+
+# cargo-deb, for the package test (tests/package.rs). A no-op once it is there.
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 
 # The system users of the shipped production configs (config/vault-only.toml,
 # config/proxy-only.toml), as docs/deployment.md makes them: the vault's

@@ -15,6 +15,7 @@
 //! - [`os`]       — process hardening: no core dumps, mlockall, privileges
 //! - [`sync`]     — locks that survive a panic elsewhere (no poisoning; the PKCS#11 module uses them too)
 //! - [`control`]  — pid and status files: how `reload` finds a process and hears its verdict
+//! - [`notify`]   — readiness, reloads and shutdown told to systemd (`sd_notify`)
 //! - [`telemetry`] — tracing setup and the Prometheus `/metrics` listener
 //! - [`cli`]      — subcommand implementations behind `main.rs`
 
@@ -24,6 +25,7 @@ pub mod config;
 pub(crate) mod control;
 pub mod devca;
 pub(crate) mod fsutil;
+pub(crate) mod notify;
 pub(crate) mod os;
 pub mod pki;
 pub mod protocol;
