@@ -33,6 +33,16 @@ if [ ! -x "$venv/bin/sslyze" ]; then
     $sudo "$venv/bin/pip" install --quiet --disable-pip-version-check sslyze
 fi
 
+# The system users of the shipped production configs (config/vault-only.toml,
+# config/proxy-only.toml), as docs/deployment.md makes them: the vault's
+# user, the proxy's, and the proxy in the vault socket's group.
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+for u in vaultgate vaultgate-proxy; do
+    id "$u" >/dev/null 2>&1 || $sudo useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$u"
+done
+id -nG vaultgate-proxy | tr ' ' '\n' | grep -qx vaultgate || $sudo usermod -aG vaultgate vaultgate-proxy
+
 # nginx and apache2 live in /usr/sbin, which a non-login shell may lack.
 export PATH="$PATH:/usr/sbin:/sbin"
 

@@ -19,9 +19,25 @@ use crate::protocol::{
 };
 use crate::sync::Locked;
 
+/// What to do about a socket that cannot be reached, by its error kind.
+fn connect_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            " (the socket is for the vault's user and its socket_group: run as a member of that \
+             group, e.g. `usermod -aG GROUP USER` and log in again, or as a user the vault's \
+             grants name)"
+        }
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            " (is the vault running? it listens where its config's [vault] socket says; \
+             --socket, --config or VAULTGATE_SOCKET name another)"
+        }
+        _ => "",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the vault at {path}: {source}")]
+    #[error("cannot connect to the vault at {path}: {source}{hint}", hint = connect_hint(source))]
     Connect {
         path: PathBuf,
         source: std::io::Error,

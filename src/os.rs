@@ -1,7 +1,8 @@
 //! OS calls: process hardening through nix's safe wrappers (no core dumps,
 //! memory locked against swap, privileges dropped), and the crate's only
-//! `unsafe` blocks: a child process's setup between fork and exec, and
-//! registering a socket with tokio for one kind of readiness.
+//! `unsafe` blocks: a child process's setup between fork and exec (dying
+//! with its parent; becoming another user), and registering a socket with
+//! tokio for one kind of readiness.
 
 use nix::sys::mman::{mlockall, MlockAllFlags};
 use nix::sys::resource::{setrlimit, Resource};
@@ -221,6 +222,46 @@ pub fn die_with_parent_in_own_group(cmd: &mut std::process::Command) {
             Ok(())
         });
     }
+}
+
+/// Makes a child started with `cmd` run as `user`: its supplementary
+/// groups (looked up here, before the fork), its gid, its uid. For running
+/// a command as the user a service runs as, to see what that user can
+/// read. The caller must be root.
+#[allow(
+    unsafe_code,
+    reason = "pre_exec: the documented OS calls between fork and exec"
+)]
+pub fn run_child_as(
+    cmd: &mut std::process::Command,
+    user: &crate::config::user::RunAs,
+) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let name = std::ffi::CString::new(user.name.as_str())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a user name"))?;
+    let groups: Vec<libc::gid_t> =
+        nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(user.gid))
+            .map_err(std::io::Error::from)?
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+    let (uid, gid) = (user.uid, user.gid);
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: setgroups, setgid and
+    // setuid are system calls; the group list was built before the fork
+    // and is only read, and nothing here allocates or takes a lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Resolves on the first SIGTERM or SIGINT: the vault's and the proxy's

@@ -11,6 +11,8 @@ mod common;
 
 #[path = "proxy/check.rs"]
 mod check;
+#[path = "proxy/deployment.rs"]
+mod deployment;
 #[path = "proxy/failures.rs"]
 mod failures;
 #[path = "proxy/faults.rs"]

@@ -417,6 +417,8 @@ ops = ["sign", "public-key"]
         &["key", "rotate", "shared-web"][..],
         &["key", "create", "shared-new", "--type", "ed25519"][..],
         &["key", "disable", "shared-web"][..],
+        // no `list` grant at all: refused, not an empty table
+        &["key", "list"][..],
     ] {
         let out = as_uid(65534, 65534, args);
         assert!(!out.status.success(), "{args:?} was allowed");
@@ -427,7 +429,11 @@ ops = ["sign", "public-key"]
     }
     // a uid outside the socket's group cannot even connect
     let out = as_uid(65533, 65533, &["key", "list"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Permission denied") && err.contains("socket_group"),
+        "{err}"
+    );
 
     v.ok(&["audit", "verify"]);
     let log = v.audit_log();
@@ -435,16 +441,17 @@ ops = ["sign", "public-key"]
         .lines()
         .filter(|l| l.contains("\"uid\":65534") && l.contains("\"result\":\"denied\""))
         .collect();
-    assert_eq!(denied.len(), 4, "{log}");
+    assert_eq!(denied.len(), 5, "{log}");
     assert!(denied.iter().any(|l| l.contains("\"op\":\"rotate\"")));
     assert!(log.lines().any(|l| l.contains("\"uid\":65534")
         && l.contains("\"op\":\"sign\"")
         && l.contains("\"result\":\"ok\"")));
-    // and counted: nobody's four, and the admin's sign
+    // and counted: nobody's five, and the admin's sign
     let metrics = http_get(v.metrics.expect("metrics address"), "/metrics");
     let denied =
         |labels: &[&str]| common::proxy::metric(&metrics, "vaultgate_vault_denied_total", labels);
-    assert_eq!(denied(&[]), 5.0, "{metrics}");
+    assert_eq!(denied(&[]), 6.0, "{metrics}");
+    assert_eq!(denied(&["op=\"list\""]), 1.0);
     assert_eq!(denied(&["op=\"sign\""]), 2.0);
     assert_eq!(denied(&["op=\"rotate\""]), 1.0);
     assert_eq!(
@@ -453,7 +460,7 @@ ops = ["sign", "public-key"]
             "vaultgate_vault_requests_total",
             &["result=\"denied\""]
         ),
-        5.0
+        6.0
     );
 }
 
@@ -916,6 +923,46 @@ fn sighup_reloads_grants_and_an_invalid_config_changes_nothing() {
         "{failed}"
     );
     v.ok(&["key", "create", "b", "--type", "ed25519"]);
+}
+
+#[test]
+fn vaultgate_reload_reaches_the_vault_through_its_pid_file_and_hears_its_verdict() {
+    let me = nix::unistd::geteuid().as_raw();
+    let grants = |ops: &str| {
+        format!(
+            "[vault]\npid_file = \"{{dir}}/vault.pid\"\n[[vault.grant]]\nprincipal = \"uid:{me}\"\nkeys = [\"*\"]\nops = [{ops}]\n"
+        )
+    };
+    let v = VaultProc::start_with(Opts {
+        config: Some(grants("\"use\"")),
+        ..Opts::default()
+    });
+    let config = v.config.clone().unwrap();
+    let dir = config.parent().unwrap().display().to_string();
+    let pid = std::fs::read_to_string(config.with_file_name("vault.pid")).unwrap();
+    assert_eq!(pid.trim(), v.child.id().to_string());
+    assert!(v
+        .err(&["key", "create", "a", "--type", "ed25519"])
+        .contains("denied"));
+    std::fs::write(&config, grants("\"use\", \"admin\"").replace("{dir}", &dir)).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["reload", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("vault (pid {}) reloaded its config", v.child.id())),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The verdict came after the reload: the new grants are in force.
+    v.ok(&["key", "create", "a", "--type", "ed25519"]);
 }
 
 #[test]

@@ -91,7 +91,7 @@ pub fn socket_path(conn: &Conn) -> Result<PathBuf, ConfigError> {
     }
     let path = match &conn.config {
         Some(p) => p.clone(),
-        None if Path::new(config::DEFAULT_PATH).exists() => PathBuf::from(config::DEFAULT_PATH),
+        None if config::default_path().exists() => config::default_path(),
         None => return Ok(PathBuf::from(config::vault::DEFAULT_SOCKET)),
     };
     let loaded = config::load(&path)?;
@@ -142,6 +142,32 @@ fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
+/// A describe document as people read it: times (Unix seconds on the
+/// wire) as RFC 3339, the rotation period as `365d`.
+fn for_people(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            for (k, field) in map.iter_mut() {
+                match (k.as_str(), field.as_u64()) {
+                    ("created" | "rotated" | "deletion_at" | "retire_at", Some(t)) => {
+                        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t);
+                        *field = Value::String(humantime::format_rfc3339_seconds(when).to_string());
+                    }
+                    ("rotate_every", Some(secs)) => {
+                        *field = Value::String(crate::config::duration::format(
+                            std::time::Duration::from_secs(secs),
+                        ));
+                    }
+                    _ => for_people(field),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(for_people),
+        _ => {}
+    }
+}
+
 fn parse_duration(s: &str) -> Result<u64, AdminError> {
     humantime::parse_duration(s)
         .map(|d| d.as_secs())
@@ -170,10 +196,86 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), AdminError> {
     })
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "one arm per `key` subcommand, each a request and its printout"
-)]
+async fn key_create(
+    name: String,
+    key_type: String,
+    rotate_every: Option<String>,
+    conn: &Conn,
+) -> CmdResult {
+    let key_type = KeyType::from_name(&key_type).ok_or(AdminError::KeyType(key_type))?;
+    let rotate_every = rotate_every.as_deref().map(parse_duration).transpose()?;
+    let c = connect(conn).await?;
+    let v = c
+        .json(&Request::Create {
+            key: name.clone(),
+            key_type,
+            rotate_every,
+        })
+        .await?;
+    println!("created {name} ({key_type}), version {}", v["primary"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn key_import(name: String, pem: &Path, new_version: bool, conn: &Conn) -> CmdResult {
+    let bytes = if pem == Path::new("-") {
+        read_stdin()?
+    } else {
+        Zeroizing::new(read_file(pem)?)
+    };
+    let c = connect(conn).await?;
+    let v = c
+        .json(&Request::Import {
+            key: name.clone(),
+            pem: bytes,
+            new_version,
+        })
+        .await?;
+    println!(
+        "imported {name} ({}), version {}",
+        v["type"].as_str().unwrap_or("?"),
+        v["primary"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn key_schedule_deletion(name: String, wait: Option<String>, conn: &Conn) -> CmdResult {
+    let wait_secs = wait.as_deref().map(parse_duration).transpose()?;
+    let c = connect(conn).await?;
+    let v = c
+        .json(&Request::ScheduleDeletion {
+            key: name.clone(),
+            wait_secs,
+        })
+        .await?;
+    let at = v["deletion_at"].as_u64().unwrap_or(0);
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at);
+    println!(
+        "{name} will be deleted at {}",
+        humantime::format_rfc3339_seconds(when)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `key list` as a table, one key a line.
+fn print_key_table(v: &serde_json::Value) {
+    println!(
+        "{:<24} {:<11} {:<17} {:>7} {:>8}",
+        "NAME", "TYPE", "STATE", "PRIMARY", "VERSIONS"
+    );
+    for k in v.as_array().into_iter().flatten() {
+        let s = |f: &str| k[f].as_str().unwrap_or("-").to_owned();
+        let n = |f: &str| k[f].as_u64().map_or("-".into(), |x| x.to_string());
+        println!(
+            "{:<24} {:<11} {:<17} {:>7} {:>8}",
+            s("name"),
+            s("type"),
+            s("state"),
+            n("primary"),
+            n("versions")
+        );
+    }
+}
+
 pub fn key(cmd: KeyCommand) -> ExitCode {
     block_on(async move {
         match cmd {
@@ -182,75 +284,27 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
                 key_type,
                 rotate_every,
                 conn,
-            } => {
-                let key_type =
-                    KeyType::from_name(&key_type).ok_or(AdminError::KeyType(key_type))?;
-                let rotate_every = rotate_every.as_deref().map(parse_duration).transpose()?;
-                let c = connect(&conn).await?;
-                let v = c
-                    .json(&Request::Create {
-                        key: name.clone(),
-                        key_type,
-                        rotate_every,
-                    })
-                    .await?;
-                println!("created {name} ({key_type}), version {}", v["primary"]);
-                Ok(ExitCode::SUCCESS)
-            }
+            } => key_create(name, key_type, rotate_every, &conn).await,
             KeyCommand::Import {
                 name,
                 pem,
                 new_version,
                 conn,
-            } => {
-                let bytes = if pem == Path::new("-") {
-                    read_stdin()?
-                } else {
-                    Zeroizing::new(read_file(&pem)?)
-                };
-                let c = connect(&conn).await?;
-                let v = c
-                    .json(&Request::Import {
-                        key: name.clone(),
-                        pem: bytes,
-                        new_version,
-                    })
-                    .await?;
-                println!(
-                    "imported {name} ({}), version {}",
-                    v["type"].as_str().unwrap_or("?"),
-                    v["primary"]
-                );
-                Ok(ExitCode::SUCCESS)
-            }
+            } => key_import(name, &pem, new_version, &conn).await,
             KeyCommand::List { json, conn } => {
                 let c = connect(&conn).await?;
                 let v = c.json(&Request::List).await?;
                 if json {
                     println!("{}", pretty(&v));
                 } else {
-                    println!(
-                        "{:<24} {:<11} {:<17} {:>7} {:>8}",
-                        "NAME", "TYPE", "STATE", "PRIMARY", "VERSIONS"
-                    );
-                    for k in v.as_array().into_iter().flatten() {
-                        let s = |f: &str| k[f].as_str().unwrap_or("-").to_owned();
-                        let n = |f: &str| k[f].as_u64().map_or("-".into(), |x| x.to_string());
-                        println!(
-                            "{:<24} {:<11} {:<17} {:>7} {:>8}",
-                            s("name"),
-                            s("type"),
-                            s("state"),
-                            n("primary"),
-                            n("versions")
-                        );
-                    }
+                    print_key_table(&v);
                 }
                 Ok(ExitCode::SUCCESS)
             }
             KeyCommand::Describe { name, conn } => {
                 let c = connect(&conn).await?;
-                let v = c.json(&Request::Describe { key: name }).await?;
+                let mut v = c.json(&Request::Describe { key: name }).await?;
+                for_people(&mut v);
                 println!("{}", pretty(&v));
                 Ok(ExitCode::SUCCESS)
             }
@@ -281,21 +335,7 @@ pub fn key(cmd: KeyCommand) -> ExitCode {
                 state_change(&conn, Request::CancelDeletion { key: name }).await
             }
             KeyCommand::ScheduleDeletion { name, wait, conn } => {
-                let wait_secs = wait.as_deref().map(parse_duration).transpose()?;
-                let c = connect(&conn).await?;
-                let v = c
-                    .json(&Request::ScheduleDeletion {
-                        key: name.clone(),
-                        wait_secs,
-                    })
-                    .await?;
-                let at = v["deletion_at"].as_u64().unwrap_or(0);
-                let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at);
-                println!(
-                    "{name} will be deleted at {}",
-                    humantime::format_rfc3339_seconds(when)
-                );
-                Ok(ExitCode::SUCCESS)
+                key_schedule_deletion(name, wait, &conn).await
             }
             KeyCommand::Sign {
                 name,

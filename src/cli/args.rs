@@ -26,8 +26,8 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate a config file without starting anything (like `nginx -t`).
     Check(ConfigArg),
-    /// Validate the config, then tell the running proxy (`[proxy]
-    /// pid_file`) to re-read it (SIGHUP).
+    /// Validate the config, then have the running proxy and vault (their
+    /// `pid_file`s) re-read it, and report how each reload went.
     Reload(ConfigArg),
     /// Manage and use keys.
     #[command(subcommand)]
@@ -48,7 +48,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ConfigArg {
-    /// Config file [default: config/vaultgate.toml]
+    /// Config file [default: config/vaultgate.toml here, else the built-in default's under $VAULTGATE_HOME]
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
 }
@@ -82,13 +82,14 @@ pub struct VaultArgs {
     pub ready_line: bool,
 }
 
-/// How admin commands find the vault.
+// How admin commands find the vault (flattened into each of them; a doc
+// comment here would become the `about` of every subcommand without one).
 #[derive(Debug, Args, Clone)]
 pub struct Conn {
-    /// Vault socket [env: VAULTGATE_SOCKET; else the config's vault.socket]
+    /// Vault socket [default: the config's `[vault] socket`]
     #[arg(long, env = "VAULTGATE_SOCKET", global = true)]
     pub socket: Option<PathBuf>,
-    /// Config file whose `[vault]` socket to use [default: config/vaultgate.toml if present]
+    /// Config file whose `[vault]` socket to use [default: config/vaultgate.toml here, else the built-in default's, if present]
     #[arg(long, short = 'c', global = true)]
     pub config: Option<PathBuf>,
 }
@@ -97,6 +98,7 @@ pub struct Conn {
 pub enum KeyCommand {
     /// Generate a new key in the vault.
     Create {
+        /// The key's name: 1-64 of A-Z a-z 0-9 . _ -
         name: String,
         /// ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096, ed25519, aes-256
         #[arg(long = "type", short = 't')]
@@ -107,9 +109,11 @@ pub enum KeyCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Import a PKCS#8 PEM private key (file, or - for stdin).
+    /// Import a PKCS#8 PEM private key.
     Import {
+        /// The key's name.
         name: String,
+        /// The PEM file, or - for stdin.
         #[arg(long)]
         pem: PathBuf,
         /// Add it as the next version of an existing key.
@@ -118,63 +122,79 @@ pub enum KeyCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// List keys.
+    /// List the keys you may list: name, type, state, primary version, versions.
     List {
+        /// Print the vault's JSON instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         conn: Conn,
     },
-    /// Show a key's type, versions, state and dates.
+    /// Show a key's type, versions, state and dates (JSON).
     Describe {
+        /// The key's name.
         name: String,
         #[command(flatten)]
         conn: Conn,
     },
     /// Print a key's public key (PEM) and its SPKI SHA-256 id.
     Public {
+        /// The key's name.
         name: String,
+        /// Key version [default: the primary]
         #[arg(long)]
         version: Option<u32>,
         #[command(flatten)]
         conn: Conn,
     },
-    /// Make a new version the primary.
+    /// Make a new version the primary; old versions still verify and decrypt.
     Rotate {
+        /// The key's name.
         name: String,
         #[command(flatten)]
         conn: Conn,
     },
+    /// Let a disabled key be used again.
     Enable {
+        /// The key's name.
         name: String,
         #[command(flatten)]
         conn: Conn,
     },
+    /// Refuse every use of a key until it is enabled again (it stays stored).
     Disable {
+        /// The key's name.
         name: String,
         #[command(flatten)]
         conn: Conn,
     },
-    /// Delete a key after a waiting period (default 7 days).
+    /// Delete a key after a waiting period; until then it cannot be used,
+    /// and `cancel-deletion` brings it back.
     ScheduleDeletion {
+        /// The key's name.
         name: String,
-        /// Waiting period, e.g. 7d or 30s (at least the vault's min_deletion_wait).
+        /// Waiting period, e.g. 7d [default: the vault's `default_deletion_wait`;
+        /// never below its `min_deletion_wait`]
         #[arg(long)]
         wait: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
+    /// Stop a scheduled deletion; the key comes back disabled, as in KMS.
     CancelDeletion {
+        /// The key's name.
         name: String,
         #[command(flatten)]
         conn: Conn,
     },
     /// Sign stdin with a key; the signature goes to stdout.
     Sign {
+        /// The key's name.
         name: String,
         /// TLS scheme name, e.g. ecdsa-p256-sha256, rsa-pss-sha256, ed25519.
         #[arg(long)]
         scheme: String,
+        /// Key version [default: the primary]
         #[arg(long)]
         version: Option<u32>,
         #[command(flatten)]
@@ -182,11 +202,15 @@ pub enum KeyCommand {
     },
     /// Verify a signature over stdin; exit 0 if valid, 1 if not.
     Verify {
+        /// The key's name.
         name: String,
+        /// TLS scheme name, as for `sign`.
         #[arg(long)]
         scheme: String,
+        /// File holding the signature.
         #[arg(long)]
         signature: PathBuf,
+        /// Key version [default: the primary]
         #[arg(long)]
         version: Option<u32>,
         #[command(flatten)]
@@ -198,6 +222,7 @@ pub enum KeyCommand {
 pub enum DataCommand {
     /// Encrypt stdin under an aes-256 key; the ciphertext blob goes to stdout.
     Encrypt {
+        /// The aes-256 key.
         #[arg(long)]
         key: String,
         /// Encryption context (authenticated, not encrypted); needed again to decrypt.
@@ -208,6 +233,7 @@ pub enum DataCommand {
     },
     /// Decrypt a blob from stdin; the blob names its key and version.
     Decrypt {
+        /// The encryption context it was encrypted with.
         #[arg(long, default_value = "")]
         context: String,
         #[command(flatten)]
@@ -215,10 +241,13 @@ pub enum DataCommand {
     },
     /// A fresh data key: plaintext and wrapped copy (as KMS GenerateDataKey).
     GenerateKey {
+        /// The aes-256 key that wraps it.
         #[arg(long)]
         key: String,
+        /// Length of the data key (1-1024).
         #[arg(long, default_value_t = 32)]
         bytes: u32,
+        /// Encryption context of the wrapped copy; needed again to unwrap it.
         #[arg(long, default_value = "")]
         context: String,
         /// Write the plaintext key here (0600) instead of printing it.
@@ -237,7 +266,9 @@ pub enum CertCommand {
     /// Bind a certificate chain (PEM, leaf first) to a key version, after
     /// checking that the leaf's public key is that version's.
     Install {
+        /// The key's name.
         key: String,
+        /// PEM file: the chain, leaf first.
         #[arg(long)]
         chain: PathBuf,
         /// Key version [default: the primary]
@@ -249,12 +280,15 @@ pub enum CertCommand {
     /// Write a CSR signed by the key (for an external CA); then
     /// `cert install` binds the chain the CA returns.
     Csr {
+        /// The key's name.
         key: String,
         /// DNS name or IP address (repeatable).
         #[arg(long = "name", required = true)]
         names: Vec<String>,
+        /// Subject common name [default: the first name]
         #[arg(long)]
         common_name: Option<String>,
+        /// Key version [default: the primary]
         #[arg(long)]
         version: Option<u32>,
         /// Write the CSR here instead of stdout.
@@ -267,20 +301,24 @@ pub enum CertCommand {
     /// held in the vault (or self-signed without --ca). Without --name, the
     /// names and lifetime of the certificate being replaced are kept.
     Issue {
+        /// The key's name.
         key: String,
-        /// The vault key of the issuing CA.
+        /// The vault key of the issuing CA [default: self-signed]
         #[arg(long)]
         ca: Option<String>,
+        /// DNS name or IP address (repeatable) [default: those of the certificate replaced]
         #[arg(long = "name")]
         names: Vec<String>,
+        /// Subject common name [default: the first name]
         #[arg(long)]
         common_name: Option<String>,
-        /// Lifetime in days.
+        /// Lifetime in days [default: that of the certificate replaced, else 90]
         #[arg(long)]
         days: Option<u32>,
         /// Make a CA certificate.
         #[arg(long)]
         is_ca: bool,
+        /// Key version [default: the primary]
         #[arg(long)]
         version: Option<u32>,
         #[command(flatten)]
@@ -288,7 +326,9 @@ pub enum CertCommand {
     },
     /// Print the chain bound to a key version.
     Show {
+        /// The key's name.
         key: String,
+        /// Key version [default: the primary]
         #[arg(long)]
         version: Option<u32>,
         #[command(flatten)]
@@ -316,6 +356,7 @@ pub enum AuditCommand {
 pub enum BackupCommand {
     /// Write every key and version, wrapped under a backup passphrase.
     Export {
+        /// The backup file to write (0600).
         #[arg(long)]
         out: PathBuf,
         /// Environment variable holding the backup passphrase (else read from stdin).
@@ -326,11 +367,45 @@ pub enum BackupCommand {
     },
     /// Restore a backup into this vault (keys that exist are refused).
     Import {
+        /// The backup file to read.
         #[arg(long = "in")]
         input: PathBuf,
+        /// Environment variable holding the backup passphrase (else read from stdin).
         #[arg(long)]
         passphrase_env: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand says what it does and every option what it means:
+    /// `--help` is the manual.
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for sub in cmd.get_subcommands() {
+            let name = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() {
+                missing.push(format!("{name}: no description"));
+            }
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{name} {id}: no help"));
+                }
+            }
+            walk(sub, &name, missing);
+        }
+    }
+
+    #[test]
+    fn every_subcommand_and_option_has_help() {
+        let cmd = super::Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "vaultgate", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
 }

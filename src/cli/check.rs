@@ -1,6 +1,8 @@
 //! `vaultgate check`: validates a config without starting anything, like
-//! `nginx -t`. Every problem is reported (file:line:column where the
-//! config is at fault); the exit code is non-zero if there was any.
+//! `nginx -t`. It reports the first problem of each section (`[vault]`,
+//! `[run]`, `[proxy]`, at file:line:column), and once `[proxy]` is valid,
+//! every certificate or key that does not load or match; the exit code is
+//! non-zero if there was any.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,12 +16,33 @@ use crate::config::Loaded;
 use crate::proxy::tls::store::load_entry;
 use crate::signer::{PoolOptions, VaultPool};
 
+/// Set in a `check` re-run as the service's user, so it does not re-run.
+const AS_USER_ENV: &str = "VAULTGATE_CHECK_AS_USER";
+
 pub fn main(args: ConfigArg) -> ExitCode {
     let loaded = match super::load_config(&args) {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let (errors, notes) = check(&loaded);
+    if passes(&loaded) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The whole check of a loaded config, its findings printed; `reload`
+/// runs it too, so `check`, `reload` and the running process agree.
+pub fn passes(loaded: &Loaded) -> bool {
+    // Run as root for a service that switches users, the check must read
+    // what the service will read, as the service will read it: again, as
+    // that user.
+    if nix::unistd::geteuid().is_root() && std::env::var_os(AS_USER_ENV).is_none() {
+        if let Some(user) = service_user(loaded) {
+            return check_as(&loaded.path, &user);
+        }
+    }
+    let (errors, notes) = check(loaded);
     for n in &notes {
         eprintln!("vaultgate: note: {n}");
     }
@@ -28,14 +51,60 @@ pub fn main(args: ConfigArg) -> ExitCode {
     }
     if errors.is_empty() {
         println!("{}: ok", loaded.path.display());
-        ExitCode::SUCCESS
+        true
     } else {
         eprintln!(
             "vaultgate: {}: {} error(s)",
             loaded.path.display(),
             errors.len()
         );
-        ExitCode::FAILURE
+        false
+    }
+}
+
+/// The user the config's service switches to: `[proxy] user`, else
+/// `[vault] user`. An invalid section yields none here; the check itself
+/// reports it.
+fn service_user(loaded: &Loaded) -> Option<crate::config::user::RunAs> {
+    if loaded.file.proxy.is_some() {
+        if let Ok(Some(u)) = ProxySettings::from_loaded(loaded).map(|s| s.user) {
+            return Some(u);
+        }
+    }
+    VaultSettings::from_loaded(loaded).ok().and_then(|s| s.user)
+}
+
+/// `vaultgate check` again, as `user`, with its output; whether it passed.
+fn check_as(config: &std::path::Path, user: &crate::config::user::RunAs) -> bool {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!(
+                "vaultgate: cannot find this program to re-run it as {}: {e}",
+                user.name
+            );
+            return false;
+        }
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("check")
+        .arg("--config")
+        .arg(config)
+        .env(AS_USER_ENV, &user.name);
+    if let Err(e) = crate::os::run_child_as(&mut cmd, user) {
+        eprintln!("vaultgate: cannot run the check as {}: {e}", user.name);
+        return false;
+    }
+    eprintln!(
+        "vaultgate: checking as {} (uid {}), the user the service runs as",
+        user.name, user.uid
+    );
+    match cmd.status() {
+        Ok(s) => s.success(),
+        Err(e) => {
+            eprintln!("vaultgate: cannot run the check as {}: {e}", user.name);
+            false
+        }
     }
 }
 

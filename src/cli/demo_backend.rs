@@ -1,7 +1,9 @@
 //! The embedded default's stand-in backend: a page on `[run]
 //! demo_backend` (127.0.0.1:8080) so that `vaultgate run` and its printed
-//! curl line answer out of the box, as nginx's welcome page does. It steps
-//! aside when something else already listens there (your real backend).
+//! curl line answer out of the box, as nginx's welcome page does. It is
+//! started only if nothing listens there when `run` starts (your real
+//! backend); once started it holds the address until `run` stops, so a
+//! server started later cannot bind it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +22,7 @@ pub async fn serve(addr: SocketAddr) {
             return;
         }
     };
-    println!("demo backend on http://{addr}/ (start your own server there instead)");
+    println!("demo backend on http://{addr}/ (to serve your own: stop run, start yours there, start run again)");
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -50,7 +52,8 @@ fn page(req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "Hello from the vaultgate demo backend.\n\
          You reached it through vaultgate, which terminated TLS with a key held in its vault.\n\n\
          {} {}\nHost: {}\nX-Forwarded-For: {}\nX-Forwarded-Proto: {}\n\n\
-         Put your own server on this address and vaultgate forwards to it instead.\n",
+         To put your own server here: stop `vaultgate run`, start your server on this\n\
+         address, then start `vaultgate run` again; the demo page stays out of its way.\n",
         req.method(),
         req.uri(),
         header("host"),

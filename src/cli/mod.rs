@@ -1,5 +1,12 @@
 //! Subcommand implementations. Each returns an exit code; errors are one
 //! line on stderr.
+//!
+//! - [`args`]: the command line (clap)
+//! - [`vault`], [`proxy`], [`run`]: the long-running commands
+//! - [`admin`]: `key`, `data`, `cert`, `audit`, `backup`, through the vault socket
+//! - [`check`]: `check`, which validates a config and its files (`reload`
+//!   itself is here, below)
+//! - [`demo_backend`]: the page `run` serves until a real backend listens
 
 pub mod admin;
 pub mod args;
@@ -39,50 +46,61 @@ pub fn load_config(args: &args::ConfigArg) -> Result<crate::config::Loaded, Exit
     let path = args
         .config
         .clone()
-        .unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_PATH));
+        .unwrap_or_else(crate::config::default_path);
     crate::config::load(&path).map_err(fail)
 }
 
 /// `vaultgate reload`: refuses an invalid config here, with its location,
-/// rather than have the running process refuse it in its log.
+/// rather than have the running process refuse it in its log; then asks
+/// each running process the config names a pid file for (the proxy, the
+/// vault) to reload, and waits for its verdict: non-zero when the reload
+/// failed there (the process keeps its running config).
 fn reload(args: args::ConfigArg) -> ExitCode {
     let loaded = match load_config(&args) {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let settings = match crate::config::proxy::ProxySettings::from_loaded(&loaded) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("{e}; nothing was reloaded")),
-    };
-    let Some(pid_file) = settings.pid_file else {
+    let mut pid_files = Vec::new();
+    if loaded.file.proxy.is_some() {
+        match crate::config::proxy::ProxySettings::from_loaded(&loaded) {
+            Ok(s) => pid_files.extend(s.pid_file.map(|f| ("proxy", f))),
+            Err(e) => return fail(format!("{e}; nothing was reloaded")),
+        }
+    }
+    if loaded.file.vault.is_some() {
+        match crate::config::vault::VaultSettings::from_loaded(&loaded) {
+            Ok(s) => pid_files.extend(s.pid_file.map(|f| ("vault", f))),
+            Err(e) => return fail(format!("{e}; nothing was reloaded")),
+        }
+    }
+    // The whole check (certificates, keys, as the service's user), as
+    // `vaultgate check` does: what it refuses, the process would.
+    if !check::passes(&loaded) {
+        return fail("the check failed; nothing was reloaded");
+    }
+    if pid_files.is_empty() {
         return fail(format!(
-            "{}: no [proxy] pid_file, so the running process cannot be found; send it SIGHUP yourself",
+            "{}: neither [proxy] nor [vault] names a pid_file, so the running process cannot be found; send it SIGHUP yourself",
             loaded.path.display()
         ));
-    };
-    let pid = match std::fs::read_to_string(&pid_file) {
-        Ok(text) => match text.trim().parse::<i32>() {
-            Ok(pid) if pid > 0 => pid,
-            _ => return fail(format!("{}: not a pid", pid_file.display())),
-        },
-        Err(e) => {
-            return fail(format!(
-                "{}: {e} (is vaultgate running with this config?)",
-                pid_file.display()
-            ))
+    }
+    let mut failed = false;
+    for (what, pid_file) in pid_files {
+        match crate::control::reload(&pid_file, &loaded.path, RELOAD_WAIT) {
+            Ok(status) => println!("{what} (pid {}) reloaded its config", status.pid),
+            Err(e) => {
+                eprintln!("vaultgate: {what}: {e}");
+                failed = true;
+            }
         }
-    };
-    match nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    ) {
-        Ok(()) => {
-            println!("sent SIGHUP to {pid}: the config is re-read (see its log)");
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(format!(
-            "cannot signal pid {pid} from {}: {e}",
-            pid_file.display()
-        )),
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
+
+/// How long `reload` waits for a process's verdict: a reload that loads
+/// certificates through the vault takes well under a second.
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -34,7 +34,8 @@ pub fn main(args: ConfigArg) -> ExitCode {
     // when it connects (SO_PEERCRED), so the proxy must reach it as its
     // user, and certificate and key files are read as that user from the
     // first start on, as every reload will read them.
-    let bound = match rt.block_on(server::bind(&settings)) {
+    let config = config_path(&args);
+    let bound = match rt.block_on(server::bind(&settings, Some(&config))) {
         Ok(b) => b,
         Err(e) => return super::fail(e),
     };
@@ -45,7 +46,7 @@ pub fn main(args: ConfigArg) -> ExitCode {
     }
     let proxy = match Proxy::build(settings) {
         Ok(mut p) => {
-            p.config_path = Some(config_path(&args));
+            p.config_path = Some(config);
             Arc::new(p)
         }
         Err(e) => return super::fail(e),
@@ -60,5 +61,5 @@ pub fn main(args: ConfigArg) -> ExitCode {
 fn config_path(args: &ConfigArg) -> std::path::PathBuf {
     args.config
         .clone()
-        .unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_PATH))
+        .unwrap_or_else(crate::config::default_path)
 }

@@ -20,19 +20,28 @@ use crate::pki;
 use crate::proxy::{server, Proxy};
 use crate::signer::{PoolOptions, SignerError, VaultKey, VaultPool};
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "start-up in order: vault child, bootstrap, proxy, supervision"
-)]
-pub fn main(args: ConfigArg) -> ExitCode {
-    crate::telemetry::init_tracing();
-    let _ = crate::telemetry::install_recorder();
-    let path = args
-        .config
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+/// The config `run` starts from, each section validated; `[proxy] user`
+/// refused (below, why).
+fn settings(
+    args: ConfigArg,
+) -> Result<(PathBuf, VaultSettings, ProxySettings, RunSettings), ExitCode> {
+    let path = match args.config {
+        Some(p) => p,
+        None => {
+            // Away from a checkout: the built-in default, as a file of its
+            // own (kept once written, so it can be edited and reloaded).
+            let p = config::default_path();
+            match config::materialize_default(&p) {
+                Ok(true) => println!("config {} (written from the built-in default)", p.display()),
+                Ok(false) => {}
+                Err(e) => return Err(super::fail(format!("{}: {e}", p.display()))),
+            }
+            p
+        }
+    };
     let loaded = match config::load(&path) {
         Ok(l) => l,
-        Err(e) => return super::fail(e),
+        Err(e) => return Err(super::fail(e)),
     };
     // A proxy that has switched users could no longer start the vault
     // child, which has to begin as root to bind its socket and switch to
@@ -45,11 +54,11 @@ pub fn main(args: ConfigArg) -> ExitCode {
     // services, `vaultgate vault` and `vaultgate proxy`, each take a
     // `user`. `[vault] user` works: `run` stays root and can restart it.
     if let Some(u) = loaded.file.proxy.as_ref().and_then(|p| p.user.as_ref()) {
-        return super::fail(loaded.source().error(
+        return Err(super::fail(loaded.source().error(
             u.span(),
             "`vaultgate run` does not switch the proxy to a user (it could not restart the vault afterwards); \
              run `vaultgate vault` and `vaultgate proxy` as two services, each with its user, or leave [proxy] user out",
-        ));
+        )));
     }
     let (vault, proxy_settings, run) = match (
         VaultSettings::from_loaded(&loaded),
@@ -57,7 +66,30 @@ pub fn main(args: ConfigArg) -> ExitCode {
         RunSettings::from_loaded(&loaded),
     ) {
         (Ok(v), Ok(p), Ok(r)) => (v, p, r),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return super::fail(e),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Err(super::fail(e)),
+    };
+    Ok((path, vault, proxy_settings, run))
+}
+
+/// The host name the printed `curl` line uses: `localhost` if a
+/// certificate names it, else the first certificate's first name.
+fn curl_host(settings: &ProxySettings) -> String {
+    settings
+        .certs
+        .iter()
+        .flat_map(|c| c.names.iter())
+        .find(|n| *n == "localhost")
+        .or_else(|| settings.certs.first().and_then(|c| c.names.first()))
+        .cloned()
+        .unwrap_or_else(|| "localhost".into())
+}
+
+pub fn main(args: ConfigArg) -> ExitCode {
+    crate::telemetry::init_tracing();
+    let _ = crate::telemetry::install_recorder();
+    let (path, vault, proxy_settings, run) = match settings(args) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     if let Some(dir) = vault.socket.parent() {
         if let Err(e) = std::fs::create_dir_all(dir) {
@@ -79,14 +111,7 @@ pub fn main(args: ConfigArg) -> ExitCode {
             return super::fail(format!("bootstrap: {e}"));
         }
     };
-    let curl_host = proxy_settings
-        .certs
-        .iter()
-        .flat_map(|c| c.names.iter())
-        .find(|n| *n == "localhost")
-        .or_else(|| proxy_settings.certs.first().and_then(|c| c.names.first()))
-        .cloned()
-        .unwrap_or_else(|| "localhost".into());
+    let curl_host = curl_host(&proxy_settings);
     let proxy = match Proxy::build(proxy_settings) {
         Ok(mut p) => {
             p.config_path = Some(path.clone());

@@ -32,9 +32,12 @@ pub fn main(args: VaultArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     // SIGHUP re-reads the file with the same flags on top.
-    let reload: Option<crate::vault::Reloader> = args.config.is_some().then(|| {
+    let reload = args.config.clone().map(|config| {
         let args = args.clone();
-        Box::new(move || settings(&args).map_err(Into::into)) as crate::vault::Reloader
+        crate::vault::Reload {
+            config,
+            read: Box::new(move || settings(&args).map_err(Into::into)),
+        }
     });
     // No-new-privileges is per thread and inherited: set before the
     // runtime starts its threads, so it covers every one of them (the

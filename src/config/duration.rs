@@ -26,3 +26,36 @@ pub fn parse_opt(
 ) -> Result<Option<Duration>, ConfigError> {
     value.as_ref().map(|v| parse(src, v)).transpose()
 }
+
+/// A duration as people and config files write it: the largest unit
+/// that divides it evenly (`7d`, `6h`, `90s`, `100ms`).
+pub fn format(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s, d.subsec_nanos()) {
+        (0, 0) => "0s".to_owned(),
+        (s, 0) if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) => format!("{s}s"),
+        _ => format!("{}ms", d.as_millis()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_read_back_as_the_same_duration() {
+        for d in [0, 1, 59, 60, 90, 3600, 5400, 86_400, 604_800, 31_536_000] {
+            let d = Duration::from_secs(d);
+            assert_eq!(
+                humantime::parse_duration(&format(d)).unwrap(),
+                d,
+                "{}",
+                format(d)
+            );
+        }
+        assert_eq!(format(Duration::from_millis(100)), "100ms");
+        assert_eq!(format(Duration::from_secs(7 * 86_400)), "7d");
+    }
+}

@@ -27,11 +27,38 @@ use serde_spanned::Spanned;
 use super::{duration, ConfigError, Loaded, Location, Source};
 
 /// `listen = "ADDR"` or `listen = ["ADDR", ...]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum OneOrMany {
     One(String),
     Many(Vec<String>),
+}
+
+/// By hand rather than `untagged`, whose error ("did not match any
+/// variant of untagged enum") says nothing of what to write.
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address as a string, e.g. \"127.0.0.1:8443\", or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany::Many(items))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl OneOrMany {
@@ -90,12 +117,30 @@ pub struct ProxyFile {
     /// Any of "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
     /// "forwarded".
     pub forwarded_headers: Option<Spanned<Vec<String>>>,
+    /// Plain-HTTP listeners that answer every request with a redirect to
+    /// the same URL over HTTPS.
+    pub redirect_listen: Option<Spanned<OneOrMany>>,
+    /// `Strict-Transport-Security` on every HTTPS answer, e.g.
+    /// "max-age=63072000; includeSubDomains".
+    pub hsts: Option<Spanned<String>>,
+    /// Fields set on, and removed from, every answer to clients.
+    pub response_headers: Option<ResponseHeadersFile>,
     #[serde(default)]
     pub cert: Vec<CertFile>,
     #[serde(default)]
     pub route: Vec<RouteFile>,
     #[serde(default)]
     pub upstream: BTreeMap<String, UpstreamFile>,
+}
+
+/// `[proxy.response_headers]`: `set = { NAME = "VALUE", … }` adds or
+/// replaces, `remove = ["Server", …]` drops the backend's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseHeadersFile {
+    #[serde(default)]
+    pub set: BTreeMap<String, Spanned<String>>,
+    pub remove: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +181,8 @@ pub struct UpstreamFile {
     /// Start each backend connection with a PROXY protocol v2 header;
     /// such connections are private to one client connection.
     pub proxy_protocol: Option<bool>,
+    /// How often backends given by host name are resolved again.
+    pub resolve_every: Option<Spanned<String>>,
     pub health: Option<HealthFile>,
 }
 
@@ -242,10 +289,65 @@ pub enum Balance {
     HashHeader(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
     pub addr: SocketAddr,
     pub weight: u32,
+}
+
+/// A backend given by host name (`app.internal:8080`): resolved when the
+/// config is loaded, each address a backend, and again every
+/// `resolve_every` while the proxy runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedBackend {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// A name that did not resolve.
+#[derive(Debug, thiserror::Error)]
+#[error("backend {host}:{port}: cannot resolve: {source}")]
+pub struct ResolveError {
+    pub host: String,
+    pub port: u16,
+    pub source: std::io::Error,
+}
+
+impl NamedBackend {
+    /// Its addresses now (blocking: the system resolver), sorted.
+    pub fn resolve(&self) -> Result<Vec<BackendSpec>, ResolveError> {
+        use std::net::ToSocketAddrs;
+        let mut addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|source| ResolveError {
+                host: self.host.clone(),
+                port: self.port,
+                source,
+            })?
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        Ok(addrs
+            .into_iter()
+            .map(|addr| BackendSpec {
+                addr,
+                weight: self.weight,
+            })
+            .collect())
+    }
+}
+
+impl UpstreamSpec {
+    /// The backends given by address, then every address of each named
+    /// one, resolved now.
+    pub fn resolved_backends(&self) -> Result<Vec<BackendSpec>, ResolveError> {
+        let mut all = self.fixed.clone();
+        for n in &self.named {
+            all.extend(n.resolve()?);
+        }
+        Ok(all)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -260,7 +362,14 @@ pub struct HealthSpec {
 #[derive(Debug, Clone)]
 pub struct UpstreamSpec {
     pub name: String,
+    /// What the proxy sends to: the backends given by address, and those
+    /// the named ones resolved to when last resolved.
     pub backends: Vec<BackendSpec>,
+    /// The backends given by address.
+    pub fixed: Vec<BackendSpec>,
+    /// The backends given by name, and how often to resolve them again.
+    pub named: Vec<NamedBackend>,
+    pub resolve_every: Duration,
     pub balance: Balance,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
@@ -268,6 +377,64 @@ pub struct UpstreamSpec {
     pub h2c: bool,
     pub proxy_protocol: bool,
     pub health: Option<HealthSpec>,
+}
+
+/// The defaults of `[proxy.upstream.NAME.health]`.
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            path: "/".to_owned(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            healthy: 2,
+            unhealthy: 2,
+        }
+    }
+}
+
+/// The defaults of `[proxy.upstream.NAME]` (it has no backends until the
+/// file names some).
+impl Default for UpstreamSpec {
+    fn default() -> Self {
+        UpstreamSpec {
+            name: String::new(),
+            backends: Vec::new(),
+            fixed: Vec::new(),
+            named: Vec::new(),
+            resolve_every: Duration::from_secs(30),
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            fail_timeout: Duration::from_secs(10),
+            h2c: false,
+            proxy_protocol: false,
+            health: None,
+        }
+    }
+}
+
+/// What the proxy changes in every answer to clients (after the backend's
+/// hop-by-hop fields are gone): fields removed, then fields set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseHeaders {
+    pub remove: Vec<http::HeaderName>,
+    /// `hsts` comes first, then `[proxy.response_headers] set`.
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl ResponseHeaders {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty()
+    }
+
+    pub fn apply(&self, h: &mut http::HeaderMap) {
+        for name in &self.remove {
+            h.remove(name);
+        }
+        for (name, value) in &self.set {
+            h.insert(name.clone(), value.clone());
+        }
+    }
 }
 
 /// Which proxy headers are added to requests sent to backends.
@@ -313,32 +480,87 @@ pub struct ProxySettings {
     /// The account to switch to after binding.
     pub user: Option<super::user::RunAs>,
     pub forwarded: ForwardedHeaders,
+    /// Plain-HTTP listeners that redirect to HTTPS.
+    pub redirect_listen: Vec<SocketAddr>,
+    pub response_headers: ResponseHeaders,
     pub certs: Vec<CertSpec>,
     pub routes: Vec<RouteSpec>,
     pub upstreams: BTreeMap<String, UpstreamSpec>,
 }
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            max_header_size: 64 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for ForwardedHeaders {
+    fn default() -> Self {
+        ForwardedHeaders {
+            x_forwarded_for: true,
+            x_forwarded_proto: true,
+            x_forwarded_host: true,
+            forwarded: true,
+        }
+    }
+}
+
+/// Every `[proxy]` default in one place (docs/configuration.md lists them,
+/// and a test holds the two together). Certificates, routes and upstreams
+/// have none: a proxy needs at least one of each.
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8443))],
+            workers: None,
+            metrics_listen: None,
+            vault_sockets: vec![PathBuf::from(super::vault::DEFAULT_SOCKET)],
+            vault_connections: 2,
+            sign_timeout: Duration::from_millis(100),
+            sign_plain_wait: Duration::from_millis(2),
+            min_tls_version: TlsVersion::Tls12,
+            default_server_name: None,
+            limits: Limits::default(),
+            session_cache_size: 20_000,
+            session_tickets: true,
+            ticket_rotation: Duration::from_secs(6 * 3600),
+            access_log: true,
+            cert_expiry_warning: Duration::from_secs(14 * 86400),
+            pid_file: None,
+            user: None,
+            forwarded: ForwardedHeaders::default(),
+            redirect_listen: Vec::new(),
+            response_headers: ResponseHeaders::default(),
+            certs: Vec::new(),
+            routes: Vec::new(),
+            upstreams: BTreeMap::new(),
+        }
+    }
+}
 
 impl ProxySettings {
     /// Validates `[proxy]`. A missing section is an error: a proxy with no
     /// certificate or upstream cannot serve anything.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "validates [proxy] field by field, in the order of the docs; to be split per sub-table"
-    )]
     pub fn from_loaded(loaded: &Loaded) -> Result<ProxySettings, ConfigError> {
         let src = loaded.source();
         let Some(p) = &loaded.file.proxy else {
             return Err(src.file_error("no [proxy] section"));
         };
+        let d = ProxySettings::default();
+        // In the order of the file's keys, so the first error reported is
+        // the first in the docs' table.
         let vault = super::vault::VaultSettings::from_loaded(loaded)?;
         let user = super::user::resolve(&src, &p.user, &p.group)?;
         let listen = match &p.listen {
             Some(l) => listen_addrs(&src, l)?,
-            None => vec![DEFAULT_LISTEN
-                .parse()
-                .map_err(|_| src.file_error("bad default listen"))?],
+            None => d.listen,
         };
         let workers = p
             .workers
@@ -351,130 +573,22 @@ impl ProxySettings {
             .as_ref()
             .map(|m| parse_addr(&src, m, "metrics_listen"))
             .transpose()?;
-        let vault_sockets = match &p.vault_sockets {
-            Some(v) if v.get_ref().is_empty() => {
-                return Err(src.error(v.span(), "vault_sockets must name at least one socket"))
-            }
-            Some(v) => v
-                .get_ref()
-                .iter()
-                .map(|s| loaded.resolve(s.as_ref()))
-                .collect(),
-            None => vec![vault.socket.clone()],
-        };
-        let vault_connections =
-            positive(&src, &p.vault_connections, 2, "vault_connections")? as usize;
-        // The vault serves one uid at most this many connections.
-        let most = crate::protocol::MAX_CONNECTIONS_PER_UID;
-        if vault_connections > most {
-            let span = p.vault_connections.as_ref().map_or(0..0, |v| v.span());
-            return Err(src.error(
-                span,
-                format!("vault_connections {vault_connections} is more than the vault serves one caller ({most})"),
-            ));
-        }
-        let sign_timeout =
-            duration::parse_opt(&src, &p.sign_timeout)?.unwrap_or(Duration::from_millis(100));
+        let (vault_sockets, vault_connections) = vault_client(loaded, &src, p, &vault)?;
+        let sign_timeout = duration::parse_opt(&src, &p.sign_timeout)?.unwrap_or(d.sign_timeout);
         let sign_plain_wait =
-            duration::parse_opt(&src, &p.sign_plain_wait)?.unwrap_or(Duration::from_millis(2));
-        let min_tls_version = match &p.min_tls_version {
-            None => TlsVersion::Tls12,
-            Some(v) => match v.get_ref().as_str() {
-                "1.2" => TlsVersion::Tls12,
-                "1.3" => TlsVersion::Tls13,
-                other => {
-                    return Err(src.error(
-                        v.span(),
-                        format!("invalid min_tls_version {other:?}: \"1.2\" or \"1.3\" (1.0 and 1.1 are never offered)"),
-                    ))
-                }
-            },
-        };
-        let default_server_name = p
-            .default_server_name
-            .as_ref()
-            .map(|n| n.get_ref().to_ascii_lowercase());
-        let limits = Limits {
-            max_connections: positive(&src, &p.max_connections, 10_000, "max_connections")?
-                as usize,
-            handshake_timeout: duration::parse_opt(&src, &p.handshake_timeout)?
-                .unwrap_or(Duration::from_secs(10)),
-            header_timeout: duration::parse_opt(&src, &p.header_timeout)?
-                .unwrap_or(Duration::from_secs(30)),
-            idle_timeout: duration::parse_opt(&src, &p.idle_timeout)?
-                .unwrap_or(Duration::from_secs(75)),
-            max_header_size: positive(&src, &p.max_header_size, 64 * 1024, "max_header_size")?
-                .max(8192) as usize,
-            shutdown_timeout: duration::parse_opt(&src, &p.shutdown_timeout)?
-                .unwrap_or(Duration::from_secs(30)),
-        };
-        let session_cache_size = p
-            .session_cache_size
-            .as_ref()
-            .map_or(20_000, |s| *s.get_ref()) as usize;
+            duration::parse_opt(&src, &p.sign_plain_wait)?.unwrap_or(d.sign_plain_wait);
+        let min_tls_version =
+            min_tls_version(&src, &p.min_tls_version)?.unwrap_or(d.min_tls_version);
+        let limits = limits(&src, p, d.limits)?;
         let forwarded = forwarded_headers(&src, &p.forwarded_headers)?;
-
-        let mut certs = Vec::new();
-        for c in &p.cert {
-            certs.push(cert_spec(loaded, &src, c)?);
-        }
-        if certs.is_empty() {
-            return Err(src.file_error("[proxy] needs at least one [[proxy.cert]]"));
-        }
-        if let Some(name) = &default_server_name {
-            let known = certs.iter().any(|c| {
-                c.names
-                    .iter()
-                    .any(|n| HostPattern::parse(n).is_ok_and(|p| p.matches(name)))
-            });
-            if !known {
-                let span = p.default_server_name.as_ref().map_or(0..0, |n| n.span());
-                return Err(src.error(
-                    span,
-                    format!("default_server_name {name:?} matches no [[proxy.cert]] names"),
-                ));
-            }
-        }
-
-        let mut upstreams = BTreeMap::new();
-        for (name, u) in &p.upstream {
-            upstreams.insert(name.clone(), upstream_spec(&src, name, u)?);
-        }
-        let mut routes = Vec::new();
-        for r in &p.route {
-            let host = match &r.host {
-                None => HostPattern::Any,
-                Some(h) => HostPattern::parse(h.get_ref()).map_err(|e| src.error(h.span(), e))?,
-            };
-            let path_prefix = match &r.path {
-                None => "/".to_owned(),
-                Some(path) if path.get_ref().starts_with('/') => path.get_ref().clone(),
-                Some(path) => {
-                    return Err(src.error(
-                        path.span(),
-                        format!("route path {:?} must start with '/'", path.get_ref()),
-                    ))
-                }
-            };
-            if !upstreams.contains_key(r.upstream.get_ref()) {
-                return Err(src.error(
-                    r.upstream.span(),
-                    format!(
-                        "unknown upstream {:?} (define [proxy.upstream.{}])",
-                        r.upstream.get_ref(),
-                        r.upstream.get_ref()
-                    ),
-                ));
-            }
-            routes.push(RouteSpec {
-                host,
-                path_prefix,
-                upstream: r.upstream.get_ref().clone(),
-            });
-        }
-        if routes.is_empty() {
-            return Err(src.file_error("[proxy] needs at least one [[proxy.route]]"));
-        }
+        let redirect_listen = match &p.redirect_listen {
+            Some(l) => listen_addrs(&src, l)?,
+            None => d.redirect_listen,
+        };
+        let response_headers = response_headers(&src, p)?;
+        let certs = certs(loaded, &src, p)?;
+        let default_server_name = default_server_name(&src, p, &certs)?;
+        let (upstreams, routes) = upstreams_and_routes(&src, p)?;
         Ok(ProxySettings {
             listen,
             workers,
@@ -486,24 +600,207 @@ impl ProxySettings {
             min_tls_version,
             default_server_name,
             limits,
-            session_cache_size,
-            session_tickets: p.session_tickets.unwrap_or(true),
+            session_cache_size: p
+                .session_cache_size
+                .as_ref()
+                .map_or(d.session_cache_size, |s| *s.get_ref() as usize),
+            session_tickets: p.session_tickets.unwrap_or(d.session_tickets),
             ticket_rotation: duration::parse_opt(&src, &p.ticket_rotation)?
-                .unwrap_or(Duration::from_secs(6 * 3600)),
-            access_log: p.access_log.unwrap_or(true),
+                .unwrap_or(d.ticket_rotation),
+            access_log: p.access_log.unwrap_or(d.access_log),
             cert_expiry_warning: duration::parse_opt(&src, &p.cert_expiry_warning)?
-                .unwrap_or(Duration::from_secs(14 * 86400)),
+                .unwrap_or(d.cert_expiry_warning),
             pid_file: p
                 .pid_file
                 .as_ref()
                 .map(|f| loaded.resolve(f.get_ref().as_ref())),
             user,
             forwarded,
+            redirect_listen,
+            response_headers,
             certs,
             routes,
             upstreams,
         })
     }
+}
+
+/// `hsts` and `[proxy.response_headers]`, each name and value checked.
+fn response_headers(src: &Source, p: &ProxyFile) -> Result<ResponseHeaders, ConfigError> {
+    let name = |n: &str, span: std::ops::Range<usize>| {
+        http::HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| src.error(span, format!("invalid header name {n:?}")))
+    };
+    let value = |v: &Spanned<String>| {
+        http::HeaderValue::from_str(v.get_ref())
+            .map_err(|_| src.error(v.span(), format!("invalid header value {:?}", v.get_ref())))
+    };
+    let mut out = ResponseHeaders::default();
+    if let Some(h) = &p.hsts {
+        out.set
+            .push((http::header::STRICT_TRANSPORT_SECURITY, value(h)?));
+    }
+    let Some(rh) = &p.response_headers else {
+        return Ok(out);
+    };
+    if let Some(remove) = &rh.remove {
+        for n in remove.get_ref() {
+            out.remove.push(name(n, remove.span())?);
+        }
+    }
+    for (n, v) in &rh.set {
+        out.set.push((name(n, v.span())?, value(v)?));
+    }
+    Ok(out)
+}
+
+/// `vault_sockets` (default: the `[vault]` socket) and
+/// `vault_connections`, which the vault's per-uid limit bounds.
+fn vault_client(
+    loaded: &Loaded,
+    src: &Source,
+    p: &ProxyFile,
+    vault: &super::vault::VaultSettings,
+) -> Result<(Vec<PathBuf>, usize), ConfigError> {
+    let sockets = match &p.vault_sockets {
+        Some(v) if v.get_ref().is_empty() => {
+            return Err(src.error(v.span(), "vault_sockets must name at least one socket"))
+        }
+        Some(v) => v
+            .get_ref()
+            .iter()
+            .map(|s| loaded.resolve(s.as_ref()))
+            .collect(),
+        None => vec![vault.socket.clone()],
+    };
+    let default = ProxySettings::default().vault_connections as u32;
+    let connections = positive(src, &p.vault_connections, default, "vault_connections")? as usize;
+    let most = crate::protocol::MAX_CONNECTIONS_PER_UID;
+    if connections > most {
+        let span = p.vault_connections.as_ref().map_or(0..0, |v| v.span());
+        return Err(src.error(
+            span,
+            format!(
+                "vault_connections {connections} is more than the vault serves one caller ({most})"
+            ),
+        ));
+    }
+    Ok((sockets, connections))
+}
+
+fn min_tls_version(
+    src: &Source,
+    v: &Option<Spanned<String>>,
+) -> Result<Option<TlsVersion>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    match v.get_ref().as_str() {
+        "1.2" => Ok(Some(TlsVersion::Tls12)),
+        "1.3" => Ok(Some(TlsVersion::Tls13)),
+        other => Err(src.error(
+            v.span(),
+            format!("invalid min_tls_version {other:?}: \"1.2\" or \"1.3\" (1.0 and 1.1 are never offered)"),
+        )),
+    }
+}
+
+fn limits(src: &Source, p: &ProxyFile, d: Limits) -> Result<Limits, ConfigError> {
+    let max_connections = d.max_connections as u32;
+    let max_header_size = d.max_header_size as u32;
+    Ok(Limits {
+        max_connections: positive(src, &p.max_connections, max_connections, "max_connections")?
+            as usize,
+        handshake_timeout: duration::parse_opt(src, &p.handshake_timeout)?
+            .unwrap_or(d.handshake_timeout),
+        header_timeout: duration::parse_opt(src, &p.header_timeout)?.unwrap_or(d.header_timeout),
+        idle_timeout: duration::parse_opt(src, &p.idle_timeout)?.unwrap_or(d.idle_timeout),
+        max_header_size: positive(src, &p.max_header_size, max_header_size, "max_header_size")?
+            .max(8192) as usize,
+        shutdown_timeout: duration::parse_opt(src, &p.shutdown_timeout)?
+            .unwrap_or(d.shutdown_timeout),
+    })
+}
+
+fn certs(loaded: &Loaded, src: &Source, p: &ProxyFile) -> Result<Vec<CertSpec>, ConfigError> {
+    let certs = p
+        .cert
+        .iter()
+        .map(|c| cert_spec(loaded, src, c))
+        .collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        return Err(src.file_error("[proxy] needs at least one [[proxy.cert]]"));
+    }
+    Ok(certs)
+}
+
+/// `default_server_name`, which must be one of the certificates' names.
+fn default_server_name(
+    src: &Source,
+    p: &ProxyFile,
+    certs: &[CertSpec],
+) -> Result<Option<String>, ConfigError> {
+    let Some(n) = &p.default_server_name else {
+        return Ok(None);
+    };
+    let name = n.get_ref().to_ascii_lowercase();
+    let known = certs.iter().any(|c| {
+        c.names
+            .iter()
+            .any(|pat| HostPattern::parse(pat).is_ok_and(|p| p.matches(&name)))
+    });
+    if !known {
+        return Err(src.error(
+            n.span(),
+            format!("default_server_name {name:?} matches no [[proxy.cert]] names"),
+        ));
+    }
+    Ok(Some(name))
+}
+
+/// The upstreams, and the routes to them (each naming a defined one).
+fn upstreams_and_routes(
+    src: &Source,
+    p: &ProxyFile,
+) -> Result<(BTreeMap<String, UpstreamSpec>, Vec<RouteSpec>), ConfigError> {
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in &p.upstream {
+        upstreams.insert(name.clone(), upstream_spec(src, name, u)?);
+    }
+    let mut routes = Vec::new();
+    for r in &p.route {
+        let host = match &r.host {
+            None => HostPattern::Any,
+            Some(h) => HostPattern::parse(h.get_ref()).map_err(|e| src.error(h.span(), e))?,
+        };
+        let path_prefix = match &r.path {
+            None => "/".to_owned(),
+            Some(path) if path.get_ref().starts_with('/') => path.get_ref().clone(),
+            Some(path) => {
+                return Err(src.error(
+                    path.span(),
+                    format!("route path {:?} must start with '/'", path.get_ref()),
+                ))
+            }
+        };
+        if !upstreams.contains_key(r.upstream.get_ref()) {
+            return Err(src.error(
+                r.upstream.span(),
+                format!(
+                    "unknown upstream {:?} (define [proxy.upstream.{}])",
+                    r.upstream.get_ref(),
+                    r.upstream.get_ref()
+                ),
+            ));
+        }
+        routes.push(RouteSpec {
+            host,
+            path_prefix,
+            upstream: r.upstream.get_ref().clone(),
+        });
+    }
+    if routes.is_empty() {
+        return Err(src.file_error("[proxy] needs at least one [[proxy.route]]"));
+    }
+    Ok((upstreams, routes))
 }
 
 fn listen_addrs(src: &Source, v: &Spanned<OneOrMany>) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -556,12 +853,7 @@ fn forwarded_headers(
     v: &Option<Spanned<Vec<String>>>,
 ) -> Result<ForwardedHeaders, ConfigError> {
     let Some(list) = v else {
-        return Ok(ForwardedHeaders {
-            x_forwarded_for: true,
-            x_forwarded_proto: true,
-            x_forwarded_host: true,
-            forwarded: true,
-        });
+        return Ok(ForwardedHeaders::default());
     };
     let mut f = ForwardedHeaders {
         x_forwarded_for: false,
@@ -634,12 +926,16 @@ fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamS
             format!("upstream {name:?} needs at least one backend"),
         ));
     }
-    let mut backends = Vec::new();
+    let (mut fixed, mut named) = (Vec::new(), Vec::new());
     for b in u.backends.get_ref() {
-        backends.push(parse_backend(b).map_err(|e| src.error(u.backends.span(), e))?);
+        match parse_backend(b).map_err(|e| src.error(u.backends.span(), e))? {
+            Backend::Addr(a) => fixed.push(a),
+            Backend::Named(n) => named.push(n),
+        }
     }
+    let d = UpstreamSpec::default();
     let balance = match &u.balance {
-        None => Balance::RoundRobin,
+        None => d.balance,
         Some(b) => match b.get_ref().as_str() {
             "round-robin" => Balance::RoundRobin,
             "least-conn" => Balance::LeastConn,
@@ -663,6 +959,7 @@ fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamS
             format!("upstream {name:?}: h2c and proxy_protocol together are not supported"),
         ));
     }
+    let hd = HealthSpec::default();
     let health = match &u.health {
         None => None,
         Some(h) => Some(HealthSpec {
@@ -674,35 +971,74 @@ fn upstream_spec(src: &Source, name: &str, u: &UpstreamFile) -> Result<UpstreamS
                     ))
                 }
                 Some(p) => p.get_ref().clone(),
-                None => "/".to_owned(),
+                None => hd.path,
             },
-            interval: duration::parse_opt(src, &h.interval)?.unwrap_or(Duration::from_secs(5)),
-            timeout: duration::parse_opt(src, &h.timeout)?.unwrap_or(Duration::from_secs(2)),
-            healthy: positive(src, &h.healthy, 2, "healthy")?,
-            unhealthy: positive(src, &h.unhealthy, 2, "unhealthy")?,
+            interval: duration::parse_opt(src, &h.interval)?.unwrap_or(hd.interval),
+            timeout: duration::parse_opt(src, &h.timeout)?.unwrap_or(hd.timeout),
+            healthy: positive(src, &h.healthy, hd.healthy, "healthy")?,
+            unhealthy: positive(src, &h.unhealthy, hd.unhealthy, "unhealthy")?,
         }),
     };
-    Ok(UpstreamSpec {
+    let mut spec = UpstreamSpec {
         name: name.to_owned(),
-        backends,
+        backends: Vec::new(),
+        fixed,
+        named,
+        resolve_every: duration::parse_opt(src, &u.resolve_every)?.unwrap_or(d.resolve_every),
         balance,
-        connect_timeout: duration::parse_opt(src, &u.connect_timeout)?
-            .unwrap_or(Duration::from_secs(5)),
+        connect_timeout: duration::parse_opt(src, &u.connect_timeout)?.unwrap_or(d.connect_timeout),
         response_timeout: duration::parse_opt(src, &u.response_timeout)?
-            .unwrap_or(Duration::from_secs(60)),
-        fail_timeout: duration::parse_opt(src, &u.fail_timeout)?.unwrap_or(Duration::from_secs(10)),
-        h2c: u.h2c.unwrap_or(false),
-        proxy_protocol: u.proxy_protocol.unwrap_or(false),
+            .unwrap_or(d.response_timeout),
+        fail_timeout: duration::parse_opt(src, &u.fail_timeout)?.unwrap_or(d.fail_timeout),
+        h2c: u.h2c.unwrap_or(d.h2c),
+        proxy_protocol: u.proxy_protocol.unwrap_or(d.proxy_protocol),
         health,
-    })
+    };
+    // Resolved now, as nginx resolves at load: a name that does not
+    // resolve fails the start (or the reload), named.
+    spec.backends = spec
+        .resolved_backends()
+        .map_err(|e| src.error(u.backends.span(), e.to_string()))?;
+    if spec.backends.is_empty() {
+        return Err(src.error(
+            u.backends.span(),
+            format!("upstream {name:?}: its backends resolved to no address"),
+        ));
+    }
+    Ok(spec)
 }
 
-fn parse_backend(s: &str) -> Result<BackendSpec, String> {
+/// A backend as written: an address, or a host name to resolve.
+enum Backend {
+    Addr(BackendSpec),
+    Named(NamedBackend),
+}
+
+fn parse_backend(s: &str) -> Result<Backend, String> {
     let mut parts = s.split_whitespace();
     let addr_text = parts.next().ok_or_else(|| "empty backend".to_owned())?;
-    let addr = addr_text
-        .parse()
-        .map_err(|e| format!("invalid backend address {addr_text:?}: {e} (expected IP:PORT)"))?;
+    let target = match addr_text.parse::<SocketAddr>() {
+        Ok(addr) => Ok(addr),
+        Err(_) => match addr_text.rsplit_once(':') {
+            Some((host, port))
+                if !host.is_empty()
+                    && !host.contains(['[', ']', ':'])
+                    && host.split('.').all(|l| {
+                        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    }) =>
+            {
+                let port = port.parse::<u16>().map_err(|_| {
+                    format!("invalid backend port in {addr_text:?} (expected HOST:PORT)")
+                })?;
+                Err((host.to_ascii_lowercase(), port))
+            }
+            _ => {
+                return Err(format!(
+                    "invalid backend address {addr_text:?} (expected IP:PORT or HOST:PORT)"
+                ))
+            }
+        },
+    };
     let mut weight = 1;
     for opt in parts {
         match opt.strip_prefix("weight=").map(str::parse::<u32>) {
@@ -714,7 +1050,10 @@ fn parse_backend(s: &str) -> Result<BackendSpec, String> {
             }
         }
     }
-    Ok(BackendSpec { addr, weight })
+    Ok(match target {
+        Ok(addr) => Backend::Addr(BackendSpec { addr, weight }),
+        Err((host, port)) => Backend::Named(NamedBackend { host, port, weight }),
+    })
 }
 
 #[cfg(test)]

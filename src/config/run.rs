@@ -52,10 +52,29 @@ pub struct RunSettings {
     pub renew_before: Duration,
 }
 
+/// Every `[run]` default in one place (docs/configuration.md lists them).
+/// `dev_ca` is relative to the config file's directory.
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            dev_ca: PathBuf::from("../certs/dev-ca.pem"),
+            ca_key: "dev-ca".to_owned(),
+            key_type: KeyType::EcdsaP256,
+            cert_validity: Duration::from_secs(90 * 86400),
+            restart_backoff: Duration::from_secs(1),
+            vault_start_timeout: Duration::from_secs(30),
+            demo_backend: None,
+            auto_issue: true,
+            renew_before: Duration::from_secs(30 * 86400),
+        }
+    }
+}
+
 impl RunSettings {
     /// Validates `[run]` (missing section: defaults, relative to the config).
     pub fn from_loaded(loaded: &Loaded) -> Result<RunSettings, ConfigError> {
         let src = loaded.source();
+        let d = RunSettings::default();
         let empty = RunFile::default();
         let r = loaded.file.run.as_ref().unwrap_or(&empty);
         let ca_key = match &r.ca_key {
@@ -66,10 +85,10 @@ impl RunSettings {
                 return Err(src.error(k.span(), format!("invalid key name {:?}", k.get_ref())))
             }
             Some(k) => k.get_ref().clone(),
-            None => "dev-ca".to_owned(),
+            None => d.ca_key,
         };
         let key_type = match &r.key_type {
-            None => KeyType::EcdsaP256,
+            None => d.key_type,
             Some(t) => match KeyType::from_name(t.get_ref()) {
                 Some(k) if k.is_signing() => k,
                 _ => {
@@ -84,20 +103,17 @@ impl RunSettings {
             dev_ca: loaded.resolve(
                 r.dev_ca
                     .as_ref()
-                    .map_or("../certs/dev-ca.pem", |p| p.get_ref())
-                    .as_ref(),
+                    .map_or(d.dev_ca.as_path(), |p| p.get_ref().as_ref()),
             ),
             ca_key,
             key_type,
-            cert_validity: duration::parse_opt(&src, &r.cert_validity)?
-                .unwrap_or(Duration::from_secs(90 * 24 * 3600)),
+            cert_validity: duration::parse_opt(&src, &r.cert_validity)?.unwrap_or(d.cert_validity),
             restart_backoff: duration::parse_opt(&src, &r.restart_backoff)?
-                .unwrap_or(Duration::from_secs(1)),
+                .unwrap_or(d.restart_backoff),
             vault_start_timeout: duration::parse_opt(&src, &r.vault_start_timeout)?
-                .unwrap_or(Duration::from_secs(30)),
-            auto_issue: r.auto_issue.unwrap_or(true),
-            renew_before: duration::parse_opt(&src, &r.renew_before)?
-                .unwrap_or(Duration::from_secs(30 * 86400)),
+                .unwrap_or(d.vault_start_timeout),
+            auto_issue: r.auto_issue.unwrap_or(d.auto_issue),
+            renew_before: duration::parse_opt(&src, &r.renew_before)?.unwrap_or(d.renew_before),
             demo_backend: match &r.demo_backend {
                 None => None,
                 Some(a) => Some(a.get_ref().parse().map_err(|e| {

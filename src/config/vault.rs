@@ -45,6 +45,8 @@ pub struct VaultFile {
     pub user: Option<Spanned<String>>,
     /// Primary group after the switch (default: the user's).
     pub group: Option<Spanned<String>>,
+    /// Where the running vault writes its pid, for `vaultgate reload`.
+    pub pid_file: Option<Spanned<String>>,
     #[serde(default)]
     pub grant: Vec<GrantFile>,
 }
@@ -171,6 +173,8 @@ pub struct VaultSettings {
     pub syslog: bool,
     /// The account to switch to after the privileged setup.
     pub user: Option<RunAs>,
+    /// Written at start (before the switch), with its status file beside.
+    pub pid_file: Option<PathBuf>,
     /// Empty means "no grants configured": the vault's own uid gets all.
     pub grants: Vec<Grant>,
 }
@@ -195,6 +199,7 @@ impl Default for VaultSettings {
             metrics_listen: None,
             syslog: false,
             user: None,
+            pid_file: None,
             grants: Vec::new(),
         }
     }
@@ -211,6 +216,9 @@ impl VaultSettings {
         };
         if let Some(p) = &v.socket {
             s.socket = loaded.resolve(p.get_ref().as_ref());
+        }
+        if let Some(p) = &v.pid_file {
+            s.pid_file = Some(loaded.resolve(p.get_ref().as_ref()));
         }
         if let Some(p) = &v.state_dir {
             s.state_dir = loaded.resolve(p.get_ref().as_ref());
@@ -423,7 +431,9 @@ ops = ["use"]
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("/etc/vg/v.toml:2:1: unknown field `sokcet`"),
+            e.starts_with(
+                "/etc/vg/v.toml:2:1: unknown key `sokcet` in [vault]; did you mean `socket`?"
+            ),
             "{e}"
         );
         let e = settings("[vault]\nmin_deletion_wait = \"soon\"\n")

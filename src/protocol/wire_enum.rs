@@ -15,6 +15,30 @@
 /// See the module documentation. Every generated item is `pub`, so the
 /// enum's own visibility decides who sees it.
 macro_rules! wire_enum {
+    // Both forms: the names, both ways, and `Display`.
+    (@names $name:ident { $( $variant:ident => $text:literal, )+ }) => {
+        impl $name {
+            /// The name used in config, audit records, metrics and docs.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+
+            pub fn from_name(name: &str) -> Option<$name> {
+                match name {
+                    $( $text => Some($name::$variant), )+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
     (
         $(#[$meta:meta])*
         $vis:vis enum $name:ident: $repr:ident {
@@ -43,27 +67,9 @@ macro_rules! wire_enum {
                     _ => None,
                 }
             }
-
-            /// The name used in config, audit records, metrics and docs.
-            pub const fn name(self) -> &'static str {
-                match self {
-                    $( $name::$variant => $text, )+
-                }
-            }
-
-            pub fn from_name(name: &str) -> Option<$name> {
-                match name {
-                    $( $text => Some($name::$variant), )+
-                    _ => None,
-                }
-            }
         }
 
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.name())
-            }
-        }
+        wire_enum!(@names $name { $( $variant => $text, )+ });
     };
     (
         $(#[$meta:meta])*
@@ -80,27 +86,9 @@ macro_rules! wire_enum {
         impl $name {
             /// Every variant, in declaration order.
             pub const ALL: &'static [$name] = &[ $( $name::$variant, )+ ];
-
-            /// The name on the wire and in config, records and docs.
-            pub const fn name(self) -> &'static str {
-                match self {
-                    $( $name::$variant => $text, )+
-                }
-            }
-
-            pub fn from_name(name: &str) -> Option<$name> {
-                match name {
-                    $( $text => Some($name::$variant), )+
-                    _ => None,
-                }
-            }
         }
 
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.name())
-            }
-        }
+        wire_enum!(@names $name { $( $variant => $text, )+ });
 
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -10,6 +10,7 @@
 //! - [`server`]: the process's lifetime: runtime, binding, pid file, drain.
 //! - [`listeners`]: the listening sockets, their accept loops and the
 //!   metrics listener.
+//! - `redirect`: plain-HTTP listeners that send clients to HTTPS.
 //! - `reload`: what changes a running proxy (SIGHUP, certificate files,
 //!   vault key events, expiry).
 //! - `connection`: one client connection: TLS handshake, then HTTP/1 or
@@ -34,6 +35,7 @@ mod h2;
 mod linger;
 pub mod listeners;
 pub mod origin;
+mod redirect;
 mod reload;
 pub mod server;
 pub mod tls;
@@ -91,7 +93,8 @@ pub enum ReloadError {
 
 impl Proxy {
     /// Connects to the vault (when any key is `vault:`), loads every
-    /// certificate and checks each key against it. Blocking.
+    /// certificate, checks each key against it and signs once with each
+    /// vault key (see [`crate::signer::VaultKey::warm_up`]). Blocking.
     pub fn build(settings: ProxySettings) -> Result<Proxy, TlsError> {
         let needs_vault = settings
             .certs
@@ -123,13 +126,21 @@ impl Proxy {
                         KeyRef::File(_) => None,
                     })
                     .unwrap_or_default();
-                return Err(TlsError::NoVault { key });
+                return Err(TlsError::NoVault {
+                    key,
+                    sockets: pool.socket_states(),
+                });
             }
         }
         let store = Arc::new(ArcSwap::from_pointee(CertStore::load(
             &settings,
             pool.as_ref(),
         )?));
+        for key in store.load().vault_keys() {
+            if let Err(e) = key.warm_up() {
+                tracing::warn!(key = %key.name(), version = key.version(), error = %e, "the vault did not sign a warm-up message; handshakes with this key will fail until it does");
+            }
+        }
         let tls = tls::server_config(&settings, store.clone())?;
         let forwarder = Arc::new(Forwarder::new(&settings));
         Ok(Proxy {
@@ -172,6 +183,9 @@ impl Proxy {
         if new.user != self.settings.user {
             ignored.push("user");
         }
+        if new.redirect_listen != self.settings.redirect_listen {
+            ignored.push("redirect_listen");
+        }
         let certs = CertStore::load(&new, self.pool.as_ref())?;
         // A new ServerConfig would start new ticket keys, so returning
         // clients could not resume: keep it unless TLS settings changed.
@@ -191,6 +205,19 @@ impl Proxy {
             tls,
         }));
         Ok(ignored)
+    }
+
+    /// Makes `next` (the live settings with upstreams' backends changed)
+    /// the live generation, with a forwarder for it and the same TLS, if
+    /// `current` is still live. Returns whether it was.
+    pub fn replace_upstreams(&self, current: &Arc<Live>, next: ProxySettings) -> bool {
+        let fresh = Arc::new(Live {
+            forwarder: Arc::new(Forwarder::new(&next)),
+            settings: Arc::new(next),
+            tls: current.tls.clone(),
+        });
+        let prev = self.live.compare_and_swap(current, fresh);
+        Arc::ptr_eq(&prev, current)
     }
 
     /// Reloads every certificate and key reference and swaps the store.

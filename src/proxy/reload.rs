@@ -9,23 +9,27 @@ use std::time::{Duration, Instant};
 
 use super::listeners::{self, bind_metrics, Listeners, MetricsListener};
 use super::{Proxy, ReloadError};
+use crate::control::StatusFile;
 
 /// Starts the watchers; the caller aborts them at shutdown.
 pub(crate) fn spawn(
     proxy: &Arc<Proxy>,
     listeners: Arc<Listeners>,
     metrics: MetricsListener,
-) -> [tokio::task::JoinHandle<()>; 4] {
+    status: Option<Arc<StatusFile>>,
+) -> [tokio::task::JoinHandle<()>; 5] {
     let reloads = Reloads {
         proxy: proxy.clone(),
         listeners,
         metrics,
+        status,
     };
     [
         tokio::spawn(reload_on_sighup(reloads)),
         tokio::spawn(reload_on_file_change(proxy.clone())),
         tokio::spawn(watch_expiry(proxy.clone())),
         tokio::spawn(follow_vault_events(proxy.clone())),
+        tokio::spawn(follow_dns(proxy.clone())),
     ]
 }
 
@@ -34,6 +38,8 @@ struct Reloads {
     proxy: Arc<Proxy>,
     listeners: Arc<Listeners>,
     metrics: MetricsListener,
+    /// Where a SIGHUP's verdict goes, for `vaultgate reload`.
+    status: Option<Arc<StatusFile>>,
 }
 
 /// SIGHUP re-reads the config file (or, for a proxy started without one,
@@ -47,7 +53,10 @@ async fn reload_on_sighup(reloads: Reloads) {
         if reloads.proxy.config_path.is_some() {
             reload_config(&reloads).await;
         } else {
-            reload_certs(&reloads.proxy, "SIGHUP").await;
+            let outcome = reload_certs(&reloads.proxy, "SIGHUP").await;
+            if let Some(s) = &reloads.status {
+                s.record(outcome);
+            }
         }
     }
 }
@@ -85,7 +94,7 @@ async fn reload_on_file_change(proxy: Arc<Proxy>) {
         if now != last {
             // Remember it even if the reload fails: retry on the next change.
             last = now;
-            reload_certs(&proxy, "certificate file changed").await;
+            let _ = reload_certs(&proxy, "certificate file changed").await;
         }
     }
 }
@@ -118,16 +127,85 @@ async fn follow_vault_events(proxy: Arc<Proxy>) {
             match followed {
                 // Whatever changed while nobody listened.
                 Followed::Subscribed { again: true } => {
-                    reload_certs(&proxy, "vault reconnected").await
+                    let _ = reload_certs(&proxy, "vault reconnected").await;
                 }
                 Followed::Event(e) if serves(&proxy, &e.key) => {
-                    reload_certs(&proxy, "vault key changed").await
+                    let _ = reload_certs(&proxy, "vault key changed").await;
                 }
                 _ => {}
             }
         }
     })
     .await
+}
+
+/// Resolves the backends given by host name again, each upstream every
+/// `resolve_every`. When an upstream's addresses changed, the forwarder is
+/// rebuilt with them, as a reload of the upstreams alone would: new
+/// requests go to the new addresses, those in flight finish where they
+/// are. A name that no longer resolves keeps the addresses it had.
+async fn follow_dns(proxy: Arc<Proxy>) {
+    let mut last: std::collections::HashMap<String, Instant> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let live = proxy.live.load_full();
+        let due: Vec<crate::config::proxy::UpstreamSpec> = live
+            .settings
+            .upstreams
+            .values()
+            .filter(|u| !u.named.is_empty())
+            .filter(|u| {
+                last.get(&u.name)
+                    .is_none_or(|t| t.elapsed() >= u.resolve_every)
+            })
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        for u in &due {
+            last.insert(u.name.clone(), Instant::now());
+        }
+        let Ok(resolved) = tokio::task::spawn_blocking(move || {
+            due.into_iter()
+                .map(|u| {
+                    let r = u.resolved_backends();
+                    (u.name, r)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        else {
+            continue;
+        };
+        let mut next = (*live.settings).clone();
+        let mut changed = false;
+        for (name, result) in resolved {
+            let Some(spec) = next.upstreams.get_mut(&name) else {
+                continue;
+            };
+            match result {
+                Ok(b) if !b.is_empty() && b != spec.backends => {
+                    let addrs = |v: &[crate::config::proxy::BackendSpec]| {
+                        v.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>()
+                    };
+                    tracing::info!(upstream = %name, was = ?addrs(&spec.backends), now = ?addrs(&b), "backend addresses changed");
+                    spec.backends = b;
+                    changed = true;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(upstream = %name, error = %e, "cannot resolve a backend; keeping the addresses it has")
+                }
+            }
+        }
+        // Only over the generation it read: a reload that came meanwhile
+        // resolved for itself, and wins.
+        if changed && proxy.replace_upstreams(&live, next) {
+            proxy.restart_upstream_tasks();
+        }
+    }
 }
 
 /// Publishes each certificate's seconds to expiry
@@ -164,6 +242,9 @@ async fn watch_expiry(proxy: Arc<Proxy>) {
 /// reload as a bad file would; removed ones stop accepting and drain.
 async fn reload_config(r: &Reloads) {
     let outcome = apply_reload(r).await;
+    if let Some(s) = &r.status {
+        s.record(outcome.as_ref().map(|_| ()));
+    }
     let result = if outcome.is_ok() { "ok" } else { "error" };
     metrics::counter!("vaultgate_proxy_config_reloads_total", "result" => result).increment(1);
     match outcome {
@@ -210,18 +291,24 @@ async fn apply_reload(r: &Reloads) -> Result<Vec<&'static str>, ReloadError> {
     Ok(ignored)
 }
 
-async fn reload_certs(proxy: &Arc<Proxy>, why: &'static str) {
+/// Reloads the certificates (the error is logged and returned).
+async fn reload_certs(proxy: &Arc<Proxy>, why: &'static str) -> Result<(), ReloadError> {
     let p = proxy.clone();
     match tokio::task::spawn_blocking(move || p.reload_certs()).await {
         Ok(Ok(())) => {
             metrics::counter!("vaultgate_proxy_cert_reloads_total", "result" => "ok").increment(1);
             tracing::info!(why, "certificates reloaded");
+            Ok(())
         }
         Ok(Err(e)) => {
             metrics::counter!("vaultgate_proxy_cert_reloads_total", "result" => "error")
                 .increment(1);
             tracing::error!(why, error = %e, "certificate reload failed; keeping the current certificates");
+            Err(e.into())
         }
-        Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
+        Err(e) => {
+            tracing::error!(error = %e, "certificate reload task failed");
+            Err(e.into())
+        }
     }
 }

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use super::listeners::{self, BindError, Listeners, MetricsListener};
 use super::Proxy;
+use crate::control::StatusFile;
 
 /// Why the proxy could not start serving.
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +60,18 @@ pub fn run_until_signal(
 pub struct Bound {
     listen: Vec<(SocketAddr, TcpListener)>,
     metrics: Option<(SocketAddr, TcpListener)>,
+    /// Beside the pid file: each reload's verdict, for `vaultgate reload`.
+    status: Option<StatusFile>,
+    /// Plain-HTTP listeners that redirect to HTTPS.
+    redirect: Vec<(SocketAddr, TcpListener)>,
 }
 
 /// Binds everything before serving anything: a bad address fails the
 /// start, not half of it. Then writes the pid file.
-pub async fn bind(settings: &crate::config::proxy::ProxySettings) -> Result<Bound, ServeError> {
+pub async fn bind(
+    settings: &crate::config::proxy::ProxySettings,
+    config: Option<&std::path::Path>,
+) -> Result<Bound, ServeError> {
     let mut listen = Vec::new();
     for &addr in &settings.listen {
         listen.push((addr, listeners::bind(addr).await?));
@@ -72,10 +80,31 @@ pub async fn bind(settings: &crate::config::proxy::ProxySettings) -> Result<Boun
         Some(a) => Some((a, listeners::bind(a).await?)),
         None => None,
     };
-    if let Some(f) = &settings.pid_file {
-        write_pid_file(f)?;
+    let mut redirect = Vec::new();
+    for &addr in &settings.redirect_listen {
+        redirect.push((addr, listeners::bind(addr).await?));
     }
-    Ok(Bound { listen, metrics })
+    let status = match &settings.pid_file {
+        Some(f) => {
+            write_pid_file(f)?;
+            let config = config.unwrap_or(std::path::Path::new("-"));
+            let status =
+                StatusFile::create(f, config, settings.user.as_ref()).map_err(|source| {
+                    ServeError::PidFile {
+                        path: crate::control::status_path(f),
+                        source,
+                    }
+                })?;
+            Some(status)
+        }
+        None => None,
+    };
+    Ok(Bound {
+        listen,
+        metrics,
+        status,
+        redirect,
+    })
 }
 
 /// Serves on `bound` (or binds first, see [`bind`]), prints `listen ADDR`
@@ -92,11 +121,26 @@ pub async fn run(
     let settings = proxy.live.load().settings.clone();
     let bound = match bound {
         Some(b) => b,
-        None => bind(&settings).await?,
+        None => bind(&settings, proxy.config_path.as_deref()).await?,
     };
     let metrics = MetricsListener::default();
     metrics.replace(bound.metrics)?;
     let pid_file = settings.pid_file.clone();
+    // Redirects first, so their `redirect ADDR` lines come before the
+    // `listen` line that tells a caller the proxy is up.
+    let https_port = bound
+        .listen
+        .first()
+        .and_then(|(_, l)| l.local_addr().ok())
+        .map_or(443, |a| a.port());
+    let mut redirects = Vec::new();
+    for (addr, l) in bound.redirect {
+        let local = l
+            .local_addr()
+            .map_err(|source| BindError { addr, source })?;
+        println!("redirect {local}");
+        redirects.push(tokio::spawn(super::redirect::serve(l, https_port)));
+    }
     let listeners = Arc::new(Listeners::new(proxy.clone()));
     let mut first = None;
     for (addr, l) in bound.listen {
@@ -106,7 +150,8 @@ pub async fn run(
         first.get_or_insert(local);
     }
     proxy.restart_upstream_tasks();
-    let tasks = super::reload::spawn(&proxy, listeners.clone(), metrics);
+    let status = bound.status.map(Arc::new);
+    let tasks = super::reload::spawn(&proxy, listeners.clone(), metrics, status.clone());
     if let Some(local) = first {
         on_listen(local);
     }
@@ -114,12 +159,13 @@ pub async fn run(
     let clean = listeners
         .shutdown(proxy.live.load().settings.limits.shutdown_timeout)
         .await;
-    for t in tasks {
+    for t in tasks.into_iter().chain(redirects) {
         t.abort();
     }
     proxy.stop_upstream_tasks();
     if let Some(f) = &pid_file {
         let _ = std::fs::remove_file(f);
+        let _ = std::fs::remove_file(crate::control::status_path(f));
     }
     Ok(clean)
 }

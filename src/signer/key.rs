@@ -158,6 +158,32 @@ impl VaultKey {
         &self.inner.spki
     }
 
+    /// One signature outside any handshake, with the lookup timeout, so
+    /// that the first handshakes do not pay on their sign deadline for
+    /// what a first signature costs once: the vault's first use of the
+    /// key and of the connection's thread, this process's first trip
+    /// through the pool. Also says at start, rather than at the first
+    /// handshake, when the vault will not sign with this key for us.
+    pub fn warm_up(&self) -> Result<(), SignerError> {
+        let k = &self.inner;
+        let scheme = schemes(k.key_type)
+            .first()
+            .ok_or_else(|| SignerError::NotSigning {
+                key: k.name.clone(),
+                key_type: k.key_type.to_string(),
+            })?;
+        let req = Request::Sign {
+            key: k.name.clone(),
+            version: Some(k.version),
+            scheme: u16::from(*scheme),
+            message: WARM_UP_MESSAGE.to_vec(),
+        };
+        match k.pool.call_with_timeout(&req, LOOKUP_TIMEOUT)? {
+            Response::Signature { .. } => Ok(()),
+            _ => Err(SignerError::Unexpected(Op::Sign)),
+        }
+    }
+
     /// Whether the vault can be asked to sign now (see
     /// [`VaultPool::is_available`]).
     pub fn is_available(&self) -> bool {
@@ -192,6 +218,11 @@ impl VaultKey {
         }
     }
 }
+
+/// What [`VaultKey::warm_up`] signs: no TLS handshake signs these bytes
+/// (TLS 1.3 prefixes 64 spaces and a context string; TLS 1.2 signs two
+/// randoms and the key share), so the signature is good for nothing else.
+const WARM_UP_MESSAGE: &[u8] = b"vaultgate proxy: signing path warm-up";
 
 /// The TLS schemes a key type can sign, best first.
 pub fn schemes(key_type: KeyType) -> &'static [SignatureScheme] {

@@ -1,13 +1,14 @@
-//! The proxy's side of the vault: a pool of blocking, pipelined vault
-//! connections ([`pool`]) and rustls signing keys whose signatures are made
-//! by the vault ([`key`]). No private key bytes ever enter this process.
+//! The proxy's side of the vault: a pool ([`pool`]) of blocking,
+//! pipelined vault connections ([`conn`]), and rustls signing keys whose
+//! signatures are made by the vault ([`key`]). No private key bytes ever
+//! enter this process.
 
 pub mod conn;
 pub mod key;
 pub mod pool;
 
 pub use key::VaultKey;
-pub use pool::{PoolOptions, VaultPool};
+pub use pool::{PoolOptions, SocketState, VaultPool};
 
 use std::time::Duration;
 

@@ -40,6 +40,27 @@ pub struct VaultPool {
     inner: Arc<Inner>,
 }
 
+/// One vault socket as the pool last found it.
+#[derive(Debug, Clone)]
+pub struct SocketState {
+    pub path: PathBuf,
+    /// Why the last connect failed; `None` if it connected.
+    pub error: Option<Arc<std::io::Error>>,
+}
+
+impl std::fmt::Display for SocketState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.error {
+            Some(e) => write!(f, "{}: {e}", self.path.display()),
+            None => write!(
+                f,
+                "{}: connected, but the vault did not answer",
+                self.path.display()
+            ),
+        }
+    }
+}
+
 struct Inner {
     /// Closed when the pool is dropped: wakes the supervisor to stop.
     _gone_tx: Option<UnixStream>,
@@ -56,6 +77,9 @@ struct Inner {
     /// When a handshake last tried to reconnect (ms after `epoch`).
     last_nudge_ms: AtomicU64,
     epoch: Instant,
+    /// Why the last connect failed, per socket: what a proxy that cannot
+    /// reach any vault says at start.
+    last_errors: Mutex<Vec<Option<Arc<std::io::Error>>>>,
 }
 
 /// The supervisor's first wait after a failed reconnect.
@@ -69,6 +93,7 @@ impl VaultPool {
     /// Starts the pool. Connections are made in the background; the first
     /// attempt is made before returning so a running vault is usable at once.
     pub fn start(opts: PoolOptions) -> VaultPool {
+        let n_sockets = opts.sockets.len();
         let mut slots = Vec::new();
         for socket in 0..opts.sockets.len() {
             for _ in 0..opts.connections_per_socket.max(1) {
@@ -96,6 +121,7 @@ impl VaultPool {
             reconnecting: Mutex::new(()),
             last_nudge_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            last_errors: Mutex::new(vec![None; n_sockets]),
         });
         inner.reconnect_dead();
         let weak = Arc::downgrade(&inner);
@@ -140,6 +166,12 @@ impl VaultPool {
     }
 
     /// Waits (blocking) until a connection is up or `timeout` passes.
+    /// Each vault socket, and why the last attempt to connect to it
+    /// failed: what to say when none is usable.
+    pub fn socket_states(&self) -> Vec<SocketState> {
+        self.inner.connect_errors()
+    }
+
     pub fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
@@ -178,12 +210,19 @@ impl VaultPool {
         // count, and once none is left one reconnect is tried at once.
         let mut sent_count = 0;
         let mut nudged = false;
+        // Sockets whose vault took this request and hung up without an
+        // answer: every request here is idempotent (a signature, a
+        // lookup), so it goes to the next vault, within the same
+        // deadline. A vault that is dying drops its connections one by
+        // one as its process goes; its other connections are passed over
+        // while another socket has one.
+        let mut hung_up = SocketSet::default();
         for _ in 0..self.inner.slots.len() + 4 {
             if sent_count == 3 || Instant::now() >= deadline {
                 break;
             }
-            let conn = match self.inner.pick() {
-                Some(c) => c,
+            let (socket, conn) = match self.inner.pick(&hung_up) {
+                Some(picked) => picked,
                 None if !nudged => {
                     nudged = true;
                     if !self.is_available() {
@@ -214,7 +253,11 @@ impl VaultPool {
                     conn.cancel(sent.id);
                     return Err(SignerError::Timeout { op, timeout });
                 }
-                Err(WaitError::Closed) => last_err = SignerError::Closed,
+                Err(WaitError::Closed) => {
+                    metrics::counter!("vaultgate_proxy_vault_resent_total").increment(1);
+                    hung_up.insert(socket);
+                    last_err = SignerError::Closed;
+                }
             }
         }
         Err(last_err)
@@ -230,11 +273,18 @@ impl Slot {
 
 impl Inner {
     /// Round robin over the live connections of the first socket that has
-    /// any: later sockets are failovers, not load sharing.
-    fn pick(&self) -> Option<Arc<Conn>> {
+    /// any: later sockets are failovers, not load sharing. Sockets in
+    /// `avoid` come last, used only when no other has a connection.
+    /// Returns the connection and its socket's index.
+    fn pick(&self, avoid: &SocketSet) -> Option<(usize, Arc<Conn>)> {
         let n = self.slots.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for socket in 0..self.opts.sockets.len() {
+        let sockets = 0..self.opts.sockets.len();
+        let order = sockets
+            .clone()
+            .filter(|&s| !avoid.contains(s))
+            .chain(sockets.filter(|&s| avoid.contains(s)));
+        for socket in order {
             for i in 0..n {
                 let slot = &self.slots[(start + i) % n];
                 if slot.socket != socket {
@@ -250,7 +300,7 @@ impl Inner {
                             "vault failover"
                         );
                     }
-                    return Some(c);
+                    return Some((socket, c));
                 }
             }
         }
@@ -270,17 +320,54 @@ impl Inner {
                 continue;
             }
             let path = &self.opts.sockets[slot.socket];
+            // A connection that was up and died: said once, when it is
+            // found dead (the reconnect attempts that follow are debug).
+            if slot.conn.locked().take().is_some() {
+                tracing::warn!(socket = %path.display(), "lost a vault connection; reconnecting");
+            }
             match Conn::connect(path).and_then(probe) {
                 Ok(c) => {
                     *slot.conn.locked() = Some(Arc::new(c));
+                    self.last_errors.locked()[slot.socket] = None;
                 }
                 Err(e) => {
                     all_up = false;
                     tracing::debug!(socket = %path.display(), error = %e, "vault connect failed");
+                    self.last_errors.locked()[slot.socket] = Some(Arc::new(e));
                 }
             }
         }
         all_up
+    }
+
+    /// Each socket with why its last connect failed (none: it connected).
+    fn connect_errors(&self) -> Vec<SocketState> {
+        let errors = self.last_errors.locked();
+        self.opts
+            .sockets
+            .iter()
+            .zip(errors.iter())
+            .map(|(path, error)| SocketState {
+                path: path.clone(),
+                error: error.clone(),
+            })
+            .collect()
+    }
+}
+
+/// A few socket indexes (the configured vault sockets are a handful).
+#[derive(Default)]
+struct SocketSet(u64);
+
+impl SocketSet {
+    fn insert(&mut self, socket: usize) {
+        if socket < 64 {
+            self.0 |= 1 << socket;
+        }
+    }
+
+    fn contains(&self, socket: usize) -> bool {
+        socket < 64 && self.0 & (1 << socket) != 0
     }
 }
 
@@ -592,6 +679,66 @@ mod tests {
             start.elapsed()
         );
         drop(held);
+    }
+
+    /// Answers pings; hangs up on anything else without answering, as a
+    /// vault that dies with the request in hand.
+    fn hanging_up_vault(dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("dying.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                std::thread::spawn(move || {
+                    let mut buf = BytesMut::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Ok(Some(f)) = frame::decode(&mut buf) {
+                            if f.opcode != Op::Ping as u8 {
+                                return;
+                            }
+                            let mut out = BytesMut::new();
+                            Frame::new(f.opcode, f.request_id, f.body)
+                                .encode(&mut out)
+                                .unwrap();
+                            if s.write_all(&out).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        path
+    }
+
+    #[test]
+    fn a_request_whose_vault_hangs_up_goes_to_the_next_vault() {
+        // Its other connections look alive for a moment yet (a dying
+        // process closes them one by one): each would take the request
+        // and hang up too, until no try was left.
+        let dir = tempfile::tempdir().unwrap();
+        let dying = hanging_up_vault(dir.path());
+        let live = fake_vault(dir.path(), false);
+        let p = VaultPool::start(PoolOptions {
+            sockets: vec![dying, live],
+            connections_per_socket: 4,
+            timeout: Duration::from_secs(5),
+            plain_wait: Duration::from_micros(50),
+        });
+        assert!(p.wait_connected(Duration::from_secs(5)));
+        for i in 0..4 {
+            let r = p.call(&sign_req());
+            assert!(
+                matches!(r, Ok(Response::Signature { .. })),
+                "call {i}: {r:?}"
+            );
+        }
     }
 
     #[test]

@@ -77,6 +77,20 @@ fn signing_rng() -> &'static aws_lc_rs::rand::SystemRandom {
     RNG.get_or_init(aws_lc_rs::rand::SystemRandom::new)
 }
 
+/// Readies the signing library's generator before the vault answers
+/// anyone. AWS-LC seeds it from CPU jitter the first time the process
+/// asks it for randomness: ~40–55 ms of CPU, once. Left to the first
+/// signature (an ECDSA nonce, RSA-PSS salt or blinding), that cost falls
+/// inside its caller's deadline (the proxy's is 100 ms), and on a busy
+/// core it is all of it.
+pub fn warm_up() {
+    use aws_lc_rs::rand::SecureRandom as _;
+    let mut seed = [0u8; 32];
+    if signing_rng().fill(&mut seed).is_err() {
+        tracing::error!("the signing library's random generator failed; signatures will fail");
+    }
+}
+
 /// Fills a fresh buffer with `n` random bytes.
 pub fn random_bytes(n: usize) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let mut v = Zeroizing::new(vec![0u8; n]);

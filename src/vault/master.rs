@@ -102,11 +102,21 @@ pub fn obtain_existing(
     source: &MasterKeySource,
 ) -> Result<Zeroizing<Vec<u8>>, MasterError> {
     let meta_path = state_dir.join(META_FILE);
-    if !meta_path.exists() {
-        return Err(MasterError::Io {
-            path: meta_path,
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no keystore here"),
-        });
+    // `exists` would call an unreadable dir "no keystore": say what it is.
+    match meta_path.try_exists() {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(MasterError::Io {
+                path: meta_path,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no keystore here"),
+            })
+        }
+        Err(source) => {
+            return Err(MasterError::Io {
+                path: meta_path,
+                source,
+            })
+        }
     }
     obtain(state_dir, source)
 }

@@ -47,6 +47,11 @@ pub enum VaultError {
     Store(#[from] keystore::StoreError),
     #[error("socket {path}: {message}", path = .path.display())]
     Socket { path: PathBuf, message: String },
+    #[error("pid file {path}: {source}", path = .path.display())]
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("metrics listener {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -95,10 +100,18 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
         settings.audit_sync,
     )?;
     let policy = policy::Policy::new(&settings.grants, nix::unistd::geteuid().as_raw());
+    keys::warm_up();
     Ok(Vault::new(settings, store, policy, audit))
 }
 
 pub use ops::Vault;
+
+/// What SIGHUP re-reads: the config file, and how to read it.
+pub struct Reload {
+    /// The config file (named in the status file beside the pid file).
+    pub config: PathBuf,
+    pub read: Reloader,
+}
 
 /// Re-reads the vault's settings on SIGHUP. Its error is the caller's own
 /// (config or flags), logged and audited as it displays; a config error
@@ -129,7 +142,7 @@ async fn bind_metrics(
 /// socket accepts connections.
 pub async fn run(
     settings: VaultSettings,
-    reload: Option<Reloader>,
+    reload: Option<Reload>,
     on_ready: impl FnOnce(&VaultSettings),
 ) -> Result<(), VaultError> {
     let user = settings.user.clone();
@@ -137,32 +150,7 @@ pub async fn run(
     if let Some(u) = &user {
         crate::os::check_can_become(u)?;
     }
-    let h = crate::os::harden();
-    if let Err(e) = h.non_dumpable {
-        tracing::warn!(error = %e, "could not mark the process non-dumpable");
-    }
-    if let Err(e) = h.no_core {
-        tracing::warn!(error = %e, "could not disable core dumps");
-    }
-    if let Err(e) = h.mlocked {
-        tracing::warn!(
-            error = %e,
-            "could not lock memory (mlockall); key material may be swapped to disk. \
-             Raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity in systemd) or grant CAP_IPC_LOCK"
-        );
-    } else if user.is_some() && nix::unistd::geteuid().is_root() {
-        if let Err(e) = crate::os::memlock_for_switch() {
-            tracing::warn!("{e}");
-        }
-    }
-    // A write past RLIMIT_FSIZE raises SIGXFSZ, whose default action ends
-    // the process. Caught, the write fails with EFBIG instead and is
-    // handled like a full disk. (tokio keeps the handler installed.)
-    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
-        libc::SIGXFSZ,
-    ))
-    .map_err(|e| tracing::warn!(error = %e, "cannot catch SIGXFSZ; a file size limit would end the vault"));
-    raise_fd_limit();
+    harden(user.as_ref());
 
     // What needs root comes first: the state dir (created for the user,
     // or checked to be theirs), the listeners. Then the switch, and only
@@ -180,6 +168,14 @@ pub async fn run(
         settings.socket_group,
         user.as_ref(),
     )?;
+    let status = match &settings.pid_file {
+        Some(f) => Some(Arc::new(write_pid_file(
+            f,
+            reload.as_ref().map(|r| r.config.as_path()),
+            user.as_ref(),
+        )?)),
+        None => None,
+    };
     if let Some(u) = &user {
         let switched = crate::os::become_user(u);
         if let Err(e) = crate::os::log_switch("vault", u, switched) {
@@ -213,7 +209,11 @@ pub async fn run(
     tracing::info!(socket = %socket.display(), "vault listening");
     on_ready(&vault.settings());
 
-    let reloads = tokio::spawn(reload_on_sighup(vault.clone(), reload));
+    let reloads = tokio::spawn(reload_on_sighup(
+        vault.clone(),
+        reload.map(|r| r.read),
+        status,
+    ));
 
     let housekeeping = {
         let vault = vault.clone();
@@ -231,6 +231,10 @@ pub async fn run(
     housekeeping.abort();
     reloads.abort();
     let _ = std::fs::remove_file(&socket);
+    if let Some(f) = &vault.settings().pid_file {
+        let _ = std::fs::remove_file(f);
+        let _ = std::fs::remove_file(crate::control::status_path(f));
+    }
     vault
         .audit()
         .record(audit::Event::system("vault-stop", None));
@@ -314,9 +318,66 @@ fn raise_fd_limit() {
     }
 }
 
+/// What the vault does to itself before anything else: no core dumps, not
+/// dumpable, memory locked (and, before a switch away from root, allowed
+/// to stay locked), SIGXFSZ caught, the open-file limit raised. Each
+/// failure is a warning: the vault still runs, and says what it lacks.
+fn harden(user: Option<&RunAs>) {
+    let h = crate::os::harden();
+    if let Err(e) = h.non_dumpable {
+        tracing::warn!(error = %e, "could not mark the process non-dumpable");
+    }
+    if let Err(e) = h.no_core {
+        tracing::warn!(error = %e, "could not disable core dumps");
+    }
+    if let Err(e) = h.mlocked {
+        tracing::warn!(
+            error = %e,
+            "could not lock memory (mlockall); key material may be swapped to disk. \
+             Raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity in systemd) or grant CAP_IPC_LOCK"
+        );
+    } else if user.is_some() && nix::unistd::geteuid().is_root() {
+        if let Err(e) = crate::os::memlock_for_switch() {
+            tracing::warn!("{e}");
+        }
+    }
+    // A write past RLIMIT_FSIZE raises SIGXFSZ, whose default action ends
+    // the process. Caught, the write fails with EFBIG instead and is
+    // handled like a full disk. (tokio keeps the handler installed.)
+    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
+        libc::SIGXFSZ,
+    ))
+    .map_err(|e| tracing::warn!(error = %e, "cannot catch SIGXFSZ; a file size limit would end the vault"));
+    raise_fd_limit();
+}
+
+/// Writes the pid file and creates the status file beside it, as root if
+/// the vault starts as root (both stay the user's after the switch).
+fn write_pid_file(
+    f: &std::path::Path,
+    config: Option<&std::path::Path>,
+    user: Option<&RunAs>,
+) -> Result<crate::control::StatusFile, VaultError> {
+    let io = |source| VaultError::PidFile {
+        path: f.to_owned(),
+        source,
+    };
+    if let Some(dir) = f.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::fsutil::ensure_dir(dir, 0o755).map_err(io)?;
+    }
+    crate::fsutil::write_atomic(f, format!("{}\n", std::process::id()).as_bytes(), 0o644)
+        .map_err(io)?;
+    crate::control::StatusFile::create(f, config.unwrap_or(std::path::Path::new("-")), user)
+        .map_err(io)
+}
+
 /// Applies a re-read config on every SIGHUP. An invalid config changes
 /// nothing: the error is logged, audited and counted.
-async fn reload_on_sighup(vault: Arc<Vault>, reload: Option<Reloader>) {
+async fn reload_on_sighup(
+    vault: Arc<Vault>,
+    reload: Option<Reloader>,
+    status: Option<Arc<crate::control::StatusFile>>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -326,7 +387,11 @@ async fn reload_on_sighup(vault: Arc<Vault>, reload: Option<Reloader>) {
             tracing::info!("SIGHUP: no config file to re-read (started from flags)");
             continue;
         };
-        match reload() {
+        let outcome = reload();
+        if let Some(s) = &status {
+            s.record(outcome.as_ref().map(|_| ()));
+        }
+        match outcome {
             Ok(settings) => {
                 let ignored = vault.reload(settings);
                 if !ignored.is_empty() {

@@ -359,7 +359,10 @@ impl Vault {
         if let Some(key) = req.key() {
             self.authorize(caller, op, Some(key))
                 .map_err(|e| (e, None))?;
-        } else if !matches!(op, Op::Decrypt | Op::BackupImport | Op::List) {
+        } else if !matches!(op, Op::Decrypt | Op::BackupImport) {
+            // `list` too: a caller with no `list` grant at all is told so,
+            // rather than shown an empty list; one with a grant sees the
+            // keys its grants cover.
             self.authorize(caller, op, None).map_err(|e| (e, None))?;
         }
         let plain = |r: Result<Done, OpError>| r.map_err(|e| (e, None));

@@ -67,8 +67,16 @@ impl Nginx {
     /// listener expects a PROXY header first and `/headers` reports the
     /// address it carried as `pp=`) or " http2" (h2c, prior knowledge).
     pub fn start_with(name: &str, listen_opts: &str) -> Nginx {
+        Nginx::start_at(
+            name,
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            listen_opts,
+        )
+    }
+
+    /// On `addr` (another loopback address, say, for a second "host").
+    pub fn start_at(name: &str, addr: SocketAddr, listen_opts: &str) -> Nginx {
         let dir = temp_dir("vg-nginx-");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         for sub in ["www/upload", "tmp", "logs"] {
             std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
         }
@@ -99,6 +107,7 @@ http {{
     listen {addr}{listen_opts};
     root {d}/www;
     location = /whoami {{ return 200 "{name}\n"; }}
+    location = /healthz {{ return 200 "ok\n"; }}
     location = /headers {{
       return 200 "host=$http_host\nxff=$http_x_forwarded_for\nxfp=$http_x_forwarded_proto\nxfh=$http_x_forwarded_host\nforwarded=$http_forwarded\nconnection=$http_connection\nkeep-alive=$http_keep_alive\nproxy-connection=$http_proxy_connection\nx-hop=$http_x_hop\npp=$proxy_protocol_addr\nprotocol=$server_protocol\n";
     }}

@@ -50,7 +50,12 @@ impl ProxyProc {
         let mut child = Command::new(bin())
             .args(args)
             .current_dir(dir)
-            .env("RUST_LOG", "info")
+            // VG_TEST_LOG: a finer filter when a test needs looking into
+            // (e.g. "info,vaultgate::proxy::connection=debug").
+            .env(
+                "RUST_LOG",
+                std::env::var("VG_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

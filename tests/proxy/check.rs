@@ -150,3 +150,36 @@ fn refuses_certificates_whose_key_does_not_match() {
         "{text}"
     );
 }
+
+#[test]
+fn check_reads_what_the_proxy_reads_as_the_user_it_runs_as() {
+    crate::common::require_root("check re-runs itself as the proxy's user");
+    crate::common::require_user("vaultgate-proxy");
+    let s = Setup::start();
+    let (fcert, fkey) = (s.path("f.pem"), s.path("f.key"));
+    s.ca.file_cert(&rcgen::PKCS_ECDSA_P256_SHA256, &["f.test"], &fcert, &fkey);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&fkey, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let p = s.path("c.toml");
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["f.test"], &fcert, &format!("file:{}", fkey.display()))],
+        &["127.0.0.1:1".parse().expect("addr")],
+        "user = \"vaultgate-proxy\"",
+        "",
+    );
+    std::fs::write(&p, cfg).expect("write");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    // Root could read the key; the proxy, as its user, could not: refused.
+    let (ok, text) = check(&p);
+    assert!(
+        !ok && text.contains("checking as vaultgate-proxy")
+            && text.contains(&fkey.display().to_string())
+            && text.contains("Permission denied"),
+        "{text}"
+    );
+    std::fs::set_permissions(&fkey, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (ok, text) = check(&p);
+    assert!(ok, "{text}");
+}

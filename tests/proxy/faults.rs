@@ -655,7 +655,10 @@ fn a_frozen_backend_is_taken_out_by_the_health_check_and_only_requests_sent_befo
     for e in &failed {
         assert!(
             e.start + e.took >= frozen && e.start <= out,
-            "a request outside the freeze window failed: {e:?}"
+            "a request outside the freeze window failed: {e:?}, begun {:?} after the load, {:?} before the freeze\n{}",
+            e.start.duration_since(t0),
+            frozen.saturating_duration_since(e.start),
+            p.log()
         );
         assert_eq!(
             e.result.as_ref().err().map(String::as_str),

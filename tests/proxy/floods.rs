@@ -460,8 +460,13 @@ fn a_connection_beyond_max_connections_is_reset_at_once_and_a_freed_slot_serves_
     );
 
     let start = Instant::now();
-    let mut extra = TcpStream::connect(p.addr).expect("connect beyond the limit");
-    let left_open = wait_all_closed(std::slice::from_mut(&mut extra), Duration::from_secs(10));
+    // The reset can be so quick that it lands before `connect` has
+    // returned, which then reports it: that is the behaviour under test.
+    let left_open = match TcpStream::connect(p.addr) {
+        Ok(mut extra) => wait_all_closed(std::slice::from_mut(&mut extra), Duration::from_secs(10)),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+        Err(e) => panic!("connect beyond the limit: {e}"),
+    };
     let reset_after = start.elapsed();
     assert_eq!(
         left_open, 0,

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 
 use crate::common::backends::{ws_accept_key, Apache, Nginx, WsEcho};
-use crate::common::proxy::{client_config, config, curl_ok, h2_connect, https_get, ProxyProc};
+use crate::common::proxy::{
+    client_config, config, curl, curl_ok, h2_connect, https_get, ProxyProc,
+};
 use crate::Setup;
 
 fn random_bytes(n: usize) -> Vec<u8> {
@@ -127,6 +129,197 @@ fn http1_and_http2_return_the_backend_bytes_exactly() {
             && log.contains("tls=TLSv1_3"),
         "{log}"
     );
+}
+
+#[test]
+fn default_server_name_routes_requests_for_hosts_no_route_names() {
+    let s = Setup::start();
+    let (n1, n2) = (Nginx::start("n1"), Nginx::start("n2"));
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost", "www.test"]);
+    let cfg = |extra: &str| {
+        config(&s.vault.socket, &[(&["localhost", "www.test"], &cert, "vault:tls-local")], &[n1.addr], extra, "")
+            // The catch-all route the helper writes now names a host.
+            .replace("[[proxy.route]]\nupstream = \"web\"", "[[proxy.route]]\nhost = \"localhost\"\nupstream = \"web\"")
+            + &format!("\n[[proxy.route]]\nhost = \"www.test\"\nupstream = \"www\"\n\n[proxy.upstream.www]\nbackends = [\"{}\"]\n", n2.addr)
+    };
+    // A client without SNI and with an IP address as Host (curl to
+    // https://127.0.0.1/): the default's certificate, and its route.
+    let get = |p: &ProxyProc| {
+        curl(&[
+            "-s",
+            "-o",
+            "/dev/stdout",
+            "-w",
+            " %{http_code}",
+            "--cacert",
+            s.ca_path().to_str().expect("utf-8"),
+            "--connect-to",
+            &format!("www.test:{0}:127.0.0.1:{0}", p.addr.port()),
+            "-H",
+            &format!("Host: 127.0.0.1:{}", p.addr.port()),
+            &format!("https://www.test:{}/whoami", p.addr.port()),
+        ])
+        .stdout
+    };
+    let p = ProxyProc::start(s.dir.path(), &cfg("default_server_name = \"www.test\""));
+    assert_eq!(String::from_utf8_lossy(&get(&p)), "n2\n 200");
+    drop(p);
+    // Without it, a host no route names is not found, as before.
+    let p = ProxyProc::start(s.dir.path(), &cfg(""));
+    assert!(String::from_utf8_lossy(&get(&p)).ends_with(" 404"));
+}
+
+#[test]
+fn plain_http_redirects_to_https_and_every_answer_carries_hsts_and_the_set_headers() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "redirect_listen = \"127.0.0.1:0\"\nhsts = \"max-age=63072000; includeSubDomains\"\n\
+         [proxy.response_headers]\nset = { \"X-Frame-Options\" = \"DENY\" }\nremove = [\"Server\"]\n",
+        "",
+    );
+    // The extra lines open a table: the helper's certificates come after.
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let redirect: SocketAddr = p
+        .early
+        .iter()
+        .find_map(|l| l.strip_prefix("redirect ")?.parse().ok())
+        .expect("a `redirect ADDR` line");
+    let head = |args: &[&str]| {
+        let mut a = vec!["-s", "-o", "/dev/null", "-D", "-"];
+        a.extend(args);
+        String::from_utf8_lossy(&curl(&a).stdout).to_ascii_lowercase()
+    };
+    // http://localhost:R/a?b=1 → https://localhost:P/a?b=1, the method
+    // kept for a POST.
+    let url = format!("http://localhost:{}/a/b?c=1", redirect.port());
+    let resolve = format!("localhost:{}:127.0.0.1", redirect.port());
+    let got = head(&["--resolve", &resolve, &url]);
+    let want = format!("location: https://localhost:{}/a/b?c=1", p.addr.port());
+    assert!(
+        got.starts_with("http/1.1 301") && got.contains(&want),
+        "{got}"
+    );
+    let got = head(&["--resolve", &resolve, "-X", "POST", &url]);
+    assert!(
+        got.starts_with("http/1.1 308") && got.contains(&want),
+        "{got}"
+    );
+
+    // Over HTTPS: the backend's answer and the proxy's own 404 alike.
+    let https = |path: &str| {
+        let resolve = format!("localhost:{}:127.0.0.1", p.addr.port());
+        let url = format!("https://localhost:{}{path}", p.addr.port());
+        head(&[
+            "--cacert",
+            s.ca_path().to_str().expect("utf-8"),
+            "--resolve",
+            &resolve,
+            &url,
+        ])
+    };
+    for got in [https("/whoami"), https("/no-such-file")] {
+        assert!(
+            got.contains("strict-transport-security: max-age=63072000; includesubdomains")
+                && got.contains("x-frame-options: deny")
+                && !got.contains("server: nginx"),
+            "{got}"
+        );
+    }
+}
+
+/// A name in /etc/hosts for the length of a test (the system resolver
+/// reads the file on every lookup).
+struct HostsEntry {
+    name: String,
+}
+
+impl HostsEntry {
+    fn set(&self, ip: Option<&str>) {
+        let hosts = std::fs::read_to_string("/etc/hosts").expect("/etc/hosts");
+        let mut kept: Vec<&str> = hosts
+            .lines()
+            .filter(|l| !l.split_whitespace().any(|w| w == self.name))
+            .collect();
+        let line = ip.map(|ip| format!("{ip} {}", self.name));
+        kept.extend(line.as_deref());
+        std::fs::write("/etc/hosts", kept.join("\n") + "\n").expect("write /etc/hosts");
+    }
+}
+
+impl Drop for HostsEntry {
+    fn drop(&mut self) {
+        self.set(None);
+    }
+}
+
+#[test]
+fn backends_by_host_name_are_resolved_and_followed_when_the_name_moves() {
+    crate::common::require_root("the test names its backend in /etc/hosts");
+    let port = (0..50)
+        .map(|_| crate::common::backends::free_port())
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.2", p)).is_ok())
+        .expect("a port free on 127.0.0.1 and 127.0.0.2");
+    let n1 = Nginx::start_at("n1", SocketAddr::from(([127, 0, 0, 1], port)), "");
+    let n2 = Nginx::start_at("n2", SocketAddr::from(([127, 0, 0, 2], port)), "");
+    let entry = HostsEntry {
+        name: format!("vg-backend-{}.test", std::process::id()),
+    };
+    entry.set(Some("127.0.0.1"));
+    let s = Setup::start();
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let named = format!("{}:{port}", entry.name);
+    let cfg = config(
+        &s.vault.socket,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[n1.addr],
+        "",
+        "resolve_every = \"1s\"",
+    )
+    .replace(&format!("\"{}\"", n1.addr), &format!("\"{named}\""));
+    let p = ProxyProc::start(s.dir.path(), &cfg);
+    let client = client_config(s.ca_path(), false, &[]);
+    let whoami = || https_get(p.addr, "localhost", &client, "/whoami");
+    assert_eq!(whoami().body, b"n1\n");
+
+    // The name moves: within a few seconds, new requests follow it.
+    entry.set(Some("127.0.0.2"));
+    crate::common::wait_for(
+        "requests to follow the name",
+        std::time::Duration::from_secs(15),
+        || {
+            let r = whoami();
+            assert_eq!(r.status, 200, "no request may fail while the name moves");
+            (r.body == b"n2\n").then_some(())
+        },
+    );
+    assert!(p.log().contains("backend addresses changed"), "{}", p.log());
+
+    // The name goes away: the last addresses keep serving, and it says so.
+    entry.set(None);
+    crate::common::wait_for(
+        "the failed lookup to be logged",
+        std::time::Duration::from_secs(15),
+        || p.log().contains("cannot resolve a backend").then_some(()),
+    );
+    assert_eq!(whoami().body, b"n2\n");
+    drop(p);
+
+    // At start, a name that does not resolve fails the start, named.
+    std::fs::write(s.path("proxy.toml"), &cfg).expect("write");
+    let path = s.path("proxy.toml").display().to_string();
+    let err = ProxyProc::try_spawn(s.dir.path(), &["proxy", "--config", &path])
+        .err()
+        .expect("a proxy whose backend does not resolve must not start");
+    assert!(
+        err.contains(&format!("backend {named}: cannot resolve")),
+        "{err}"
+    );
+    drop(n2);
 }
 
 #[test]

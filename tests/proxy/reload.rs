@@ -99,6 +99,107 @@ fn sighup_reloads_the_config_and_an_invalid_one_changes_nothing() {
     );
 }
 
+#[test]
+fn reload_reports_the_running_process_verdict_and_never_signals_a_stranger() {
+    let s = Setup::start();
+    let n1 = Nginx::start("n1");
+    let cert = s.vault_cert("tls-verdict", "ecdsa-p256", &["localhost"]);
+    let pid_file = s.dir.path().join("proxy.pid");
+    let cfg = |cert: &std::path::Path| {
+        config(
+            &s.vault.socket,
+            &[(&["localhost"], cert, "vault:tls-verdict")],
+            &[n1.addr],
+            &format!("pid_file = \"{}\"", pid_file.display()),
+            "",
+        )
+    };
+    let p = ProxyProc::start(s.dir.path(), &cfg(&cert));
+    let path = s.dir.path().join("proxy.toml");
+    let reload = || {
+        std::process::Command::new(crate::common::bin())
+            .args(["reload", "--config"])
+            .arg(&path)
+            .output()
+            .expect("vaultgate reload")
+    };
+
+    // A certificate that is not one: `reload` runs the whole check first
+    // and refuses, naming it, before anything is signalled.
+    let garbage = s.dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("write");
+    std::fs::write(&path, cfg(&garbage)).expect("write config");
+    let out = reload();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("garbage.pem")
+            && err.contains("nothing was reloaded"),
+        "{err}"
+    );
+    // Valid for the check, refused by the process (a listen address the
+    // check does not bind, and something else holds): the command says
+    // so, with the process's own error, and exits non-zero.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
+    std::fs::write(
+        &path,
+        cfg(&cert).replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = [\"127.0.0.1:0\", \"{taken_addr}\"]"),
+            1,
+        ),
+    )
+    .expect("write config");
+    let out = reload();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "reload of a refused config succeeded"
+    );
+    assert!(
+        err.contains("the reload failed in the running process")
+            && err.contains(&format!("cannot listen on {taken_addr}"))
+            && err.contains(&format!("pid {}", p.pid())),
+        "{err}"
+    );
+    drop(taken);
+    // It still serves, and a good config reloads with exit 0.
+    let client = client_config(s.ca_path(), false, &[]);
+    assert_eq!(
+        https_get(p.addr, "localhost", &client, "/whoami").status,
+        200
+    );
+    std::fs::write(&path, cfg(&cert)).expect("write config");
+    let out = reload();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reloaded its config"));
+
+    // A stale pid file holding the pid of an unrelated process: refused,
+    // and the process lives on.
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep");
+    let real = std::fs::read_to_string(&pid_file).expect("pid file");
+    std::fs::write(&pid_file, format!("{}\n", stranger.id())).expect("write pid file");
+    let out = reload();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a stranger's pid was accepted");
+    assert!(err.contains("is not the vaultgate process"), "{err}");
+    assert!(
+        stranger.try_wait().expect("try_wait").is_none(),
+        "the unrelated process was signalled"
+    );
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    std::fs::write(&pid_file, real).expect("restore pid file");
+}
+
 /// Reads one HTTP/1.1 response with a Content-Length body from a
 /// keep-alive connection, `pause` after its first bytes (so a reload can
 /// happen while it is in flight). `None` if the connection ends first.

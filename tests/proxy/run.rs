@@ -242,3 +242,87 @@ fn dev_certificates_are_reissued_before_they_expire() {
         "renewal keeps the key"
     );
 }
+
+#[test]
+fn run_away_from_a_checkout_uses_the_default_home() {
+    let nginx = Nginx::start("n1");
+    let dir = tempfile::Builder::new()
+        .prefix("vg-run-home-")
+        .tempdir_in("/tmp")
+        .expect("temp");
+    let (cwd, home) = (dir.path().join("elsewhere"), dir.path().join("home"));
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    // The home's config, as `run` writes it from the built-in default
+    // (here with port 0 and the test's backend, as a user would edit it).
+    let written = run_config(&home, nginx.addr);
+    assert_eq!(written, home.join("config/vaultgate.toml"));
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(args).current_dir(&cwd).env("VAULTGATE_HOME", &home);
+        c
+    };
+
+    // From a directory with no config/, and no --config: the home's.
+    let mut child = cmd(&["run"])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("run.log")).expect("log"))
+        .spawn()
+        .expect("run");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(
+        child.stdout.take().expect("stdout"),
+    ));
+    let mut listen = None;
+    for line in lines.map_while(Result::ok) {
+        if let Some(a) = line.strip_prefix("listen ") {
+            listen = a.parse::<std::net::SocketAddr>().ok();
+            break;
+        }
+    }
+    let addr = listen.unwrap_or_else(|| {
+        panic!(
+            "run did not listen: {}",
+            std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default()
+        )
+    });
+    let ca = home.join("certs/dev-ca.pem");
+    assert!(
+        ca.exists() && home.join("var/vault").is_dir(),
+        "state and certificates under the home"
+    );
+    let f = https_get(
+        addr,
+        "localhost",
+        &client_config(&ca, false, &[]),
+        "/whoami",
+    );
+    assert_eq!(f.body, b"n1\n");
+    // Admin commands from the same directory find that vault.
+    let out = cmd(&["key", "list"]).output().expect("key list");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("default"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+
+    // `check` reads what is there and writes nothing: with no home config,
+    // it names the file it looked for.
+    let empty = dir.path().join("empty-home");
+    let out = Command::new(bin())
+        .arg("check")
+        .current_dir(&cwd)
+        .env("VAULTGATE_HOME", &empty)
+        .output()
+        .expect("check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("empty-home/config/vaultgate.toml"),
+        "{err}"
+    );
+    assert!(!empty.exists(), "check created the home");
+}

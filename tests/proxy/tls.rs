@@ -273,6 +273,21 @@ fn handshakes_fail_fast_while_the_vault_is_down_and_recover_when_it_returns() {
         start.elapsed()
     );
 
+    // Said in the log, naming the socket.
+    crate::common::wait_for(
+        "the lost connection to be logged",
+        Duration::from_secs(10),
+        || {
+            let log = p.log();
+            log.lines()
+                .any(|l| {
+                    l.contains("lost a vault connection")
+                        && l.contains(&s.vault.socket.display().to_string())
+                })
+                .then_some(())
+        },
+    );
+
     s.vault.restart();
     // The signer reconnects with backoff (at most 2 s between attempts).
     crate::common::wait_for("the proxy to sign again", Duration::from_secs(15), || {
@@ -283,6 +298,32 @@ fn handshakes_fail_fast_while_the_vault_is_down_and_recover_when_it_returns() {
     assert!(
         metric(&m, "vaultgate_proxy_handshake_failures_total", &[]) >= 1.0,
         "{m}"
+    );
+}
+
+#[test]
+fn a_proxy_started_without_a_vault_names_the_sockets_and_why() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let missing = s.path("no-vault-here.sock");
+    let cfg = config(
+        &missing,
+        &[(&["localhost"], &cert, "vault:tls-local")],
+        &[nginx.addr],
+        "",
+        "",
+    );
+    std::fs::write(s.path("proxy.toml"), cfg).expect("write config");
+    let path = s.path("proxy.toml").display().to_string();
+    let err = ProxyProc::try_spawn(s.dir.path(), &["proxy", "--config", &path])
+        .err()
+        .expect("a proxy without its vault must not start");
+    assert!(
+        err.contains("no vault socket is usable")
+            && err.contains(&missing.display().to_string())
+            && err.contains("No such file"),
+        "{err}"
     );
 }
 
@@ -347,6 +388,62 @@ fn signatures_fail_over_to_the_next_vault_socket() {
         metric(&m, "vaultgate_proxy_vault_failovers_total", &[]) >= 1.0,
         "{m}"
     );
+}
+
+/// Full handshakes from `n` clients at once (released together), each
+/// on its own connection; the error of each one that failed.
+fn concurrent_full_handshakes(p: &ProxyProc, ca: &std::path::Path, n: usize) -> Vec<String> {
+    let full = {
+        let mut c = (*client_config(ca, false, &[b"http/1.1"])).clone();
+        c.resumption = rustls::client::Resumption::disabled();
+        std::sync::Arc::new(c)
+    };
+    let go = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let (full, go, addr) = (full.clone(), go.clone(), p.addr);
+            std::thread::spawn(move || {
+                go.wait();
+                crate::common::raw::try_tls_connect(addr, &full, Duration::from_secs(10))
+                    .map(drop)
+                    .map_err(|e| crate::common::raw::tls_error(&e))
+            })
+        })
+        .collect();
+    clients
+        .into_iter()
+        .filter_map(|c| c.join().expect("client thread").err())
+        .collect()
+}
+
+#[test]
+fn the_first_handshakes_after_a_fresh_start_meet_the_sign_deadline() {
+    // Both processes fresh: a vault that has not signed since it started
+    // and a proxy that has not made a handshake. Neither may make its
+    // first clients pay for what it could do before it says it is ready
+    // (the crypto library's entropy set-up costs ~50 ms of CPU once per
+    // process: half the default 100 ms deadline, all of it on a busy core).
+    for round in 0..3 {
+        let mut s = Setup::start();
+        let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+        s.vault.restart();
+        let nginx = Nginx::start("n1");
+        let cfg = config(
+            &s.vault.socket,
+            &[(&["localhost"], &cert, "vault:tls-local")],
+            &[nginx.addr],
+            "",
+            "",
+        );
+        let p = ProxyProc::start(s.dir.path(), &cfg);
+        let failed = concurrent_full_handshakes(&p, s.ca_path(), 20);
+        assert!(
+            failed.is_empty(),
+            "round {round}: {} of 20 first handshakes failed: {failed:?}\n{}",
+            failed.len(),
+            p.log()
+        );
+    }
 }
 
 #[test]

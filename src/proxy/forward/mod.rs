@@ -36,7 +36,9 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use crate::config::proxy::{Balance, ForwardedHeaders, HostPattern, ProxySettings, RouteSpec};
+use crate::config::proxy::{
+    Balance, ForwardedHeaders, HostPattern, ProxySettings, ResponseHeaders, RouteSpec,
+};
 use crate::proxy::body::{BoxError, UpBody};
 use crate::proxy::origin::h2c::H2cError;
 use crate::proxy::origin::{self, OriginError, OriginUpgrade, Outgoing};
@@ -67,15 +69,21 @@ impl SendError {
 /// Routes and upstreams, shared by every connection.
 pub struct Forwarder {
     routes: Vec<RouteSpec>,
+    /// `default_server_name`: where a request whose host no route names
+    /// goes (nginx's `default_server`), as its certificate does.
+    default_host: Option<String>,
     upstreams: HashMap<String, Arc<Upstream>>,
     forwarded: ForwardedHeaders,
     access_log: bool,
+    /// Set on and removed from every answer, the proxy's own included.
+    response_headers: ResponseHeaders,
 }
 
 impl Forwarder {
     pub fn new(settings: &ProxySettings) -> Forwarder {
         Forwarder {
             routes: settings.routes.clone(),
+            default_host: settings.default_server_name.clone(),
             upstreams: settings
                 .upstreams
                 .iter()
@@ -83,6 +91,7 @@ impl Forwarder {
                 .collect(),
             forwarded: settings.forwarded,
             access_log: settings.access_log,
+            response_headers: settings.response_headers.clone(),
         }
     }
 
@@ -91,8 +100,17 @@ impl Forwarder {
     }
 
     /// The most specific route: exact host over wildcard over any, then
-    /// the longest path prefix (as nginx picks locations).
+    /// the longest path prefix (as nginx picks locations). A host no
+    /// route names (a client without SNI, an IP address, a name the proxy
+    /// does not serve) is routed as `default_server_name`, if set.
     pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Upstream>> {
+        self.route_host(host, path).or_else(|| {
+            let default = self.default_host.as_deref().filter(|d| *d != host)?;
+            self.route_host(default, path)
+        })
+    }
+
+    fn route_host(&self, host: &str, path: &str) -> Option<&Arc<Upstream>> {
         self.routes
             .iter()
             .filter(|r| r.host.matches(host) && path.starts_with(r.path_prefix.as_str()))
@@ -200,12 +218,22 @@ where
     let mut record = begin_record(&req, &fwd, &conn);
     let mut prepared = match prepare(req, &fwd, &conn, &mut record) {
         Ok(p) => p,
-        Err(refusal) => return Ok(fail(record, refusal)),
+        Err(refusal) => return Ok(edited(fail(record, refusal), &fwd)),
     };
-    match try_backends(&mut prepared, &conn, &mut record).await {
-        Ok((resp, backend)) => Ok(finish(resp, prepared, record, backend)),
-        Err(refusal) => Ok(fail(record, refusal)),
+    let resp = match try_backends(&mut prepared, &conn, &mut record).await {
+        Ok((resp, backend)) => finish(resp, prepared, record, backend),
+        Err(refusal) => fail(record, refusal),
+    };
+    Ok(edited(resp, &fwd))
+}
+
+/// The answer with `[proxy] hsts` and `response_headers` applied, as
+/// nginx's `add_header … always` does: error answers too.
+fn edited(mut resp: Response<Logged>, fwd: &Forwarder) -> Response<Logged> {
+    if !fwd.response_headers.is_empty() {
+        fwd.response_headers.apply(resp.headers_mut());
     }
+    resp
 }
 
 /// The access record, started before anything can fail.

@@ -200,9 +200,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             fail_timeout: Duration::from_secs(60),
-            h2c: false,
-            proxy_protocol: false,
-            health: None,
+            ..UpstreamSpec::default()
         })
     }
 

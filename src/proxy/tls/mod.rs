@@ -40,7 +40,7 @@ pub enum TlsError {
         path: PathBuf,
         source: FileKeyError,
     },
-    #[error("{at}: vault key {key:?}: {source}")]
+    #[error("{at}: {}", vault_text(key, source))]
     Vault {
         at: String,
         key: String,
@@ -52,10 +52,32 @@ pub enum TlsError {
         cert: String,
         key: String,
     },
-    #[error("vault key {key:?} is configured but no vault socket is usable")]
-    NoVault { key: String },
+    #[error("vault key {key:?} is configured but no vault socket is usable: {}", sockets_text(.sockets))]
+    NoVault {
+        key: String,
+        sockets: Vec<crate::signer::SocketState>,
+    },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+fn sockets_text(sockets: &[crate::signer::SocketState]) -> String {
+    if sockets.is_empty() {
+        return "none is configured".into();
+    }
+    sockets
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The key named once: some signer errors name it themselves.
+fn vault_text(key: &str, source: &SignerError) -> String {
+    match source {
+        SignerError::NotSigning { .. } | SignerError::Mismatch { .. } => source.to_string(),
+        _ => format!("vault key {key:?}: {source}"),
+    }
 }
 
 /// The server's suites, in its order of preference: Mozilla
@@ -95,6 +117,21 @@ pub fn provider() -> rustls::crypto::CryptoProvider {
     }
 }
 
+/// Pays before the first handshake what it would otherwise pay: AWS-LC
+/// seeds its generator from CPU jitter the first time the process asks
+/// for randomness (~40–55 ms of CPU, once; the first key share would
+/// ask), and each key exchange group runs for the first time.
+pub fn warm_up(provider: &rustls::crypto::CryptoProvider) {
+    let mut seed = [0u8; 32];
+    if provider.secure_random.fill(&mut seed).is_err() {
+        tracing::error!("the TLS library's random generator failed; handshakes will fail");
+    }
+    for group in provider.kx_groups.iter() {
+        // Only the work matters; the key share is thrown away.
+        drop(group.start());
+    }
+}
+
 /// The server config. Certificates come from `store` at each handshake,
 /// so swapping the store needs no new config.
 pub fn server_config(
@@ -102,6 +139,7 @@ pub fn server_config(
     store: Arc<ArcSwap<CertStore>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(provider());
+    warm_up(&provider);
     let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_tls_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],

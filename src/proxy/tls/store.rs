@@ -85,6 +85,25 @@ impl CertStore {
         Ok(store)
     }
 
+    /// Every vault key the store signs with, once each.
+    pub fn vault_keys(&self) -> Vec<VaultKey> {
+        let mut keys: Vec<VaultKey> = Vec::new();
+        let all = self
+            .exact
+            .values()
+            .chain(self.wildcard.iter().map(|(_, v)| v))
+            .chain(std::iter::once(&self.default));
+        for key in all.flatten().filter_map(|e| e.vault.as_ref()) {
+            let known = keys
+                .iter()
+                .any(|k| k.name() == key.name() && k.version() == key.version());
+            if !known {
+                keys.push(key.clone());
+            }
+        }
+        keys
+    }
+
     /// The candidates for a server name (lower case), falling back to the
     /// default certificate.
     pub fn lookup(&self, sni: Option<&str>) -> &[Entry] {
@@ -119,7 +138,10 @@ pub fn load_entry(spec: &CertSpec, pool: Option<&VaultPool>) -> Result<Entry, Tl
     let mut vault = None;
     let (certs, key): (_, Arc<dyn SigningKey>) = match &spec.key {
         KeyRef::Vault(name) => {
-            let pool = pool.ok_or_else(|| TlsError::NoVault { key: name.clone() })?;
+            let pool = pool.ok_or_else(|| TlsError::NoVault {
+                key: name.clone(),
+                sockets: Vec::new(),
+            })?;
             let vault_err = |source| TlsError::Vault {
                 at: spec.key_at.to_string(),
                 key: name.clone(),
