@@ -119,12 +119,32 @@ pub struct Reload {
 pub type Reloader =
     Box<dyn Fn() -> Result<VaultSettings, Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
 
+/// Binds the metrics listener and installs the recorder, before anything
+/// is counted: alarms found while opening the audit log are metrics too.
+async fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<
+    Option<(
+        tokio::net::TcpListener,
+        metrics_exporter_prometheus::PrometheusHandle,
+    )>,
+    VaultError,
+> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| VaultError::Metrics { addr, source })?;
+    Ok(Some((listener, crate::telemetry::install_recorder())))
+}
+
 /// Runs the vault until SIGTERM or SIGINT: hardens the process, opens the
 /// keystore, binds the socket, serves. `on_ready` is called once the
 /// socket accepts connections.
 /// Serves the vault's `/metrics` on `listener` (and says where).
-fn serve_metrics(listener: tokio::net::TcpListener) {
-    let handle = crate::telemetry::install_recorder();
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) {
     if let Ok(local) = listener.local_addr() {
         tracing::info!(%local, "vault metrics listening");
         println!("metrics {local}");
@@ -158,14 +178,7 @@ pub async fn run(
         prepare_state_dir(&settings.state_dir, u)?;
     }
     let socket = settings.socket.clone();
-    let metrics = match settings.metrics_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| VaultError::Metrics { addr, source })?,
-        ),
-        None => None,
-    };
+    let metrics = bind_metrics(settings.metrics_listen).await?;
     let listener = server::bind(
         &socket,
         settings.socket_mode,
@@ -202,8 +215,8 @@ pub async fn run(
         .audit()
         .record(audit::Event::system("vault-start", None));
 
-    if let Some(listener) = metrics {
-        serve_metrics(listener);
+    if let Some((listener, handle)) = metrics {
+        serve_metrics(listener, handle);
     }
 
     // The handler is in place before anyone is told the vault is up: a

@@ -313,12 +313,12 @@ impl Vault {
         // Fail closed: nothing is done that could not be audited. Ping,
         // which does nothing and is not audited, still answers.
         if op != Op::Ping {
-            if let Some(why) = self.audit.failure() {
+            if let Err(why) = self.audit.admit() {
                 metrics::counter!("vaultgate_vault_requests_total", "op" => op.name(), "result" => "unaudited")
                     .increment(1);
                 return Response::error(
                     ErrorCode::Storage,
-                    format!("refused: the audit log cannot be written ({why}); the vault does nothing it cannot audit"),
+                    format!("refused: {why}; the vault does nothing it cannot audit"),
                 );
             }
         }
@@ -350,6 +350,7 @@ impl Vault {
                 version,
                 result,
                 error,
+                ..Event::default()
             });
         }
         response
@@ -1057,7 +1058,8 @@ impl Vault {
             &self.settings.load().state_dir,
             &self.store.subkeys().audit_mac,
         )
-        .map_err(|e| OpError::new(ErrorCode::CorruptKey, e.to_string()))?;
+        .map_err(|e| OpError::new(ErrorCode::CorruptKey, e.to_string()))?
+        .records;
         Ok(Done::new(Response::Json {
             json: serde_json::json!({"ok": true, "records": n}).to_string(),
         }))
