@@ -82,7 +82,7 @@ fn audit(c: &mut Criterion) {
                         key: Some("default".into()),
                         version: Some(3),
                         result: "ok",
-                        error: None,
+                        ..Event::default()
                     });
                 }
                 audit.flush();

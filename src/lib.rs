@@ -13,8 +13,9 @@
 //! - [`devca`]    — the dev CA of `run`, signing through the vault with rcgen
 //! - [`fsutil`]   — crash-safe file writes (temp, fsync, rename, fsync dir)
 //! - [`os`]       — process hardening: no core dumps, mlockall, privileges
-//! - `sync`       — locks that survive a panic elsewhere (no poisoning)
+//! - [`sync`]     — locks that survive a panic elsewhere (no poisoning; the PKCS#11 module uses them too)
 //! - [`control`]  — pid and status files: how `reload` finds a process and hears its verdict
+//! - [`notify`]   — readiness, reloads and shutdown told to systemd (`sd_notify`)
 //! - [`telemetry`] — tracing setup and the Prometheus `/metrics` listener
 //! - [`cli`]      — subcommand implementations behind `main.rs`
 
@@ -24,12 +25,13 @@ pub mod config;
 pub(crate) mod control;
 pub mod devca;
 pub(crate) mod fsutil;
+pub(crate) mod notify;
 pub(crate) mod os;
 pub mod pki;
 pub mod protocol;
 pub(crate) mod proxy;
 pub mod signer;
-mod sync;
+pub mod sync;
 pub(crate) mod telemetry;
 pub(crate) mod vault;
 

@@ -10,7 +10,7 @@
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// `lock()` without poisoning.
-pub(crate) trait Locked<T: ?Sized> {
+pub trait Locked<T: ?Sized> {
     fn locked(&self) -> MutexGuard<'_, T>;
 }
 
@@ -21,7 +21,7 @@ impl<T: ?Sized> Locked<T> for Mutex<T> {
 }
 
 /// `read()` and `write()` without poisoning.
-pub(crate) trait RwLocked<T: ?Sized> {
+pub trait RwLocked<T: ?Sized> {
     fn read_locked(&self) -> RwLockReadGuard<'_, T>;
     fn write_locked(&self) -> RwLockWriteGuard<'_, T>;
 }

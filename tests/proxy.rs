@@ -27,6 +27,12 @@ mod h2;
 mod http1;
 #[path = "proxy/isolation.rs"]
 mod isolation;
+#[path = "proxy/logs.rs"]
+mod logs;
+#[path = "proxy/metrics.rs"]
+mod metrics;
+#[path = "proxy/notify.rs"]
+mod notify;
 #[path = "proxy/origin.rs"]
 mod origin;
 #[path = "proxy/privdrop.rs"]
@@ -41,6 +47,8 @@ mod run;
 mod scanners;
 #[path = "proxy/smuggling.rs"]
 mod smuggling;
+#[path = "proxy/status.rs"]
+mod status;
 #[path = "proxy/tls.rs"]
 mod tls;
 #[path = "proxy/under_load.rs"]

@@ -16,6 +16,8 @@ mod disk;
 mod hostile;
 #[path = "vault/privdrop.rs"]
 mod privdrop;
+#[path = "vault/rollback.rs"]
+mod rollback;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -532,7 +532,7 @@ pub fn audit(cmd: AuditCommand) -> ExitCode {
         let result = (|| -> Result<u64, AdminError> {
             let master = crate::vault::master::obtain_existing(&dir, &source)?;
             let sub = crate::vault::master::Subkeys::derive(&master)?;
-            Ok(crate::vault::audit::verify(&dir, &sub.audit_mac)?)
+            Ok(crate::vault::audit::verify(&dir, &sub.audit_mac)?.records)
         })();
         return match result {
             Ok(n) => {

@@ -16,6 +16,7 @@ pub fn main(args: ConfigArg) -> ExitCode {
         Ok(Err(e)) => return super::fail(e),
         Err(code) => return code,
     };
+    crate::telemetry::apply_log_settings(&settings.log);
     if let Some(u) = &settings.user {
         if let Err(e) = crate::os::check_can_become(u) {
             return super::fail(e);

@@ -91,6 +91,7 @@ pub fn main(args: ConfigArg) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    crate::telemetry::apply_log_settings(&proxy_settings.log);
     if let Some(dir) = vault.socket.parent() {
         if let Err(e) = std::fs::create_dir_all(dir) {
             return super::fail(format!("{}: {e}", dir.display()));

@@ -67,7 +67,13 @@ pub fn main(args: VaultArgs) -> ExitCode {
 /// The config file's `[vault]` settings with the flags on top.
 fn settings(args: &VaultArgs) -> Result<VaultSettings, SettingsError> {
     let mut settings = match &args.config {
-        Some(path) => config::load(path).and_then(|l| VaultSettings::from_loaded(&l))?,
+        Some(path) => {
+            let loaded = config::load(path)?;
+            let log = config::log::LogSettings::from_loaded(&loaded)?;
+            let settings = VaultSettings::from_loaded(&loaded)?;
+            crate::telemetry::apply_log_settings(&log);
+            settings
+        }
         None => VaultSettings::default(),
     };
     if let Some(s) = &args.socket {

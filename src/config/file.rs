@@ -13,4 +13,6 @@ pub struct ConfigFile {
     pub proxy: Option<super::proxy::ProxyFile>,
     /// `[run]`: settings of the embedded default.
     pub run: Option<super::run::RunFile>,
+    /// `[log]`: the process log, for whichever process reads the file.
+    pub log: Option<super::log::LogFile>,
 }

@@ -65,6 +65,7 @@ fn accepted(path: &[&str]) -> Option<Vec<&'static str>> {
         ["proxy", "upstream", _] => fields_of::<super::proxy::UpstreamFile>(),
         ["proxy", "upstream", _, "health"] => fields_of::<super::proxy::HealthFile>(),
         ["run"] => fields_of::<super::run::RunFile>(),
+        ["log"] => fields_of::<super::log::LogFile>(),
         _ => return None,
     })
 }

@@ -7,6 +7,7 @@
 //! - [`file`](mod@file): the whole file as serde reads it
 //! - [`proxy`], [`run`], [`vault`]: one section each, validated into its
 //!   settings, every default in the settings type's `impl Default`
+//! - [`log`]: `[log]`, the process log's level, for whichever process reads the file
 //! - [`duration`], [`user`]: values several sections share
 //! - `keys`: the keys each section accepts; unknown ones found, and a near one suggested
 //! - [`error`]: errors located at file, line and column
@@ -15,6 +16,7 @@ pub mod duration;
 pub mod error;
 pub mod file;
 mod keys;
+pub mod log;
 pub mod proxy;
 pub mod run;
 pub mod user;

@@ -105,6 +105,11 @@ pub struct ProxyFile {
     /// most twice this.
     pub ticket_rotation: Option<Spanned<String>>,
     pub access_log: Option<bool>,
+    /// Write the access log to this file (appended; reopened on SIGUSR1)
+    /// instead of the process log.
+    pub access_log_file: Option<Spanned<String>>,
+    /// "text" (key=value), "combined" (nginx's) or "json".
+    pub access_log_format: Option<Spanned<String>>,
     /// Log a warning while a certificate expires within this.
     pub cert_expiry_warning: Option<Spanned<String>>,
     /// Where the running process writes its pid, for `vaultgate reload`.
@@ -502,6 +507,11 @@ pub struct ProxySettings {
     pub session_tickets: bool,
     pub ticket_rotation: Duration,
     pub access_log: bool,
+    /// `None`: access lines go to the process log.
+    pub access_log_file: Option<PathBuf>,
+    pub access_log_format: AccessLogFormat,
+    /// `[log]`: the process log's level, applied at start and on reload.
+    pub log: super::log::LogSettings,
     pub cert_expiry_warning: Duration,
     pub pid_file: Option<PathBuf>,
     /// The account to switch to after binding.
@@ -562,6 +572,9 @@ impl Default for ProxySettings {
             session_tickets: true,
             ticket_rotation: Duration::from_secs(6 * 3600),
             access_log: true,
+            access_log_file: None,
+            access_log_format: AccessLogFormat::Text,
+            log: super::log::LogSettings::default(),
             cert_expiry_warning: Duration::from_secs(14 * 86400),
             pid_file: None,
             user: None,
@@ -646,6 +659,13 @@ impl ProxySettings {
             ticket_rotation: duration::parse_opt(&src, &p.ticket_rotation)?
                 .unwrap_or(d.ticket_rotation),
             access_log: p.access_log.unwrap_or(d.access_log),
+            access_log_file: p
+                .access_log_file
+                .as_ref()
+                .map(|f| loaded.resolve(f.get_ref().as_ref())),
+            access_log_format: access_log_format(&src, &p.access_log_format)?
+                .unwrap_or(d.access_log_format),
+            log: super::log::LogSettings::from_loaded(loaded)?,
             cert_expiry_warning: duration::parse_opt(&src, &p.cert_expiry_warning)?
                 .unwrap_or(d.cert_expiry_warning),
             pid_file: p
@@ -726,6 +746,51 @@ fn vault_client(
         ));
     }
     Ok((sockets, connections))
+}
+
+/// The access log's line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// `key=value` fields, client text quoted and escaped.
+    Text,
+    /// nginx's `combined`, then the request id and times.
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+impl AccessLogFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessLogFormat::Text => "text",
+            AccessLogFormat::Combined => "combined",
+            AccessLogFormat::Json => "json",
+        }
+    }
+}
+
+fn access_log_format(
+    src: &Source,
+    v: &Option<Spanned<String>>,
+) -> Result<Option<AccessLogFormat>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    [
+        AccessLogFormat::Text,
+        AccessLogFormat::Combined,
+        AccessLogFormat::Json,
+    ]
+    .into_iter()
+    .find(|f| f.name() == v.get_ref())
+    .map(Some)
+    .ok_or_else(|| {
+        src.error(
+            v.span(),
+            format!(
+                "invalid access_log_format {:?}: \"text\", \"combined\" or \"json\"",
+                v.get_ref()
+            ),
+        )
+    })
 }
 
 fn min_tls_version(

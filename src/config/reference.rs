@@ -111,6 +111,7 @@ fn the_proxy_tables_match_the_code() {
             ("session_tickets", d.session_tickets.to_string()),
             ("ticket_rotation", dur(d.ticket_rotation)),
             ("access_log", d.access_log.to_string()),
+            ("access_log_format", quoted(d.access_log_format.name())),
             ("cert_expiry_warning", dur(d.cert_expiry_warning)),
             ("normalize_path", d.path_rules.normalize.to_string()),
             ("merge_slashes", d.path_rules.merge_slashes.to_string()),
@@ -163,6 +164,17 @@ fn the_proxy_tables_match_the_code() {
             ("healthy", h.healthy.to_string()),
             ("unhealthy", h.unhealthy.to_string()),
         ],
+    );
+}
+
+#[test]
+fn the_log_table_matches_the_code() {
+    let d = super::log::LogSettings::default();
+    check(
+        "## `[log]`",
+        fields_of::<super::log::LogFile>(),
+        &[],
+        &[("level", quoted(&d.level))],
     );
 }
 

@@ -118,9 +118,13 @@ pub const fn grant_groups(op: Op) -> (bool, bool) {
     const BOTH: (bool, bool) = (true, true);
     match op {
         Op::Ping => (false, false),
-        Op::Sign | Op::Verify | Op::PublicKey | Op::Encrypt | Op::Decrypt | Op::GenerateDataKey => {
-            USE
-        }
+        Op::Sign
+        | Op::SignDigest
+        | Op::Verify
+        | Op::PublicKey
+        | Op::Encrypt
+        | Op::Decrypt
+        | Op::GenerateDataKey => USE,
         Op::Subscribe | Op::CertGet | Op::Describe | Op::List => BOTH,
         Op::CertInstall
         | Op::CertCsr
@@ -400,7 +404,7 @@ ops = ["use"]
         let names = |ops: Vec<Op>| ops.iter().map(|o| o.name()).collect::<Vec<_>>().join(" ");
         assert_eq!(
             names(use_ops()),
-            "sign verify public-key encrypt decrypt generate-data-key list describe subscribe cert-get"
+            "sign verify public-key encrypt decrypt generate-data-key sign-digest list describe subscribe cert-get"
         );
         assert_eq!(
             names(admin_ops()),

@@ -34,6 +34,12 @@ fn request(op: Op) -> Request {
             scheme: 0x0403,
             message: b"msg".to_vec(),
         },
+        Op::SignDigest => Request::SignDigest {
+            key: key(),
+            version: Some(2),
+            scheme: 0x0403,
+            digest: vec![0xd1; 32],
+        },
         Op::Verify => Request::Verify {
             key: key(),
             version: Some(2),
@@ -120,7 +126,7 @@ fn answer(op: Op) -> Response {
         Op::Ping => Response::Pong {
             payload: b"hi".to_vec(),
         },
-        Op::Sign => Response::Signature {
+        Op::Sign | Op::SignDigest => Response::Signature {
             version: 2,
             signature: vec![0x30, 0x02],
         },

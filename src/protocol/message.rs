@@ -25,6 +25,7 @@ wire_enum! {
         Encrypt = 0x05 => "encrypt",
         Decrypt = 0x06 => "decrypt",
         GenerateDataKey = 0x07 => "generate-data-key",
+        SignDigest = 0x08 => "sign-digest",
         Create = 0x10 => "create",
         Import = 0x11 => "import",
         List = 0x12 => "list",
@@ -97,6 +98,16 @@ pub enum Request {
         scheme: u16,
         message: Vec<u8>,
         signature: Vec<u8>,
+    },
+    /// Sign a digest the caller computed (AWS KMS `MessageType=DIGEST`):
+    /// `digest` is the hash of `scheme`'s hash function, of exactly its
+    /// length. For callers that cannot hand over the message, such as a
+    /// PKCS#11 module under a TLS stack that hashed the transcript itself.
+    SignDigest {
+        key: String,
+        version: Option<u32>,
+        scheme: u16,
+        digest: Vec<u8>,
     },
     PublicKey {
         key: String,
@@ -202,6 +213,7 @@ impl Request {
             Request::Ping { .. } => Op::Ping,
             Request::Sign { .. } => Op::Sign,
             Request::Verify { .. } => Op::Verify,
+            Request::SignDigest { .. } => Op::SignDigest,
             Request::PublicKey { .. } => Op::PublicKey,
             Request::Encrypt { .. } => Op::Encrypt,
             Request::Decrypt { .. } => Op::Decrypt,
@@ -232,6 +244,7 @@ impl Request {
         match self {
             Request::Sign { key, .. }
             | Request::Verify { key, .. }
+            | Request::SignDigest { key, .. }
             | Request::PublicKey { key, .. }
             | Request::Encrypt { key, .. }
             | Request::GenerateDataKey { key, .. }
@@ -272,6 +285,12 @@ impl Request {
                 version,
                 scheme,
                 message,
+            }
+            | Request::SignDigest {
+                key,
+                version,
+                scheme,
+                digest: message,
             } => {
                 w.str(Tag::KeyName, key)
                     .opt_u32(Tag::KeyVersion, *version)
@@ -415,13 +434,28 @@ impl Request {
                     payload: f.opt_bytes(Tag::Payload).unwrap_or_default().to_vec(),
                 }
             }
-            Op::Sign => {
+            Op::Sign | Op::SignDigest => {
                 f.only(&[Tag::KeyName, Tag::KeyVersion, Tag::Scheme, Tag::Payload])?;
-                Request::Sign {
-                    key: key(&f)?,
-                    version: f.opt_u32(Tag::KeyVersion)?,
-                    scheme: f.u16(Tag::Scheme)?,
-                    message: f.bytes(Tag::Payload)?.to_vec(),
+                let (key, version, scheme, payload) = (
+                    key(&f)?,
+                    f.opt_u32(Tag::KeyVersion)?,
+                    f.u16(Tag::Scheme)?,
+                    f.bytes(Tag::Payload)?.to_vec(),
+                );
+                if op == Op::Sign {
+                    Request::Sign {
+                        key,
+                        version,
+                        scheme,
+                        message: payload,
+                    }
+                } else {
+                    Request::SignDigest {
+                        key,
+                        version,
+                        scheme,
+                        digest: payload,
+                    }
                 }
             }
             Op::Verify => {
@@ -753,7 +787,7 @@ impl Response {
                     payload: f.opt_bytes(Tag::Payload).unwrap_or_default().to_vec(),
                 }
             }
-            Op::Sign => {
+            Op::Sign | Op::SignDigest => {
                 f.only(&[Tag::KeyVersion, Tag::Signature])?;
                 Response::Signature {
                     version: f.u32(Tag::KeyVersion)?,

@@ -73,6 +73,11 @@ impl Listeners {
         self.state.locked()
     }
 
+    /// The addresses actually bound, in the order they were started.
+    pub fn local(&self) -> Vec<SocketAddr> {
+        self.state().open.iter().map(|l| l.local).collect()
+    }
+
     /// The configured addresses being served.
     pub fn configured(&self) -> Vec<SocketAddr> {
         self.state().open.iter().map(|l| l.configured).collect()
@@ -229,13 +234,21 @@ fn shed(tcp: tokio::net::TcpStream, warned: &mut Option<std::time::Instant>) {
     }
 }
 
-/// The Prometheus listener, replaced when a reload changes its address.
-#[derive(Default)]
+/// The Prometheus listener (and the status page), replaced when a reload
+/// changes its address.
 pub(crate) struct MetricsListener {
     current: std::sync::Mutex<Option<(SocketAddr, tokio::task::JoinHandle<()>)>>,
+    status: Option<crate::telemetry::StatusPage>,
 }
 
 impl MetricsListener {
+    pub fn new(status: Option<crate::telemetry::StatusPage>) -> MetricsListener {
+        MetricsListener {
+            current: std::sync::Mutex::new(None),
+            status,
+        }
+    }
+
     /// The configured address being served.
     pub fn current(&self) -> Option<SocketAddr> {
         let cur = self.current.locked();
@@ -255,6 +268,8 @@ impl MetricsListener {
                 let task = tokio::spawn(crate::telemetry::serve_metrics(
                     l,
                     crate::telemetry::install_recorder(),
+                    crate::telemetry::Process::Proxy,
+                    self.status.clone(),
                 ));
                 Some((addr, task))
             }

@@ -25,6 +25,7 @@
 //! - [`framing`]: HTTP/1.1 message framing, for the server and the client.
 //! - `linger`: lingering close, for both protocols.
 //! - [`tls`]: certificate store, SNI resolver, session tickets.
+//! - `status`: the status page on the metrics listener.
 
 pub mod body;
 mod connection;
@@ -38,6 +39,7 @@ pub mod origin;
 mod redirect;
 mod reload;
 pub mod server;
+mod status;
 pub mod tls;
 
 use std::sync::Arc;
@@ -89,13 +91,24 @@ pub enum ReloadError {
     Bind(#[from] listeners::BindError),
     #[error("the reload task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    AccessLog(#[from] forward::access_log::AccessLogError),
+}
+
+/// Why a proxy could not be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    AccessLog(#[from] forward::access_log::AccessLogError),
 }
 
 impl Proxy {
     /// Connects to the vault (when any key is `vault:`), loads every
     /// certificate, checks each key against it and signs once with each
     /// vault key (see [`crate::signer::VaultKey::warm_up`]). Blocking.
-    pub fn build(settings: ProxySettings) -> Result<Proxy, TlsError> {
+    pub fn build(settings: ProxySettings) -> Result<Proxy, BuildError> {
         let needs_vault = settings
             .certs
             .iter()
@@ -129,7 +142,8 @@ impl Proxy {
                 return Err(TlsError::NoVault {
                     key,
                     sockets: pool.socket_states(),
-                });
+                }
+                .into());
             }
         }
         let store = Arc::new(ArcSwap::from_pointee(CertStore::load(
@@ -142,7 +156,7 @@ impl Proxy {
             }
         }
         let tls = tls::server_config(&settings, store.clone())?;
-        let forwarder = Arc::new(Forwarder::new(&settings));
+        let forwarder = Arc::new(Forwarder::new(&settings)?);
         Ok(Proxy {
             live: ArcSwap::from_pointee(Live {
                 settings: Arc::new(settings.clone()),
@@ -198,9 +212,10 @@ impl Proxy {
         } else {
             tls::server_config(&new, self.store.clone())?
         };
+        let forwarder = Arc::new(Forwarder::new(&new)?);
         self.store.store(Arc::new(certs));
         self.live.store(Arc::new(Live {
-            forwarder: Arc::new(Forwarder::new(&new)),
+            forwarder,
             settings: Arc::new(new),
             tls,
         }));
@@ -212,7 +227,10 @@ impl Proxy {
     /// `current` is still live. Returns whether it was.
     pub fn replace_upstreams(&self, current: &Arc<Live>, next: ProxySettings) -> bool {
         let fresh = Arc::new(Live {
-            forwarder: Arc::new(Forwarder::new(&next)),
+            forwarder: Arc::new(Forwarder::with_access_log(
+                &next,
+                current.forwarder.access_log(),
+            )),
             settings: Arc::new(next),
             tls: current.tls.clone(),
         });

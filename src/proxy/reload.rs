@@ -1,6 +1,6 @@
 //! What changes a running proxy: SIGHUP re-reads the config (or the
-//! certificates), certificate files that change on disk, the vault's key
-//! events, and the expiry watch. Each runs as its own task for the
+//! certificates), SIGUSR1 reopens the access log files, certificate files
+//! that change on disk, the vault's key events, and the expiry watch. Each runs as its own task for the
 //! proxy's life; a failed reload keeps what runs and says why.
 
 use std::net::SocketAddr;
@@ -11,26 +11,50 @@ use super::listeners::{self, bind_metrics, Listeners, MetricsListener};
 use super::{Proxy, ReloadError};
 use crate::control::StatusFile;
 
-/// Starts the watchers; the caller aborts them at shutdown.
+/// Starts the watchers; the caller aborts them at shutdown. The signal
+/// handlers are installed before this returns, so a SIGHUP or SIGUSR1
+/// sent as soon as the proxy says it is ready (to systemd, or by its pid
+/// file) is handled, not the end of the process (their default action).
 pub(crate) fn spawn(
     proxy: &Arc<Proxy>,
     listeners: Arc<Listeners>,
     metrics: MetricsListener,
     status: Option<Arc<StatusFile>>,
-) -> [tokio::task::JoinHandle<()>; 5] {
+) -> [tokio::task::JoinHandle<()>; 6] {
     let reloads = Reloads {
         proxy: proxy.clone(),
         listeners,
         metrics,
         status,
     };
+    use tokio::signal::unix::{signal, SignalKind};
+    let hup = signal(SignalKind::hangup()).ok();
+    let usr1 = signal(SignalKind::user_defined1()).ok();
     [
-        tokio::spawn(reload_on_sighup(reloads)),
+        tokio::spawn(reload_on_sighup(hup, reloads)),
         tokio::spawn(reload_on_file_change(proxy.clone())),
         tokio::spawn(watch_expiry(proxy.clone())),
         tokio::spawn(follow_vault_events(proxy.clone())),
         tokio::spawn(follow_dns(proxy.clone())),
+        tokio::spawn(reopen_logs_on_sigusr1(usr1)),
     ]
+}
+
+/// SIGUSR1 reopens the access log files by name, as nginx does: logrotate
+/// renames a file, then signals, and the lines after go to a new file.
+async fn reopen_logs_on_sigusr1(usr1: Option<tokio::signal::unix::Signal>) {
+    let Some(mut usr1) = usr1 else { return };
+    while usr1.recv().await.is_some() {
+        let failed = tokio::task::spawn_blocking(super::forward::access_log::reopen_all)
+            .await
+            .unwrap_or_default();
+        if failed.is_empty() {
+            tracing::info!("SIGUSR1: access log files reopened");
+        }
+        for e in failed {
+            tracing::error!(error = %e, "SIGUSR1: cannot reopen; lines still go to the old file");
+        }
+    }
 }
 
 /// What a config reload changes besides the live generation.
@@ -44,20 +68,23 @@ struct Reloads {
 
 /// SIGHUP re-reads the config file (or, for a proxy started without one,
 /// the certificates); a failed reload keeps what runs and says why.
-async fn reload_on_sighup(reloads: Reloads) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_sighup(hup: Option<tokio::signal::unix::Signal>, reloads: Reloads) {
+    let Some(mut hup) = hup else { return };
     while hup.recv().await.is_some() {
-        if reloads.proxy.config_path.is_some() {
-            reload_config(&reloads).await;
+        crate::notify::reloading();
+        let outcome = if reloads.proxy.config_path.is_some() {
+            reload_config(&reloads).await
         } else {
             let outcome = reload_certs(&reloads.proxy, "SIGHUP").await;
             if let Some(s) = &reloads.status {
-                s.record(outcome);
+                s.record(outcome.as_ref().map(|_| ()));
             }
-        }
+            outcome.map(|()| Vec::new())
+        };
+        crate::notify::ready(&match outcome {
+            Ok(_) => "serving; config reloaded".to_owned(),
+            Err(e) => format!("serving; the last reload failed: {e}"),
+        });
     }
 }
 
@@ -208,29 +235,39 @@ async fn follow_dns(proxy: Arc<Proxy>) {
     }
 }
 
-/// Publishes each certificate's seconds to expiry
-/// (`vaultgate_proxy_cert_expiry_seconds{cert}`) and warns, at most hourly
-/// per certificate, while one expires within `cert_expiry_warning`.
+/// Publishes when each served certificate expires
+/// (`vaultgate_proxy_cert_not_after_timestamp_seconds{cert,key}`, the
+/// blackbox exporter's convention: alert on `... - time() < 14 * 86400`)
+/// and the key version serving it, and warns, at most hourly per
+/// certificate, while one expires within `cert_expiry_warning`.
 async fn watch_expiry(proxy: Arc<Proxy>) {
     let mut warned: std::collections::HashMap<std::path::PathBuf, Instant> = Default::default();
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
-        let live = proxy.live.load_full();
-        for spec in &live.settings.certs {
-            let Ok(left) = crate::pki::seconds_to_expiry(&spec.cert) else {
+        let window = proxy.live.load().settings.cert_expiry_warning.as_secs() as i64;
+        let store = proxy.store.load_full();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        for served in &store.served {
+            let Some(not_after) = served.not_after else {
                 continue;
             };
-            let label = spec.cert.display().to_string();
-            metrics::gauge!("vaultgate_proxy_cert_expiry_seconds", "cert" => label.clone())
-                .set(left as f64);
-            let window = live.settings.cert_expiry_warning.as_secs() as i64;
+            let labels = [
+                ("cert", served.cert.display().to_string()),
+                ("key", served.key.clone()),
+            ];
+            metrics::gauge!("vaultgate_proxy_cert_not_after_timestamp_seconds", &labels)
+                .set(not_after as f64);
+            if let Some(v) = served.version {
+                metrics::gauge!("vaultgate_proxy_cert_key_version", &labels).set(f64::from(v));
+            }
+            let left = not_after - now;
             let due = warned
-                .get(&spec.cert)
+                .get(&served.cert)
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
             if left < window && due {
-                tracing::warn!(cert = %label, names = ?spec.names, seconds_left = left, "certificate expires soon");
-                warned.insert(spec.cert.clone(), Instant::now());
+                tracing::warn!(cert = %served.cert.display(), names = ?served.names, seconds_left = left, "certificate expires soon");
+                warned.insert(served.cert.clone(), Instant::now());
             }
         }
     }
@@ -240,14 +277,14 @@ async fn watch_expiry(proxy: Arc<Proxy>) {
 /// error (file, line, column) is logged and counted. New listen addresses
 /// are bound before anything changes, so an address in use refuses the
 /// reload as a bad file would; removed ones stop accepting and drain.
-async fn reload_config(r: &Reloads) {
+async fn reload_config(r: &Reloads) -> Result<Vec<&'static str>, ReloadError> {
     let outcome = apply_reload(r).await;
     if let Some(s) = &r.status {
         s.record(outcome.as_ref().map(|_| ()));
     }
     let result = if outcome.is_ok() { "ok" } else { "error" };
     metrics::counter!("vaultgate_proxy_config_reloads_total", "result" => result).increment(1);
-    match outcome {
+    match &outcome {
         Ok(ignored) => {
             if !ignored.is_empty() {
                 tracing::warn!(?ignored, "these settings change only on restart");
@@ -256,6 +293,7 @@ async fn reload_config(r: &Reloads) {
         }
         Err(e) => tracing::error!(error = %e, "config reload failed; the running config stays"),
     }
+    outcome
 }
 
 async fn apply_reload(r: &Reloads) -> Result<Vec<&'static str>, ReloadError> {
@@ -272,6 +310,7 @@ async fn apply_reload(r: &Reloads) -> Result<Vec<&'static str>, ReloadError> {
         .collect();
     let metrics = bind_metrics(&r.metrics, new.metrics_listen).await?;
     let max_connections = new.limits.max_connections;
+    let log = new.log.clone();
     let drain = new.limits.shutdown_timeout;
     let p = r.proxy.clone();
     let ignored = tokio::task::spawn_blocking(move || p.apply_config(new)).await??;
@@ -288,6 +327,7 @@ async fn apply_reload(r: &Reloads) -> Result<Vec<&'static str>, ReloadError> {
         r.listeners.stop(addr, drain);
     }
     r.listeners.resize(max_connections);
+    crate::telemetry::apply_log_settings(&log);
     Ok(ignored)
 }
 

@@ -123,8 +123,6 @@ pub async fn run(
         Some(b) => b,
         None => bind(&settings, proxy.config_path.as_deref()).await?,
     };
-    let metrics = MetricsListener::default();
-    metrics.replace(bound.metrics)?;
     let pid_file = settings.pid_file.clone();
     // Redirects first, so their `redirect ADDR` lines come before the
     // `listen` line that tells a caller the proxy is up.
@@ -142,6 +140,8 @@ pub async fn run(
         redirects.push(tokio::spawn(super::redirect::serve(l, https_port)));
     }
     let listeners = Arc::new(Listeners::new(proxy.clone()));
+    let metrics = MetricsListener::new(Some(super::status::page(proxy.clone(), listeners.clone())));
+    metrics.replace(bound.metrics)?;
     let mut first = None;
     for (addr, l) in bound.listen {
         let local = listeners
@@ -155,7 +155,10 @@ pub async fn run(
     if let Some(local) = first {
         on_listen(local);
     }
+    let serving: Vec<String> = listeners.local().iter().map(ToString::to_string).collect();
+    crate::notify::ready(&format!("serving on {}", serving.join(", ")));
     shutdown.await;
+    crate::notify::stopping();
     let clean = listeners
         .shutdown(proxy.live.load().settings.limits.shutdown_timeout)
         .await;

@@ -165,6 +165,22 @@ impl VaultPool {
         self.is_connected()
     }
 
+    /// Each vault socket and how many of its connections are up (of
+    /// `connections_per_socket`), for the status page.
+    pub fn connections(&self) -> Vec<(PathBuf, usize)> {
+        let mut up = vec![0; self.inner.opts.sockets.len()];
+        for s in &self.inner.slots {
+            if s.live().is_some() {
+                up[s.socket] += 1;
+            }
+        }
+        self.inner.opts.sockets.iter().cloned().zip(up).collect()
+    }
+
+    pub fn connections_per_socket(&self) -> usize {
+        self.inner.opts.connections_per_socket.max(1)
+    }
+
     /// Waits (blocking) until a connection is up or `timeout` passes.
     /// Each vault socket, and why the last attempt to connect to it
     /// failed: what to say when none is usable.

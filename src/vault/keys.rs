@@ -23,6 +23,14 @@ pub enum KeyError {
     SchemeMismatch { key_type: KeyType, scheme: u16 },
     #[error("{0} keys cannot sign or verify")]
     NotSigning(KeyType),
+    #[error("{0} keys sign whole messages, not digests")]
+    NoDigestSigning(KeyType),
+    #[error("a {} digest is {expected} bytes, not {got}", scheme_name(*.scheme))]
+    DigestLength {
+        scheme: u16,
+        expected: usize,
+        got: usize,
+    },
     #[error("{0} keys cannot encrypt or decrypt")]
     NotSymmetric(KeyType),
     #[error("key generation failed for {0}")]
@@ -235,11 +243,7 @@ impl Material {
         };
         match &self.inner {
             Inner::Ecdsa(pair) => {
-                let want = match self.key_type {
-                    KeyType::EcdsaP256 => scheme::ECDSA_P256_SHA256,
-                    _ => scheme::ECDSA_P384_SHA384,
-                };
-                if scheme_code != want {
+                if scheme_code != ecdsa_scheme(self.key_type) {
                     return Err(mismatch());
                 }
                 Ok(pair
@@ -255,21 +259,64 @@ impl Material {
                 Ok(pair.sign(message).as_ref().to_vec())
             }
             Inner::Rsa(pair) => {
-                use aws_lc_rs::signature as aws;
-                let enc: &'static dyn aws::RsaEncoding = match scheme_code {
-                    scheme::RSA_PKCS1_SHA256 => &aws::RSA_PKCS1_SHA256,
-                    scheme::RSA_PKCS1_SHA384 => &aws::RSA_PKCS1_SHA384,
-                    scheme::RSA_PKCS1_SHA512 => &aws::RSA_PKCS1_SHA512,
-                    scheme::RSA_PSS_SHA256 => &aws::RSA_PSS_SHA256,
-                    scheme::RSA_PSS_SHA384 => &aws::RSA_PSS_SHA384,
-                    scheme::RSA_PSS_SHA512 => &aws::RSA_PSS_SHA512,
-                    _ => return Err(mismatch()),
-                };
+                let enc = rsa_encoding(scheme_code).ok_or_else(mismatch)?;
                 let mut sig = vec![0; pair.public_modulus_len()];
                 pair.sign(enc, signing_rng(), message, &mut sig)
                     .map_err(|_| KeyError::Sign)?;
                 Ok(sig)
             }
+            Inner::Aes(_) => Err(KeyError::NotSigning(self.key_type)),
+        }
+    }
+
+    /// Signs a digest the caller computed with `scheme`'s hash function
+    /// (KMS `MessageType=DIGEST`). The same key types and schemes as
+    /// [`sign`](Self::sign), less Ed25519, which hashes inside the
+    /// signature and so has no digest form.
+    pub fn sign_digest(&self, scheme_code: u16, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
+        use aws_lc_rs::digest::{Digest, SHA256, SHA384, SHA512};
+        let mismatch = || KeyError::SchemeMismatch {
+            key_type: self.key_type,
+            scheme: scheme_code,
+        };
+        let hash: &'static aws_lc_rs::digest::Algorithm = match scheme_code {
+            scheme::ECDSA_P256_SHA256 | scheme::RSA_PKCS1_SHA256 | scheme::RSA_PSS_SHA256 => {
+                &SHA256
+            }
+            scheme::ECDSA_P384_SHA384 | scheme::RSA_PKCS1_SHA384 | scheme::RSA_PSS_SHA384 => {
+                &SHA384
+            }
+            scheme::RSA_PKCS1_SHA512 | scheme::RSA_PSS_SHA512 => &SHA512,
+            _ if matches!(self.inner, Inner::Ed25519(_)) => {
+                return Err(KeyError::NoDigestSigning(self.key_type))
+            }
+            _ => return Err(mismatch()),
+        };
+        let digest =
+            Digest::import_less_safe(digest, hash).map_err(|_| KeyError::DigestLength {
+                scheme: scheme_code,
+                expected: hash.output_len(),
+                got: digest.len(),
+            })?;
+        match &self.inner {
+            Inner::Ecdsa(pair) => {
+                if scheme_code != ecdsa_scheme(self.key_type) {
+                    return Err(mismatch());
+                }
+                Ok(pair
+                    .sign_digest(&digest)
+                    .map_err(|_| KeyError::Sign)?
+                    .as_ref()
+                    .to_vec())
+            }
+            Inner::Rsa(pair) => {
+                let enc = rsa_encoding(scheme_code).ok_or_else(mismatch)?;
+                let mut sig = vec![0; pair.public_modulus_len()];
+                pair.sign_digest(enc, &digest, &mut sig)
+                    .map_err(|_| KeyError::Sign)?;
+                Ok(sig)
+            }
+            Inner::Ed25519(_) => Err(KeyError::NoDigestSigning(self.key_type)),
             Inner::Aes(_) => Err(KeyError::NotSigning(self.key_type)),
         }
     }
@@ -308,6 +355,28 @@ impl Material {
         };
         open_with(key, aad, sealed)
     }
+}
+
+/// The one scheme an ECDSA key signs with: its curve's hash.
+fn ecdsa_scheme(t: KeyType) -> u16 {
+    match t {
+        KeyType::EcdsaP256 => scheme::ECDSA_P256_SHA256,
+        _ => scheme::ECDSA_P384_SHA384,
+    }
+}
+
+/// AWS-LC's padding and hash for an RSA scheme.
+fn rsa_encoding(scheme_code: u16) -> Option<&'static dyn aws_lc_rs::signature::RsaEncoding> {
+    use aws_lc_rs::signature as aws;
+    Some(match scheme_code {
+        scheme::RSA_PKCS1_SHA256 => &aws::RSA_PKCS1_SHA256,
+        scheme::RSA_PKCS1_SHA384 => &aws::RSA_PKCS1_SHA384,
+        scheme::RSA_PKCS1_SHA512 => &aws::RSA_PKCS1_SHA512,
+        scheme::RSA_PSS_SHA256 => &aws::RSA_PSS_SHA256,
+        scheme::RSA_PSS_SHA384 => &aws::RSA_PSS_SHA384,
+        scheme::RSA_PSS_SHA512 => &aws::RSA_PSS_SHA512,
+        _ => return None,
+    })
 }
 
 /// ring's verification algorithm for a key type and scheme.
@@ -580,6 +649,74 @@ mod tests {
                 scheme::RSA_PSS_SHA512,
             ],
         );
+    }
+
+    #[test]
+    fn a_signed_digest_verifies_as_a_signature_of_its_message() {
+        use ring::digest::{digest, SHA256, SHA384, SHA512};
+        let hash = |s: u16, msg: &[u8]| match s {
+            scheme::ECDSA_P256_SHA256 | scheme::RSA_PKCS1_SHA256 | scheme::RSA_PSS_SHA256 => {
+                digest(&SHA256, msg)
+            }
+            scheme::ECDSA_P384_SHA384 | scheme::RSA_PKCS1_SHA384 | scheme::RSA_PSS_SHA384 => {
+                digest(&SHA384, msg)
+            }
+            _ => digest(&SHA512, msg),
+        };
+        let p256 = Material::generate(KeyType::EcdsaP256).unwrap();
+        let p384 = Material::generate(KeyType::EcdsaP384).unwrap();
+        let rsa = Material::generate(KeyType::Rsa2048).unwrap();
+        let cases = [
+            (&p256, &[scheme::ECDSA_P256_SHA256][..]),
+            (&p384, &[scheme::ECDSA_P384_SHA384][..]),
+            (
+                &rsa,
+                &[
+                    scheme::RSA_PKCS1_SHA256,
+                    scheme::RSA_PKCS1_SHA384,
+                    scheme::RSA_PKCS1_SHA512,
+                    scheme::RSA_PSS_SHA256,
+                    scheme::RSA_PSS_SHA384,
+                    scheme::RSA_PSS_SHA512,
+                ][..],
+            ),
+        ];
+        for (m, schemes) in cases {
+            for &s in schemes {
+                let d = hash(s, b"hello");
+                let sig = m.sign_digest(s, d.as_ref()).unwrap();
+                assert!(
+                    m.verify(s, b"hello", &sig).unwrap(),
+                    "{} {s:#x}",
+                    m.key_type()
+                );
+                let short = &d.as_ref()[1..];
+                assert_eq!(
+                    m.sign_digest(s, short),
+                    Err(KeyError::DigestLength {
+                        scheme: s,
+                        expected: d.as_ref().len(),
+                        got: short.len()
+                    })
+                );
+            }
+        }
+        // PKCS#1 v1.5 is deterministic: the same bytes as signing the message
+        let d = hash(scheme::RSA_PKCS1_SHA256, b"hello");
+        assert_eq!(
+            rsa.sign_digest(scheme::RSA_PKCS1_SHA256, d.as_ref())
+                .unwrap(),
+            rsa.sign(scheme::RSA_PKCS1_SHA256, b"hello").unwrap()
+        );
+        let ed = Material::generate(KeyType::Ed25519).unwrap();
+        assert_eq!(
+            ed.sign_digest(scheme::ED25519, &[0; 32]),
+            Err(KeyError::NoDigestSigning(KeyType::Ed25519))
+        );
+        assert!(matches!(
+            p256.sign_digest(scheme::ECDSA_P384_SHA384, &[0; 48]),
+            Err(KeyError::SchemeMismatch { .. })
+        ));
     }
 
     #[test]

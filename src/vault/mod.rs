@@ -119,9 +119,44 @@ pub struct Reload {
 pub type Reloader =
     Box<dyn Fn() -> Result<VaultSettings, Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
 
+/// Binds the metrics listener and installs the recorder, before anything
+/// is counted: alarms found while opening the audit log are metrics too.
+async fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<
+    Option<(
+        tokio::net::TcpListener,
+        metrics_exporter_prometheus::PrometheusHandle,
+    )>,
+    VaultError,
+> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| VaultError::Metrics { addr, source })?;
+    Ok(Some((listener, crate::telemetry::install_recorder())))
+}
+
 /// Runs the vault until SIGTERM or SIGINT: hardens the process, opens the
 /// keystore, binds the socket, serves. `on_ready` is called once the
 /// socket accepts connections.
+/// Serves the vault's `/metrics` on `listener` (and says where).
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) {
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!(%local, "vault metrics listening");
+        println!("metrics {local}");
+    }
+    tokio::spawn(crate::telemetry::serve_metrics(
+        listener,
+        handle,
+        crate::telemetry::Process::Vault,
+        None,
+    ));
+}
+
 pub async fn run(
     settings: VaultSettings,
     reload: Option<Reload>,
@@ -143,14 +178,7 @@ pub async fn run(
         prepare_state_dir(&settings.state_dir, u)?;
     }
     let socket = settings.socket.clone();
-    let metrics = match settings.metrics_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| VaultError::Metrics { addr, source })?,
-        ),
-        None => None,
-    };
+    let metrics = bind_metrics(settings.metrics_listen).await?;
     let listener = server::bind(
         &socket,
         settings.socket_mode,
@@ -187,23 +215,23 @@ pub async fn run(
         .audit()
         .record(audit::Event::system("vault-start", None));
 
-    if let Some(listener) = metrics {
-        let handle = crate::telemetry::install_recorder();
-        if let Ok(local) = listener.local_addr() {
-            tracing::info!(%local, "vault metrics listening");
-            println!("metrics {local}");
-        }
-        tokio::spawn(crate::telemetry::serve_metrics(listener, handle));
+    if let Some((listener, handle)) = metrics {
+        serve_metrics(listener, handle);
     }
 
-    tracing::info!(socket = %socket.display(), "vault listening");
-    on_ready(&vault.settings());
-
+    // The handler is in place before anyone is told the vault is up: a
+    // SIGHUP that came first would end the process (its default action).
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let reloads = tokio::spawn(reload_on_sighup(
+        hup,
         vault.clone(),
         reload.map(|r| r.read),
         status,
     ));
+
+    tracing::info!(socket = %socket.display(), "vault listening");
+    on_ready(&vault.settings());
+    crate::notify::ready(&format!("vault listening on {}", socket.display()));
 
     let housekeeping = {
         let vault = vault.clone();
@@ -218,6 +246,7 @@ pub async fn run(
     };
 
     server::serve(listener, vault.clone(), crate::os::shutdown_signal()).await;
+    crate::notify::stopping();
     housekeeping.abort();
     reloads.abort();
     let _ = std::fs::remove_file(&socket);
@@ -364,23 +393,26 @@ fn write_pid_file(
 /// Applies a re-read config on every SIGHUP. An invalid config changes
 /// nothing: the error is logged, audited and counted.
 async fn reload_on_sighup(
+    hup: Option<tokio::signal::unix::Signal>,
     vault: Arc<Vault>,
     reload: Option<Reloader>,
     status: Option<Arc<crate::control::StatusFile>>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+    let Some(mut hup) = hup else { return };
     while hup.recv().await.is_some() {
         let Some(reload) = &reload else {
             tracing::info!("SIGHUP: no config file to re-read (started from flags)");
             continue;
         };
+        crate::notify::reloading();
         let outcome = reload();
         if let Some(s) = &status {
             s.record(outcome.as_ref().map(|_| ()));
         }
+        crate::notify::ready(&match &outcome {
+            Ok(_) => "vault serving; config reloaded".to_owned(),
+            Err(e) => format!("vault serving; the last reload failed: {e}"),
+        });
         match outcome {
             Ok(settings) => {
                 let ignored = vault.reload(settings);

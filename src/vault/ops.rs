@@ -18,6 +18,9 @@ use crate::config::vault::{is_name_char, VaultSettings};
 use crate::protocol::{ErrorCode, KeyEvent, KeyType, Op, Request, Response};
 use crate::sync::Locked;
 
+/// `Material::sign` or `Material::sign_digest`.
+type SignWith = fn(&Material, u16, &[u8]) -> Result<Vec<u8>, KeyError>;
+
 /// Largest plaintext `encrypt` takes (KMS takes 4 KiB; we allow 64 KiB).
 pub const MAX_PLAINTEXT: usize = 64 * 1024;
 /// Largest data key `generate-data-key` makes.
@@ -45,8 +48,9 @@ impl From<KeyError> for OpError {
         let code = match e {
             KeyError::SchemeMismatch { .. }
             | KeyError::NotSigning(_)
+            | KeyError::NoDigestSigning(_)
             | KeyError::NotSymmetric(_) => ErrorCode::Unsupported,
-            KeyError::Import(_) => ErrorCode::InvalidInput,
+            KeyError::Import(_) | KeyError::DigestLength { .. } => ErrorCode::InvalidInput,
             KeyError::Open => ErrorCode::InvalidCiphertext,
             KeyError::Generate(_) | KeyError::Material(_) | KeyError::Sign => ErrorCode::Internal,
         };
@@ -309,12 +313,12 @@ impl Vault {
         // Fail closed: nothing is done that could not be audited. Ping,
         // which does nothing and is not audited, still answers.
         if op != Op::Ping {
-            if let Some(why) = self.audit.failure() {
+            if let Err(why) = self.audit.admit() {
                 metrics::counter!("vaultgate_vault_requests_total", "op" => op.name(), "result" => "unaudited")
                     .increment(1);
                 return Response::error(
                     ErrorCode::Storage,
-                    format!("refused: the audit log cannot be written ({why}); the vault does nothing it cannot audit"),
+                    format!("refused: {why}; the vault does nothing it cannot audit"),
                 );
             }
         }
@@ -346,6 +350,7 @@ impl Vault {
                 version,
                 result,
                 error,
+                ..Event::default()
             });
         }
         response
@@ -374,7 +379,13 @@ impl Vault {
                 version,
                 scheme,
                 message,
-            } => plain(self.sign(key, *version, *scheme, message)),
+            } => plain(self.sign(key, *version, *scheme, message, Material::sign)),
+            Request::SignDigest {
+                key,
+                version,
+                scheme,
+                digest,
+            } => plain(self.sign(key, *version, *scheme, digest, Material::sign_digest)),
             Request::Verify {
                 key,
                 version,
@@ -504,12 +515,15 @@ impl Vault {
         })
     }
 
+    /// `sign` and `sign-digest`: the same key, state, version and grace
+    /// checks, then `how` signs the message or the digest.
     fn sign(
         &self,
         name: &str,
         version: Option<u32>,
         scheme: u16,
-        message: &[u8],
+        input: &[u8],
+        how: SignWith,
     ) -> Result<Done, OpError> {
         let key = self.usable(name)?;
         let (v, m) = Self::version(&key, version)?;
@@ -527,7 +541,7 @@ impl Vault {
                 ));
             }
         }
-        let signature = m.sign(scheme, message)?;
+        let signature = how(m, scheme, input)?;
         Ok(Done::new(Response::Signature {
             version: v,
             signature,
@@ -1044,7 +1058,8 @@ impl Vault {
             &self.settings.load().state_dir,
             &self.store.subkeys().audit_mac,
         )
-        .map_err(|e| OpError::new(ErrorCode::CorruptKey, e.to_string()))?;
+        .map_err(|e| OpError::new(ErrorCode::CorruptKey, e.to_string()))?
+        .records;
         Ok(Done::new(Response::Json {
             json: serde_json::json!({"ok": true, "records": n}).to_string(),
         }))

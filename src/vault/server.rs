@@ -619,9 +619,10 @@ async fn reject(vault: &Vault, caller: &Caller, write: &Out, id: u32, why: &str)
         caller: Some(*caller),
         op: "bad-frame",
         key: None,
-        version: None,
         result: "error",
         error: Some(why.to_owned()),
+        droppable: true,
+        ..Event::default()
     });
     let mut out = BytesMut::new();
     let frame = Response::error(ErrorCode::BadRequest, why).to_frame(crate::protocol::Op::Ping, id);

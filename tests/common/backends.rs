@@ -1,7 +1,8 @@
 //! Real HTTP backends for the proxy tests: nginx and Apache on loopback
 //! ports, each in its own temp dir, waited on until they answer, killed
-//! on drop. Plus two tiny in-test servers for behaviour no stock server
-//! has: one that accepts and never answers (504), and a WebSocket echo.
+//! on drop. Plus tiny in-test servers for behaviour no stock server
+//! has: one that accepts and never answers (504), a WebSocket echo, and
+//! one that hands the test each request head it gets.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -472,5 +473,58 @@ fn ws_serve(s: TcpStream) {
         if w.write_all(&out).is_err() {
             return;
         }
+    }
+}
+
+/// A backend that answers `200 ok` to every request (GETs: no request
+/// body) and hands each request head it read to the test, for what the
+/// proxy forwards that nginx would not show.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    pub heads: std::sync::mpsc::Receiver<String>,
+}
+
+impl Recorder {
+    pub fn start() -> Recorder {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (tx, heads) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for s in l.incoming().map_while(Result::ok) {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut w = s.try_clone().expect("clone");
+                    let mut r = BufReader::new(s);
+                    loop {
+                        let mut head = String::new();
+                        loop {
+                            let mut line = String::new();
+                            match r.read_line(&mut line) {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            head.push_str(&line);
+                        }
+                        let _ = tx.send(head);
+                        if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Recorder { addr, heads }
+    }
+
+    /// The next request head (waits up to 30 s).
+    pub fn next_head(&self) -> String {
+        self.heads
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a request at the backend")
     }
 }

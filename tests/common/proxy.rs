@@ -45,10 +45,27 @@ impl ProxyProc {
     }
 
     pub fn try_spawn(dir: &Path, args: &[&str]) -> Result<ProxyProc, String> {
+        ProxyProc::try_spawn_env(dir, args, &[])
+    }
+
+    /// Writes `config` as [`ProxyProc::start`] does and starts the proxy
+    /// with these environment changes (`None`: unset) over the usual ones.
+    pub fn start_env(dir: &Path, config: &str, env: &[(&str, Option<&str>)]) -> ProxyProc {
+        let path = dir.join("proxy.toml");
+        std::fs::write(&path, config).expect("write proxy config");
+        let args = ["proxy", "--config", path.to_str().expect("utf-8")];
+        ProxyProc::try_spawn_env(dir, &args, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_spawn_env(
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> Result<ProxyProc, String> {
         let log_path = dir.join(format!("{}.log", args[0]));
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut child = Command::new(bin())
-            .args(args)
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
             .current_dir(dir)
             // VG_TEST_LOG: a finer filter when a test needs looking into
             // (e.g. "info,vaultgate::proxy::connection=debug").
@@ -56,7 +73,14 @@ impl ProxyProc {
                 "RUST_LOG",
                 std::env::var("VG_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .env("NO_COLOR", "1")
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

@@ -126,6 +126,14 @@ impl VaultProc {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, and waits: the vault stops cleanly (log synced, head
+    /// and manifest written).
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+
     pub fn restart(&mut self) {
         self.kill9();
         let (child, metrics) = self.try_start_again().expect("vault did not restart");

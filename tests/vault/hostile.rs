@@ -328,3 +328,74 @@ fn one_uid_holding_idle_connections_cannot_starve_the_others() {
         refused as f64
     );
 }
+
+/// The audit records of `op` with `result`, each counted as the
+/// occurrences it stands for (a counted summary says how many).
+pub fn audited_count(v: &VaultProc, op: &str, result: &str) -> u64 {
+    v.ok(&["audit", "verify"]);
+    v.audit_log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["op"] == op && r["result"] == result)
+        .map(|r| r["count"].as_u64().unwrap_or(1))
+        .sum()
+}
+
+#[test]
+fn signatures_hidden_among_a_flood_of_refusals_are_all_audited() {
+    let me = nix::unistd::geteuid().as_raw();
+    // The caller may sign with `web` only (and administer, to set up).
+    let v = VaultProc::start_with(Opts {
+        config: Some(format!(
+            "[vault]\n[[vault.grant]]\nprincipal = \"uid:{me}\"\nkeys = [\"*\"]\nops = [\"admin\"]\n\
+             [[vault.grant]]\nprincipal = \"uid:{me}\"\nkeys = [\"web\"]\nops = [\"sign\"]\n"
+        )),
+        ..Opts::default()
+    });
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    v.ok(&["key", "create", "other", "--type", "ecdsa-p256"]);
+    let rt = crate::rt();
+    let (signed, denied) = rt.block_on(async {
+        let flood = (0..4).map(|_| {
+            let socket = v.socket.clone();
+            async move {
+                let c = VaultClient::connect(&socket).await.expect("connect");
+                let mut denied = 0u64;
+                for _ in 0..20 {
+                    let calls = (0..2000u32).map(|i| {
+                        let c = c.clone();
+                        async move {
+                            c.sign("other", None, scheme::ECDSA_P256_SHA256, &i.to_be_bytes())
+                                .await
+                        }
+                    });
+                    for r in futures_util::future::join_all(calls).await {
+                        let e = r.expect_err("signing with other is not granted");
+                        assert_eq!(
+                            e.code(),
+                            Some(vaultgate::protocol::ErrorCode::Denied),
+                            "{e}"
+                        );
+                        denied += 1;
+                    }
+                }
+                denied
+            }
+        });
+        let signer = async {
+            let c = VaultClient::connect(&v.socket).await.expect("connect");
+            let mut signed = 0u64;
+            for i in 0..300u32 {
+                c.sign("web", None, scheme::ECDSA_P256_SHA256, &i.to_be_bytes())
+                    .await
+                    .expect("a granted signature");
+                signed += 1;
+            }
+            signed
+        };
+        let (denied, signed) = tokio::join!(futures_util::future::join_all(flood), signer);
+        (signed, denied.iter().sum::<u64>())
+    });
+    assert_eq!(audited_count(&v, "sign", "ok"), signed);
+    assert_eq!(audited_count(&v, "sign", "denied"), denied);
+}

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyper::header::HeaderValue;
 use hyper::http::uri::PathAndQuery;
 use hyper::Method;
 
@@ -132,11 +133,19 @@ pub struct BodyStats {
 /// Everything about one request but its response size. Cheap to build:
 /// the method, path and upstream are shared, not copied.
 pub struct AccessRecord {
-    pub enabled: bool,
+    /// `None` when `access_log = false`.
+    pub log: Option<Arc<super::access_log::AccessLog>>,
     pub conn: Arc<ConnInfo>,
     pub method: Method,
     pub host: String,
     pub path: PathAndQuery,
+    pub version: hyper::Version,
+    /// The client's `X-Request-Id`, or one made for the request; the
+    /// backend is sent the same.
+    pub request_id: HeaderValue,
+    /// Kept only when there is an access log.
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
     pub status: u16,
     pub body: Arc<BodyStats>,
     pub upstream: Option<Arc<Upstream>>,
@@ -159,31 +168,62 @@ impl AccessRecord {
         }
         let total = self.start.elapsed();
         count_request(self.status, total);
-        if !self.enabled {
+        let Some(log) = &self.log else {
             return;
-        }
+        };
         let c = &self.conn;
-        tracing::info!(
-            target: "vaultgate::access",
-            client = %c.client,
-            sni = c.sni.as_deref().unwrap_or("-"),
-            // Client-controlled text is quoted and escaped (Debug), so a
-            // crafted path cannot forge fields or lines in the log.
-            method = ?self.method.as_str(),
-            host = ?self.host,
-            path = ?self.path.as_str(),
-            status = self.status,
-            bytes_in = self.body.bytes.load(Ordering::Relaxed),
+        log.write(&super::access_log::Line {
+            time: std::time::SystemTime::now(),
+            request_id: self.request_id.as_bytes(),
+            client: c.client,
+            sni: c.sni.as_deref(),
+            method: self.method.as_str(),
+            host: &self.host,
+            path: self.path.as_str(),
+            version: self.version,
+            status: self.status,
+            bytes_in: self.body.bytes.load(Ordering::Relaxed),
             bytes_out,
-            upstream = %self.upstream_name(),
-            backend = %self.backend.as_ref().map_or("-".to_owned(), |b| b.addr.to_string()),
-            upstream_ms = self.upstream_time.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
-            total_ms = total.as_secs_f64() * 1000.0,
-            tls = %c.tls_version,
-            cipher = %c.cipher,
-            alpn = c.alpn.as_deref().unwrap_or("-"),
-            resumed = c.resumed,
-            "request"
-        );
+            referer: self.referer.as_ref().map(HeaderValue::as_bytes),
+            user_agent: self.user_agent.as_ref().map(HeaderValue::as_bytes),
+            upstream: self.upstream_name(),
+            backend: self.backend.as_ref().map(|b| b.addr),
+            upstream_time: self.upstream_time,
+            total,
+            tls: &c.tls_version,
+            cipher: &c.cipher,
+            alpn: c.alpn.as_deref(),
+            resumed: c.resumed,
+        });
     }
+}
+
+/// The header a request id travels in, to the backend and from a client
+/// (or a balancer in front) that already made one.
+pub const REQUEST_ID: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-request-id");
+
+/// The client's `X-Request-Id` when it is a plausible id (1 to 128
+/// visible ASCII characters, no quotes or backslashes), so a request is
+/// traced under one id across the balancer, the proxy and the backend;
+/// otherwise a new one, 32 hex digits of randomness (as nginx's
+/// `$request_id`).
+pub fn request_id(headers: &hyper::HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&REQUEST_ID) {
+        let b = v.as_bytes();
+        let plausible = (1..=128).contains(&b.len())
+            && b.iter()
+                .all(|&c| c.is_ascii_graphic() && c != b'"' && c != b'\\');
+        if plausible {
+            return v.clone();
+        }
+    }
+    let id: u128 = rand::random();
+    let mut hex = [0u8; 32];
+    for (i, byte) in id.to_be_bytes().iter().enumerate() {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        hex[2 * i] = DIGITS[usize::from(byte >> 4)];
+        hex[2 * i + 1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }

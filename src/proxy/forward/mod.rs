@@ -9,7 +9,8 @@
 //! failed) and `finish` (count, splice an upgrade, strip hop-by-hop
 //! fields). Every refusal is a `Refusal`, answered by `fail`.
 //!
-//! - [`access`]: what a connection and a request record, the access log.
+//! - [`access`]: what a connection and a request record, the request id.
+//! - [`access_log`]: the access log's formats and files.
 //! - [`body`]: the answer's body types: counted, logged when it ends.
 //! - [`headers`]: hop-by-hop fields, forwarding fields, host checks.
 //! - [`health`]: active health checks.
@@ -19,6 +20,7 @@
 //! - [`upstream`]: upstreams, their backends, balancing, ejection.
 
 pub mod access;
+pub mod access_log;
 pub mod body;
 pub mod headers;
 pub mod health;
@@ -79,7 +81,7 @@ pub struct Forwarder {
     default_host: Option<String>,
     upstreams: HashMap<String, Arc<Upstream>>,
     forwarded: ForwardedHeaders,
-    access_log: bool,
+    access_log: Option<Arc<access_log::AccessLog>>,
     /// Set on and removed from every answer, the proxy's own included.
     response_headers: ResponseHeaders,
     path_rules: PathRules,
@@ -87,7 +89,18 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(settings: &ProxySettings) -> Forwarder {
+    /// Fails only when the access log file cannot be opened.
+    pub fn new(settings: &ProxySettings) -> Result<Forwarder, access_log::AccessLogError> {
+        let log = access_log::AccessLog::open(settings)?.map(Arc::new);
+        Ok(Forwarder::with_access_log(settings, log))
+    }
+
+    /// A forwarder for `settings` that writes to `log`, the running one's
+    /// when only the backends' addresses changed.
+    pub fn with_access_log(
+        settings: &ProxySettings,
+        log: Option<Arc<access_log::AccessLog>>,
+    ) -> Forwarder {
         Forwarder {
             routes: settings.routes.clone(),
             default_host: settings.default_server_name.clone(),
@@ -97,11 +110,15 @@ impl Forwarder {
                 .map(|(name, spec)| (name.clone(), Arc::new(Upstream::new(spec.clone()))))
                 .collect(),
             forwarded: settings.forwarded,
-            access_log: settings.access_log,
+            access_log: log,
             response_headers: settings.response_headers.clone(),
             path_rules: settings.path_rules,
             upgrade_protocols: settings.upgrade_protocols.clone(),
         }
+    }
+
+    pub fn access_log(&self) -> Option<Arc<access_log::AccessLog>> {
+        self.access_log.clone()
     }
 
     pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
@@ -263,12 +280,21 @@ fn begin_record<B>(req: &Request<B>, fwd: &Forwarder, conn: &Arc<ConnInfo>) -> A
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let logged = |name| {
+        fwd.access_log
+            .as_ref()
+            .and_then(|_| req.headers().get(name).cloned())
+    };
     AccessRecord {
-        enabled: fwd.access_log,
+        log: fwd.access_log.clone(),
         conn: conn.clone(),
         method: req.method().clone(),
         host,
         path,
+        version: req.version(),
+        request_id: access::request_id(req.headers()),
+        referer: logged(hyper::header::REFERER),
+        user_agent: logged(hyper::header::USER_AGENT),
         status: 0,
         body: Arc::new(BodyStats::default()),
         upstream: None,
@@ -321,6 +347,7 @@ where
         &conn.client_ip,
         (!record.host.is_empty()).then_some(record.host.as_str()),
     );
+    hdrs.insert(access::REQUEST_ID, record.request_id.clone());
     if !hdrs.contains_key(HOST) {
         // HTTP/2 clients send :authority instead; HTTP/1.1 backends need Host.
         if let Ok(v) = HeaderValue::from_str(&record.host) {

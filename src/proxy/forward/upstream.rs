@@ -51,6 +51,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// Whether `b` (one of this upstream's) takes requests now: healthy
+    /// and not ejected.
+    pub fn is_available(&self, b: &Backend) -> bool {
+        b.available(self.epoch)
+    }
+
     pub fn new(spec: UpstreamSpec) -> Upstream {
         let backends: Vec<Arc<Backend>> = spec
             .backends

@@ -33,6 +33,24 @@ pub struct CertStore {
     wildcard: Vec<(String, Vec<Entry>)>,
     /// For clients without SNI, or with a name nothing matches.
     default: Vec<Entry>,
+    /// Every certificate as loaded, in config order: what the status page
+    /// and the expiry metrics show.
+    pub served: Vec<Served>,
+}
+
+/// One configured certificate as it is being served.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub names: Vec<String>,
+    pub cert: std::path::PathBuf,
+    /// `vault:NAME` or `file:PATH`.
+    pub key: String,
+    /// The vault key version that signs (`None` for `file:` keys).
+    pub version: Option<u32>,
+    pub algorithm: SignatureAlgorithm,
+    /// The leaf's notAfter (Unix seconds): the chain served, which after a
+    /// rotation is the one bound in the vault, not always the file's.
+    pub not_after: Option<i64>,
 }
 
 impl CertStore {
@@ -42,7 +60,25 @@ impl CertStore {
         for spec in &settings.certs {
             entries.push((spec, load_entry(spec, pool)?));
         }
-        let mut store = CertStore::default();
+        let served = entries
+            .iter()
+            .map(|(spec, e)| Served {
+                names: spec.names.clone(),
+                cert: spec.cert.clone(),
+                key: spec.key.to_string(),
+                version: e.vault.as_ref().map(VaultKey::version),
+                algorithm: e.algorithm,
+                not_after: e
+                    .certified
+                    .cert
+                    .first()
+                    .and_then(|c| pki::cert_not_after(c).ok()),
+            })
+            .collect();
+        let mut store = CertStore {
+            served,
+            ..CertStore::default()
+        };
         for (spec, entry) in &entries {
             for name in &spec.names {
                 match name.strip_prefix('*') {
