@@ -120,6 +120,11 @@ pub const METRICS: &[Metric] = &[
         help: "Audit records that could not be written." },
     Metric { name: "vaultgate_vault_audit_failing", process: Vault, kind: Gauge, labels: &[],
         help: "1 while operations are refused because the audit log cannot be written." },
+    Metric { name: "vaultgate_vault_integrity_alarms_total", process: Vault, kind: Counter,
+        labels: &[("kind", Fixed(&["audit-fragment", "audit-head-missing", "audit-head-forged", "audit-cut", "audit-replaced"]))],
+        help: "Audit-log integrity alarms raised at start: a cut, replaced or forged log, or a missing head." },
+    Metric { name: "vaultgate_vault_audit_behind_total", process: Vault, kind: Counter, labels: &[],
+        help: "Operations refused because the audit writer was too far behind to take their record." },
     Metric { name: "vaultgate_vault_reloads_total", process: Vault, kind: Counter, labels: &[("result", Fixed(RESULT))],
         help: "Config reloads on SIGHUP; an error keeps the running config." },
 ];
