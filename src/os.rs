@@ -2,7 +2,7 @@
 //! memory locked against swap, privileges dropped), and the crate's only
 //! `unsafe` blocks: a child process's setup between fork and exec (dying
 //! with its parent; becoming another user), and registering a socket with
-//! tokio for one kind of readiness.
+//! tokio for one kind of readiness, and reading a socket peer's groups.
 
 use nix::sys::mman::{mlockall, MlockAllFlags};
 use nix::sys::resource::{setrlimit, Resource};
@@ -298,4 +298,46 @@ pub fn register_unix_stream(
     // dropped, which only the `AsyncFd` that now owns it can do.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(stream, interest) }
         .map_err(std::io::Error::from)
+}
+
+/// The supplementary groups of the process at the other end of a Unix
+/// socket, as the kernel recorded them when it connected
+/// (`SO_PEERGROUPS`, Linux 4.13): what `SO_PEERCRED` leaves out, so that a
+/// `gid:` grant matches a member of the group as file permissions would.
+#[allow(
+    unsafe_code,
+    reason = "getsockopt(SO_PEERGROUPS): nix has no wrapper for it"
+)]
+pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    // Most callers are in a handful of groups; the kernel says how much
+    // room it needs when this is too little (ERANGE), and we ask once more.
+    let mut groups: Vec<libc::gid_t> = vec![0; 16];
+    for _ in 0..2 {
+        let mut len = libc::socklen_t::try_from(std::mem::size_of_val(groups.as_slice()))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: `groups` is a live, writable buffer of exactly `len`
+        // bytes for the duration of the call; the kernel writes at most
+        // `len` bytes and stores the length it needs (or wrote) in `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() {
+            return Err(err);
+        }
+        groups.resize(n, 0);
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ERANGE))
 }

@@ -232,9 +232,8 @@ pub async fn serve(
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(1);
                 let caller = stream.peer_cred().map(|c| Caller {
-                    uid: c.uid(),
-                    gid: c.gid(),
-                    pid: c.pid(),
+                    groups: peer_groups(&stream),
+                    ..Caller::new(c.uid(), c.gid(), c.pid())
                 });
                 // Hand the socket to a worker's own reactor.
                 let std_stream = match stream.into_std() {
@@ -347,7 +346,7 @@ async fn serve_connection(
         metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "too-many-connections")
             .increment(1);
         vault.audit().record(Event {
-            caller: Some(caller),
+            caller: Some(caller.clone()),
             ..Event::system("connection-refused", Some(why.clone()))
         });
         let out = Out {
@@ -415,7 +414,7 @@ async fn serve_connection(
                 let Ok(permit) = slow.clone().acquire_owned().await else {
                     break 'conn;
                 };
-                let (vault, write) = (vault.clone(), write.clone());
+                let (vault, write, caller) = (vault.clone(), write.clone(), caller.clone());
                 let id = frame.request_id;
                 tokio::spawn(async move {
                     let op = req.op();
@@ -439,7 +438,7 @@ async fn serve_connection(
                     forwarders.push(tokio::spawn(forward_events(
                         events,
                         vault.clone(),
-                        caller,
+                        caller.clone(),
                         write.clone(),
                         frame.request_id,
                     )));
@@ -462,7 +461,7 @@ async fn serve_connection(
             metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "not-reading")
                 .increment(1);
             vault.audit().record(Event {
-                caller: Some(caller),
+                caller: Some(caller.clone()),
                 ..Event::system(
                     "disconnect",
                     Some("caller did not read its answers; disconnected".into()),
@@ -607,6 +606,19 @@ async fn write_all(
     true
 }
 
+/// The caller's supplementary groups; none if the kernel will not say
+/// (fewer grants match, never more).
+fn peer_groups(stream: &tokio::net::UnixStream) -> std::sync::Arc<[u32]> {
+    use std::os::fd::AsFd;
+    match crate::os::peer_groups(stream.as_fd()) {
+        Ok(groups) => groups.into(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no supplementary groups for a caller; gid grants match its gid only");
+            std::sync::Arc::from([])
+        }
+    }
+}
+
 /// Answers a malformed frame with an error, audits it; the caller then
 /// closes the connection.
 async fn reject(vault: &Vault, caller: &Caller, write: &Out, id: u32, why: &str) {
@@ -616,7 +628,7 @@ async fn reject(vault: &Vault, caller: &Caller, write: &Out, id: u32, why: &str)
     metrics::counter!("vaultgate_vault_bad_frames_total").increment(1);
     metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "bad-frame").increment(1);
     vault.audit().record(Event {
-        caller: Some(*caller),
+        caller: Some(caller.clone()),
         op: "bad-frame",
         key: None,
         result: "error",

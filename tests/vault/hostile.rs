@@ -1,6 +1,8 @@
 //! Hostile and broken callers: bad frames of every kind, a storm of them,
-//! and one uid holding idle connections. Each is cut off, audited and
-//! counted; the vault stays up and everyone else is served.
+//! one uid holding idle connections, names and lifetimes past their
+//! limits. Each is cut off or refused, audited and counted; the vault
+//! stays up and everyone else is served. And group grants, which must
+//! cover a group's members and no one else.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -398,4 +400,117 @@ fn signatures_hidden_among_a_flood_of_refusals_are_all_audited() {
     });
     assert_eq!(audited_count(&v, "sign", "ok"), signed);
     assert_eq!(audited_count(&v, "sign", "denied"), denied);
+}
+
+#[test]
+fn names_and_lifetimes_past_their_limits_are_refused_and_audited_briefly() {
+    let v = VaultProc::start();
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    // A 100 KB key name: refused before any grant check, and its record
+    // does not carry it.
+    let long = "a".repeat(100_000);
+    let e = crate::rt()
+        .block_on(async {
+            let c = VaultClient::connect(&v.socket).await.expect("connect");
+            c.sign(&long, None, scheme::ECDSA_P256_SHA256, b"m").await
+        })
+        .expect_err("a 100 KB key name");
+    assert_eq!(
+        e.code(),
+        Some(vaultgate::protocol::ErrorCode::InvalidInput),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("a key name of 100000 bytes: names are 1-64 bytes"),
+        "{e}"
+    );
+    // A lifetime past what a certificate can carry: an answer, not a
+    // worker's panic, and audited.
+    let err = v.err(&[
+        "cert",
+        "issue",
+        "web",
+        "--name",
+        "a.example",
+        "--days",
+        "3000000",
+    ]);
+    assert!(
+        err.contains("a certificate lifetime of 3000000 days: at most 36500"),
+        "{err}"
+    );
+    v.ok(&[
+        "cert",
+        "issue",
+        "web",
+        "--name",
+        "a.example",
+        "--days",
+        "36500",
+    ]);
+    v.ok(&["audit", "verify"]);
+    let log = v.audit_log();
+    assert!(
+        log.lines().all(|l| l.len() < 1024),
+        "an audit line over 1 KiB"
+    );
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"op\":\"sign\"") && l.contains("\"result\":\"error\""))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert!(!refused[0].contains("\"key\""), "{}", refused[0]);
+    let issued: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"op\":\"cert-issue\""))
+        .collect();
+    assert_eq!(issued.len(), 2, "{issued:#?}");
+    assert!(issued[0].contains("\"result\":\"error\""), "{}", issued[0]);
+    assert!(issued[1].contains("\"result\":\"ok\""), "{}", issued[1]);
+}
+
+#[test]
+fn a_group_grant_covers_the_groups_members() {
+    crate::common::require_root("this test runs a client as another uid");
+    let setpriv = crate::common::require_tool("setpriv", "util-linux");
+    let v = VaultProc::start_with(Opts {
+        config: Some(
+            "[vault]\nsocket_mode = \"0660\"\nsocket_group = \"65534\"\n\
+             [[vault.grant]]\nprincipal = \"owner\"\nkeys = [\"*\"]\nops = [\"all\"]\n\
+             [[vault.grant]]\nprincipal = \"gid:4242\"\nkeys = [\"*\"]\nops = [\"list\"]\n"
+                .into(),
+        ),
+        ..Opts::default()
+    });
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    // uid 65534, gid 65534, and the supplementary groups given.
+    let list_as = |groups: &str| {
+        let mut cmd = Command::new(&setpriv);
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            &format!("--groups={groups}"),
+        ])
+        .arg(crate::common::bin())
+        .args(["key", "list"])
+        .current_dir("/");
+        run_cli(&mut cmd, &v.socket, b"")
+    };
+    let member = list_as("100,4242");
+    assert!(
+        member.status.success(),
+        "a member of group 4242 was refused: {}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    assert!(String::from_utf8_lossy(&member.stdout).contains("web"));
+    let outsider = list_as("100,4243");
+    assert!(!outsider.status.success(), "a non-member was served");
+    let lines = audited(&v, "list");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"uid\":65534") && l.contains("\"result\":\"denied\"")),
+        "{lines:#?}"
+    );
 }
