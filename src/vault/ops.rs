@@ -146,6 +146,12 @@ pub fn is_slow(op: Op) -> bool {
     )
 }
 
+/// Operations that stretch a backup passphrase (argon2id): the server
+/// runs one at a time, vault-wide.
+pub fn needs_derivation(op: Op) -> bool {
+    matches!(op, Op::BackupExport | Op::BackupImport)
+}
+
 /// Counts a request and records its duration. The handles are looked up
 /// once per thread, operation and result, not per request: a lookup
 /// builds the labelled key (a `Vec`) and hashes it, twice per signature.
@@ -386,10 +392,12 @@ impl Vault {
             check_length(key).map_err(|e| (e, None))?;
             self.authorize(caller, op, Some(key))
                 .map_err(|e| (e, None))?;
-        } else if !matches!(op, Op::Decrypt | Op::BackupImport) {
-            // `list` too: a caller with no `list` grant at all is told so,
-            // rather than shown an empty list; one with a grant sees the
-            // keys its grants cover.
+        } else if op != Op::Decrypt {
+            // Some grant of the op first; the key a ciphertext or backup
+            // entry names is checked once it is read. So a caller with no
+            // `backup-import` grant never has a passphrase stretched, and
+            // one with no `list` grant is told so rather than shown an
+            // empty list.
             self.authorize(caller, op, None).map_err(|e| (e, None))?;
         }
         let plain = |r: Result<Done, OpError>| r.map_err(|e| (e, None));
