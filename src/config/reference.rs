@@ -218,6 +218,7 @@ fn the_vault_tables_match_the_code() {
             ("default_deletion_wait", dur(d.default_deletion_wait)),
             ("sign_grace", dur(d.sign_grace)),
             ("client_write_timeout", dur(d.client_write_timeout)),
+            ("client_read_timeout", dur(d.client_read_timeout)),
             ("audit_sync", dur(d.audit_sync)),
             ("syslog", d.syslog.to_string()),
         ],

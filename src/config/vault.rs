@@ -33,6 +33,9 @@ pub struct VaultFile {
     pub sign_grace: Option<Spanned<String>>,
     /// A caller that leaves its answers unread this long is disconnected.
     pub client_write_timeout: Option<Spanned<String>>,
+    /// A request begun must be complete within this long; a caller with no
+    /// grant is also disconnected after this long without a request.
+    pub client_read_timeout: Option<Spanned<String>>,
     /// How often the audit log is fdatasync'ed (records are written to
     /// the file within 10 ms regardless); "0s": every batch.
     pub audit_sync: Option<Spanned<String>>,
@@ -172,6 +175,7 @@ pub struct VaultSettings {
     pub default_deletion_wait: Duration,
     pub sign_grace: Duration,
     pub client_write_timeout: Duration,
+    pub client_read_timeout: Duration,
     pub audit_sync: Duration,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub syslog: bool,
@@ -199,6 +203,7 @@ impl Default for VaultSettings {
             default_deletion_wait: WEEK,
             sign_grace: Duration::from_secs(3600),
             client_write_timeout: Duration::from_secs(10),
+            client_read_timeout: Duration::from_secs(10),
             audit_sync: Duration::from_secs(1),
             metrics_listen: None,
             syslog: false,
@@ -273,6 +278,13 @@ impl VaultSettings {
         }
         if let Some(d) = duration::parse_opt(&src, &v.client_write_timeout)? {
             s.client_write_timeout = d;
+        }
+        if let Some(d) = duration::parse_opt(&src, &v.client_read_timeout)? {
+            if d.is_zero() {
+                let span = v.client_read_timeout.as_ref().map_or(0..0, |d| d.span());
+                return Err(src.error(span, "client_read_timeout must be longer than 0s"));
+            }
+            s.client_read_timeout = d;
         }
         if let Some(m) = &v.metrics_listen {
             s.metrics_listen = Some(m.get_ref().parse().map_err(|e| {

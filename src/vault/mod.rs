@@ -10,8 +10,10 @@
 //! - [`backup`]   — wrapped backup entries
 //! - [`issue`]    — CSRs and certificates made with vault keys (rcgen)
 //! - [`ops`]      — what each request does
+//! - [`admission`] — which connections are served, and the memory their partial requests hold
 //! - [`server`]   — the Unix socket and per-connection pipelining
 
+pub mod admission;
 pub mod audit;
 pub mod backup;
 pub mod envelope;

@@ -258,6 +258,11 @@ impl Vault {
         self.events.subscribe()
     }
 
+    /// Whether any grant names `caller` (see [`Policy::names`]).
+    pub fn knows(&self, caller: &Caller) -> bool {
+        self.policy.load().names(caller)
+    }
+
     /// Whether `caller` may be told about changes to `key`.
     pub fn may_watch(&self, caller: &Caller, key: &str) -> bool {
         key == "*" || self.policy.load().allows(caller, Op::Subscribe, Some(key))

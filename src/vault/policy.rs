@@ -43,6 +43,17 @@ struct CompiledGrant {
     ops: Vec<Op>,
 }
 
+impl CompiledGrant {
+    fn names(&self, caller: &Caller) -> bool {
+        match self.principal {
+            Principal::Uid(u) => u == caller.uid,
+            Principal::Gid(gid) => caller.in_group(gid),
+            // resolved to a uid in `Policy::new`
+            Principal::Owner => false,
+        }
+    }
+}
+
 pub struct Policy {
     grants: Vec<CompiledGrant>,
 }
@@ -78,6 +89,12 @@ impl Policy {
         }
     }
 
+    /// Whether any grant names `caller`. One that none names can only be
+    /// refused (or pinged), so the server gives such callers less room.
+    pub fn names(&self, caller: &Caller) -> bool {
+        self.grants.iter().any(|g| g.names(caller))
+    }
+
     /// Whether `caller` may perform `op` on `key`. Ping needs no grant.
     /// For key-less operations (list, audit verify) any grant of that op
     /// suffices; list then shows only keys the caller may list.
@@ -86,13 +103,8 @@ impl Policy {
             return true;
         }
         self.grants.iter().any(|g| {
-            let who = match g.principal {
-                Principal::Uid(u) => u == caller.uid,
-                Principal::Gid(gid) => caller.in_group(gid),
-                // resolved to a uid in `new`
-                Principal::Owner => false,
-            };
-            who && g.ops.contains(&op)
+            g.names(caller)
+                && g.ops.contains(&op)
                 && match key {
                     Some(k) => g.keys.iter().any(|p| p.matches(k)),
                     None => true,
@@ -135,6 +147,8 @@ mod tests {
         // root is not special once grants are configured
         assert!(!p.allows(&caller(0, 0), Op::Sign, Some("web1")));
         assert!(p.allows(&caller(0, 0), Op::Ping, None));
+        assert!(p.names(&caller(33, 1)) && p.names(&caller(7, 50)));
+        assert!(!p.names(&caller(0, 0)));
     }
 
     #[test]

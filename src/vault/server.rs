@@ -20,19 +20,18 @@ use bytes::BytesMut;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::UnixListener;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Admission, Refusal, SMALL_FRAME};
 use super::audit::Event;
 use super::ops::{is_slow, needs_derivation, Vault};
 use super::policy::Caller;
 use super::VaultError;
 use crate::config::user::RunAs;
 use crate::protocol::{frame, ErrorCode, Frame, KeyEvent, Request, Response};
-use crate::sync::Locked;
 
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 1024;
 /// Slow operations one connection may have running.
 const MAX_SLOW_PER_CONNECTION: usize = 8;
 /// Backup-passphrase stretches (argon2id, 19 MiB and ~50 ms of a core
@@ -40,7 +39,6 @@ const MAX_SLOW_PER_CONNECTION: usize = 8;
 /// are dropped unrun if their caller leaves first: 64 connections asking
 /// for one each cannot lock gigabytes or starve other work.
 const MAX_DERIVATIONS: usize = 1;
-pub use crate::protocol::MAX_CONNECTIONS_PER_UID;
 
 /// At most one log line a second for something a caller can repeat at
 /// will (each occurrence is audited and counted anyway): a flood of bad
@@ -80,44 +78,6 @@ impl Quiet {
 
 static BAD_FRAME_LOG: Quiet = Quiet::new();
 static REFUSAL_LOG: Quiet = Quiet::new();
-
-/// Open connections by uid.
-#[derive(Default)]
-struct PerUid(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
-
-impl PerUid {
-    /// Counts a connection for `uid`, unless it already holds the most.
-    fn enter(self: &Arc<Self>, uid: u32) -> Option<UidSlot> {
-        let mut m = self.0.locked();
-        let n = m.entry(uid).or_default();
-        if *n >= MAX_CONNECTIONS_PER_UID {
-            return None;
-        }
-        *n += 1;
-        Some(UidSlot {
-            counts: self.clone(),
-            uid,
-        })
-    }
-}
-
-/// One counted connection; uncounted on drop.
-struct UidSlot {
-    counts: Arc<PerUid>,
-    uid: u32,
-}
-
-impl Drop for UidSlot {
-    fn drop(&mut self) {
-        let mut m = self.counts.0.locked();
-        if let Some(n) = m.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.uid);
-            }
-        }
-    }
-}
 
 /// A connection's sending side, shared by the reader (fast answers), slow
 /// operations and event forwarding.
@@ -221,19 +181,11 @@ pub async fn serve(
             return;
         }
     };
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let per_uid = Arc::new(PerUid::default());
+    let admission = Arc::new(Admission::default());
     let derivations = Arc::new(Semaphore::new(MAX_DERIVATIONS));
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(1);
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => return,
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let accepted = tokio::select! {
             _ = &mut shutdown => return,
             a = listener.accept() => a,
@@ -261,11 +213,10 @@ pub async fn serve(
                     }
                 };
                 let vault = vault.clone();
-                let per_uid = per_uid.clone();
+                let admission = admission.clone();
                 let derivations = derivations.clone();
                 workers.next().spawn(async move {
-                    serve_connection(std_stream, caller, vault, &per_uid, derivations).await;
-                    drop(permit);
+                    serve_connection(std_stream, caller, vault, &admission, derivations).await;
                 });
             }
             Err(e) => {
@@ -333,7 +284,7 @@ async fn serve_connection(
     stream: std::os::unix::net::UnixStream,
     caller: Caller,
     vault: Arc<Vault>,
-    per_uid: &Arc<PerUid>,
+    admission: &Admission,
     derivations: Arc<Semaphore>,
 ) {
     if let Err(e) = stream.set_nonblocking(true) {
@@ -347,41 +298,22 @@ async fn serve_connection(
             return;
         }
     };
-    let Some(_slot) = per_uid.enter(caller.uid) else {
-        let why = format!(
-            "uid {} already holds {MAX_CONNECTIONS_PER_UID} connections, the most one uid may",
-            caller.uid
-        );
-        if let Some(suppressed) = REFUSAL_LOG.allow() {
-            tracing::warn!(uid = caller.uid, pid = ?caller.pid, suppressed, "{why}; refusing another");
+    let admitted = match admission.admit(&caller, vault.knows(&caller)) {
+        Ok(a) => a,
+        Err(refusal) => {
+            refuse(&vault, &caller, sock, refusal).await;
+            return;
         }
-        metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "too-many-connections")
-            .increment(1);
-        vault.audit().record(Event {
-            caller: Some(caller.clone()),
-            ..Event::system("connection-refused", Some(why.clone()))
-        });
-        let out = Out {
-            turn: Mutex::new(()),
-            sock,
-            timeout: Duration::from_secs(1),
-        };
-        let mut buf = BytesMut::new();
-        if Response::error(ErrorCode::Denied, why)
-            .to_frame(crate::protocol::Op::Ping, 0)
-            .encode(&mut buf)
-            .is_ok()
-        {
-            write_out(&out, &mut buf).await;
-        }
-        return;
     };
     metrics::gauge!("vaultgate_vault_connections").increment(1.0);
+    let settings = vault.settings();
     let write = Arc::new(Out {
         turn: Mutex::new(()),
         sock: sock.clone(),
-        timeout: vault.settings().client_write_timeout,
+        timeout: settings.client_write_timeout,
     });
+    let mut due = Deadlines::new(settings.client_read_timeout, admitted.known);
+    drop(settings);
     let slow = Arc::new(Semaphore::new(MAX_SLOW_PER_CONNECTION));
     // Cancelled when this function returns, however it does: slow
     // operations still waiting for their turn are then dropped.
@@ -390,8 +322,21 @@ async fn serve_connection(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut forwarders: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    // Room held for the large frame at the front of `buf`.
+    let mut room: Option<OwnedSemaphorePermit> = None;
     'conn: loop {
-        match read_some(&sock, &mut buf).await {
+        let got = match due.next() {
+            Some((at, late)) => match tokio::time::timeout_at(at, read_some(&sock, &mut buf)).await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    cut_late(&vault, &caller, late);
+                    break;
+                }
+            },
+            None => read_some(&sock, &mut buf).await,
+        };
+        match got {
             Ok(0) => {
                 if !buf.is_empty() {
                     reject(
@@ -408,7 +353,17 @@ async fn serve_connection(
             Ok(_) => {}
             Err(_) => break,
         }
+        let mut decoded = false;
+        let mut needs_room = None;
         loop {
+            if room.is_none() {
+                if let Ok(Some(len)) = frame::peek_header(&buf) {
+                    if len > SMALL_FRAME && buf.len() < frame::HEADER_LEN + len {
+                        needs_room = Some(len);
+                        break;
+                    }
+                }
+            }
             let frame = match frame::decode(&mut buf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -418,6 +373,14 @@ async fn serve_connection(
                     break 'conn;
                 }
             };
+            decoded = true;
+            // Only the large frame that was at the front holds room. Its
+            // allocation is left to the frame: the rest moves to a fresh
+            // buffer, so it does not stay alive behind small frames.
+            let frame_room = room.take();
+            if frame_room.is_some() {
+                buf = BytesMut::from(&buf[..]);
+            }
             let req = match Request::from_frame(&frame) {
                 Ok(r) => r,
                 Err(e) => {
@@ -448,6 +411,7 @@ async fn serve_connection(
                     write: write.clone(),
                     id: frame.request_id,
                     gone: gone.clone(),
+                    _room: frame_room,
                 };
                 tokio::spawn(slow_op.run(req, permit, derivations.clone()));
             } else if req == Request::Subscribe {
@@ -489,11 +453,134 @@ async fn serve_connection(
             });
             break;
         }
+        due.read(buf.is_empty(), decoded);
+        if let Some(len) = needs_room {
+            let Some((at, late)) = due.next() else {
+                break;
+            };
+            match tokio::time::timeout_at(at, admitted.room_for(len)).await {
+                Ok(Some(r)) => {
+                    room = Some(r);
+                    buf.reserve(frame::HEADER_LEN + len - buf.len());
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    cut_late(&vault, &caller, late);
+                    break;
+                }
+            }
+        }
     }
     for f in forwarders {
         f.abort();
     }
     metrics::gauge!("vaultgate_vault_connections").decrement(1.0);
+}
+
+/// Tells a caller why its connection is not served, and audits it.
+async fn refuse(
+    vault: &Vault,
+    caller: &Caller,
+    sock: Arc<AsyncFd<std::os::unix::net::UnixStream>>,
+    refusal: Refusal,
+) {
+    metrics::counter!("vaultgate_vault_disconnects_total", "reason" => refusal.reason())
+        .increment(1);
+    let why = refusal.to_string();
+    if let Some(suppressed) = REFUSAL_LOG.allow() {
+        tracing::warn!(uid = caller.uid, pid = ?caller.pid, suppressed, "{why}; refusing another");
+    }
+    vault.audit().record(Event {
+        caller: Some(caller.clone()),
+        ..Event::system("connection-refused", Some(why.clone()))
+    });
+    let out = Out {
+        turn: Mutex::new(()),
+        sock,
+        timeout: Duration::from_secs(1),
+    };
+    let mut buf = BytesMut::new();
+    if Response::error(ErrorCode::Denied, why)
+        .to_frame(crate::protocol::Op::Ping, 0)
+        .encode(&mut buf)
+        .is_ok()
+    {
+        write_out(&out, &mut buf).await;
+    }
+}
+
+/// What a connection was too slow to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Late {
+    /// The rest of a request whose first bytes came.
+    Partial(Duration),
+    /// Any request, from a caller no grant names.
+    Idle(Duration),
+}
+
+impl std::fmt::Display for Late {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Late::Partial(t) => write!(f, "a request begun was not complete within {t:?}"),
+            Late::Idle(t) => write!(f, "no request within {t:?} from a caller no grant names"),
+        }
+    }
+}
+
+/// When a connection must next have sent something (`client_read_timeout`
+/// from a request's first byte; for a caller no grant names, also from
+/// its last request).
+struct Deadlines {
+    timeout: Duration,
+    known: bool,
+    partial_since: Option<Instant>,
+    idle_since: Instant,
+}
+
+impl Deadlines {
+    fn new(timeout: Duration, known: bool) -> Deadlines {
+        Deadlines {
+            timeout,
+            known,
+            partial_since: None,
+            idle_since: Instant::now(),
+        }
+    }
+
+    /// After a read and the frames it completed: whether bytes of an
+    /// incomplete frame are left, and whether any frame was completed.
+    fn read(&mut self, drained: bool, decoded: bool) {
+        let now = Instant::now();
+        if decoded {
+            self.idle_since = now;
+        }
+        if drained {
+            self.partial_since = None;
+        } else if decoded || self.partial_since.is_none() {
+            self.partial_since = Some(now);
+        }
+    }
+
+    fn next(&self) -> Option<(Instant, Late)> {
+        match self.partial_since {
+            Some(t) => Some((t + self.timeout, Late::Partial(self.timeout))),
+            None if !self.known => Some((self.idle_since + self.timeout, Late::Idle(self.timeout))),
+            None => None,
+        }
+    }
+}
+
+/// Ends a connection that was too slow to send, counted and audited.
+fn cut_late(vault: &Vault, caller: &Caller, late: Late) {
+    let reason = match late {
+        Late::Partial(_) => "slow-request",
+        Late::Idle(_) => "idle",
+    };
+    metrics::counter!("vaultgate_vault_disconnects_total", "reason" => reason).increment(1);
+    vault.audit().record(Event {
+        caller: Some(caller.clone()),
+        ..Event::system("disconnect", Some(format!("{late}; disconnected")))
+    });
 }
 
 /// One slow operation, run off the connection's task.
@@ -504,6 +591,8 @@ struct SlowOp {
     id: u32,
     /// Cancelled once the connection is gone.
     gone: CancellationToken,
+    /// The large-frame room the request's frame took, held until answered.
+    _room: Option<OwnedSemaphorePermit>,
 }
 
 impl SlowOp {

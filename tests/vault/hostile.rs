@@ -647,3 +647,167 @@ fn passphrase_stretches_run_one_at_a_time_and_are_dropped_when_their_caller_leav
     v.ok(&["key", "rotate", "web"]);
     assert!(audited_count(&v, "backup-import", "error") as f64 >= ran);
 }
+
+/// Opens `n` connections to `socket` as uid 65533 (whom no grant names)
+/// and reports "connected", then, one line each, once all have ended: how many the vault
+/// refused (with what it said), then how many it closed without a word.
+const STRANGER: &str = r#"
+import socket, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+conns = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    conns.append(s)
+print("connected", flush=True)
+import select
+deadline = time.time() + 30
+said = {}
+while len(said) < n and time.time() < deadline:
+    ready, _, _ = select.select([s for s in conns if s not in said], [], [], 1.0)
+    for s in ready:
+        data = s.recv(4096)
+        said[s] = data
+refused = [d for d in said.values() if d]
+print(len(refused), refused[0][12:].decode("latin-1", "replace").replace("\n", " ") if refused else "", flush=True)
+print(len(said) - len(refused), flush=True)
+"#;
+
+#[test]
+fn callers_no_grant_names_keep_few_connections_and_none_idle() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs a client as another uid and must run as root (CI does)"
+    );
+    let setpriv = crate::common::require_tool("setpriv", "util-linux");
+    // The system's: one under root's home (pyenv) is not the stranger's to run.
+    let python = std::path::Path::new("/usr/bin/python3");
+    assert!(
+        python.exists(),
+        "/usr/bin/python3 is missing: apt-get install python3"
+    );
+    let v = VaultProc::start_with(Opts {
+        metrics: true,
+        config: Some(
+            "[vault]\nsocket_mode = \"0660\"\nsocket_group = \"65534\"\nclient_read_timeout = \"2s\"\n\
+             [[vault.grant]]\nprincipal = \"owner\"\nkeys = [\"*\"]\nops = [\"all\"]\n\
+             [[vault.grant]]\nprincipal = \"uid:65534\"\nkeys = [\"*\"]\nops = [\"list\"]\n"
+                .into(),
+        ),
+        ..Opts::default()
+    });
+    let share = 64; // the share callers no grant names have together
+    let mut stranger = Command::new(&setpriv)
+        .args(["--reuid=65533", "--regid=65534", "--clear-groups", "--"])
+        .arg(python)
+        .args(["-c", STRANGER])
+        .arg(&v.socket)
+        .arg((share + 10).to_string())
+        .current_dir("/")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the stranger");
+    let mut lines = std::io::BufReader::new(stranger.stdout.take().expect("stdout"));
+    let mut connected = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut connected).expect("stranger's report");
+    assert_eq!(connected.trim(), "connected");
+    // While the stranger holds its share, a granted caller (another uid)
+    // is served…
+    let mut cmd = Command::new(crate::common::bin());
+    cmd.args(["key", "list"])
+        .uid(65534)
+        .gid(65534)
+        .current_dir("/");
+    let out = run_cli(&mut cmd, &v.socket, b"");
+    assert!(
+        out.status.success(),
+        "a granted uid was not served: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // …those past the share were refused at once, saying why…
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut first).expect("stranger's report");
+    assert!(
+        first.starts_with("10 ") && first.contains("callers no grant names hold"),
+        "{first:?}"
+    );
+    // …and the rest, idle, are closed after the read timeout.
+    let mut second = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut second).expect("stranger's report");
+    assert_eq!(second.trim(), share.to_string());
+    assert!(stranger.wait().expect("stranger").success());
+    assert_eq!(
+        metric(
+            &v,
+            "vaultgate_vault_disconnects_total",
+            &["reason=\"idle\""]
+        ),
+        share as f64
+    );
+    assert_eq!(
+        metric(
+            &v,
+            "vaultgate_vault_disconnects_total",
+            &["reason=\"no-grant-full\""]
+        ),
+        10.0
+    );
+    let cut = audited(&v, "disconnect");
+    assert!(
+        cut.iter()
+            .filter(|l| l.contains("no request within 2s from a caller no grant names"))
+            .count()
+            == share,
+        "{cut:#?}"
+    );
+}
+
+#[test]
+fn a_request_sent_slowly_is_cut_off_and_holds_no_memory_meanwhile() {
+    let v = VaultProc::start_with(Opts {
+        metrics: true,
+        config: Some("[vault]\nclient_read_timeout = \"2s\"\n".into()),
+        ..Opts::default()
+    });
+    // 200 connections each announce a 1 MiB frame and send 10 bytes of it.
+    let slow: Vec<UnixStream> = (0..200)
+        .map(|_| {
+            let mut s = UnixStream::connect(&v.socket).expect("connect");
+            let mut f = header(1, 0x10, 0, (1 << 20) - 1);
+            f.extend_from_slice(&[0u8; 10]);
+            s.write_all(&f).expect("send");
+            s
+        })
+        .collect();
+    // A normal caller beside them is served, and the vault did not buffer
+    // 200 MiB for them.
+    v.ok(&["key", "list"]);
+    assert!(rss_mib(&v) < 150, "vault RSS {} MiB", rss_mib(&v));
+    // Each is cut once the read timeout passes.
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        assert!(
+            s.read_to_end(&mut rest).is_ok(),
+            "a slow request was not cut off"
+        );
+    }
+    assert_eq!(
+        metric(
+            &v,
+            "vaultgate_vault_disconnects_total",
+            &["reason=\"slow-request\""]
+        ),
+        200.0
+    );
+    let cut = audited(&v, "disconnect");
+    assert_eq!(
+        cut.iter()
+            .filter(|l| l.contains("a request begun was not complete within 2s"))
+            .count(),
+        200,
+        "{:#?}",
+        &cut[..cut.len().min(3)]
+    );
+}
