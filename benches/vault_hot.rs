@@ -59,11 +59,7 @@ fn audit(c: &mut Criterion) {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]);
     let audit =
         Audit::open(dir.path(), key, false, std::time::Duration::from_secs(1)).expect("audit");
-    let caller = Caller {
-        uid: 33,
-        gid: 33,
-        pid: Some(1234),
-    };
+    let caller = Caller::new(33, 33, Some(1234));
     let mut g = c.benchmark_group("audit");
     let batch = 20_000u64;
     g.throughput(Throughput::Elements(batch));
@@ -77,7 +73,7 @@ fn audit(c: &mut Criterion) {
             for _ in 0..iters {
                 for _ in 0..batch {
                     audit.record(Event {
-                        caller: Some(caller),
+                        caller: Some(caller.clone()),
                         op: "sign",
                         key: Some("default".into()),
                         version: Some(3),

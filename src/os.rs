@@ -1,8 +1,9 @@
 //! OS calls: process hardening through nix's safe wrappers (no core dumps,
 //! memory locked against swap, privileges dropped), and the crate's only
 //! `unsafe` blocks: a child process's setup between fork and exec (dying
-//! with its parent; becoming another user), and registering a socket with
-//! tokio for one kind of readiness.
+//! with its parent; becoming another user), registering a socket with
+//! tokio for one kind of readiness, reading a socket peer's groups, and
+//! fixing the allocator's mmap threshold so locked memory is given back.
 
 use nix::sys::mman::{mlockall, MlockAllFlags};
 use nix::sys::resource::{setrlimit, Resource};
@@ -13,17 +14,37 @@ pub struct Hardening {
     pub non_dumpable: Result<(), nix::Error>,
     pub no_core: Result<(), nix::Error>,
     pub mlocked: Result<(), nix::Error>,
+    /// Whether large allocations now always go back to the OS when freed.
+    pub large_frees_unmapped: bool,
 }
 
 /// Marks the process non-dumpable (no ptrace by other users, no core file),
 /// sets the core size limit to zero and locks all memory so key bytes are
-/// never written to swap. Each step may fail without stopping the others.
+/// never written to swap, and has large freed blocks given back to the OS.
+/// Each step may fail without stopping the others.
 pub fn harden() -> Hardening {
     Hardening {
         non_dumpable: nix::sys::prctl::set_dumpable(false),
         no_core: setrlimit(Resource::RLIMIT_CORE, 0, 0),
         mlocked: mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE),
+        large_frees_unmapped: unmap_large_frees(),
     }
+}
+
+/// Allocations of this size or more get their own mapping, unmapped when
+/// freed.
+const MMAP_THRESHOLD: libc::c_int = 1024 * 1024;
+
+/// Fixes glibc's mmap threshold. Left dynamic, it rises to the size of
+/// the largest block freed (argon2's 19 MiB), after which such blocks
+/// come from per-thread arenas that keep them: with memory locked, each
+/// blocking thread that ever stretched a passphrase held 19 MiB of locked
+/// memory for good. Fixed, they are unmapped as soon as they are freed.
+#[allow(unsafe_code, reason = "mallopt: glibc's allocator tuning call")]
+fn unmap_large_frees() -> bool {
+    // SAFETY: mallopt only sets an allocator parameter; it is called at
+    // start, and glibc takes the allocator's lock itself.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 }
 }
 
 /// Why a switch to another user failed. The process must not go on.
@@ -298,4 +319,46 @@ pub fn register_unix_stream(
     // dropped, which only the `AsyncFd` that now owns it can do.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(stream, interest) }
         .map_err(std::io::Error::from)
+}
+
+/// The supplementary groups of the process at the other end of a Unix
+/// socket, as the kernel recorded them when it connected
+/// (`SO_PEERGROUPS`, Linux 4.13): what `SO_PEERCRED` leaves out, so that a
+/// `gid:` grant matches a member of the group as file permissions would.
+#[allow(
+    unsafe_code,
+    reason = "getsockopt(SO_PEERGROUPS): nix has no wrapper for it"
+)]
+pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    // Most callers are in a handful of groups; the kernel says how much
+    // room it needs when this is too little (ERANGE), and we ask once more.
+    let mut groups: Vec<libc::gid_t> = vec![0; 16];
+    for _ in 0..2 {
+        let mut len = libc::socklen_t::try_from(std::mem::size_of_val(groups.as_slice()))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: `groups` is a live, writable buffer of exactly `len`
+        // bytes for the duration of the call; the kernel writes at most
+        // `len` bytes and stores the length it needs (or wrote) in `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() {
+            return Err(err);
+        }
+        groups.resize(n, 0);
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ERANGE))
 }

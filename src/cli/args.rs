@@ -312,7 +312,7 @@ pub enum CertCommand {
         /// Subject common name [default: the first name]
         #[arg(long)]
         common_name: Option<String>,
-        /// Lifetime in days [default: that of the certificate replaced, else 90]
+        /// Lifetime in days, at most 36500 [default: that of the certificate replaced, else 90]
         #[arg(long)]
         days: Option<u32>,
         /// Make a CA certificate.

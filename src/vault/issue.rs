@@ -27,7 +27,13 @@ pub enum IssueError {
     Rcgen(String),
     #[error("a certificate needs at least one name (DNS name or IP address)")]
     NoNames,
+    #[error("a certificate lifetime of {days} days: at most {MAX_LIFETIME_DAYS} (100 years)")]
+    Lifetime { days: u64 },
 }
+
+/// The longest lifetime a certificate is issued for. Past it the dates
+/// leave what X.509 (and `time`) can write.
+pub const MAX_LIFETIME_DAYS: u32 = 36_500;
 
 /// A vault key version as rcgen's signer.
 struct VaultSigner {
@@ -159,6 +165,12 @@ pub fn issue(req: Issue) -> Result<String, IssueError> {
         None if req.is_ca => Duration::from_secs(10 * 365 * 86400),
         None => Duration::from_secs(90 * 86400),
     });
+    // Checked before any date is computed: an imported previous
+    // certificate's lifetime is as untrusted as a requested one.
+    let days = lifetime.as_secs() / 86400;
+    if days > u64::from(MAX_LIFETIME_DAYS) {
+        return Err(IssueError::Lifetime { days });
+    }
     let now = time::OffsetDateTime::now_utc();
     // A minute of slack for clocks slightly behind ours.
     p.not_before = now - Duration::from_secs(60);

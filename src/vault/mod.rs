@@ -349,6 +349,9 @@ fn harden(user: Option<&RunAs>) {
     if let Err(e) = h.no_core {
         tracing::warn!(error = %e, "could not disable core dumps");
     }
+    if !h.large_frees_unmapped {
+        tracing::warn!("could not fix the allocator's mmap threshold; memory freed by passphrase stretching may stay locked");
+    }
     if let Err(e) = h.mlocked {
         tracing::warn!(
             error = %e,

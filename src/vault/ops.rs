@@ -146,6 +146,12 @@ pub fn is_slow(op: Op) -> bool {
     )
 }
 
+/// Operations that stretch a backup passphrase (argon2id): the server
+/// runs one at a time, vault-wide.
+pub fn needs_derivation(op: Op) -> bool {
+    matches!(op, Op::BackupExport | Op::BackupImport)
+}
+
 /// Counts a request and records its duration. The handles are looked up
 /// once per thread, operation and result, not per request: a lookup
 /// builds the labelled key (a `Vec`) and hashes it, twice per signature.
@@ -201,9 +207,27 @@ fn issue_error(e: issue::IssueError) -> OpError {
     OpError::new(code, e.to_string())
 }
 
+/// The longest key name (docs/PROTOCOL.md): checked on every request
+/// before anything else, so a long name reaches neither the policy nor the
+/// audit log.
+const MAX_NAME_LEN: usize = 64;
+
+fn check_length(name: &str) -> Result<(), OpError> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(OpError::new(
+            ErrorCode::InvalidInput,
+            format!(
+                "a key name of {} bytes: names are 1-{MAX_NAME_LEN} bytes",
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_name(name: &str) -> Result<(), OpError> {
     if name.is_empty()
-        || name.len() > 64
+        || name.len() > MAX_NAME_LEN
         || name.starts_with('.')
         || !name.chars().all(is_name_char)
     {
@@ -331,7 +355,11 @@ impl Vault {
                 } else {
                     "error"
                 };
-                let key = key.or_else(|| req.key().map(str::to_owned));
+                let key = key.or_else(|| {
+                    req.key()
+                        .filter(|k| k.len() <= MAX_NAME_LEN)
+                        .map(str::to_owned)
+                });
                 (
                     Response::error(e.code, e.message.clone()),
                     key,
@@ -344,7 +372,7 @@ impl Vault {
         count_request(op, result, started.elapsed());
         if op != Op::Ping {
             self.audit.record(Event {
-                caller: Some(*caller),
+                caller: Some(caller.clone()),
                 op: op.name(),
                 key,
                 version,
@@ -361,12 +389,15 @@ impl Vault {
     fn dispatch(&self, caller: &Caller, req: &Request) -> Result<Done, (OpError, Option<String>)> {
         let op = req.op();
         if let Some(key) = req.key() {
+            check_length(key).map_err(|e| (e, None))?;
             self.authorize(caller, op, Some(key))
                 .map_err(|e| (e, None))?;
-        } else if !matches!(op, Op::Decrypt | Op::BackupImport) {
-            // `list` too: a caller with no `list` grant at all is told so,
-            // rather than shown an empty list; one with a grant sees the
-            // keys its grants cover.
+        } else if op != Op::Decrypt {
+            // Some grant of the op first; the key a ciphertext or backup
+            // entry names is checked once it is read. So a caller with no
+            // `backup-import` grant never has a passphrase stretched, and
+            // one with no `list` grant is told so rather than shown an
+            // empty list.
             self.authorize(caller, op, None).map_err(|e| (e, None))?;
         }
         let plain = |r: Result<Done, OpError>| r.map_err(|e| (e, None));
@@ -872,6 +903,7 @@ impl Vault {
             .map_err(|e| OpError::new(ErrorCode::InvalidInput, format!("issue parameters: {e}")))?;
         let ca = match &p.ca {
             Some(ca) => {
+                check_length(ca)?;
                 // Using a CA key to issue is governed by that key's grants too.
                 self.authorize(caller, Op::CertIssue, Some(ca))?;
                 let ca_key = self.usable(ca)?;

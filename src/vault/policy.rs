@@ -1,17 +1,40 @@
 //! Who may do what: grants from the config, matched against the caller's
 //! peer credentials. Deny by default; root is an ordinary uid here.
 
+use std::sync::Arc;
+
 use wildmatch::WildMatch;
 
 use crate::config::vault::{Grant, Principal};
 use crate::protocol::Op;
 
-/// A caller, as the kernel reported it on connect (SO_PEERCRED).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A caller, as the kernel reported it on connect: uid, gid and pid
+/// (`SO_PEERCRED`) and supplementary groups (`SO_PEERGROUPS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
+    /// Shared: a connection's caller goes into every request's audit event.
+    pub groups: Arc<[u32]>,
+}
+
+impl Caller {
+    /// A caller in no supplementary group.
+    pub fn new(uid: u32, gid: u32, pid: Option<i32>) -> Caller {
+        Caller {
+            uid,
+            gid,
+            pid,
+            groups: Arc::from([]),
+        }
+    }
+
+    /// Whether the caller is in group `gid`, as the kernel decides for
+    /// file access: its gid or one of its supplementary groups.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
 }
 
 struct CompiledGrant {
@@ -65,7 +88,7 @@ impl Policy {
         self.grants.iter().any(|g| {
             let who = match g.principal {
                 Principal::Uid(u) => u == caller.uid,
-                Principal::Gid(gid) => gid == caller.gid,
+                Principal::Gid(gid) => caller.in_group(gid),
                 // resolved to a uid in `new`
                 Principal::Owner => false,
             };
@@ -84,11 +107,7 @@ mod tests {
     use crate::config::vault::{admin_ops, use_ops};
 
     fn caller(uid: u32, gid: u32) -> Caller {
-        Caller {
-            uid,
-            gid,
-            pid: None,
-        }
+        Caller::new(uid, gid, None)
     }
 
     #[test]
@@ -132,5 +151,27 @@ mod tests {
         let p = Policy::new(&[owner], 65534);
         assert!(p.allows(&caller(65534, 1), Op::Sign, Some("x")));
         assert!(!p.allows(&caller(0, 0), Op::Sign, Some("x")));
+    }
+
+    #[test]
+    fn a_gid_grant_covers_members_of_the_group_too() {
+        let p = Policy::new(
+            &[Grant {
+                principal: Principal::Gid(50),
+                keys: vec!["*".into()],
+                ops: use_ops(),
+            }],
+            0,
+        );
+        let member = Caller {
+            groups: Arc::from([20, 50]),
+            ..caller(1000, 1000)
+        };
+        assert!(p.allows(&member, Op::Sign, Some("web1")));
+        let outsider = Caller {
+            groups: Arc::from([20, 51]),
+            ..caller(1000, 1000)
+        };
+        assert!(!p.allows(&outsider, Op::Sign, Some("web1")));
     }
 }

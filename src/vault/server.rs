@@ -21,9 +21,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::UnixListener;
 use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::audit::Event;
-use super::ops::{is_slow, Vault};
+use super::ops::{is_slow, needs_derivation, Vault};
 use super::policy::Caller;
 use super::VaultError;
 use crate::config::user::RunAs;
@@ -34,6 +35,11 @@ use crate::sync::Locked;
 const MAX_CONNECTIONS: usize = 1024;
 /// Slow operations one connection may have running.
 const MAX_SLOW_PER_CONNECTION: usize = 8;
+/// Backup-passphrase stretches (argon2id, 19 MiB and ~50 ms of a core
+/// each) running at once in the whole vault. More wait their turn, and
+/// are dropped unrun if their caller leaves first: 64 connections asking
+/// for one each cannot lock gigabytes or starve other work.
+const MAX_DERIVATIONS: usize = 1;
 pub use crate::protocol::MAX_CONNECTIONS_PER_UID;
 
 /// At most one log line a second for something a caller can repeat at
@@ -126,6 +132,9 @@ struct Out {
 /// Bytes read per `recv`, shared by all connections of a worker thread:
 /// a whole pipelined batch arrives in one call, at no per-connection cost.
 const READ_CHUNK: usize = 64 * 1024;
+/// Unprocessed bytes read from a connection whose slow operations are all
+/// busy; past this it is no longer read until one finishes.
+const READ_AHEAD: usize = 64 * 1024;
 
 thread_local! {
     static READ_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -214,6 +223,7 @@ pub async fn serve(
     };
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_uid = Arc::new(PerUid::default());
+    let derivations = Arc::new(Semaphore::new(MAX_DERIVATIONS));
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(1);
     loop {
@@ -232,9 +242,8 @@ pub async fn serve(
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(1);
                 let caller = stream.peer_cred().map(|c| Caller {
-                    uid: c.uid(),
-                    gid: c.gid(),
-                    pid: c.pid(),
+                    groups: peer_groups(&stream),
+                    ..Caller::new(c.uid(), c.gid(), c.pid())
                 });
                 // Hand the socket to a worker's own reactor.
                 let std_stream = match stream.into_std() {
@@ -253,8 +262,9 @@ pub async fn serve(
                 };
                 let vault = vault.clone();
                 let per_uid = per_uid.clone();
+                let derivations = derivations.clone();
                 workers.next().spawn(async move {
-                    serve_connection(std_stream, caller, vault, &per_uid).await;
+                    serve_connection(std_stream, caller, vault, &per_uid, derivations).await;
                     drop(permit);
                 });
             }
@@ -324,6 +334,7 @@ async fn serve_connection(
     caller: Caller,
     vault: Arc<Vault>,
     per_uid: &Arc<PerUid>,
+    derivations: Arc<Semaphore>,
 ) {
     if let Err(e) = stream.set_nonblocking(true) {
         tracing::warn!(error = %e, "cannot set a connection non-blocking; closing");
@@ -347,7 +358,7 @@ async fn serve_connection(
         metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "too-many-connections")
             .increment(1);
         vault.audit().record(Event {
-            caller: Some(caller),
+            caller: Some(caller.clone()),
             ..Event::system("connection-refused", Some(why.clone()))
         });
         let out = Out {
@@ -372,6 +383,10 @@ async fn serve_connection(
         timeout: vault.settings().client_write_timeout,
     });
     let slow = Arc::new(Semaphore::new(MAX_SLOW_PER_CONNECTION));
+    // Cancelled when this function returns, however it does: slow
+    // operations still waiting for their turn are then dropped.
+    let gone = CancellationToken::new();
+    let _gone_on_return = gone.clone().drop_guard();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut forwarders: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -412,25 +427,29 @@ async fn serve_connection(
                 }
             };
             if is_slow(req.op()) {
-                let Ok(permit) = slow.clone().acquire_owned().await else {
-                    break 'conn;
-                };
-                let (vault, write) = (vault.clone(), write.clone());
-                let id = frame.request_id;
-                tokio::spawn(async move {
-                    let op = req.op();
-                    let v = vault.clone();
-                    let resp = tokio::task::spawn_blocking(move || v.handle(&caller, &req))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Response::error(ErrorCode::Internal, "operation panicked")
-                        });
-                    let mut one = BytesMut::new();
-                    if resp.to_frame(op, id).encode(&mut one).is_ok() {
-                        write_out(&write, &mut one).await;
+                // While this connection's slow operations are all busy,
+                // keep reading, so that a caller who leaves is noticed
+                // (and its queued work dropped) rather than waited for.
+                let permit = loop {
+                    tokio::select! {
+                        p = slow.clone().acquire_owned() => match p {
+                            Ok(p) => break p,
+                            Err(_) => break 'conn,
+                        },
+                        r = read_some(&sock, &mut buf), if buf.len() < READ_AHEAD => match r {
+                            Ok(0) | Err(_) => break 'conn,
+                            Ok(_) => {}
+                        },
                     }
-                    drop(permit);
-                });
+                };
+                let slow_op = SlowOp {
+                    vault: vault.clone(),
+                    caller: caller.clone(),
+                    write: write.clone(),
+                    id: frame.request_id,
+                    gone: gone.clone(),
+                };
+                tokio::spawn(slow_op.run(req, permit, derivations.clone()));
             } else if req == Request::Subscribe {
                 // Receive from before the answer, so no change falls between.
                 let events = vault.subscribe();
@@ -439,7 +458,7 @@ async fn serve_connection(
                     forwarders.push(tokio::spawn(forward_events(
                         events,
                         vault.clone(),
-                        caller,
+                        caller.clone(),
                         write.clone(),
                         frame.request_id,
                     )));
@@ -462,7 +481,7 @@ async fn serve_connection(
             metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "not-reading")
                 .increment(1);
             vault.audit().record(Event {
-                caller: Some(caller),
+                caller: Some(caller.clone()),
                 ..Event::system(
                     "disconnect",
                     Some("caller did not read its answers; disconnected".into()),
@@ -475,6 +494,48 @@ async fn serve_connection(
         f.abort();
     }
     metrics::gauge!("vaultgate_vault_connections").decrement(1.0);
+}
+
+/// One slow operation, run off the connection's task.
+struct SlowOp {
+    vault: Arc<Vault>,
+    caller: Caller,
+    write: Arc<Out>,
+    id: u32,
+    /// Cancelled once the connection is gone.
+    gone: CancellationToken,
+}
+
+impl SlowOp {
+    async fn run(
+        self,
+        req: Request,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+        derivations: Arc<Semaphore>,
+    ) {
+        let op = req.op();
+        let _turn = if needs_derivation(op) {
+            tokio::select! {
+                t = derivations.acquire_owned() => t.ok(),
+                () = self.gone.cancelled() => {
+                    // Never run, never answered: nothing to audit.
+                    metrics::counter!("vaultgate_vault_requests_total", "op" => op.name(), "result" => "abandoned")
+                        .increment(1);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let (vault, caller) = (self.vault.clone(), self.caller);
+        let resp = tokio::task::spawn_blocking(move || vault.handle(&caller, &req))
+            .await
+            .unwrap_or_else(|_| Response::error(ErrorCode::Internal, "operation panicked"));
+        let mut one = BytesMut::new();
+        if resp.to_frame(op, self.id).encode(&mut one).is_ok() {
+            write_out(&self.write, &mut one).await;
+        }
+    }
 }
 
 /// Pushes key changes the caller may see, as event frames carrying the
@@ -607,6 +668,19 @@ async fn write_all(
     true
 }
 
+/// The caller's supplementary groups; none if the kernel will not say
+/// (fewer grants match, never more).
+fn peer_groups(stream: &tokio::net::UnixStream) -> std::sync::Arc<[u32]> {
+    use std::os::fd::AsFd;
+    match crate::os::peer_groups(stream.as_fd()) {
+        Ok(groups) => groups.into(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no supplementary groups for a caller; gid grants match its gid only");
+            std::sync::Arc::from([])
+        }
+    }
+}
+
 /// Answers a malformed frame with an error, audits it; the caller then
 /// closes the connection.
 async fn reject(vault: &Vault, caller: &Caller, write: &Out, id: u32, why: &str) {
@@ -616,7 +690,7 @@ async fn reject(vault: &Vault, caller: &Caller, write: &Out, id: u32, why: &str)
     metrics::counter!("vaultgate_vault_bad_frames_total").increment(1);
     metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "bad-frame").increment(1);
     vault.audit().record(Event {
-        caller: Some(*caller),
+        caller: Some(caller.clone()),
         op: "bad-frame",
         key: None,
         result: "error",

@@ -1,6 +1,8 @@
 //! Hostile and broken callers: bad frames of every kind, a storm of them,
-//! and one uid holding idle connections. Each is cut off, audited and
-//! counted; the vault stays up and everyone else is served.
+//! one uid holding idle connections, names and lifetimes past their
+//! limits. Each is cut off or refused, audited and counted; the vault
+//! stays up and everyone else is served. And group grants, which must
+//! cover a group's members and no one else.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -398,4 +400,250 @@ fn signatures_hidden_among_a_flood_of_refusals_are_all_audited() {
     });
     assert_eq!(audited_count(&v, "sign", "ok"), signed);
     assert_eq!(audited_count(&v, "sign", "denied"), denied);
+}
+
+#[test]
+fn names_and_lifetimes_past_their_limits_are_refused_and_audited_briefly() {
+    let v = VaultProc::start();
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    // A 100 KB key name: refused before any grant check, and its record
+    // does not carry it.
+    let long = "a".repeat(100_000);
+    let e = crate::rt()
+        .block_on(async {
+            let c = VaultClient::connect(&v.socket).await.expect("connect");
+            c.sign(&long, None, scheme::ECDSA_P256_SHA256, b"m").await
+        })
+        .expect_err("a 100 KB key name");
+    assert_eq!(
+        e.code(),
+        Some(vaultgate::protocol::ErrorCode::InvalidInput),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("a key name of 100000 bytes: names are 1-64 bytes"),
+        "{e}"
+    );
+    // A lifetime past what a certificate can carry: an answer, not a
+    // worker's panic, and audited.
+    let err = v.err(&[
+        "cert",
+        "issue",
+        "web",
+        "--name",
+        "a.example",
+        "--days",
+        "3000000",
+    ]);
+    assert!(
+        err.contains("a certificate lifetime of 3000000 days: at most 36500"),
+        "{err}"
+    );
+    v.ok(&[
+        "cert",
+        "issue",
+        "web",
+        "--name",
+        "a.example",
+        "--days",
+        "36500",
+    ]);
+    v.ok(&["audit", "verify"]);
+    let log = v.audit_log();
+    assert!(
+        log.lines().all(|l| l.len() < 1024),
+        "an audit line over 1 KiB"
+    );
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"op\":\"sign\"") && l.contains("\"result\":\"error\""))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert!(!refused[0].contains("\"key\""), "{}", refused[0]);
+    let issued: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"op\":\"cert-issue\""))
+        .collect();
+    assert_eq!(issued.len(), 2, "{issued:#?}");
+    assert!(issued[0].contains("\"result\":\"error\""), "{}", issued[0]);
+    assert!(issued[1].contains("\"result\":\"ok\""), "{}", issued[1]);
+}
+
+#[test]
+fn a_group_grant_covers_the_groups_members() {
+    crate::common::require_root("this test runs a client as another uid");
+    let setpriv = crate::common::require_tool("setpriv", "util-linux");
+    let v = VaultProc::start_with(Opts {
+        config: Some(
+            "[vault]\nsocket_mode = \"0660\"\nsocket_group = \"65534\"\n\
+             [[vault.grant]]\nprincipal = \"owner\"\nkeys = [\"*\"]\nops = [\"all\"]\n\
+             [[vault.grant]]\nprincipal = \"gid:4242\"\nkeys = [\"*\"]\nops = [\"list\"]\n"
+                .into(),
+        ),
+        ..Opts::default()
+    });
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    // uid 65534, gid 65534, and the supplementary groups given.
+    let list_as = |groups: &str| {
+        let mut cmd = Command::new(&setpriv);
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            &format!("--groups={groups}"),
+        ])
+        .arg(crate::common::bin())
+        .args(["key", "list"])
+        .current_dir("/");
+        run_cli(&mut cmd, &v.socket, b"")
+    };
+    let member = list_as("100,4242");
+    assert!(
+        member.status.success(),
+        "a member of group 4242 was refused: {}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    assert!(String::from_utf8_lossy(&member.stdout).contains("web"));
+    let outsider = list_as("100,4243");
+    assert!(!outsider.status.success(), "a non-member was served");
+    let lines = audited(&v, "list");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"uid\":65534") && l.contains("\"result\":\"denied\"")),
+        "{lines:#?}"
+    );
+}
+
+/// A backup-import request with a passphrase that opens nothing: what a
+/// caller sends to make the vault stretch passphrases (argon2id, 19 MiB).
+/// Each `n` its own salt, so no stretch is the vault's cached last one.
+fn stretch_request(n: u32) -> vaultgate::protocol::Request {
+    let mut salt = vec![7; 16];
+    salt[..4].copy_from_slice(&n.to_be_bytes());
+    vaultgate::protocol::Request::BackupImport {
+        blob: vec![0; 64],
+        passphrase: zeroize::Zeroizing::new(b"not the passphrase".to_vec()),
+        salt,
+    }
+}
+
+/// The vault's resident memory, MiB.
+fn rss_mib(v: &VaultProc) -> u64 {
+    let pid = i32::try_from(v.child.id()).expect("pid");
+    crate::common::raw::rss_kib(pid) / 1024
+}
+
+#[test]
+fn a_caller_without_a_backup_import_grant_never_has_a_passphrase_stretched() {
+    let me = nix::unistd::geteuid().as_raw();
+    let v = VaultProc::start_with(Opts {
+        config: Some(format!(
+            "[vault]\n[[vault.grant]]\nprincipal = \"uid:{me}\"\nkeys = [\"*\"]\n\
+             ops = [\"create\", \"sign\", \"list\", \"audit-verify\"]\n"
+        )),
+        ..Opts::default()
+    });
+    let before = rss_mib(&v);
+    // 16 connections with 8 requests in flight each.
+    let answers = crate::rt().block_on(async {
+        let conns = (0..16).map(|i| {
+            let socket = v.socket.clone();
+            async move {
+                let c = VaultClient::connect(&socket).await.expect("connect");
+                let calls = (0..8).map(|j| {
+                    let c = c.clone();
+                    async move { c.call(&stretch_request(i * 8 + j)).await }
+                });
+                futures_util::future::join_all(calls).await
+            }
+        });
+        futures_util::future::join_all(conns).await
+    });
+    for r in answers.into_iter().flatten() {
+        let e = r.expect_err("an ungranted backup import");
+        assert_eq!(
+            e.code(),
+            Some(vaultgate::protocol::ErrorCode::Denied),
+            "{e}"
+        );
+    }
+    assert_eq!(audited_count(&v, "backup-import", "denied"), 128);
+    let after = rss_mib(&v);
+    assert!(
+        after < before + 32,
+        "the vault grew from {before} to {after} MiB for refused requests"
+    );
+}
+
+#[test]
+fn passphrase_stretches_run_one_at_a_time_and_are_dropped_when_their_caller_leaves() {
+    let v = VaultProc::start_with(Opts {
+        metrics: true,
+        ..Opts::default()
+    });
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    let before = rss_mib(&v);
+    // 16 connections send 12 requests each (8 may run at once per
+    // connection) and leave without reading an answer.
+    let conns: Vec<UnixStream> = (0..16u32)
+        .map(|i| {
+            let mut frames = bytes::BytesMut::new();
+            for id in 1..=12 {
+                stretch_request(i * 12 + id)
+                    .to_frame(id)
+                    .encode(&mut frames)
+                    .expect("encode");
+            }
+            let mut s = UnixStream::connect(&v.socket).expect("connect");
+            s.write_all(&frames).expect("send");
+            s
+        })
+        .collect();
+    let ran = || {
+        metric(
+            &v,
+            "vaultgate_vault_requests_total",
+            &["op=\"backup-import\"", "result=\"error\""],
+        )
+    };
+    let abandoned = || {
+        metric(
+            &v,
+            "vaultgate_vault_requests_total",
+            &["op=\"backup-import\"", "result=\"abandoned\""],
+        )
+    };
+    crate::common::wait_for("the first stretch to run", Duration::from_secs(30), || {
+        (ran() >= 1.0).then_some(())
+    });
+    drop(conns);
+    // Meanwhile, and after, one stretch at a time is all the memory taken.
+    let mut peak = 0;
+    let (ran, abandoned) = crate::common::wait_for(
+        "every request to have run or been dropped",
+        Duration::from_secs(60),
+        || {
+            peak = peak.max(rss_mib(&v));
+            let (r, a) = (ran(), abandoned());
+            (r + a >= 128.0).then_some((r, a))
+        },
+    );
+    eprintln!("{ran} stretches ran, {abandoned} dropped; RSS {before} MiB, peak {peak}");
+    assert!(
+        abandoned > 0.0 && ran < 64.0,
+        "{ran} stretches ran for callers gone, {abandoned} dropped"
+    );
+    assert!(
+        peak < before + 100,
+        "the vault grew from {before} to {peak} MiB"
+    );
+    let after = rss_mib(&v);
+    assert!(
+        after < before + 40,
+        "the vault kept {after} MiB after the flood (from {before})"
+    );
+    // Everyone else was and is served.
+    v.ok(&["key", "rotate", "web"]);
+    assert!(audited_count(&v, "backup-import", "error") as f64 >= ran);
 }

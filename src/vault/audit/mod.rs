@@ -524,11 +524,7 @@ mod tests {
 
     fn sign_event(i: usize) -> Event {
         Event {
-            caller: Some(Caller {
-                uid: 1,
-                gid: 2,
-                pid: Some(3),
-            }),
+            caller: Some(Caller::new(1, 2, Some(3))),
             op: "sign",
             key: Some(format!("k{i}")),
             version: Some(1),

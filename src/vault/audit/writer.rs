@@ -314,12 +314,12 @@ impl Writer {
                 json_str(line, v);
             }
         };
-        num(&mut line, "uid", e.caller.map(|c| c.uid.into()));
-        num(&mut line, "gid", e.caller.map(|c| c.gid.into()));
+        num(&mut line, "uid", e.caller.as_ref().map(|c| c.uid.into()));
+        num(&mut line, "gid", e.caller.as_ref().map(|c| c.gid.into()));
         num(
             &mut line,
             "pid",
-            e.caller.and_then(|c| c.pid).map(i64::from),
+            e.caller.as_ref().and_then(|c| c.pid).map(i64::from),
         );
         text(&mut line, "op", Some(e.op));
         text(&mut line, "key", e.key.as_deref());
