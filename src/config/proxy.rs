@@ -122,6 +122,9 @@ pub struct ProxyFile {
     /// Any of "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
     /// "forwarded".
     pub forwarded_headers: Option<Spanned<Vec<String>>>,
+    /// What happens to the client's X-Real-IP, True-Client-IP and
+    /// X-Client-IP: "overwrite" (with its address), "drop" or "pass".
+    pub client_ip_headers: Option<Spanned<String>>,
     /// Plain-HTTP listeners that answer every request with a redirect to
     /// the same URL over HTTPS.
     pub redirect_listen: Option<Spanned<OneOrMany>>,
@@ -469,13 +472,40 @@ impl Default for PathRules {
     }
 }
 
-/// Which proxy headers are added to requests sent to backends.
+/// Which proxy headers are added to requests sent to backends, and what
+/// becomes of the client-address headers a client sent itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardedHeaders {
     pub x_forwarded_for: bool,
     pub x_forwarded_proto: bool,
     pub x_forwarded_host: bool,
     pub forwarded: bool,
+    pub client_ip: ClientIpHeaders,
+}
+
+/// X-Real-IP, True-Client-IP and X-Client-IP: no standard says who sets
+/// them, so a backend (or its framework's "real IP" setting) that reads
+/// one believes whoever wrote it. Passed on as the client sent them, any
+/// client could name any address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpHeaders {
+    /// Each set to the connecting client's address, whatever the client
+    /// sent: a backend may trust them.
+    Overwrite,
+    /// Removed: the backend sees none.
+    Drop,
+    /// Left as the client sent them: only for a backend that ignores them.
+    Pass,
+}
+
+impl ClientIpHeaders {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientIpHeaders::Overwrite => "overwrite",
+            ClientIpHeaders::Drop => "drop",
+            ClientIpHeaders::Pass => "pass",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -548,6 +578,7 @@ impl Default for ForwardedHeaders {
             x_forwarded_proto: true,
             x_forwarded_host: true,
             forwarded: true,
+            client_ip: ClientIpHeaders::Overwrite,
         }
     }
 }
@@ -625,7 +656,10 @@ impl ProxySettings {
         let min_tls_version =
             min_tls_version(&src, &p.min_tls_version)?.unwrap_or(d.min_tls_version);
         let limits = limits(&src, p, d.limits)?;
-        let forwarded = forwarded_headers(&src, &p.forwarded_headers)?;
+        let mut forwarded = forwarded_headers(&src, &p.forwarded_headers)?;
+        if let Some(c) = client_ip_headers(&src, &p.client_ip_headers)? {
+            forwarded.client_ip = c;
+        }
         let redirect_listen = match &p.redirect_listen {
             Some(l) => listen_addrs(&src, l)?,
             None => d.redirect_listen,
@@ -1019,6 +1053,7 @@ fn forwarded_headers(
         x_forwarded_proto: false,
         x_forwarded_host: false,
         forwarded: false,
+        ..ForwardedHeaders::default()
     };
     for name in list.get_ref() {
         match name.to_ascii_lowercase().as_str() {
@@ -1035,6 +1070,30 @@ fn forwarded_headers(
         }
     }
     Ok(f)
+}
+
+fn client_ip_headers(
+    src: &Source,
+    v: &Option<Spanned<String>>,
+) -> Result<Option<ClientIpHeaders>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    [
+        ClientIpHeaders::Overwrite,
+        ClientIpHeaders::Drop,
+        ClientIpHeaders::Pass,
+    ]
+    .into_iter()
+    .find(|c| c.name() == v.get_ref())
+    .map(Some)
+    .ok_or_else(|| {
+        src.error(
+            v.span(),
+            format!(
+                "invalid client_ip_headers {:?}: \"overwrite\", \"drop\" or \"pass\"",
+                v.get_ref()
+            ),
+        )
+    })
 }
 
 fn cert_spec(loaded: &Loaded, src: &Source, c: &CertFile) -> Result<CertSpec, ConfigError> {

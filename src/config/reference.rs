@@ -116,6 +116,7 @@ fn the_proxy_tables_match_the_code() {
             ("normalize_path", d.path_rules.normalize.to_string()),
             ("merge_slashes", d.path_rules.merge_slashes.to_string()),
             ("upgrade_protocols", format!("{:?}", d.upgrade_protocols)),
+            ("client_ip_headers", quoted(d.forwarded.client_ip.name())),
         ],
     );
     check(

@@ -24,7 +24,8 @@
 //! - [`body`]: the request body type both sides pass each other.
 //! - [`framing`]: HTTP/1.1 message framing, for the server and the client.
 //! - `linger`: lingering close, for both protocols.
-//! - [`tls`]: certificate store, SNI resolver, session tickets.
+//! - [`tls`]: certificate store, SNI resolver, session tickets, resumption
+//!   that a withdrawn key ends.
 //! - `status`: the status page on the metrics listener.
 
 pub mod body;
@@ -68,6 +69,9 @@ pub struct Proxy {
     pub pool: Option<VaultPool>,
     /// The file SIGHUP re-reads (none: SIGHUP reloads certificates only).
     pub config_path: Option<std::path::PathBuf>,
+    /// Which sessions may resume, in every generation's TLS config: ended
+    /// when a served key is withdrawn.
+    pub resumption: tls::resumption::Epoch,
     health: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -155,9 +159,11 @@ impl Proxy {
                 tracing::warn!(key = %key.name(), version = key.version(), error = %e, "the vault did not sign a warm-up message; handshakes with this key will fail until it does");
             }
         }
-        let tls = tls::server_config(&settings, store.clone())?;
+        let resumption = tls::resumption::Epoch::default();
+        let tls = tls::server_config(&settings, store.clone(), &resumption)?;
         let forwarder = Arc::new(Forwarder::new(&settings)?);
         Ok(Proxy {
+            resumption,
             live: ArcSwap::from_pointee(Live {
                 settings: Arc::new(settings.clone()),
                 tls,
@@ -210,7 +216,7 @@ impl Proxy {
         let tls = if tls_same {
             old.tls.clone()
         } else {
-            tls::server_config(&new, self.store.clone())?
+            tls::server_config(&new, self.store.clone(), &self.resumption)?
         };
         let forwarder = Arc::new(Forwarder::new(&new)?);
         self.store.store(Arc::new(certs));

@@ -129,24 +129,20 @@ async fn reload_on_file_change(proxy: Arc<Proxy>) {
 /// Follows the vault's key events (pushed, no polling): when a key the
 /// proxy serves changes — rotated, a certificate bound to a version,
 /// enabled or disabled — the certificates reload, so a chain bound in the
-/// vault to the new primary version is served at once. Reconnects (and
-/// catches up) after the vault restarts; tries each socket in order.
+/// vault to the new primary version is served at once. A served key
+/// disabled, scheduled for deletion or deleted ends resumption (see
+/// [`super::tls::resumption`]) before anything else: the reload that
+/// follows fails, the vault refusing the key, and keeps the certificates.
+/// Reconnects (and catches up) after the vault restarts; tries each
+/// socket in order.
 async fn follow_vault_events(proxy: Arc<Proxy>) {
     if proxy.pool.is_none() {
         return;
     }
-    let serves = |proxy: &Proxy, key: &str| {
-        key == "*"
-            || proxy
-                .live
-                .load()
-                .settings
-                .certs
-                .iter()
-                .any(|c| matches!(&c.key, crate::config::proxy::KeyRef::Vault(n) if n == key))
-    };
+    let serves =
+        |proxy: &Proxy, key: &str| key == "*" || served_vault_keys(proxy).iter().any(|k| k == key);
     let sockets = proxy.settings.vault_sockets.clone();
-    let why = "new certificates arrive by file change or SIGHUP only (\"cert-get\" is needed too)";
+    let why = "new certificates arrive by file change or SIGHUP only, and a disabled key's sessions keep resuming (\"cert-get\" is needed too)";
     crate::client::follow_key_events(sockets, Duration::from_secs(5), why, |followed| {
         let proxy = proxy.clone();
         async move {
@@ -154,9 +150,17 @@ async fn follow_vault_events(proxy: Arc<Proxy>) {
             match followed {
                 // Whatever changed while nobody listened.
                 Followed::Subscribed { again: true } => {
+                    end_resumption_if_any_withdrawn(&proxy).await;
                     let _ = reload_certs(&proxy, "vault reconnected").await;
                 }
+                Followed::Event(e) if e.key == "*" => {
+                    end_resumption_if_any_withdrawn(&proxy).await;
+                    let _ = reload_certs(&proxy, "vault key events were missed").await;
+                }
                 Followed::Event(e) if serves(&proxy, &e.key) => {
+                    if let Some(state) = withdrawn_state(&e.json) {
+                        end_resumption(&proxy, &e.key, &state);
+                    }
                     let _ = reload_certs(&proxy, "vault key changed").await;
                 }
                 _ => {}
@@ -164,6 +168,74 @@ async fn follow_vault_events(proxy: Arc<Proxy>) {
         }
     })
     .await
+}
+
+/// The vault keys the live certificates name.
+fn served_vault_keys(proxy: &Proxy) -> Vec<String> {
+    use crate::config::proxy::KeyRef;
+    let mut keys: Vec<String> = Vec::new();
+    for c in &proxy.live.load().settings.certs {
+        if let KeyRef::Vault(name) = &c.key {
+            if !keys.contains(name) {
+                keys.push(name.clone());
+            }
+        }
+    }
+    keys
+}
+
+/// The state a key event's describe JSON reports, unless it is
+/// `enabled`: `deleted` for the `null` of a deleted key. An event that
+/// cannot be read counts as a withdrawal: ending resumption costs
+/// handshakes, keeping it could serve a withdrawn key's site.
+fn withdrawn_state(json: &str) -> Option<String> {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Some("unreadable".into());
+    };
+    if value.is_null() {
+        return Some("deleted".into());
+    }
+    match value.get("state").and_then(serde_json::Value::as_str) {
+        Some("enabled") => None,
+        Some(state) => Some(state.to_owned()),
+        None => Some("unreadable".into()),
+    }
+}
+
+fn end_resumption(proxy: &Proxy, key: &str, state: &str) {
+    proxy.resumption.end();
+    metrics::counter!("vaultgate_proxy_resumption_ended_total").increment(1);
+    tracing::warn!(key, state, "a served vault key was withdrawn: no session made before resumes, and full handshakes with it fail while the vault refuses it");
+}
+
+/// After events may have been missed: asks the vault about each served
+/// key, and ends resumption if it refuses one as disabled, pending
+/// deletion or gone. A vault that does not answer ends nothing:
+/// resumption is what keeps sites up while it is away.
+async fn end_resumption_if_any_withdrawn(proxy: &Arc<Proxy>) {
+    use crate::protocol::ErrorCode;
+    use crate::signer::SignerError;
+    let p = proxy.clone();
+    let withdrawn = tokio::task::spawn_blocking(move || {
+        let pool = p.pool.as_ref()?;
+        served_vault_keys(&p).into_iter().find_map(|key| {
+            match crate::signer::key::public_key(pool, &key, None) {
+                Err(SignerError::Vault { code, .. })
+                    if matches!(
+                        code,
+                        ErrorCode::Disabled | ErrorCode::PendingDeletion | ErrorCode::NotFound
+                    ) =>
+                {
+                    Some((key, code))
+                }
+                _ => None,
+            }
+        })
+    })
+    .await;
+    if let Ok(Some((key, code))) = withdrawn {
+        end_resumption(proxy, &key, &code.to_string());
+    }
 }
 
 /// Resolves the backends given by host name again, each upstream every

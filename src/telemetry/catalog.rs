@@ -90,6 +90,8 @@ pub const METRICS: &[Metric] = &[
         help: "Times a backend that refused a connection was taken out for fail_timeout." },
     Metric { name: "vaultgate_proxy_cert_reloads_total", process: Proxy, kind: Counter, labels: &[("result", Fixed(RESULT))],
         help: "Certificate reloads (file change, key event, SIGHUP without a config)." },
+    Metric { name: "vaultgate_proxy_resumption_ended_total", process: Proxy, kind: Counter, labels: &[],
+        help: "Times a served vault key was withdrawn (disabled, pending deletion, deleted) and every earlier session stopped resuming." },
     Metric { name: "vaultgate_proxy_config_reloads_total", process: Proxy, kind: Counter, labels: &[("result", Fixed(RESULT))],
         help: "Config reloads on SIGHUP; an error keeps the running config." },
     Metric { name: "vaultgate_proxy_cert_not_after_timestamp_seconds", process: Proxy, kind: Gauge, labels: &[("cert", Open), ("key", Open)],

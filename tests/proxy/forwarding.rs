@@ -425,6 +425,73 @@ fn proxy_headers_arrive_at_the_backend() {
 }
 
 #[test]
+fn client_address_headers_from_the_client_are_overwritten_dropped_or_passed() {
+    let s = Setup::start();
+    let backend = crate::common::raw::Recorder::start();
+    let cert = s.vault_cert("tls-local", "ecdsa-p256", &["localhost"]);
+    let names = ["X-Real-IP", "True-Client-IP", "X-Client-IP"];
+    let sent: Vec<String> = names.iter().map(|n| format!("{n}: 203.0.113.66")).collect();
+    // (setting, what the backend sees in each of `names`)
+    let modes: [(&str, &[&str]); 4] = [
+        ("", &["127.0.0.1"]),
+        ("client_ip_headers = \"overwrite\"", &["127.0.0.1"]),
+        ("client_ip_headers = \"drop\"", &[]),
+        ("client_ip_headers = \"pass\"", &["203.0.113.66"]),
+    ];
+    for (setting, want) in modes {
+        let cfg = config(
+            &s.vault.socket,
+            &[(&["localhost"], &cert, "vault:tls-local")],
+            &[backend.addr],
+            setting,
+            "",
+        );
+        let p = ProxyProc::start(s.dir.path(), &cfg);
+        for flag in ["--http1.1", "--http2"] {
+            let mut r = String::new();
+            let mut args = curl_args(&s, &p, &mut r);
+            let marker = format!("/ip-{}{flag}", p.addr.port());
+            let u = url(&p, &marker);
+            args.extend([flag, "-o", "/dev/null"]);
+            for h in &sent {
+                args.extend(["-H", h.as_str()]);
+            }
+            // Sent twice, as a client might to confuse a backend that
+            // reads the first or the last.
+            args.extend([
+                "-H",
+                "X-Real-IP: 198.51.100.9",
+                "-H",
+                "X-Forwarded-For: 203.0.113.66",
+            ]);
+            args.push(&u);
+            curl_ok(&args);
+            let seen = backend.wait_request(&marker, std::time::Duration::from_secs(10));
+            for name in names {
+                let got = seen.header(name);
+                let expected: Vec<&str> = if want == ["203.0.113.66"] && name == "X-Real-IP" {
+                    vec!["203.0.113.66", "198.51.100.9"]
+                } else {
+                    want.to_vec()
+                };
+                assert_eq!(
+                    got, expected,
+                    "{setting:?} {flag}: {name} in\n{}",
+                    seen.head
+                );
+            }
+            // X-Forwarded-For keeps what the client sent; the proxy's
+            // element, the last, is the one a backend may trust.
+            assert_eq!(
+                seen.header("X-Forwarded-For"),
+                ["203.0.113.66, 127.0.0.1"],
+                "{setting:?} {flag}"
+            );
+        }
+    }
+}
+
+#[test]
 fn websocket_upgrade_passes_through() {
     let s = Setup::start();
     let ws = WsEcho::start();

@@ -794,3 +794,121 @@ fn a_certificate_bound_in_the_vault_after_a_rotation_is_served_without_a_signal(
         p.log()
     );
 }
+
+/// `openssl s_client` to `localhost` at `addr`, one HTTP/1.1 request and
+/// the answer, with `args` added (`-sess_in`, `-sess_out`, versions).
+/// Returns whether it succeeded and what it printed.
+fn s_client(addr: std::net::SocketAddr, ca: &std::path::Path, args: &[&str]) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let openssl = crate::common::require_tool("openssl", "openssl");
+    let mut child = Command::new(openssl)
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args([
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+            "-ign_eof",
+            "-CAfile",
+        ])
+        .arg(ca)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    // The proxy closes after answering, so s_client ends having read the
+    // session tickets that follow the handshake.
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("write request");
+    let out = child.wait_with_output().expect("openssl s_client");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_disabled_key_ends_resumption_of_the_sessions_it_served() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let p = s.localhost_proxy(&[nginx.addr], "", "");
+    let ca = s.ca_path();
+    // TLS 1.3 tickets, TLS 1.2 tickets, the TLS 1.2 session-id cache.
+    let kinds: [(&str, &[&str]); 3] = [
+        ("tls13-ticket", &["-tls1_3"]),
+        ("tls12-ticket", &["-tls1_2"]),
+        ("tls12-session-id", &["-tls1_2", "-no_ticket"]),
+    ];
+    let sessions = |kind: &str| s.path(&format!("{kind}.session"));
+    let full_then_resumed = |kind: &str, args: &[&str]| {
+        let saved = sessions(kind);
+        let saved = saved.to_str().expect("utf-8");
+        let (ok, first) = s_client(p.addr, ca, &[args, &["-sess_out", saved]].concat());
+        assert!(
+            ok && first.contains("\nNew, ") && first.contains("\nn1"),
+            "{kind}: {first}"
+        );
+        let (ok, again) = s_client(p.addr, ca, &[args, &["-sess_in", saved]].concat());
+        assert!(
+            ok && again.contains("\nReused, ") && again.contains("\nn1"),
+            "{kind}: {again}"
+        );
+    };
+    for (kind, args) in kinds {
+        full_then_resumed(kind, args);
+    }
+
+    s.vault.ok(&["key", "disable", "tls-local"]);
+    crate::common::wait_for(
+        "the proxy to hear of the disable",
+        Duration::from_secs(10),
+        || {
+            (metric(
+                &p.metrics_text(),
+                "vaultgate_proxy_resumption_ended_total",
+                &[],
+            ) >= 1.0)
+                .then_some(())
+        },
+    );
+    for (kind, args) in kinds {
+        let saved = sessions(kind);
+        let saved = saved.to_str().expect("utf-8");
+        let (ok, text) = s_client(p.addr, ca, &[args, &["-sess_in", saved]].concat());
+        assert!(
+            !ok && text.contains("\nNew, ") && !text.contains("Reused, ") && !text.contains("\nn1"),
+            "{kind}: a session made before the disable must not resume, and a full handshake must fail: {text}"
+        );
+    }
+    let m = p.metrics_text();
+    assert!(
+        metric(
+            &m,
+            "vaultgate_proxy_handshake_failures_total",
+            &["reason=\"vault\""]
+        ) >= 3.0,
+        "the full handshakes failed on the vault's refusal: {m}"
+    );
+
+    // Enabled again, the site is back, and resumes as before; what was
+    // saved before the disable still does not.
+    s.vault.ok(&["key", "enable", "tls-local"]);
+    for (kind, args) in kinds {
+        let saved = sessions(kind);
+        let saved = saved.to_str().expect("utf-8");
+        let (ok, text) = s_client(p.addr, ca, &[args, &["-sess_in", saved]].concat());
+        assert!(
+            ok && text.contains("\nNew, ") && text.contains("\nn1"),
+            "{kind}: {text}"
+        );
+        full_then_resumed(kind, args);
+    }
+}

@@ -1,5 +1,6 @@
-//! Proxy headers: hop-by-hop removal (RFC 9110 §7.6.1) and the
-//! `X-Forwarded-*` / RFC 7239 `Forwarded` additions.
+//! Proxy headers: hop-by-hop removal (RFC 9110 §7.6.1), the
+//! `X-Forwarded-*` / RFC 7239 `Forwarded` additions, and the client's own
+//! `X-Real-IP`-style headers overwritten or dropped.
 
 use std::net::IpAddr;
 
@@ -8,7 +9,7 @@ use hyper::header::{
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
-use crate::config::proxy::ForwardedHeaders;
+use crate::config::proxy::{ClientIpHeaders, ForwardedHeaders};
 
 // Names as constants, not strings: a lookup by `&str` parses the name
 // every time, on every request.
@@ -21,6 +22,14 @@ const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Headers backends and their frameworks read as "the client's address"
+/// (nginx's realip module, Akamai and Cloudflare, Express and Rails
+/// options): `client_ip_headers` decides what becomes of the client's.
+const CLIENT_IP: [HeaderName; 3] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+];
 
 const HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
@@ -124,7 +133,10 @@ impl ClientIp {
 }
 
 /// Adds the configured forwarding headers for a request from `client`
-/// for `host` over TLS.
+/// for `host` over TLS, and overwrites or drops the client's own
+/// client-address headers. `X-Forwarded-For` and `Forwarded` keep what
+/// the client sent, before the proxy's element: proxies in front of this
+/// one write there too, so only the last element is the proxy's word.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     which: ForwardedHeaders,
@@ -132,6 +144,20 @@ pub fn add_forwarded(
     host: Option<&str>,
 ) {
     let ip = client.ip;
+    match which.client_ip {
+        ClientIpHeaders::Overwrite => {
+            for name in CLIENT_IP {
+                // `insert` replaces every value the client sent.
+                headers.insert(name, client.value.clone());
+            }
+        }
+        ClientIpHeaders::Drop => {
+            for name in &CLIENT_IP {
+                headers.remove(name);
+            }
+        }
+        ClientIpHeaders::Pass => {}
+    }
     if which.x_forwarded_for {
         let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.trim().is_empty() => {
@@ -249,6 +275,7 @@ mod tests {
             x_forwarded_proto: true,
             x_forwarded_host: true,
             forwarded: true,
+            client_ip: ClientIpHeaders::Overwrite,
         }
     }
 
@@ -302,6 +329,32 @@ mod tests {
         add_forwarded(&mut h, all(), &client, None);
         assert_eq!(h["forwarded"], "for=10.1.2.3;proto=https");
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+    }
+
+    #[test]
+    fn client_ip_headers_are_overwritten_dropped_or_passed() {
+        let client = ClientIp::new("192.0.2.7".parse().unwrap());
+        let sent = || {
+            let mut h = HeaderMap::new();
+            h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+            h.append("x-real-ip", HeaderValue::from_static("5.6.7.8"));
+            h.insert("true-client-ip", HeaderValue::from_static("1.2.3.4"));
+            h
+        };
+        let with = |client_ip| ForwardedHeaders { client_ip, ..all() };
+        let mut h = sent();
+        add_forwarded(&mut h, with(ClientIpHeaders::Overwrite), &client, None);
+        for name in ["x-real-ip", "true-client-ip", "x-client-ip"] {
+            let values: Vec<_> = h.get_all(name).iter().collect();
+            assert_eq!(values, ["192.0.2.7"], "{name}");
+        }
+        let mut h = sent();
+        add_forwarded(&mut h, with(ClientIpHeaders::Drop), &client, None);
+        assert!(CLIENT_IP.iter().all(|n| !h.contains_key(n)));
+        let mut h = sent();
+        add_forwarded(&mut h, with(ClientIpHeaders::Pass), &client, None);
+        assert_eq!(h.get_all("x-real-ip").iter().count(), 2);
+        assert!(!h.contains_key("x-client-ip"));
     }
 
     #[test]

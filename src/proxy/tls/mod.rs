@@ -1,8 +1,10 @@
 //! TLS termination: the certificate store ([`store`]), the SNI/algorithm
-//! resolver ([`resolver`]) and the rustls server config (versions, AEAD
-//! suites, ALPN, resumption).
+//! resolver ([`resolver`]), session tickets ([`tickets`]), resumption that
+//! a withdrawn key ends ([`resumption`]) and the rustls server config
+//! (versions, AEAD suites, ALPN, resumption).
 
 pub mod resolver;
+pub mod resumption;
 pub mod store;
 pub mod tickets;
 
@@ -133,10 +135,12 @@ pub fn warm_up(provider: &rustls::crypto::CryptoProvider) {
 }
 
 /// The server config. Certificates come from `store` at each handshake,
-/// so swapping the store needs no new config.
+/// so swapping the store needs no new config; sessions resume only within
+/// `epoch` (see [`resumption`]).
 pub fn server_config(
     settings: &ProxySettings,
     store: Arc<ArcSwap<CertStore>>,
+    epoch: &resumption::Epoch,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(provider());
     warm_up(&provider);
@@ -156,13 +160,20 @@ pub fn server_config(
     cfg.ignore_client_order = true;
     // Resumption skips the vault entirely: tickets (TLS 1.3, and 1.2
     // clients that ask) with keys rotated every `ticket_rotation`, plus a
-    // session-id cache for TLS 1.2 clients without tickets.
+    // session-id cache for TLS 1.2 clients without tickets. Both end
+    // with the epoch, when a served key is withdrawn.
     cfg.session_storage = match settings.session_cache_size {
         0 => Arc::new(rustls::server::NoServerSessionStorage {}),
-        n => ServerSessionMemoryCache::new(n),
+        n => Arc::new(resumption::Sessions::new(
+            ServerSessionMemoryCache::new(n),
+            epoch.clone(),
+        )),
     };
     if settings.session_tickets {
-        cfg.ticketer = tickets::rotating(settings.ticket_rotation)?;
+        cfg.ticketer = Arc::new(resumption::Tickets::new(
+            tickets::rotating(settings.ticket_rotation)?,
+            epoch.clone(),
+        ));
     } else {
         cfg.send_tls13_tickets = 0;
     }
