@@ -486,6 +486,7 @@ pub fn cert(cmd: CertCommand) -> ExitCode {
                 common_name,
                 days,
                 is_ca,
+                path_len,
                 version,
                 conn,
             } => {
@@ -495,6 +496,7 @@ pub fn cert(cmd: CertCommand) -> ExitCode {
                     "common_name": common_name,
                     "days": days,
                     "is_ca": is_ca,
+                    "path_len": path_len,
                 })
                 .to_string();
                 let c = connect(&conn).await?;

@@ -318,6 +318,11 @@ pub enum CertCommand {
         /// Make a CA certificate.
         #[arg(long)]
         is_ca: bool,
+        /// With --is-ca: how many CA certificates may follow it in a path
+        /// [default: none for a self-signed CA; under --ca, one less than
+        /// the CA's, or 0 if it has none]
+        #[arg(long, requires = "is_ca")]
+        path_len: Option<u8>,
         /// Key version [default: the primary]
         #[arg(long)]
         version: Option<u32>,

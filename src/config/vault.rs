@@ -61,7 +61,8 @@ pub struct GrantFile {
     pub principal: Spanned<String>,
     /// Key name patterns (`*` and `?` wildcards).
     pub keys: Spanned<Vec<String>>,
-    /// Operation names, or the groups "use", "admin", "all".
+    /// Operation names, the CA rights "ca-issue" and "ca-issue-ca", or
+    /// the groups "use", "admin", "all".
     pub ops: Spanned<Vec<String>>,
 }
 
@@ -109,6 +110,47 @@ pub struct Grant {
     pub principal: Principal,
     pub keys: Vec<String>,
     pub ops: Vec<Op>,
+    /// What the grant lets a `cert-issue` do with these keys as its CA.
+    pub ca: Vec<CaRight>,
+}
+
+/// Signing another key's certificate with a CA key: a use of the CA key,
+/// so `cert-issue` needs one of these on the key it names as `ca`, as
+/// well as `cert-issue` on the key the certificate is for. Not wire
+/// operations (no request is "issue with this CA"), so grants carry them
+/// beside their ops. Neither `use` nor `admin` includes them: whoever
+/// holds one can make certificates that are trusted wherever the CA is
+/// (HashiCorp Vault PKI gates this by role for the same reason). Only a
+/// grant naming them, or `all`, gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CaRight {
+    /// `ca-issue`: end-entity (not CA) certificates signed by this CA.
+    Issue,
+    /// `ca-issue-ca`: CA certificates signed by this CA, each with a path
+    /// length below the CA's own. Does not include `ca-issue`.
+    IssueCa,
+}
+
+impl CaRight {
+    pub const ALL: [CaRight; 2] = [CaRight::Issue, CaRight::IssueCa];
+
+    /// The name grants use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CaRight::Issue => "ca-issue",
+            CaRight::IssueCa => "ca-issue-ca",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<CaRight> {
+        CaRight::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl std::fmt::Display for CaRight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The grant groups an operation belongs to: `use` (a principal that
@@ -314,35 +356,43 @@ fn validate_grant(src: &super::Source, g: &GrantFile) -> Result<Grant, ConfigErr
         }
     }
     let mut ops = Vec::new();
+    let mut ca = Vec::new();
     for name in g.ops.get_ref() {
         let group = match name.as_str() {
             "use" => use_ops(),
             "admin" => admin_ops(),
-            "all" => Op::ALL.to_vec(),
-            other => match Op::from_name(other) {
-                Some(op) => {
+            "all" => {
+                ca.extend(CaRight::ALL);
+                Op::ALL.to_vec()
+            }
+            other => {
+                if let Some(op) = Op::from_name(other) {
                     ops.push(op);
-                    continue;
-                }
-                None => {
+                } else if let Some(right) = CaRight::from_name(other) {
+                    ca.push(right);
+                } else {
                     return Err(src.error(
                         g.ops.span(),
-                        format!("unknown operation {other:?} (use \"use\", \"admin\", \"all\" or an operation name such as \"sign\")"),
-                    ))
+                        format!("unknown operation {other:?} (use \"use\", \"admin\", \"all\", \"ca-issue\", \"ca-issue-ca\" or an operation name such as \"sign\")"),
+                    ));
                 }
-            },
+                continue;
+            }
         };
         ops.extend(group);
     }
-    if ops.is_empty() {
+    if ops.is_empty() && ca.is_empty() {
         return Err(src.error(g.ops.span(), "a grant needs at least one operation"));
     }
     ops.sort_by_key(|o| *o as u8);
     ops.dedup();
+    ca.sort();
+    ca.dedup();
     Ok(Grant {
         principal,
         keys: g.keys.get_ref().clone(),
         ops,
+        ca,
     })
 }
 
@@ -423,6 +473,32 @@ ops = ["use"]
             "create import list describe rotate enable disable schedule-deletion cancel-deletion \
              backup-export backup-import audit-verify subscribe cert-install cert-get cert-csr cert-issue"
         );
+    }
+
+    #[test]
+    fn ca_rights_come_only_by_name_or_with_all() {
+        let grant = |ops: &str| {
+            settings(&format!(
+                "[vault]\n[[vault.grant]]\nprincipal = \"uid:1\"\nkeys = [\"*\"]\nops = [{ops}]\n"
+            ))
+            .unwrap()
+            .grants
+            .remove(0)
+        };
+        assert_eq!(grant(r#""use", "admin""#).ca, vec![]);
+        assert_eq!(grant(r#""all""#).ca, vec![CaRight::Issue, CaRight::IssueCa]);
+        let g = grant(r#""ca-issue""#);
+        assert_eq!((g.ops, g.ca), (vec![], vec![CaRight::Issue]));
+        let g = grant(r#""ca-issue-ca", "cert-issue", "ca-issue-ca""#);
+        assert_eq!((g.ops, g.ca), (vec![Op::CertIssue], vec![CaRight::IssueCa]));
+        for r in CaRight::ALL {
+            assert_eq!(CaRight::from_name(r.name()), Some(r));
+            assert_eq!(
+                Op::from_name(r.name()),
+                None,
+                "{r} is also an opcode's name"
+            );
+        }
     }
 
     #[test]

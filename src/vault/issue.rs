@@ -29,6 +29,14 @@ pub enum IssueError {
     NoNames,
     #[error("a certificate lifetime of {days} days: at most {MAX_LIFETIME_DAYS} (100 years)")]
     Lifetime { days: u64 },
+    #[error("the CA key's certificate is not a CA certificate (basicConstraints CA:TRUE)")]
+    IssuerNotCa,
+    #[error("the CA's path length is 0: it may issue no CA certificates")]
+    PathLenExhausted,
+    #[error("a path length of {asked} under a CA whose own is {issuer}: at most {}", issuer - 1)]
+    PathLenTooLong { asked: u8, issuer: u8 },
+    #[error("a path length of {0} for a certificate that is not a CA's")]
+    PathLenNotCa(u8),
 }
 
 /// The longest lifetime a certificate is issued for. Past it the dates
@@ -127,6 +135,35 @@ pub struct Issue<'a> {
     /// `None` makes a self-signed certificate.
     pub ca: Option<(&'a Arc<Material>, &'a str)>,
     pub is_ca: bool,
+    /// For a CA certificate: how many CA certificates may follow it in a
+    /// path (basicConstraints pathLenConstraint). See [`ca_constraints`].
+    pub path_len: Option<u8>,
+}
+
+/// The basicConstraints of a CA certificate: a self-signed one has the
+/// path length asked for, or none; one issued by a CA has at most the
+/// issuer's minus one (the issuer's without it: 0), so whoever may issue
+/// CA certificates cannot make one freer than the CA they issue under.
+/// An issuer at 0 issues none.
+fn ca_constraints(
+    issuer: Option<&IsCa>,
+    asked: Option<u8>,
+) -> Result<BasicConstraints, IssueError> {
+    match issuer {
+        None => Ok(asked.map_or(
+            BasicConstraints::Unconstrained,
+            BasicConstraints::Constrained,
+        )),
+        Some(IsCa::Ca(BasicConstraints::Unconstrained)) => {
+            Ok(BasicConstraints::Constrained(asked.unwrap_or(0)))
+        }
+        Some(IsCa::Ca(BasicConstraints::Constrained(0))) => Err(IssueError::PathLenExhausted),
+        Some(&IsCa::Ca(BasicConstraints::Constrained(issuer))) => match asked {
+            Some(asked) if asked >= issuer => Err(IssueError::PathLenTooLong { asked, issuer }),
+            asked => Ok(BasicConstraints::Constrained(asked.unwrap_or(issuer - 1))),
+        },
+        Some(IsCa::NoCa | IsCa::ExplicitNoCa) => Err(IssueError::IssuerNotCa),
+    }
 }
 
 fn first_der(pem: &str, what: &'static str) -> Result<CertificateDer<'static>, IssueError> {
@@ -140,6 +177,21 @@ fn first_der(pem: &str, what: &'static str) -> Result<CertificateDer<'static>, I
 /// then the CA's chain).
 pub fn issue(req: Issue) -> Result<String, IssueError> {
     let rc = |e: rcgen::Error| IssueError::Rcgen(e.to_string());
+    if let (Some(n), false) = (req.path_len, req.is_ca) {
+        return Err(IssueError::PathLenNotCa(n));
+    }
+    // The issuer first: what it allows bounds what is made.
+    let issuer = match req.ca {
+        Some((ca_material, ca_chain)) => {
+            let params = CertificateParams::from_ca_cert_der(&first_der(ca_chain, "CA")?)
+                .map_err(|_| IssueError::Parse { what: "CA" })?;
+            if !matches!(params.is_ca, IsCa::Ca(_)) {
+                return Err(IssueError::IssuerNotCa);
+            }
+            Some((ca_material, ca_chain, params))
+        }
+        None => None,
+    };
     let prev = match req.previous {
         Some(pem) => Some(
             CertificateParams::from_ca_cert_der(&first_der(pem, "previous")?)
@@ -182,7 +234,10 @@ pub fn issue(req: Issue) -> Result<String, IssueError> {
     serial[0] &= 0x7f;
     p.serial_number = Some(serial.to_vec().into());
     if req.is_ca {
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.is_ca = IsCa::Ca(ca_constraints(
+            issuer.as_ref().map(|(_, _, params)| &params.is_ca),
+            req.path_len,
+        )?);
         p.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -194,12 +249,10 @@ pub fn issue(req: Issue) -> Result<String, IssueError> {
         p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     }
     let subject = key_pair(req.subject)?;
-    match req.ca {
+    match issuer {
         None => Ok(p.self_signed(&subject).map_err(rc)?.pem()),
-        Some((ca_material, ca_chain)) => {
+        Some((ca_material, ca_chain, ca_params)) => {
             let ca_key = key_pair(ca_material)?;
-            let ca_params = CertificateParams::from_ca_cert_der(&first_der(ca_chain, "CA")?)
-                .map_err(|_| IssueError::Parse { what: "CA" })?;
             let ca_cert = ca_params.self_signed(&ca_key).map_err(rc)?;
             // RFC 5280 4.2.1.1: certificates a CA issues name its key;
             // strict verifiers (Python's cryptography) insist.
@@ -212,5 +265,45 @@ pub fn issue(req: Issue) -> Result<String, IssueError> {
             chain.push_str(ca_chain);
             Ok(chain)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_issues_ca_certificates_only_below_its_path_length() {
+        let c = |issuer: Option<IsCa>, asked| ca_constraints(issuer.as_ref(), asked);
+        let n = |n| Some(IsCa::Ca(BasicConstraints::Constrained(n)));
+        let free = || Some(IsCa::Ca(BasicConstraints::Unconstrained));
+        // self-signed: as asked
+        assert_eq!(c(None, None).unwrap(), BasicConstraints::Unconstrained);
+        assert_eq!(c(None, Some(3)).unwrap(), BasicConstraints::Constrained(3));
+        // under a CA with no path length: 0 unless asked
+        assert_eq!(c(free(), None).unwrap(), BasicConstraints::Constrained(0));
+        assert_eq!(
+            c(free(), Some(2)).unwrap(),
+            BasicConstraints::Constrained(2)
+        );
+        // under a CA with one: at most one less
+        assert_eq!(c(n(2), None).unwrap(), BasicConstraints::Constrained(1));
+        assert_eq!(c(n(2), Some(0)).unwrap(), BasicConstraints::Constrained(0));
+        assert!(matches!(
+            c(n(2), Some(2)),
+            Err(IssueError::PathLenTooLong {
+                asked: 2,
+                issuer: 2
+            })
+        ));
+        assert!(matches!(c(n(0), None), Err(IssueError::PathLenExhausted)));
+        assert!(matches!(
+            c(Some(IsCa::NoCa), None),
+            Err(IssueError::IssuerNotCa)
+        ));
+        assert!(matches!(
+            c(Some(IsCa::ExplicitNoCa), None),
+            Err(IssueError::IssuerNotCa)
+        ));
     }
 }

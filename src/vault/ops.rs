@@ -14,7 +14,7 @@ use super::keys::{self, KeyError, Material};
 use super::keystore::{Keystore, StoreError};
 use super::policy::{Caller, Policy};
 use super::record::{Key, KeyState, Origin, RecordError};
-use crate::config::vault::{is_name_char, VaultSettings};
+use crate::config::vault::{is_name_char, CaRight, VaultSettings};
 use crate::protocol::{ErrorCode, KeyEvent, KeyType, Op, Request, Response};
 use crate::sync::Locked;
 
@@ -86,6 +86,8 @@ struct Done {
     response: Response,
     key: Option<String>,
     version: Option<u32>,
+    /// The CA key (and version) that signed a certificate issued for `key`.
+    ca: Option<(String, u32)>,
 }
 
 impl Done {
@@ -94,6 +96,7 @@ impl Done {
             response,
             key: None,
             version: None,
+            ca: None,
         }
     }
 
@@ -101,6 +104,24 @@ impl Done {
         self.key = Some(key.to_owned());
         self.version = version;
         self
+    }
+}
+
+/// What the audit record of a failed request names that the request
+/// itself does not: the key a ciphertext or backup entry names, the CA
+/// key a certificate was to be issued by (use of it is what was refused).
+#[derive(Debug, Default)]
+struct Named {
+    key: Option<String>,
+    ca: Option<String>,
+}
+
+impl Named {
+    fn key(name: &str) -> Named {
+        Named {
+            key: Some(name.to_owned()),
+            ca: None,
+        }
     }
 }
 
@@ -196,6 +217,7 @@ struct IssueParams {
     days: Option<u32>,
     #[serde(default)]
     is_ca: bool,
+    path_len: Option<u8>,
 }
 
 fn issue_error(e: issue::IssueError) -> OpError {
@@ -352,15 +374,22 @@ impl Vault {
             }
         }
         let outcome = self.dispatch(caller, req);
-        let (response, key, version, result, error) = match outcome {
-            Ok(done) => (done.response, done.key, done.version, "ok", None),
-            Err((e, key)) => {
+        let (response, key, version, ca, result, error) = match outcome {
+            Ok(done) => (
+                done.response,
+                done.key,
+                done.version,
+                done.ca.map(|(name, v)| (name, Some(v))),
+                "ok",
+                None,
+            ),
+            Err((e, named)) => {
                 let result = if e.code == ErrorCode::Denied {
                     "denied"
                 } else {
                     "error"
                 };
-                let key = key.or_else(|| {
+                let key = named.key.or_else(|| {
                     req.key()
                         .filter(|k| k.len() <= MAX_NAME_LEN)
                         .map(str::to_owned)
@@ -369,6 +398,7 @@ impl Vault {
                     Response::error(e.code, e.message.clone()),
                     key,
                     None,
+                    named.ca.map(|name| (name, None)),
                     result,
                     Some(e.message),
                 )
@@ -381,6 +411,8 @@ impl Vault {
                 op: op.name(),
                 key,
                 version,
+                ca_version: ca.as_ref().and_then(|(_, v)| *v),
+                ca: ca.map(|(name, _)| name),
                 result,
                 error,
                 ..Event::default()
@@ -391,21 +423,21 @@ impl Vault {
 
     /// Errors carry the key they concern when the request did not name it
     /// (decrypt, backup import).
-    fn dispatch(&self, caller: &Caller, req: &Request) -> Result<Done, (OpError, Option<String>)> {
+    fn dispatch(&self, caller: &Caller, req: &Request) -> Result<Done, (OpError, Named)> {
         let op = req.op();
+        let plain_err = |e| (e, Named::default());
         if let Some(key) = req.key() {
-            check_length(key).map_err(|e| (e, None))?;
-            self.authorize(caller, op, Some(key))
-                .map_err(|e| (e, None))?;
+            check_length(key).map_err(plain_err)?;
+            self.authorize(caller, op, Some(key)).map_err(plain_err)?;
         } else if op != Op::Decrypt {
             // Some grant of the op first; the key a ciphertext or backup
             // entry names is checked once it is read. So a caller with no
             // `backup-import` grant never has a passphrase stretched, and
             // one with no `list` grant is told so rather than shown an
             // empty list.
-            self.authorize(caller, op, None).map_err(|e| (e, None))?;
+            self.authorize(caller, op, None).map_err(plain_err)?;
         }
-        let plain = |r: Result<Done, OpError>| r.map_err(|e| (e, None));
+        let plain = |r: Result<Done, OpError>| r.map_err(plain_err);
         match req {
             Request::Ping { payload } => Ok(Done::new(Response::Pong {
                 payload: payload.clone(),
@@ -492,7 +524,7 @@ impl Vault {
                 key,
                 version,
                 params,
-            } => plain(self.cert_issue(caller, key, *version, params)),
+            } => self.cert_issue(caller, key, *version, params),
         }
     }
 
@@ -637,18 +669,18 @@ impl Vault {
         caller: &Caller,
         blob: &[u8],
         context: &[u8],
-    ) -> Result<Done, (OpError, Option<String>)> {
+    ) -> Result<Done, (OpError, Named)> {
         let parsed = envelope::parse(blob).ok_or_else(|| {
             (
                 OpError::new(
                     ErrorCode::InvalidCiphertext,
                     "not a vaultgate ciphertext blob",
                 ),
-                None,
+                Named::default(),
             )
         })?;
         let name = parsed.key;
-        let fail = |e: OpError| (e, Some(name.to_owned()));
+        let fail = |e: OpError| (e, Named::key(name));
         self.authorize(caller, Op::Decrypt, Some(name))
             .map_err(fail)?;
         let key = self.usable(name).map_err(fail)?;
@@ -896,35 +928,79 @@ impl Vault {
     }
 
     /// Issues a certificate for a key version (self-signed, or by a CA key
-    /// held here) and binds it, as `cert_install` would.
+    /// held here) and binds it, as `cert_install` would. Errors name the
+    /// CA key once one is involved: its use is what the record is about.
     fn cert_issue(
         &self,
         caller: &Caller,
         name: &str,
         version: Option<u32>,
         params: &str,
-    ) -> Result<Done, OpError> {
+    ) -> Result<Done, (OpError, Named)> {
         let p: IssueParams = serde_json::from_str(params)
-            .map_err(|e| OpError::new(ErrorCode::InvalidInput, format!("issue parameters: {e}")))?;
-        let ca = match &p.ca {
-            Some(ca) => {
-                check_length(ca)?;
-                // Using a CA key to issue is governed by that key's grants too.
-                self.authorize(caller, Op::CertIssue, Some(ca))?;
-                let ca_key = self.usable(ca)?;
-                let (cv, cm) = Self::version(&ca_key, None)?;
-                let chain = Self::chain_of(&ca_key, cv).ok_or_else(|| {
-                    OpError::new(
-                        ErrorCode::NotFound,
-                        format!(
-                            "CA key {ca:?} has no certificate; issue it one with is_ca and no ca"
-                        ),
-                    )
-                })?;
-                Some((cm.clone(), chain))
-            }
-            None => None,
+            .map_err(|e| OpError::new(ErrorCode::InvalidInput, format!("issue parameters: {e}")))
+            .map_err(|e| (e, Named::default()))?;
+        let Some(ca) = &p.ca else {
+            return self
+                .issue_with(name, version, &p, None)
+                .map_err(|e| (e, Named::default()));
         };
+        let with_ca = |e| {
+            (
+                e,
+                Named {
+                    key: None,
+                    ca: Some(ca.clone()),
+                },
+            )
+        };
+        check_length(ca).map_err(|e| (e, Named::default()))?;
+        // Signing with the CA key is a use of it, and a CA certificate
+        // a more powerful one: each its own right on the CA key, which
+        // `cert-issue` (an admin operation on the subject) is not.
+        let right = if p.is_ca {
+            CaRight::IssueCa
+        } else {
+            CaRight::Issue
+        };
+        if !self.policy.load().allows_ca(caller, right, ca) {
+            metrics::counter!("vaultgate_vault_denied_total", "op" => Op::CertIssue.name())
+                .increment(1);
+            return Err(with_ca(OpError::new(
+                ErrorCode::Denied,
+                format!(
+                    "uid {} has no grant for {right} with CA key {ca:?}",
+                    caller.uid
+                ),
+            )));
+        }
+        let ca_key = self.usable(ca).map_err(with_ca)?;
+        let (cv, cm) = Self::version(&ca_key, None).map_err(with_ca)?;
+        let chain = Self::chain_of(&ca_key, cv)
+            .ok_or_else(|| {
+                OpError::new(
+                    ErrorCode::NotFound,
+                    format!("CA key {ca:?} has no certificate; issue it one with is_ca and no ca"),
+                )
+            })
+            .map_err(with_ca)?;
+        let done = self
+            .issue_with(name, version, &p, Some((cm, &chain)))
+            .map_err(with_ca)?;
+        Ok(Done {
+            ca: Some((ca.clone(), cv)),
+            ..done
+        })
+    }
+
+    /// `cert_issue` once the CA, if any, is authorized and found.
+    fn issue_with(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        p: &IssueParams,
+        ca: Option<(&Arc<Material>, &str)>,
+    ) -> Result<Done, OpError> {
         let _guard = self.lock();
         let mut key = (*self.usable(name)?).clone();
         let (v, m) = Self::version(&key, version)?;
@@ -949,8 +1025,9 @@ impl Vault {
             lifetime: p
                 .days
                 .map(|d| std::time::Duration::from_secs(u64::from(d) * 86400)),
-            ca: ca.as_ref().map(|(m, c)| (m, c.as_str())),
+            ca,
             is_ca: p.is_ca,
+            path_len: p.path_len,
         })
         .map_err(issue_error)?;
         if let Some(r) = key.record.versions.iter_mut().find(|r| r.version == v) {
@@ -1060,15 +1137,15 @@ impl Vault {
         blob: &[u8],
         passphrase: &[u8],
         salt: &[u8],
-    ) -> Result<Done, (OpError, Option<String>)> {
+    ) -> Result<Done, (OpError, Named)> {
         let wrap = self
             .backup_keys
             .key(passphrase, salt)
-            .map_err(|e| (e.into(), None))?;
-        let key =
-            backup::import(blob, &wrap, self.store.subkeys()).map_err(|e| (e.into(), None))?;
+            .map_err(|e| (e.into(), Named::default()))?;
+        let key = backup::import(blob, &wrap, self.store.subkeys())
+            .map_err(|e| (e.into(), Named::default()))?;
         let name = key.name().to_owned();
-        let fail = |e: OpError| (e, Some(name.clone()));
+        let fail = |e: OpError| (e, Named::key(&name));
         self.authorize(caller, Op::BackupImport, Some(&name))
             .map_err(fail)?;
         check_name(&name).map_err(fail)?;

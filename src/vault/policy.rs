@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use wildmatch::WildMatch;
 
-use crate::config::vault::{Grant, Principal};
+use crate::config::vault::{CaRight, Grant, Principal};
 use crate::protocol::Op;
 
 /// A caller, as the kernel reported it on connect: uid, gid and pid
@@ -41,9 +41,11 @@ struct CompiledGrant {
     principal: Principal,
     keys: Vec<WildMatch>,
     ops: Vec<Op>,
+    ca: Vec<CaRight>,
 }
 
 impl CompiledGrant {
+    /// Whether the grant is for `caller`.
     fn names(&self, caller: &Caller) -> bool {
         match self.principal {
             Principal::Uid(u) => u == caller.uid,
@@ -51,6 +53,15 @@ impl CompiledGrant {
             // resolved to a uid in `Policy::new`
             Principal::Owner => false,
         }
+    }
+
+    /// Whether the grant is for `caller` and, given a key, covers it.
+    fn covers(&self, caller: &Caller, key: Option<&str>) -> bool {
+        self.names(caller)
+            && match key {
+                Some(k) => self.keys.iter().any(|p| p.matches(k)),
+                None => true,
+            }
     }
 }
 
@@ -68,6 +79,7 @@ impl Policy {
             principal: Principal::Uid(owner_uid),
             keys: vec!["*".into()],
             ops: Op::ALL.to_vec(),
+            ca: CaRight::ALL.to_vec(),
         }];
         let grants = if grants.is_empty() {
             &default[..]
@@ -84,6 +96,7 @@ impl Policy {
                     },
                     keys: g.keys.iter().map(|k| WildMatch::new(k)).collect(),
                     ops: g.ops.clone(),
+                    ca: g.ca.clone(),
                 })
                 .collect(),
         }
@@ -102,14 +115,18 @@ impl Policy {
         if op == Op::Ping {
             return true;
         }
-        self.grants.iter().any(|g| {
-            g.names(caller)
-                && g.ops.contains(&op)
-                && match key {
-                    Some(k) => g.keys.iter().any(|p| p.matches(k)),
-                    None => true,
-                }
-        })
+        self.grants
+            .iter()
+            .any(|g| g.ops.contains(&op) && g.covers(caller, key))
+    }
+
+    /// Whether `caller` may have CA key `ca` sign a certificate of the kind
+    /// `right` names. Separate from [`Policy::allows`]: a grant of every
+    /// operation on the CA key (`admin` included) is not this.
+    pub fn allows_ca(&self, caller: &Caller, right: CaRight, ca: &str) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.ca.contains(&right) && g.covers(caller, Some(ca)))
     }
 }
 
@@ -130,11 +147,13 @@ mod tests {
                     principal: Principal::Uid(33),
                     keys: vec!["web*".into()],
                     ops: use_ops(),
+                    ca: Vec::new(),
                 },
                 Grant {
                     principal: Principal::Gid(50),
                     keys: vec!["*".into()],
                     ops: admin_ops(),
+                    ca: Vec::new(),
                 },
             ],
             0,
@@ -161,6 +180,7 @@ mod tests {
             principal: Principal::Owner,
             keys: vec!["*".into()],
             ops: use_ops(),
+            ca: Vec::new(),
         };
         let p = Policy::new(&[owner], 65534);
         assert!(p.allows(&caller(65534, 1), Op::Sign, Some("x")));
@@ -174,6 +194,7 @@ mod tests {
                 principal: Principal::Gid(50),
                 keys: vec!["*".into()],
                 ops: use_ops(),
+                ca: Vec::new(),
             }],
             0,
         );
@@ -187,5 +208,39 @@ mod tests {
             ..caller(1000, 1000)
         };
         assert!(!p.allows(&outsider, Op::Sign, Some("web1")));
+    }
+
+    #[test]
+    fn admin_on_a_ca_key_is_not_issuing_with_it() {
+        let grant = |ops: Vec<Op>, ca: Vec<CaRight>| Grant {
+            principal: Principal::Uid(7),
+            keys: vec!["app-*".into()],
+            ops,
+            ca,
+        };
+        let admin = Policy::new(&[grant(admin_ops(), Vec::new())], 0);
+        let me = caller(7, 7);
+        assert!(admin.allows(&me, Op::CertIssue, Some("app-ca")));
+        assert!(!admin.allows_ca(&me, CaRight::Issue, "app-ca"));
+        assert!(!admin.allows_ca(&me, CaRight::IssueCa, "app-ca"));
+        let every_op = Policy::new(&[grant(Op::ALL.to_vec(), Vec::new())], 0);
+        assert!(!every_op.allows_ca(&me, CaRight::Issue, "app-ca"));
+
+        let leaves = Policy::new(&[grant(Vec::new(), vec![CaRight::Issue])], 0);
+        assert!(leaves.allows_ca(&me, CaRight::Issue, "app-ca"));
+        assert!(!leaves.allows_ca(&me, CaRight::IssueCa, "app-ca"));
+        assert!(!leaves.allows_ca(&me, CaRight::Issue, "web-ca"));
+        assert!(!leaves.allows_ca(&caller(8, 8), CaRight::Issue, "app-ca"));
+        // a CA right is no operation on the key
+        assert!(!leaves.allows(&me, Op::CertIssue, Some("app-ca")));
+
+        let cas = Policy::new(&[grant(Vec::new(), vec![CaRight::IssueCa])], 0);
+        assert!(cas.allows_ca(&me, CaRight::IssueCa, "app-ca"));
+        assert!(!cas.allows_ca(&me, CaRight::Issue, "app-ca"));
+
+        // the embedded default (no grants) is everything, CA rights too
+        let default = Policy::new(&[], 7);
+        assert!(default.allows_ca(&me, CaRight::Issue, "any"));
+        assert!(default.allows_ca(&me, CaRight::IssueCa, "any"));
     }
 }

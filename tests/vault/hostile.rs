@@ -811,3 +811,100 @@ fn a_request_sent_slowly_is_cut_off_and_holds_no_memory_meanwhile() {
         &cut[..cut.len().min(3)]
     );
 }
+
+#[test]
+fn admin_on_a_ca_key_is_not_issuing_with_it() {
+    let grants = |extra: &str| {
+        format!(
+            "[vault]\n[[vault.grant]]\nprincipal = \"owner\"\nkeys = [\"app-*\"]\nops = [\"admin\", \"list\"]\n{extra}"
+        )
+    };
+    let mut v = VaultProc::start_with(Opts {
+        config: Some(grants("")),
+        ..Opts::default()
+    });
+    let config = v.config.clone().expect("config");
+    v.ok(&["key", "create", "app-ca", "--type", "ecdsa-p256"]);
+    // a self-signed CA names only itself: admin on it is enough
+    v.ok(&[
+        "cert",
+        "issue",
+        "app-ca",
+        "--is-ca",
+        "--common-name",
+        "app CA",
+    ]);
+    v.ok(&["key", "create", "app-web", "--type", "ecdsa-p256"]);
+    let leaf = [
+        "cert",
+        "issue",
+        "app-web",
+        "--ca",
+        "app-ca",
+        "--name",
+        "www.victim.example",
+    ];
+    let err = v.err(&leaf);
+    assert!(err.contains("ca-issue") && err.contains("app-ca"), "{err}");
+    let refused = audited(&v, "cert-issue");
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("\"ca\":\"app-ca\"") && l.contains("denied")),
+        "{refused:#?}"
+    );
+
+    // `ca-issue` signs leaves, not CA certificates
+    let ca_issue =
+        "[[vault.grant]]\nprincipal = \"owner\"\nkeys = [\"app-ca\"]\nops = [\"ca-issue\"]\n";
+    std::fs::write(&config, grants(ca_issue)).expect("config");
+    v.restart();
+    v.ok(&leaf);
+    v.ok(&["key", "create", "app-int", "--type", "ecdsa-p256"]);
+    let sub_ca = [
+        "cert",
+        "issue",
+        "app-int",
+        "--ca",
+        "app-ca",
+        "--is-ca",
+        "--common-name",
+        "sub",
+    ];
+    let err = v.err(&sub_ca);
+    assert!(err.contains("ca-issue-ca"), "{err}");
+
+    // `ca-issue-ca`: the intermediate gets a path length below its issuer's
+    let both = "[[vault.grant]]\nprincipal = \"owner\"\nkeys = [\"app-*\"]\nops = [\"ca-issue\", \"ca-issue-ca\"]\n";
+    std::fs::write(&config, grants(both)).expect("config");
+    v.restart();
+    v.ok(&sub_ca);
+    let pem = v.ok(&["cert", "show", "app-int"]);
+    let mut openssl = Command::new(crate::common::require_tool("openssl", "openssl"))
+        .args(["x509", "-noout", "-text"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    openssl
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(pem.as_bytes())
+        .expect("pem");
+    let text =
+        String::from_utf8_lossy(&openssl.wait_with_output().expect("openssl").stdout).into_owned();
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+    v.ok(&["key", "create", "app-deeper", "--type", "ecdsa-p256"]);
+    let err = v.err(&[
+        "cert",
+        "issue",
+        "app-deeper",
+        "--ca",
+        "app-int",
+        "--is-ca",
+        "--common-name",
+        "deeper",
+    ]);
+    assert!(err.contains("path"), "{err}");
+}

@@ -61,8 +61,11 @@ pub struct Event {
     pub op: &'static str,
     pub key: Option<String>,
     pub version: Option<u32>,
-    /// The CA key that signed a certificate issued for `key`.
+    /// The CA key that signed (or was refused to sign) a certificate
+    /// issued for `key`.
     pub ca: Option<String>,
+    /// The version of `ca` that signed.
+    pub ca_version: Option<u32>,
     /// "ok", "denied", "error" or "alarm".
     pub result: &'static str,
     pub error: Option<String>,

@@ -325,6 +325,7 @@ impl Writer {
         text(&mut line, "key", e.key.as_deref());
         num(&mut line, "version", e.version.map(i64::from));
         text(&mut line, "ca", e.ca.as_deref());
+        num(&mut line, "ca_version", e.ca_version.map(i64::from));
         text(&mut line, "result", Some(e.result));
         let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         num(&mut line, "count", e.count.map(big));
