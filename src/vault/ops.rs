@@ -123,6 +123,22 @@ impl Named {
             ca: None,
         }
     }
+
+    fn ca(name: &str) -> Named {
+        Named {
+            key: None,
+            ca: Some(name.to_owned()),
+        }
+    }
+}
+
+/// A refusal: counted by operation, and saying what grant was missing.
+fn denied(caller: &Caller, op: Op, missing: String) -> OpError {
+    metrics::counter!("vaultgate_vault_denied_total", "op" => op.name()).increment(1);
+    OpError::new(
+        ErrorCode::Denied,
+        format!("uid {} has no grant for {missing}", caller.uid),
+    )
 }
 
 pub struct Vault {
@@ -532,13 +548,26 @@ impl Vault {
         if self.policy.load().allows(caller, op, key) {
             return Ok(());
         }
-        metrics::counter!("vaultgate_vault_denied_total", "op" => op.name()).increment(1);
-        Err(OpError::new(
-            ErrorCode::Denied,
+        Err(denied(
+            caller,
+            op,
             match key {
-                Some(k) => format!("uid {} has no grant for {op} on key {k:?}", caller.uid),
-                None => format!("uid {} has no grant for {op}", caller.uid),
+                Some(k) => format!("{op} on key {k:?}"),
+                None => op.to_string(),
             },
+        ))
+    }
+
+    /// Whether `caller` may have CA key `ca` sign a certificate of the
+    /// kind `right` names (`cert-issue` is checked on the subject alone).
+    fn authorize_ca(&self, caller: &Caller, right: CaRight, ca: &str) -> Result<(), OpError> {
+        if self.policy.load().allows_ca(caller, right, ca) {
+            return Ok(());
+        }
+        Err(denied(
+            caller,
+            Op::CertIssue,
+            format!("{right} with CA key {ca:?}"),
         ))
     }
 
@@ -945,15 +974,7 @@ impl Vault {
                 .issue_with(name, version, &p, None)
                 .map_err(|e| (e, Named::default()));
         };
-        let with_ca = |e| {
-            (
-                e,
-                Named {
-                    key: None,
-                    ca: Some(ca.clone()),
-                },
-            )
-        };
+        let with_ca = |e| (e, Named::ca(ca));
         check_length(ca).map_err(|e| (e, Named::default()))?;
         // Signing with the CA key is a use of it, and a CA certificate
         // a more powerful one: each its own right on the CA key, which
@@ -963,17 +984,7 @@ impl Vault {
         } else {
             CaRight::Issue
         };
-        if !self.policy.load().allows_ca(caller, right, ca) {
-            metrics::counter!("vaultgate_vault_denied_total", "op" => Op::CertIssue.name())
-                .increment(1);
-            return Err(with_ca(OpError::new(
-                ErrorCode::Denied,
-                format!(
-                    "uid {} has no grant for {right} with CA key {ca:?}",
-                    caller.uid
-                ),
-            )));
-        }
+        self.authorize_ca(caller, right, ca).map_err(with_ca)?;
         let ca_key = self.usable(ca).map_err(with_ca)?;
         let (cv, cm) = Self::version(&ca_key, None).map_err(with_ca)?;
         let chain = Self::chain_of(&ca_key, cv)
