@@ -73,6 +73,13 @@ pub struct Proxy {
     /// when a served key is withdrawn.
     pub resumption: tls::resumption::Epoch,
     health: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Held from loading a certificate store to swapping it in. Reloads
+    /// start from several places at once (a key event, the file watch,
+    /// `run` re-issuing a rotated key's certificate, SIGHUP); unordered,
+    /// one that read a certificate file before it was replaced could swap
+    /// in after one that read it after, and the old certificate would stay
+    /// served with nothing left to reload it.
+    swapping: std::sync::Mutex<()>,
 }
 
 /// One generation of the reloadable configuration.
@@ -174,6 +181,7 @@ impl Proxy {
             pool,
             config_path: None,
             health: std::sync::Mutex::new(Vec::new()),
+            swapping: std::sync::Mutex::new(()),
         })
     }
 
@@ -206,6 +214,7 @@ impl Proxy {
         if new.redirect_listen != self.settings.redirect_listen {
             ignored.push("redirect_listen");
         }
+        let swapping = self.swapping.locked();
         let certs = CertStore::load(&new, self.pool.as_ref())?;
         // A new ServerConfig would start new ticket keys, so returning
         // clients could not resume: keep it unless TLS settings changed.
@@ -225,6 +234,7 @@ impl Proxy {
             settings: Arc::new(new),
             tls,
         }));
+        drop(swapping);
         Ok(ignored)
     }
 
@@ -248,6 +258,7 @@ impl Proxy {
     /// Handshakes already past certificate selection finish with the old
     /// store; on any error the old store stays. Blocking (vault lookups).
     pub fn reload_certs(&self) -> Result<(), TlsError> {
+        let _swapping = self.swapping.locked();
         let fresh = CertStore::load(&self.live.load().settings, self.pool.as_ref())?;
         self.store.store(Arc::new(fresh));
         Ok(())
