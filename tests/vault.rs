@@ -12,6 +12,8 @@ mod common;
 mod crash;
 #[path = "vault/disk.rs"]
 mod disk;
+#[path = "vault/fairness.rs"]
+mod fairness;
 #[path = "vault/hostile.rs"]
 mod hostile;
 #[path = "vault/privdrop.rs"]

@@ -6,7 +6,9 @@
 //! answers in one write: no thread hop on the signing path, and batches
 //! form by themselves under load. Slow operations (key generation, disk
 //! writes, argon2) run on the blocking pool and answer when done, out of
-//! order, matched by request id.
+//! order, matched by request id. A connection works in turns ([`super::fair`]):
+//! a caller pipelining costly requests answers a slice of them, then lets
+//! the other callers on its worker have theirs.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
@@ -26,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::{Admission, Refusal, SMALL_FRAME};
 use super::audit::Event;
+use super::fair::{Turns, TURN};
 use super::ops::{is_slow, needs_derivation, Vault};
 use super::policy::Caller;
 use super::VaultError;
@@ -315,6 +318,10 @@ async fn serve_connection(
     let mut due = Deadlines::new(settings.client_read_timeout, admitted.known);
     drop(settings);
     let slow = Arc::new(Semaphore::new(MAX_SLOW_PER_CONNECTION));
+    let turns = Turns::of(caller.uid);
+    // A turn ended with whole requests still in `buf`: work on them before
+    // reading more.
+    let mut pending = false;
     // Cancelled when this function returns, however it does: slow
     // operations still waiting for their turn are then dropped.
     let gone = CancellationToken::new();
@@ -325,34 +332,40 @@ async fn serve_connection(
     // Room held for the large frame at the front of `buf`.
     let mut room: Option<OwnedSemaphorePermit> = None;
     'conn: loop {
-        let got = match due.next() {
-            Some((at, late)) => match tokio::time::timeout_at(at, read_some(&sock, &mut buf)).await
-            {
-                Ok(r) => r,
-                Err(_) => {
-                    cut_late(&vault, &caller, late);
+        if !pending {
+            let got = match due.next() {
+                Some((at, late)) => {
+                    match tokio::time::timeout_at(at, read_some(&sock, &mut buf)).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            cut_late(&vault, &caller, late);
+                            break;
+                        }
+                    }
+                }
+                None => read_some(&sock, &mut buf).await,
+            };
+            match got {
+                Ok(0) => {
+                    if !buf.is_empty() {
+                        reject(
+                            &vault,
+                            &caller,
+                            &write,
+                            0,
+                            "connection closed inside a frame",
+                        )
+                        .await;
+                    }
                     break;
                 }
-            },
-            None => read_some(&sock, &mut buf).await,
-        };
-        match got {
-            Ok(0) => {
-                if !buf.is_empty() {
-                    reject(
-                        &vault,
-                        &caller,
-                        &write,
-                        0,
-                        "connection closed inside a frame",
-                    )
-                    .await;
-                }
-                break;
+                Ok(_) => {}
+                Err(_) => break,
             }
-            Ok(_) => {}
-            Err(_) => break,
         }
+        let mut turn = turns.take().await;
+        let began = Instant::now();
+        pending = false;
         let mut decoded = false;
         let mut needs_room = None;
         loop {
@@ -393,16 +406,23 @@ async fn serve_connection(
                 // While this connection's slow operations are all busy,
                 // keep reading, so that a caller who leaves is noticed
                 // (and its queued work dropped) rather than waited for.
-                let permit = loop {
-                    tokio::select! {
-                        p = slow.clone().acquire_owned() => match p {
-                            Ok(p) => break p,
-                            Err(_) => break 'conn,
-                        },
-                        r = read_some(&sock, &mut buf), if buf.len() < READ_AHEAD => match r {
-                            Ok(0) | Err(_) => break 'conn,
-                            Ok(_) => {}
-                        },
+                let permit = match slow.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    // Waiting is not working: others of this uid may.
+                    Err(_) => {
+                        turn = None;
+                        loop {
+                            tokio::select! {
+                                p = slow.clone().acquire_owned() => match p {
+                                    Ok(p) => break p,
+                                    Err(_) => break 'conn,
+                                },
+                                r = read_some(&sock, &mut buf), if buf.len() < READ_AHEAD => match r {
+                                    Ok(0) | Err(_) => break 'conn,
+                                    Ok(_) => {}
+                                },
+                            }
+                        }
                     }
                 };
                 let slow_op = SlowOp {
@@ -414,6 +434,10 @@ async fn serve_connection(
                     _room: frame_room,
                 };
                 tokio::spawn(slow_op.run(req, permit, derivations.clone()));
+                if turn.is_none() {
+                    pending = true;
+                    break;
+                }
             } else if req == Request::Subscribe {
                 // Receive from before the answer, so no change falls between.
                 let events = vault.subscribe();
@@ -440,6 +464,10 @@ async fn serve_connection(
                     req.op(),
                 );
             }
+            if began.elapsed() >= TURN {
+                pending = true;
+                break;
+            }
         }
         if !out.is_empty() && !write_out(&write, &mut out).await {
             metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "not-reading")
@@ -453,6 +481,7 @@ async fn serve_connection(
             });
             break;
         }
+        drop(turn);
         due.read(buf.is_empty(), decoded);
         if let Some(len) = needs_room {
             let Some((at, late)) = due.next() else {
@@ -469,6 +498,11 @@ async fn serve_connection(
                     break;
                 }
             }
+        }
+        if pending {
+            // To the back of the worker's queue: taking the turn again
+            // would not wait while no other connection of this uid does.
+            tokio::task::yield_now().await;
         }
     }
     for f in forwarders {
