@@ -158,8 +158,10 @@ pub fn export(
         .map(|k| entry::plain(k))
         .collect::<Result<Vec<_>, _>>()?;
     let bytes = file::seal(wrap, salt, created, &plains)?;
-    // The answer carries the file as one field of one frame.
-    let max = crate::protocol::MAX_BODY - 64;
+    // The answer carries the file as one field of one frame, and the
+    // import request carries it back beside the passphrase: room is left
+    // for a passphrase of up to 8 KiB.
+    let max = crate::protocol::MAX_BODY - 8 * 1024;
     if bytes.len() > max {
         return Err(BackupError::TooLarge {
             bytes: bytes.len(),
