@@ -8,6 +8,8 @@
 
 mod common;
 
+#[path = "vault/backup.rs"]
+mod backup;
 #[path = "vault/crash.rs"]
 mod crash;
 #[path = "vault/disk.rs"]

@@ -14,7 +14,7 @@ use super::fail;
 use crate::client::{ClientError, VaultClient};
 use crate::config::{self, vault::VaultSettings, ConfigError};
 use crate::protocol::{scheme, KeyType, Op, Request};
-use crate::vault::backup::BackupFile;
+use crate::vault::backup;
 use crate::vault::keys;
 
 type CmdResult = Result<ExitCode, AdminError>;
@@ -58,10 +58,10 @@ pub enum AdminError {
     PassphraseEnv(String),
     #[error("backup passphrase must be at least 8 bytes")]
     PassphraseTooShort,
-    #[error("{path}: not a vaultgate backup: {source}", path = .path.display())]
-    NotABackup {
+    #[error("{path}: {source}", path = .path.display())]
+    Backup {
         path: PathBuf,
-        source: serde_json::Error,
+        source: crate::vault::backup::BackupError,
     },
     #[error("{0} is not base64")]
     Base64(String),
@@ -581,80 +581,61 @@ pub fn backup(cmd: BackupCommand) -> ExitCode {
         match cmd {
             BackupCommand::Export {
                 out,
+                key,
                 passphrase_env,
                 conn,
             } => {
                 let pass = backup_passphrase(&passphrase_env)?;
                 let salt = keys::random_bytes(16)?;
                 let c = connect(&conn).await?;
-                let list = c.json(&Request::List).await?;
-                let mut entries = Vec::new();
-                for k in list.as_array().into_iter().flatten() {
-                    let Some(name) = k["name"].as_str() else {
-                        continue;
-                    };
-                    let resp = c
-                        .call(&Request::BackupExport {
-                            key: name.to_owned(),
-                            passphrase: pass.clone(),
-                            salt: salt.to_vec(),
-                        })
-                        .await
-                        .map_err(|source| AdminError::Entry {
-                            what: format!("key {name}"),
-                            source,
-                        })?;
-                    let crate::protocol::Response::BackupEntry { blob } = resp else {
-                        return Err(AdminError::Unexpected(Op::BackupExport));
-                    };
-                    entries.push(B64.encode(blob));
-                }
-                let n = entries.len();
-                let file = BackupFile {
-                    format: 1,
-                    salt: B64.encode(&salt[..]),
-                    keys: entries,
+                let resp = c
+                    .call(&Request::BackupExport {
+                        key,
+                        passphrase: pass,
+                        salt: salt.to_vec(),
+                    })
+                    .await?;
+                let crate::protocol::Response::BackupEntry { blob } = resp else {
+                    return Err(AdminError::Unexpected(Op::BackupExport));
                 };
-                let json = serde_json::to_vec_pretty(&file).map_err(AdminError::Encode)?;
-                write_file(&out, &json, 0o600)?;
+                let n = backup::parse(&blob)
+                    .map_err(|e| AdminError::Backup {
+                        path: out.clone(),
+                        source: e,
+                    })?
+                    .count();
+                write_file(&out, &blob, 0o600)?;
                 println!("exported {n} keys to {}", out.display());
             }
             BackupCommand::Import {
                 input,
+                skip_existing,
                 passphrase_env,
                 conn,
             } => {
-                let bytes = read_file(&input)?;
-                let file: BackupFile =
-                    serde_json::from_slice(&bytes).map_err(|source| AdminError::NotABackup {
-                        path: input.clone(),
-                        source,
-                    })?;
-                let salt = B64
-                    .decode(&file.salt)
-                    .map_err(|_| AdminError::Base64("the backup's salt".into()))?;
+                let blob = read_file(&input)?;
+                // Refuse what is not a backup here, before asking for a passphrase.
+                backup::parse(&blob).map_err(|e| AdminError::Backup {
+                    path: input.clone(),
+                    source: e,
+                })?;
                 let pass = backup_passphrase(&passphrase_env)?;
                 let c = connect(&conn).await?;
-                let mut n = 0;
-                for (i, entry) in file.keys.iter().enumerate() {
-                    let blob = B64
-                        .decode(entry)
-                        .map_err(|_| AdminError::Base64(format!("entry {i}")))?;
-                    let v = c
-                        .json(&Request::BackupImport {
-                            blob,
-                            passphrase: pass.clone(),
-                            salt: salt.clone(),
-                        })
-                        .await
-                        .map_err(|source| AdminError::Entry {
-                            what: format!("entry {i}"),
-                            source,
-                        })?;
-                    println!("restored {}", v["name"].as_str().unwrap_or("?"));
-                    n += 1;
+                let v = c
+                    .json(&Request::BackupImport {
+                        blob,
+                        passphrase: pass,
+                        skip_existing,
+                    })
+                    .await?;
+                let imported = v["imported"].as_array().map_or(0, Vec::len);
+                for k in v["imported"].as_array().into_iter().flatten() {
+                    println!("restored {}", k["name"].as_str().unwrap_or("?"));
                 }
-                println!("restored {n} keys");
+                for k in v["skipped"].as_array().into_iter().flatten() {
+                    println!("skipped {} (exists)", k.as_str().unwrap_or("?"));
+                }
+                println!("restored {imported} keys");
             }
         }
         Ok(ExitCode::SUCCESS)

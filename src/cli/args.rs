@@ -359,22 +359,30 @@ pub enum AuditCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
-    /// Write every key and version, wrapped under a backup passphrase.
+    /// Write every key and version to one file, sealed and authenticated
+    /// as a whole under a backup passphrase.
     Export {
         /// The backup file to write (0600).
         #[arg(long)]
         out: PathBuf,
+        /// Back up only this key [default: every key].
+        #[arg(long)]
+        key: Option<String>,
         /// Environment variable holding the backup passphrase (else read from stdin).
         #[arg(long)]
         passphrase_env: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
-    /// Restore a backup into this vault (keys that exist are refused).
+    /// Restore a backup into this vault, every key or none (a key that
+    /// exists refuses the whole import).
     Import {
         /// The backup file to read.
         #[arg(long = "in")]
         input: PathBuf,
+        /// Import the keys that do not exist and leave those that do as they are.
+        #[arg(long)]
+        skip_existing: bool,
         /// Environment variable holding the backup passphrase (else read from stdin).
         #[arg(long)]
         passphrase_env: Option<String>,

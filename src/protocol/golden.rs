@@ -86,14 +86,14 @@ fn request(op: Op) -> Request {
         },
         Op::CancelDeletion => Request::CancelDeletion { key: key() },
         Op::BackupExport => Request::BackupExport {
-            key: key(),
+            key: Some(key()),
             passphrase: secret(b"pw"),
             salt: vec![0x5a; 16],
         },
         Op::BackupImport => Request::BackupImport {
             blob: vec![0xb1],
             passphrase: secret(b"pw"),
-            salt: vec![0x5a; 16],
+            skip_existing: true,
         },
         Op::AuditVerify => Request::AuditVerify,
         Op::Subscribe => Request::Subscribe,

@@ -160,17 +160,21 @@ pub enum Request {
     CancelDeletion {
         key: String,
     },
-    /// One key, every version, wrapped under a key derived from
-    /// `passphrase` and `salt`.
+    /// A backup file of every key (or of `key` alone), every version,
+    /// sealed and authenticated under keys derived from `passphrase` and
+    /// `salt`.
     BackupExport {
-        key: String,
+        key: Option<String>,
         passphrase: Secret,
         salt: Vec<u8>,
     },
+    /// Restores a whole backup file (`blob`; its salt is inside), all
+    /// keys or none. A key whose name exists refuses the import, unless
+    /// `skip_existing`, which leaves that key as it is.
     BackupImport {
         blob: Vec<u8>,
         passphrase: Secret,
-        salt: Vec<u8>,
+        skip_existing: bool,
     },
     AuditVerify,
     /// Ask for a [`KeyEvent`] whenever a key the caller may see changes
@@ -239,7 +243,8 @@ impl Request {
     }
 
     /// The key named in the request, if it names one (decrypt and backup
-    /// import carry it inside their blob instead).
+    /// import carry it inside their blob instead; a backup export of
+    /// every key names none).
     pub fn key(&self) -> Option<&str> {
         match self {
             Request::Sign { key, .. }
@@ -256,11 +261,11 @@ impl Request {
             | Request::Disable { key }
             | Request::ScheduleDeletion { key, .. }
             | Request::CancelDeletion { key }
-            | Request::BackupExport { key, .. }
             | Request::CertInstall { key, .. }
             | Request::CertGet { key, .. }
             | Request::CertCsr { key, .. }
             | Request::CertIssue { key, .. } => Some(key),
+            Request::BackupExport { key, .. } => key.as_deref(),
             Request::Ping { .. }
             | Request::Decrypt { .. }
             | Request::List
@@ -399,18 +404,20 @@ impl Request {
                 passphrase,
                 salt,
             } => {
-                w.str(Tag::KeyName, key)
-                    .bytes(Tag::Passphrase, passphrase)
-                    .bytes(Tag::Salt, salt);
+                if let Some(key) = key {
+                    w.str(Tag::KeyName, key);
+                }
+                w.bytes(Tag::Passphrase, passphrase).bytes(Tag::Salt, salt);
             }
             Request::BackupImport {
                 blob,
                 passphrase,
-                salt,
+                skip_existing,
             } => {
-                w.bytes(Tag::Blob, blob)
-                    .bytes(Tag::Passphrase, passphrase)
-                    .bytes(Tag::Salt, salt);
+                w.bytes(Tag::Blob, blob).bytes(Tag::Passphrase, passphrase);
+                if *skip_existing {
+                    w.bytes(Tag::Flag, &[1]);
+                }
             }
         }
         Frame::new(self.op() as u8, request_id, w.finish().freeze())
@@ -427,6 +434,12 @@ impl Request {
         let f = Fields::parse(&frame.body)?;
         let key =
             |f: &Fields| -> Result<String, ProtocolError> { Ok(f.str(Tag::KeyName)?.to_owned()) };
+        // An optional flag: absent is `false`, one byte `1` is `true`.
+        let flag = |f: &Fields| match f.opt_bytes(Tag::Flag) {
+            None => Ok(false),
+            Some([1]) => Ok(true),
+            Some(_) => Err(ProtocolError::BadField(Tag::Flag as u8)),
+        };
         let req = match op {
             Op::Ping => {
                 f.only(&[Tag::Payload])?;
@@ -516,11 +529,7 @@ impl Request {
             }
             Op::Import => {
                 f.only(&[Tag::KeyName, Tag::Pem, Tag::Flag])?;
-                let new_version = match f.opt_bytes(Tag::Flag) {
-                    None => false,
-                    Some([1]) => true,
-                    Some(_) => return Err(ProtocolError::BadField(Tag::Flag as u8)),
-                };
+                let new_version = flag(&f)?;
                 Request::Import {
                     key: key(&f)?,
                     pem: Zeroizing::new(f.bytes(Tag::Pem)?.to_vec()),
@@ -592,17 +601,17 @@ impl Request {
             Op::BackupExport => {
                 f.only(&[Tag::KeyName, Tag::Passphrase, Tag::Salt])?;
                 Request::BackupExport {
-                    key: key(&f)?,
+                    key: f.opt_str(Tag::KeyName)?.map(str::to_owned),
                     passphrase: Zeroizing::new(f.bytes(Tag::Passphrase)?.to_vec()),
                     salt: f.bytes(Tag::Salt)?.to_vec(),
                 }
             }
             Op::BackupImport => {
-                f.only(&[Tag::Blob, Tag::Passphrase, Tag::Salt])?;
+                f.only(&[Tag::Blob, Tag::Passphrase, Tag::Flag])?;
                 Request::BackupImport {
                     blob: f.bytes(Tag::Blob)?.to_vec(),
                     passphrase: Zeroizing::new(f.bytes(Tag::Passphrase)?.to_vec()),
-                    salt: f.bytes(Tag::Salt)?.to_vec(),
+                    skip_existing: flag(&f)?,
                 }
             }
         };

@@ -67,14 +67,24 @@ fn sample_requests() -> Vec<Request> {
         },
         Request::CancelDeletion { key: "k".into() },
         Request::BackupExport {
-            key: "k".into(),
+            key: Some("k".into()),
+            passphrase: Zeroizing::new(b"pw".to_vec()),
+            salt: vec![9; 16],
+        },
+        Request::BackupExport {
+            key: None,
             passphrase: Zeroizing::new(b"pw".to_vec()),
             salt: vec![9; 16],
         },
         Request::BackupImport {
             blob: vec![1],
             passphrase: Zeroizing::new(b"pw".to_vec()),
-            salt: vec![9; 16],
+            skip_existing: false,
+        },
+        Request::BackupImport {
+            blob: vec![1],
+            passphrase: Zeroizing::new(b"pw".to_vec()),
+            skip_existing: true,
         },
         Request::AuditVerify,
         Request::Subscribe,

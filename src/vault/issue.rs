@@ -39,6 +39,38 @@ pub enum IssueError {
     PathLenNotCa(u8),
 }
 
+/// Why a certificate chain cannot be bound to a key version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("certificate chain does not parse: {0}")]
+    Pem(String),
+    #[error("no certificate in the chain")]
+    Empty,
+    #[error("leaf certificate does not parse: {0}")]
+    Leaf(String),
+    #[error("the certificate's public key ({cert}) is not the key version's ({key})")]
+    Mismatch { cert: String, key: String },
+}
+
+/// Checks that `chain_pem` (leaf first) parses and that its leaf carries
+/// `material`'s public key: what binding a chain to a version requires.
+pub fn check_chain(chain_pem: &str, material: &Material) -> Result<(), ChainError> {
+    let chain: Vec<_> = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ChainError::Pem(e.to_string()))?;
+    let leaf = chain.first().ok_or(ChainError::Empty)?;
+    let parsed =
+        webpki::EndEntityCert::try_from(leaf).map_err(|e| ChainError::Leaf(e.to_string()))?;
+    let spki = parsed.subject_public_key_info();
+    if material.spki() != spki.as_ref() {
+        return Err(ChainError::Mismatch {
+            cert: super::keys::spki_sha256(spki.as_ref()),
+            key: super::keys::spki_sha256(material.spki()),
+        });
+    }
+    Ok(())
+}
+
 /// The longest lifetime a certificate is issued for. Past it the dates
 /// leave what X.509 (and `time`) can write.
 pub const MAX_LIFETIME_DAYS: u32 = 36_500;

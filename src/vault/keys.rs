@@ -43,6 +43,11 @@ pub enum KeyError {
     Sign,
     #[error("ciphertext failed authentication")]
     Open,
+    #[error(
+        "key {name:?} is at version {version}; a key has at most {max} versions: create a new key",
+        max = super::record::MAX_VERSION
+    )]
+    VersionLimit { name: String, version: u32 },
 }
 
 fn scheme_name(code: u16) -> String {

@@ -7,7 +7,7 @@
 //! - [`policy`]   — grants matched against peer credentials
 //! - [`audit`]    — the chained, tamper-evident audit log
 //! - [`envelope`] — the ciphertext blob format of encrypt/decrypt
-//! - [`backup`]   — wrapped backup entries
+//! - [`backup`]   — backup files: sealed and tagged as a whole, restored all or none
 //! - [`issue`]    — CSRs and certificates made with vault keys (rcgen)
 //! - [`ops`]      — what each request does
 //! - [`admission`] — which connections are served, and the memory their partial requests hold

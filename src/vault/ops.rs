@@ -13,8 +13,8 @@ use super::issue;
 use super::keys::{self, KeyError, Material};
 use super::keystore::{Keystore, StoreError};
 use super::policy::{Caller, Policy};
-use super::record::{Key, KeyState, Origin, RecordError};
-use crate::config::vault::{is_name_char, CaRight, VaultSettings};
+use super::record::{Key, KeyState, Origin, RecordError, MAX_NAME_LEN};
+use crate::config::vault::{CaRight, VaultSettings};
 use crate::protocol::{ErrorCode, KeyEvent, KeyType, Op, Request, Response};
 use crate::sync::Locked;
 
@@ -50,7 +50,9 @@ impl From<KeyError> for OpError {
             | KeyError::NotSigning(_)
             | KeyError::NoDigestSigning(_)
             | KeyError::NotSymmetric(_) => ErrorCode::Unsupported,
-            KeyError::Import(_) | KeyError::DigestLength { .. } => ErrorCode::InvalidInput,
+            KeyError::Import(_) | KeyError::DigestLength { .. } | KeyError::VersionLimit { .. } => {
+                ErrorCode::InvalidInput
+            }
             KeyError::Open => ErrorCode::InvalidCiphertext,
             KeyError::Generate(_) | KeyError::Material(_) | KeyError::Sign => ErrorCode::Internal,
         };
@@ -72,9 +74,16 @@ impl From<RecordError> for OpError {
 
 impl From<backup::BackupError> for OpError {
     fn from(e: backup::BackupError) -> Self {
+        use backup::BackupError as B;
         let code = match e {
-            backup::BackupError::Open => ErrorCode::InvalidCiphertext,
-            backup::BackupError::Key(k) => return k.into(),
+            B::Passphrase
+            | B::Count { .. }
+            | B::Moved { .. }
+            | B::Altered(_)
+            | B::Header
+            | B::Tag => ErrorCode::InvalidCiphertext,
+            B::Key(k) => return k.into(),
+            B::Stretch(_) => ErrorCode::Internal,
             _ => ErrorCode::InvalidInput,
         };
         OpError::new(code, e.to_string())
@@ -245,11 +254,8 @@ fn issue_error(e: issue::IssueError) -> OpError {
     OpError::new(code, e.to_string())
 }
 
-/// The longest key name (docs/PROTOCOL.md): checked on every request
-/// before anything else, so a long name reaches neither the policy nor the
-/// audit log.
-const MAX_NAME_LEN: usize = 64;
-
+/// Checked on every request before anything else, so a long name reaches
+/// neither the policy nor the audit log.
 fn check_length(name: &str) -> Result<(), OpError> {
     if name.len() > MAX_NAME_LEN {
         return Err(OpError::new(
@@ -264,11 +270,7 @@ fn check_length(name: &str) -> Result<(), OpError> {
 }
 
 fn check_name(name: &str) -> Result<(), OpError> {
-    if name.is_empty()
-        || name.len() > MAX_NAME_LEN
-        || name.starts_with('.')
-        || !name.chars().all(is_name_char)
-    {
+    if !super::record::valid_name(name) {
         return Err(OpError::new(
             ErrorCode::InvalidInput,
             format!("invalid key name {name:?}: 1-64 of A-Z a-z 0-9 . _ -, not starting with '.'"),
@@ -515,12 +517,12 @@ impl Vault {
                 key,
                 passphrase,
                 salt,
-            } => plain(self.backup_export(key, passphrase, salt)),
+            } => plain(self.backup_export(caller, key.as_deref(), passphrase, salt)),
             Request::BackupImport {
                 blob,
                 passphrase,
-                salt,
-            } => self.backup_import(caller, blob, passphrase, salt),
+                skip_existing,
+            } => self.backup_import(caller, blob, passphrase, *skip_existing),
             Request::AuditVerify => plain(self.audit_verify()),
             Request::Subscribe => plain(Ok(Done::new(Response::Json {
                 json: serde_json::json!({"subscribed": true}).to_string(),
@@ -916,26 +918,18 @@ impl Vault {
         version: Option<u32>,
         chain_pem: &str,
     ) -> Result<Done, OpError> {
-        let bad = |m: String| OpError::new(ErrorCode::InvalidInput, m);
-        let chain: Vec<_> = rustls_pemfile::certs(&mut chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad(format!("certificate chain does not parse: {e}")))?;
-        let leaf = chain
-            .first()
-            .ok_or_else(|| bad("no certificate in the chain".into()))?;
-        let parsed = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| bad(format!("leaf certificate does not parse: {e}")))?;
-        let leaf_spki = parsed.subject_public_key_info();
         let _guard = self.lock();
         let mut key = (*self.find(name)?).clone();
         let (v, m) = Self::version(&key, version)?;
-        if m.spki() != leaf_spki.as_ref() {
-            return Err(bad(format!(
-                "the certificate's public key ({}) is not key {name:?} version {v}'s ({})",
-                keys::spki_sha256(leaf_spki.as_ref()),
-                keys::spki_sha256(m.spki())
-            )));
-        }
+        issue::check_chain(chain_pem, m).map_err(|e| {
+            let message = match e {
+                issue::ChainError::Mismatch { cert, key } => format!(
+                    "the certificate's public key ({cert}) is not key {name:?} version {v}'s ({key})"
+                ),
+                e => e.to_string(),
+            };
+            OpError::new(ErrorCode::InvalidInput, message)
+        })?;
         if let Some(r) = key.record.versions.iter_mut().find(|r| r.version == v) {
             r.cert_chain = Some(chain_pem.to_owned());
         }
@@ -1135,40 +1129,119 @@ impl Vault {
         })
     }
 
-    fn backup_export(&self, name: &str, passphrase: &[u8], salt: &[u8]) -> Result<Done, OpError> {
-        let key = self.find(name)?;
-        let wrap = self.backup_keys.key(passphrase, salt)?;
-        let blob = backup::export(&key, &wrap)?;
-        Ok(Done::new(Response::BackupEntry { blob }).key(name, Some(key.record.primary)))
+    /// A backup of `only`, or of every key. Every key must be granted
+    /// and readable: a backup that silently lacks a key is found out
+    /// only when it is needed.
+    fn backup_export(
+        &self,
+        caller: &Caller,
+        only: Option<&str>,
+        passphrase: &[u8],
+        salt: &[u8],
+    ) -> Result<Done, OpError> {
+        let keys = match only {
+            Some(name) => vec![self.find(name)?],
+            None => {
+                let policy = self.policy.load();
+                let (granted, refused): (Vec<_>, Vec<_>) = self
+                    .store
+                    .list()
+                    .into_iter()
+                    .partition(|(name, _)| policy.allows(caller, Op::BackupExport, Some(name)));
+                if !refused.is_empty() {
+                    let names: Vec<_> = refused.into_iter().map(|(n, _)| n).collect();
+                    return Err(denied(
+                        caller,
+                        Op::BackupExport,
+                        format!("backup-export on keys {names:?}; a backup holds every key"),
+                    ));
+                }
+                granted
+                    .into_iter()
+                    .map(|(_, k)| k.map_err(OpError::from))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        let wrap = self.backup_keys.wrapping(passphrase, salt)?;
+        let blob = backup::export(&keys, &wrap, salt, now())?;
+        let done = Done::new(Response::BackupEntry { blob });
+        Ok(match (only, keys.first()) {
+            (Some(name), Some(key)) => done.key(name, Some(key.record.primary)),
+            _ => done,
+        })
     }
 
+    /// Restores a backup, all of it or nothing: the file is parsed,
+    /// authenticated and every entry validated, every name checked
+    /// against the grants and the keystore, before the first is written;
+    /// then all are written at once ([`Keystore::put_all`]).
     fn backup_import(
         &self,
         caller: &Caller,
         blob: &[u8],
         passphrase: &[u8],
-        salt: &[u8],
+        skip_existing: bool,
     ) -> Result<Done, (OpError, Named)> {
+        let plain = |e: backup::BackupError| (OpError::from(e), Named::default());
+        let parsed = backup::parse(blob).map_err(plain)?;
         let wrap = self
             .backup_keys
-            .key(passphrase, salt)
-            .map_err(|e| (e.into(), Named::default()))?;
-        let key = backup::import(blob, &wrap, self.store.subkeys())
-            .map_err(|e| (e.into(), Named::default()))?;
-        let name = key.name().to_owned();
-        let fail = |e: OpError| (e, Named::key(&name));
-        self.authorize(caller, Op::BackupImport, Some(&name))
-            .map_err(fail)?;
-        check_name(&name).map_err(fail)?;
-        let _guard = self.lock();
-        if self.store.get(&name).is_some() {
-            return Err(fail(OpError::new(
-                ErrorCode::AlreadyExists,
-                format!("key {name:?} already exists; restore into an empty vault"),
-            )));
+            .wrapping(passphrase, &parsed.salt)
+            .map_err(plain)?;
+        let keys = backup::restore(&parsed, &wrap, self.store.subkeys(), now()).map_err(plain)?;
+        let policy = self.policy.load();
+        if let Some(refused) = keys
+            .iter()
+            .find(|k| !policy.allows(caller, Op::BackupImport, Some(k.name())))
+        {
+            let name = refused.name();
+            return Err((
+                denied(
+                    caller,
+                    Op::BackupImport,
+                    format!("backup-import on key {name:?}; nothing was imported"),
+                ),
+                Named::key(name),
+            ));
         }
-        let key = self.put(key).map_err(fail)?;
-        Ok(Done::new(Self::describe_json(&key)).key(&name, Some(key.record.primary)))
+        let _guard = self.lock();
+        let (existing, fresh): (Vec<Key>, Vec<Key>) = keys
+            .into_iter()
+            .partition(|k| self.store.get(k.name()).is_some());
+        let skipped: Vec<String> = existing.iter().map(|k| k.name().to_owned()).collect();
+        if !skipped.is_empty() && !skip_existing {
+            return Err((
+                OpError::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "keys {skipped:?} already exist; nothing was imported                          (skip-existing imports the others and leaves those as they are)"
+                    ),
+                ),
+                Named::key(&skipped[0]),
+            ));
+        }
+        let written = self
+            .store
+            .put_all(fresh)
+            .map_err(|e| (OpError::from(e), Named::default()))?;
+        for key in &written {
+            self.publish(key);
+            self.audit.record(Event {
+                caller: Some(caller.clone()),
+                op: Op::BackupImport.name(),
+                key: Some(key.name().to_owned()),
+                version: Some(key.record.primary),
+                result: "ok",
+                ..Event::default()
+            });
+        }
+        let json = serde_json::json!({
+            "imported": written.iter().map(|k| k.describe()).collect::<Vec<_>>(),
+            "skipped": skipped,
+        });
+        Ok(Done::new(Response::Json {
+            json: json.to_string(),
+        }))
     }
 
     fn audit_verify(&self) -> Result<Done, OpError> {
@@ -1215,8 +1288,9 @@ impl Vault {
                 });
                 tracing::info!(key = %name, "deleted key after its waiting period");
             } else if r.state == KeyState::Enabled
-                && r.rotate_every
-                    .is_some_and(|every| r.rotated.unwrap_or(r.created) + every <= now)
+                && r.rotate_every.is_some_and(|every| {
+                    r.rotated.unwrap_or(r.created).saturating_add(every) <= now
+                })
             {
                 let result = self.rotate(&name, true);
                 let (version, error) = match &result {

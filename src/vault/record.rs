@@ -18,6 +18,25 @@ use crate::protocol::KeyType;
 
 pub const FORMAT: u32 = 1;
 
+/// The longest key name (docs/PROTOCOL.md).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Whether `name` may name a key: 1-64 of `A-Z a-z 0-9 . _ -`, not
+/// starting with `.` (the record is `NAME.json`, and dot files in
+/// `keys/` are the keystore's own temp and staging files).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('.')
+        && name.chars().all(crate::config::vault::is_name_char)
+}
+
+/// The highest version a key may reach. Far beyond any rotation schedule
+/// (a rotation a minute for two years), and far from `u32::MAX`, so the
+/// next version number is always representable; a backup claiming a
+/// higher one is refused.
+pub const MAX_VERSION: u32 = 1_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyState {
@@ -179,14 +198,20 @@ impl Key {
         origin: Origin,
         now: u64,
     ) -> Result<u32, keys::KeyError> {
-        let version = self
+        let newest = self
             .record
             .versions
             .iter()
             .map(|v| v.version)
             .max()
-            .unwrap_or(0)
-            + 1;
+            .unwrap_or(0);
+        if newest >= MAX_VERSION {
+            return Err(keys::KeyError::VersionLimit {
+                name: self.record.name.clone(),
+                version: newest,
+            });
+        }
+        let version = newest + 1;
         let sealed = keys::seal_with(
             &subkeys.wrap,
             &version_aad(&self.record, version),
@@ -372,6 +397,45 @@ mod tests {
             Key::from_bytes(&Subkeys::derive(&[4u8; 32]).unwrap(), "web.json", &bytes),
             Err(RecordError::Mac { .. })
         ));
+    }
+
+    #[test]
+    fn a_key_at_the_last_version_refuses_another_never_wrapping() {
+        let sk = subkeys();
+        for top in [MAX_VERSION, u32::MAX] {
+            let m = || Material::generate(KeyType::Ed25519).unwrap();
+            let mut key = Key::new(&sk, "top", m(), Origin::Generated, None, 1).unwrap();
+            key.record.versions[0].version = top;
+            key.record.primary = top;
+            let before = key.record.clone();
+            assert_eq!(
+                key.add_version(&sk, m(), Origin::Generated, 2),
+                Err(keys::KeyError::VersionLimit {
+                    name: "top".into(),
+                    version: top
+                })
+            );
+            assert_eq!(key.record, before, "a refused rotation changed the key");
+        }
+        let mut key = Key::new(
+            &sk,
+            "next",
+            Material::generate(KeyType::Ed25519).unwrap(),
+            Origin::Generated,
+            None,
+            1,
+        )
+        .unwrap();
+        key.record.versions[0].version = MAX_VERSION - 1;
+        let v = key
+            .add_version(
+                &sk,
+                Material::generate(KeyType::Ed25519).unwrap(),
+                Origin::Generated,
+                2,
+            )
+            .unwrap();
+        assert_eq!(v, MAX_VERSION);
     }
 
     proptest::proptest! {

@@ -408,3 +408,74 @@ fn an_audit_log_that_cannot_be_written_stops_the_vault_until_it_can() {
         .count();
     assert_eq!(signed, answered + 1, "{log}");
 }
+
+#[test]
+fn a_disk_filling_up_half_way_through_an_import_imports_nothing() {
+    // A backup of 24 keys, made on an ordinary disk.
+    let a = VaultProc::start();
+    for i in 0..24 {
+        a.ok(&["key", "create", &format!("k{i:02}"), "--type", "ed25519"]);
+    }
+    let file = a.dir.path().join("backup.json");
+    let file = file.to_str().expect("utf-8");
+    let pass = b"long backup passphrase\n";
+    let out = a.cli_stdin(&["backup", "export", "--out", file], pass);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mnt = tempfile::Builder::new()
+        .prefix("vg-disk-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let disk = Mount::tmpfs(mnt.path(), "3m");
+    let v = VaultProc::start_with(Opts {
+        state_dir: Some(disk.path.join("state")),
+        ..Opts::default()
+    });
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    let before = v.ok(&["key", "list", "--json"]);
+    // Full, then room for a few records (a page each) and not 24.
+    let filler = disk.path.join("filler");
+    let full = fill(&filler);
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .expect("filler");
+    let len = f.metadata().expect("filler size").len();
+    f.set_len(len - 4 * 4096).expect("free four pages");
+    f.sync_all().expect("sync");
+    drop(f); // an open file's pages are not freed by removing it
+
+    let out = v.cli_stdin(&["backup", "import", "--in", file], pass);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "imported on a full disk");
+    assert!(
+        err.contains("storage") && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert_eq!(
+        v.ok(&["key", "list", "--json"]),
+        before,
+        "a key was imported"
+    );
+    let keys = v.state.join("keys");
+    let left: Vec<String> = std::fs::read_dir(&keys)
+        .expect("keys dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["web.json"], "the import left files behind");
+    // Once there is room, the same file imports whole.
+    std::fs::remove_file(&filler).expect("free the disk");
+    let out = v.cli_stdin(&["backup", "import", "--in", file], pass);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restored 24 keys"));
+}

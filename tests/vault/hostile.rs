@@ -517,14 +517,21 @@ fn a_group_grant_covers_the_groups_members() {
 
 /// A backup-import request with a passphrase that opens nothing: what a
 /// caller sends to make the vault stretch passphrases (argon2id, 19 MiB).
-/// Each `n` its own salt, so no stretch is the vault's cached last one.
+/// A well-formed empty backup, so the stretch is reached; each `n` its own
+/// salt, so no stretch is the vault's cached last one.
 fn stretch_request(n: u32) -> vaultgate::protocol::Request {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let mut salt = vec![7; 16];
     salt[..4].copy_from_slice(&n.to_be_bytes());
+    let blob = serde_json::json!({
+        "format": 2, "salt": b64(&salt), "created": 1, "count": 0,
+        "check": b64(&[0; 32]), "keys": [], "tag": b64(&[0; 32]),
+    });
     vaultgate::protocol::Request::BackupImport {
-        blob: vec![0; 64],
+        blob: blob.to_string().into_bytes(),
         passphrase: zeroize::Zeroizing::new(b"not the passphrase".to_vec()),
-        salt,
+        skip_existing: false,
     }
 }
 
