@@ -354,6 +354,17 @@ pub fn hpack(fields: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
+/// A literal field with incremental indexing and a new name: it enters
+/// the connection's dynamic table, as index 62 until the next one does.
+pub fn hpack_indexed(name: &str, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x40];
+    hpack_int(&mut out, 0, 7, name.len());
+    out.extend_from_slice(name.as_bytes());
+    hpack_int(&mut out, 0, 7, value.len());
+    out.extend_from_slice(value);
+    out
+}
+
 /// A GET's header block for `path` on localhost, plus `extra` fields.
 pub fn h2_request(method: &str, path: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
     let mut fields: Vec<(&str, &[u8])> = vec![

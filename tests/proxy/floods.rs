@@ -568,3 +568,244 @@ fn a_client_that_never_finishes_its_first_request_is_closed_at_the_header_timeou
         "header_timeout 500ms, idle_timeout 5s: {late:?}"
     );
 }
+
+/// One HPACK-bomb connection, as it ended.
+struct Bombed {
+    /// From the first bomb block to the GOAWAY, if one came.
+    cut_after: Option<Duration>,
+    /// The GOAWAY's error code and debug data.
+    code: Option<(u32, Vec<u8>)>,
+    blocks: usize,
+}
+
+/// An HPACK bomb: a request that puts a field of `value_len` bytes into
+/// the dynamic table, then, as fast as the proxy reads them, header blocks
+/// of `refs` one-byte references to it (each decoding to more than
+/// `max_header_size` and less than h2's own limit of four times that),
+/// until the proxy sends GOAWAY or `limit` passes.
+fn hpack_bomb(
+    addr: SocketAddr,
+    cfg: &Arc<rustls::ClientConfig>,
+    value_len: usize,
+    refs: usize,
+    limit: Duration,
+) -> Result<Bombed, String> {
+    use crate::common::raw::{
+        frame, h2_request, hpack_indexed, try_tls_connect, END_HEADERS, END_STREAM, GOAWAY,
+        HEADERS, PREFACE, SETTINGS,
+    };
+    use std::io::Write;
+    let mut t = try_tls_connect(addr, cfg, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    let mut first = h2_request("GET", "/whoami", &[]);
+    first.extend(hpack_indexed("x-bomb", &vec![b'b'; value_len]));
+    out.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, &first));
+    t.write_all(&out)
+        .map_err(|e| format!("first request: {e}"))?;
+    let mut bomb = h2_request("GET", "/whoami", &[]);
+    bomb.extend(std::iter::repeat_n(0xbe, refs));
+    let (mut got, mut at) = (Vec::new(), 0);
+    let mut buf = [0u8; 16 * 1024];
+    let mut stream = 3u32;
+    let start = Instant::now();
+    let mut blocks = 0;
+    while start.elapsed() < limit {
+        let mut batch = Vec::new();
+        for _ in 0..4 {
+            batch.extend(frame(HEADERS, END_STREAM | END_HEADERS, stream, &bomb));
+            stream += 2;
+        }
+        // Written to a connection that lingers after a GOAWAY: the proxy
+        // reads and drops; a write error means it closed.
+        let _ = t.write_all(&batch);
+        blocks += 4;
+        let _ = t.sock.set_read_timeout(Some(Duration::from_millis(1)));
+        loop {
+            match t.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        while got.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+            if got.len() < at + 9 + len {
+                break;
+            }
+            if got[at + 3] == GOAWAY && len >= 8 {
+                let code = u32::from_be_bytes(got[at + 13..at + 17].try_into().expect("4"));
+                let debug = got[at + 17..at + 9 + len].to_vec();
+                return Ok(Bombed {
+                    cut_after: Some(start.elapsed()),
+                    code: Some((code, debug)),
+                    blocks,
+                });
+            }
+            at += 9 + len;
+        }
+    }
+    Ok(Bombed {
+        cut_after: None,
+        code: None,
+        blocks,
+    })
+}
+
+#[test]
+fn hpack_bombs_are_cut_off_with_enhance_your_calm_and_a_normal_client_keeps_its_latency() {
+    let s = Setup::start();
+    let nginx = Nginx::start("n1");
+    let p = s.localhost_proxy(&[nginx.addr], "access_log = false", "");
+    let ca = s.ca_path().to_owned();
+    let addr = p.addr;
+    let cut_limit = Duration::from_secs(2);
+    let window = Duration::from_secs(3);
+
+    // The normal client: one HTTP/2 connection, one request at a time;
+    // its latencies before the bombs, and while they run.
+    let (to_normal, phase) = std::sync::mpsc::channel::<()>();
+    let (normal_ready, ready) = std::sync::mpsc::channel::<()>();
+    let normal = {
+        let ca = ca.clone();
+        std::thread::spawn(move || {
+            let rt = crate::common::current_thread_rt();
+            rt.block_on(async move {
+                let send = crate::common::proxy::h2_connect(addr, &ca).await;
+                let get = || {
+                    let req =
+                        hyper::Request::get(format!("https://localhost:{}/whoami", addr.port()))
+                            .body(http_body_util::Empty::<bytes::Bytes>::new())
+                            .expect("request");
+                    let start = Instant::now();
+                    let mut send = send.clone();
+                    async move {
+                        let resp = send.send_request(req).await.expect("normal response");
+                        assert_eq!(resp.status(), 200);
+                        http_body_util::BodyExt::collect(resp.into_body())
+                            .await
+                            .expect("body");
+                        start.elapsed()
+                    }
+                };
+                let mut quiet = Vec::new();
+                for _ in 0..200 {
+                    quiet.push(get().await);
+                }
+                normal_ready.send(()).expect("ready");
+                let _ = phase.recv();
+                let mut during = Vec::new();
+                let start = Instant::now();
+                while start.elapsed() < window {
+                    during.push(get().await);
+                }
+                (quiet, during)
+            })
+        })
+    };
+    ready.recv().expect("the normal client's quiet phase");
+    drop(to_normal);
+
+    // Two bombers, each reconnecting as soon as it is cut off: a 4 KiB
+    // field named 60 times a block (~240 KiB from 60 bytes), and a
+    // 38-byte field named 6,800 times (~258 KiB from 7 KiB, thousands of
+    // fields to decode).
+    let bombers: Vec<_> = [(4000usize, 60usize), (0, 6800)]
+        .into_iter()
+        .map(|(value_len, refs)| {
+            let cfg = client_config(&ca, false, &[b"h2"]);
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let mut out = Vec::new();
+                while start.elapsed() < window {
+                    match hpack_bomb(addr, &cfg, value_len, refs, cut_limit) {
+                        Ok(b) => {
+                            let never = b.cut_after.is_none();
+                            out.push(Ok(b));
+                            if never {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            out.push(Err(e));
+                            break;
+                        }
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    let results: Vec<Vec<Result<Bombed, String>>> = bombers
+        .into_iter()
+        .map(|b| b.join().expect("bomber"))
+        .collect();
+    let (mut quiet, mut during) = normal.join().expect("normal client");
+    quiet.sort();
+    during.sort();
+    let mut problems = Vec::new();
+    let mut cut = 0usize;
+    for (i, r) in results.iter().enumerate() {
+        let conns = r.len();
+        let blocks: Vec<usize> = r
+            .iter()
+            .filter_map(|b| b.as_ref().ok().map(|b| b.blocks))
+            .collect();
+        let mut after: Vec<Duration> = r
+            .iter()
+            .filter_map(|b| b.as_ref().ok()?.cut_after)
+            .collect();
+        after.sort();
+        eprintln!(
+            "bomber {i}: {conns} connections, blocks written per connection max {:?}, cut off after p50 {:?} max {:?}",
+            blocks.iter().max(),
+            after.get(after.len() / 2),
+            after.last()
+        );
+        for b in r {
+            match b {
+                // The proxy's GOAWAY, not h2's own (it has limits of its
+                // own that these blocks stay under).
+                Ok(Bombed {
+                    code: Some((0xb, debug)),
+                    cut_after: Some(_),
+                    ..
+                }) if debug == b"header_decode_budget" => cut += 1,
+                Ok(Bombed { code, blocks, .. }) => problems.push(format!(
+                    "bomber {i}: {blocks} blocks, not cut off with ENHANCE_YOUR_CALM within {cut_limit:?} (GOAWAY {:?})",
+                    code.as_ref().map(|(c, d)| (c, String::from_utf8_lossy(d)))
+                )),
+                Err(e) => problems.push(format!("bomber {i}: {e}")),
+            }
+        }
+    }
+    eprintln!(
+        "normal client: quiet p50 {:?} p99 {:?} ({} requests); during the bombs p50 {:?} p99 {:?} max {:?} ({} requests)",
+        percentile(&quiet, 50),
+        percentile(&quiet, 99),
+        quiet.len(),
+        percentile(&during, 50),
+        percentile(&during, 99),
+        during[during.len() - 1],
+        during.len(),
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    let counted = metric(
+        &p.metrics_text(),
+        "vaultgate_proxy_h2_abuse_total",
+        &["reason=\"hpack\""],
+    );
+    assert_eq!(
+        counted, cut as f64,
+        "connections cut off: {cut}, counted: {counted}"
+    );
+    // Measured in this run: a generous multiple of the quiet p99, plus a
+    // little for the CPU the bombers' own reconnections take.
+    let bound = percentile(&quiet, 99) * 10 + Duration::from_millis(20);
+    assert!(
+        percentile(&during, 99) < bound,
+        "the normal client's p99 went from {:?} to {:?} (bound {bound:?})",
+        percentile(&quiet, 99),
+        percentile(&during, 99),
+    );
+}

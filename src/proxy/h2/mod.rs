@@ -2,12 +2,19 @@
 //! cheap per request.
 //!
 //! # Layout
+//! - [`budget`]: the read side; header blocks are charged what they
+//!   decode to, and a connection that spends its budget is closed with
+//!   GOAWAY(ENHANCE_YOUR_CALM) (HPACK bombs).
+//! - [`hpack`]: the decoded size of header blocks, read from their wire
+//!   bytes alongside h2's own decoder.
 //! - [`coalesce`]: the write side; responses that finish close together
 //!   leave in one TLS record and one write instead of one each.
 //! - [`streams`]: the connection's streams run inside its own task, not a
 //!   task each.
 
+mod budget;
 mod coalesce;
+mod hpack;
 mod streams;
 
 use std::sync::Arc;
@@ -22,6 +29,7 @@ use super::forward;
 use super::forward::access::ConnInfo;
 use super::forward::Forwarder;
 use crate::config::proxy::Limits;
+use budget::Budget;
 use coalesce::{Coalesce, Turns};
 use streams::{Streams, WithStreams};
 
@@ -63,7 +71,7 @@ pub(super) async fn serve(
         hyper::service::service_fn(move |req| forward::handle(req, fwd.clone(), info.clone()))
     };
     let turns = Turns::default();
-    let io = TokioIo::new(Coalesce::new(tls, turns.clone()));
+    let io = TokioIo::new(Budget::new(Coalesce::new(tls, turns.clone()), peer));
     let streams = Streams::default();
     let http = http_builder(limits, streams.clone());
     let mut conn = WithStreams::new(
