@@ -77,6 +77,7 @@ fn sample_requests() -> Vec<Request> {
             salt: vec![9; 16],
         },
         Request::AuditVerify,
+        Request::AuditRotate,
         Request::Subscribe,
         Request::CertInstall {
             key: "k".into(),
