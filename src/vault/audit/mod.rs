@@ -152,7 +152,7 @@ pub enum AuditError {
     IndexMissing { file: String },
     #[error("{0}")]
     IndexForged(String),
-    #[error("the live audit log holds no record after {seq}, where the last segment ends: nothing to rotate")]
+    #[error("the live audit log holds no record since the last rotation (it ends at {seq}): nothing to rotate")]
     NothingToRotate { seq: u64 },
     #[error("the audit log cannot be written ({0})")]
     Unwritable(String),
@@ -339,6 +339,7 @@ impl Audit {
             dir: state_dir.to_owned(),
             head_path: state_dir.join(HEAD_FILE),
             index: opened.index,
+            own_records: 0,
             key,
             seq: opened.anchor.seq,
             prev: opened.anchor.mac.clone(),
@@ -854,6 +855,251 @@ mod tests {
         assert!(lines_within(dir.path(), 52), "a record after the trickle");
         audit.flush();
         assert_eq!(records(dir.path()), 52);
+    }
+
+    /// The alarm records in the live log (where `verify` stops short of
+    /// them, at a missing segment).
+    fn recorded_alarms(dir: &Path) -> Vec<String> {
+        std::fs::read_to_string(dir.join(LOG_FILE))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"op\":\"integrity-alarm\""))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The closed segments in `dir`, oldest first.
+    fn segments(dir: &Path) -> Vec<String> {
+        segment::list(dir)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect()
+    }
+
+    fn write_and_rotate(audit: &Audit, n: usize) -> Closed {
+        for i in 0..n {
+            audit.record(sign_event(i));
+        }
+        audit.rotate().unwrap()
+    }
+
+    #[test]
+    fn rotation_closes_a_segment_the_next_one_chains_on_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path(), key(), &opts(Duration::ZERO)).unwrap();
+        let one = write_and_rotate(&audit, 5);
+        assert_eq!((one.first, one.last), (1, 5));
+        assert_eq!(one.segment, segment::name(1, 5));
+        // The new log's first record (6) names the closed segment.
+        let two = write_and_rotate(&audit, 3);
+        assert_eq!((two.first, two.last), (6, 9));
+        // Only the rotation's own record since: nothing to close.
+        assert!(matches!(
+            *audit.rotate().unwrap_err(),
+            AuditError::NothingToRotate { seq: 10 }
+        ));
+        audit.record(sign_event(0));
+        audit.flush();
+        let live = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert!(
+            live.starts_with("{\"seq\":10,")
+                && live.contains("\"op\":\"audit-segment-closed\"")
+                && live.contains(&format!("\"segment\":\"{}\"", two.segment)),
+            "{live}"
+        );
+        let report = verify(dir.path(), &key()).unwrap();
+        assert_eq!(
+            (report.records, report.first, report.last, report.segments),
+            (11, 1, 11, 2)
+        );
+        drop(audit);
+        // Reopened: no alarm, the chain goes on.
+        write(dir.path(), 1);
+        assert_eq!(verify(dir.path(), &key()).unwrap().last, 12);
+        assert!(audit_ok_after_reopen(dir.path()));
+    }
+
+    /// Opening once more raises no alarm.
+    fn audit_ok_after_reopen(dir: &Path) -> bool {
+        write(dir, 0);
+        verify(dir, &key()).is_ok()
+    }
+
+    #[test]
+    fn a_missing_altered_or_foreign_segment_names_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path(), key(), &opts(Duration::ZERO)).unwrap();
+        let names: Vec<String> = (0..3)
+            .map(|_| write_and_rotate(&audit, 4).segment)
+            .collect();
+        audit.flush();
+        drop(audit);
+        let middle = dir.path().join(&names[1]);
+        let good = std::fs::read(&middle).unwrap();
+
+        std::fs::remove_file(&middle).unwrap();
+        let e = verify(dir.path(), &key()).unwrap_err();
+        assert!(
+            matches!(&e, AuditError::SegmentMissing { file, .. } if *file == names[1]),
+            "{e}"
+        );
+        write(dir.path(), 0);
+        let found = recorded_alarms(dir.path());
+        assert!(
+            found
+                .iter()
+                .any(|a| a.contains("audit-segment-missing") && a.contains(&names[1])),
+            "{found:?}"
+        );
+
+        // An edited record inside a closed segment.
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path(), key(), &opts(Duration::ZERO)).unwrap();
+        let first = write_and_rotate(&audit, 4).segment;
+        write_and_rotate(&audit, 4);
+        audit.flush();
+        drop(audit);
+        let path = dir.path().join(&first);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("\"k1\"", "\"k7\"", 1)).unwrap();
+        let e = verify(dir.path(), &key()).unwrap_err();
+        assert!(
+            matches!(&e, AuditError::Bad { file, line: 2, .. } if *file == first),
+            "{e}"
+        );
+
+        // A segment from another vault's chain, under the same name.
+        let other = tempfile::tempdir().unwrap();
+        let audit = Audit::open(
+            other.path(),
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[5u8; 32]),
+            &opts(Duration::ZERO),
+        )
+        .unwrap();
+        for i in 0..4 {
+            audit.record(sign_event(i));
+        }
+        let theirs = audit.rotate().unwrap().segment;
+        audit.flush();
+        drop(audit);
+        assert_eq!(theirs, first);
+        std::fs::copy(other.path().join(&theirs), &path).unwrap();
+        let e = verify(dir.path(), &key()).unwrap_err();
+        assert!(e.to_string().contains(&first), "{e}");
+
+        // A segment the index does not list.
+        std::fs::write(&path, text).unwrap();
+        assert!(verify(dir.path(), &key()).is_ok());
+        std::fs::write(dir.path().join(segment::name(100, 120)), &good).unwrap();
+        let e = verify(dir.path(), &key()).unwrap_err();
+        assert!(matches!(e, AuditError::SegmentUnknown { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_rotation_cut_short_by_a_crash_is_finished_at_start() {
+        for linked in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            write(d, 6);
+            // The state just before the rotation's renames: the log and
+            // head as they were, the index already naming the segment.
+            let log = std::fs::read(d.join(LOG_FILE)).unwrap();
+            let head = std::fs::read(d.join(HEAD_FILE)).unwrap();
+            let audit = Audit::open(d, key(), &opts(Duration::ZERO)).unwrap();
+            let closed = audit.rotate().unwrap();
+            audit.flush();
+            drop(audit);
+            std::fs::remove_file(d.join(LOG_FILE)).unwrap();
+            std::fs::remove_file(d.join(&closed.segment)).unwrap();
+            std::fs::write(d.join(LOG_FILE), &log).unwrap();
+            std::fs::write(d.join(HEAD_FILE), &head).unwrap();
+            if linked {
+                std::fs::hard_link(d.join(LOG_FILE), d.join(&closed.segment)).unwrap();
+            }
+            write(d, 2);
+            let report = verify(d, &key()).unwrap();
+            assert_eq!(report.segments, 1, "linked: {linked}");
+            assert_eq!(segments(d), [closed.segment.clone()]);
+            // 6 in the segment, 2 in the new log; no alarm, no repair.
+            assert_eq!((report.records, report.last), (8, 8), "linked: {linked}");
+        }
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest_segments_and_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let audit = Audit::open(
+            d,
+            key(),
+            &Options {
+                keep_segments: 2,
+                ..opts(Duration::ZERO)
+            },
+        )
+        .unwrap();
+        let closed: Vec<Closed> = (0..4).map(|_| write_and_rotate(&audit, 3)).collect();
+        assert_eq!(closed[2].deleted, [closed[0].segment.clone()]);
+        assert_eq!(closed[3].deleted, [closed[1].segment.clone()]);
+        assert_eq!(
+            segments(d),
+            [closed[2].segment.clone(), closed[3].segment.clone()]
+        );
+        audit.flush();
+        let report = verify(d, &key()).unwrap();
+        assert_eq!((report.first, report.segments), (closed[2].first, 2));
+        assert_eq!(
+            std::fs::read_dir(d).unwrap().count(),
+            5,
+            "2 segments, log, head, index"
+        );
+        let live = std::fs::read_to_string(d.join(LOG_FILE)).unwrap();
+        assert!(
+            live.contains(&format!(
+                "\"op\":\"audit-segment-deleted\",\"result\":\"ok\",\"count\":4,\"segment\":\"{}\"",
+                closed[1].segment
+            )),
+            "{live}"
+        );
+        drop(audit);
+        // Deleting the oldest kept segment by hand is not retention.
+        std::fs::remove_file(d.join(&closed[2].segment)).unwrap();
+        write(d, 0);
+        assert!(recorded_alarms(d)
+            .iter()
+            .any(|a| a.contains("audit-segment-missing")));
+    }
+
+    #[test]
+    fn the_log_rotates_by_size_while_records_keep_coming() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(
+            dir.path(),
+            key(),
+            &Options {
+                rotate_size: 8 << 10,
+                ..opts(Duration::from_millis(50))
+            },
+        )
+        .unwrap();
+        // A trickle: the writer rotates at most once per 10 ms round.
+        for i in 0..2000 {
+            audit.record(sign_event(i));
+            if i % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        audit.flush();
+        let n = segments(dir.path()).len();
+        assert!(n >= 5, "only {n} segments");
+        for f in segment::list(dir.path()).unwrap() {
+            let len = std::fs::metadata(dir.path().join(&f.name)).unwrap().len();
+            // A segment ends with the batch that reached the size.
+            assert!(len >= 8 << 10, "{}: {len} bytes", f.name);
+        }
+        let report = verify(dir.path(), &key()).unwrap();
+        assert_eq!(report.records, 2000 + n as u64);
     }
 
     #[test]

@@ -100,8 +100,8 @@ impl Writer {
     /// applies retention.
     fn rotate(&mut self, buf: &mut Vec<u8>, clock: &mut Clock) -> Result<Closed, AuditError> {
         let base = self.index.base();
-        if self.seq == base.seq {
-            return Err(AuditError::NothingToRotate { seq: base.seq });
+        if self.seq <= base.seq + self.own_records {
+            return Err(AuditError::NothingToRotate { seq: self.seq });
         }
         // What the segment holds is durable, and the head says so, before
         // the index names it.
@@ -170,6 +170,7 @@ impl Writer {
         self.index = index;
         self.write_head();
         self.reserve(0);
+        let before = self.seq;
         metrics::counter!("vaultgate_vault_audit_rotations_total").increment(1);
         self.append(
             buf,
@@ -182,6 +183,7 @@ impl Writer {
             clock,
         );
         let deleted = self.retain(buf, clock);
+        self.own_records = self.seq - before;
         self.publish_size();
         Ok(Closed {
             segment: closed.name,

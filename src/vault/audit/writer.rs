@@ -53,6 +53,9 @@ pub(super) struct Writer {
     pub head_path: PathBuf,
     /// The closed segments; the live log chains on from their end.
     pub index: Index,
+    /// Records the last rotation began the live log with (its own):
+    /// a log holding only those has nothing to rotate.
+    pub own_records: u64,
     pub key: ring::hmac::Key,
     pub seq: u64,
     pub prev: String,
