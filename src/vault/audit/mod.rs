@@ -1020,7 +1020,7 @@ mod tests {
             write(d, 2);
             let report = verify(d, &key()).unwrap();
             assert_eq!(report.segments, 1, "linked: {linked}");
-            assert_eq!(segments(d), [closed.segment.clone()]);
+            assert_eq!(segments(d), std::slice::from_ref(&closed.segment));
             // 6 in the segment, 2 in the new log; no alarm, no repair.
             assert_eq!((report.records, report.last), (8, 8), "linked: {linked}");
         }
