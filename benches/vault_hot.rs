@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vaultgate::internals::Caller;
 use vaultgate::internals::Material;
-use vaultgate::internals::{Audit, Event};
+use vaultgate::internals::{Audit, AuditOptions, Event};
 use vaultgate::protocol::{frame, scheme, Op, Request, Response};
 
 fn protocol(c: &mut Criterion) {
@@ -57,8 +57,7 @@ fn protocol(c: &mut Criterion) {
 fn audit(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]);
-    let audit =
-        Audit::open(dir.path(), key, false, std::time::Duration::from_secs(1)).expect("audit");
+    let audit = Audit::open(dir.path(), key, &AuditOptions::default()).expect("audit");
     let caller = Caller::new(33, 33, Some(1234));
     let mut g = c.benchmark_group("audit");
     let batch = 20_000u64;

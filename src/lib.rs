@@ -53,7 +53,7 @@ pub mod internals {
     pub use crate::proxy::h1::head;
     pub use crate::proxy::origin::{response, Outgoing};
     pub use crate::proxy::tls::provider;
-    pub use crate::vault::audit::{Audit, Event};
+    pub use crate::vault::audit::{Audit, Event, Options as AuditOptions};
     pub use crate::vault::backup::{reseal, unseal, Unsealed};
     pub use crate::vault::keys::{spki_sha256, Material};
     pub use crate::vault::policy::Caller;

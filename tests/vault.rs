@@ -22,6 +22,8 @@ mod hostile;
 mod privdrop;
 #[path = "vault/rollback.rs"]
 mod rollback;
+#[path = "vault/segments.rs"]
+mod segments;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

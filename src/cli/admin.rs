@@ -521,24 +521,30 @@ pub fn cert(cmd: CertCommand) -> ExitCode {
 }
 
 pub fn audit(cmd: AuditCommand) -> ExitCode {
-    let AuditCommand::Verify {
-        state_dir,
-        master_key,
-        conn,
-    } = cmd;
+    let (state_dir, master_key, conn) = match cmd {
+        AuditCommand::Verify {
+            state_dir,
+            master_key,
+            conn,
+        } => (state_dir, master_key, conn),
+        AuditCommand::Rotate { conn } => return audit_rotate(conn),
+    };
     if let Some(dir) = state_dir {
         let source = match master_key.parse() {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
-        let result = (|| -> Result<u64, AdminError> {
+        let result = (|| -> Result<_, AdminError> {
             let master = crate::vault::master::obtain_existing(&dir, &source)?;
             let sub = crate::vault::master::Subkeys::derive(&master)?;
-            Ok(crate::vault::audit::verify(&dir, &sub.audit_mac)?.records)
+            Ok(crate::vault::audit::verify(&dir, &sub.audit_mac)?)
         })();
         return match result {
-            Ok(n) => {
-                println!("ok {n} records");
+            Ok(r) => {
+                println!(
+                    "{}",
+                    verified(r.records, r.segments as u64, r.first, r.last)
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),
@@ -547,7 +553,35 @@ pub fn audit(cmd: AuditCommand) -> ExitCode {
     block_on(async move {
         let c = connect(&conn).await?;
         let v = c.json(&Request::AuditVerify).await?;
-        println!("ok {} records", v["records"]);
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        println!(
+            "{}",
+            verified(n("records"), n("segments"), n("first"), n("last"))
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `ok N records`, then where they are: what scripts match on first.
+fn verified(records: u64, segments: u64, first: u64, last: u64) -> String {
+    let range = if records == 0 {
+        String::new()
+    } else {
+        format!(" ({first}..={last})")
+    };
+    format!("ok {records} records{range} across {segments} closed segment(s) and audit.log")
+}
+
+fn audit_rotate(conn: Conn) -> ExitCode {
+    block_on(async move {
+        let c = connect(&conn).await?;
+        let v = c.json(&Request::AuditRotate).await?;
+        println!("{}", v["segment"].as_str().unwrap_or_default());
+        if let Some(deleted) = v["deleted"].as_array() {
+            for d in deleted.iter().filter_map(|d| d.as_str()) {
+                eprintln!("retention deleted {d}");
+            }
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -343,7 +343,8 @@ pub enum CertCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the audit log's chain: prints `ok N records` or the first bad one.
+    /// Check the audit log's chain across all its segments: prints `ok N
+    /// records` (and the segments and record range) or the first bad one.
     Verify {
         /// Read the log directly from this state dir (needs the master key);
         /// without it, ask the running vault.
@@ -352,6 +353,12 @@ pub enum AuditCommand {
         /// Master key source when reading a state dir directly.
         #[arg(long, default_value = "file")]
         master_key: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Close the live audit log as a segment and begin a new one that
+    /// chains on; prints the closed segment's file name.
+    Rotate {
         #[command(flatten)]
         conn: Conn,
     },

@@ -221,6 +221,10 @@ fn the_vault_tables_match_the_code() {
             ("client_write_timeout", dur(d.client_write_timeout)),
             ("client_read_timeout", dur(d.client_read_timeout)),
             ("audit_sync", dur(d.audit_sync)),
+            (
+                "audit_rotate_size",
+                quoted(super::size::format(d.audit_rotate_size)),
+            ),
             ("syslog", d.syslog.to_string()),
         ],
     );

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use super::user::{resolve_group, RunAs};
-use super::{duration, ConfigError, Loaded};
+use super::{duration, ConfigError, Loaded, Source};
 use crate::protocol::Op;
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +39,12 @@ pub struct VaultFile {
     /// How often the audit log is fdatasync'ed (records are written to
     /// the file within 10 ms regardless); "0s": every batch.
     pub audit_sync: Option<Spanned<String>>,
+    /// Rotate the audit log once it holds this much, e.g. "256MiB"; "0":
+    /// only on `vaultgate audit rotate`.
+    pub audit_rotate_size: Option<Spanned<String>>,
+    /// Closed audit segments kept; older ones are deleted (audited) at a
+    /// rotation. Absent: all are kept.
+    pub audit_keep_segments: Option<Spanned<u64>>,
     /// Prometheus metrics listener, e.g. "127.0.0.1:9101".
     pub metrics_listen: Option<Spanned<String>>,
     /// Also send audit records to the local syslog.
@@ -183,7 +189,8 @@ pub const fn grant_groups(op: Op) -> (bool, bool) {
         | Op::CancelDeletion
         | Op::BackupExport
         | Op::BackupImport
-        | Op::AuditVerify => ADMIN,
+        | Op::AuditVerify
+        | Op::AuditRotate => ADMIN,
     }
 }
 
@@ -219,6 +226,10 @@ pub struct VaultSettings {
     pub client_write_timeout: Duration,
     pub client_read_timeout: Duration,
     pub audit_sync: Duration,
+    /// Rotate the audit log at this size (0: only when asked).
+    pub audit_rotate_size: u64,
+    /// Closed audit segments kept (0: all).
+    pub audit_keep_segments: usize,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub syslog: bool,
     /// The account to switch to after the privileged setup.
@@ -228,6 +239,42 @@ pub struct VaultSettings {
     /// Empty means "no grants configured": the vault's own uid gets all.
     pub grants: Vec<Grant>,
 }
+
+/// `audit_rotate_size` and `audit_keep_segments` into `s`.
+fn audit_rotation(src: &Source, v: &VaultFile, s: &mut VaultSettings) -> Result<(), ConfigError> {
+    if let Some(r) = &v.audit_rotate_size {
+        let n = super::size::parse(src, r)?;
+        if n != 0 && n < MIN_AUDIT_SEGMENT {
+            return Err(src.error(
+                    r.span(),
+                    format!(
+                        "audit_rotate_size {:?} is below the smallest segment, \"64KiB\" (\"0\": rotate only when asked)",
+                        r.get_ref()
+                    ),
+                ));
+        }
+        s.audit_rotate_size = n;
+    }
+    if let Some(k) = &v.audit_keep_segments {
+        s.audit_keep_segments = usize::try_from(*k.get_ref())
+                .ok()
+                .filter(|k| *k > 0)
+                .ok_or_else(|| {
+                    src.error(
+                        k.span(),
+                        format!(
+                            "audit_keep_segments {} must be at least 1 (leave it out to keep every segment)",
+                            k.get_ref()
+                        ),
+                    )
+                })?;
+    }
+    Ok(())
+}
+
+/// Audit segments smaller than this would make rotation (a hash and two
+/// renames) a cost paid every few hundred records.
+const MIN_AUDIT_SEGMENT: u64 = 64 << 10;
 
 pub const DEFAULT_SOCKET: &str = "/run/vaultgate/vault.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vaultgate";
@@ -247,6 +294,8 @@ impl Default for VaultSettings {
             client_write_timeout: Duration::from_secs(10),
             client_read_timeout: Duration::from_secs(10),
             audit_sync: Duration::from_secs(1),
+            audit_rotate_size: 256 << 20,
+            audit_keep_segments: 0,
             metrics_listen: None,
             syslog: false,
             user: None,
@@ -318,6 +367,7 @@ impl VaultSettings {
         if let Some(d) = duration::parse_opt(&src, &v.audit_sync)? {
             s.audit_sync = d;
         }
+        audit_rotation(&src, v, &mut s)?;
         if let Some(d) = duration::parse_opt(&src, &v.client_write_timeout)? {
             s.client_write_timeout = d;
         }
@@ -471,7 +521,7 @@ ops = ["use"]
         assert_eq!(
             names(admin_ops()),
             "create import list describe rotate enable disable schedule-deletion cancel-deletion \
-             backup-export backup-import audit-verify subscribe cert-install cert-get cert-csr cert-issue"
+             backup-export backup-import audit-verify audit-rotate subscribe cert-install cert-get cert-csr cert-issue"
         );
     }
 

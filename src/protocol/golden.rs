@@ -96,6 +96,7 @@ fn request(op: Op) -> Request {
             skip_existing: true,
         },
         Op::AuditVerify => Request::AuditVerify,
+        Op::AuditRotate => Request::AuditRotate,
         Op::Subscribe => Request::Subscribe,
         Op::CertInstall => Request::CertInstall {
             key: key(),
@@ -156,7 +157,10 @@ fn answer(op: Op) -> Response {
             chain_pem: "PEM".into(),
         },
         Op::List => json("[]"),
-        Op::AuditVerify => json(r#"{"ok":true,"records":1}"#),
+        Op::AuditVerify => json(r#"{"ok":true,"records":1,"segments":0,"first":1,"last":1}"#),
+        Op::AuditRotate => json(
+            r#"{"segment":"audit-00000000000000000001-00000000000000000009.log","first":1,"last":9,"deleted":[]}"#,
+        ),
         Op::Subscribe => json(r#"{"subscribed":true}"#),
         Op::Create
         | Op::Import

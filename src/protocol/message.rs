@@ -38,6 +38,7 @@ wire_enum! {
         BackupExport = 0x19 => "backup-export",
         BackupImport = 0x1a => "backup-import",
         AuditVerify = 0x1b => "audit-verify",
+        AuditRotate = 0x1c => "audit-rotate",
         Subscribe = 0x20 => "subscribe",
         CertInstall = 0x21 => "cert-install",
         CertGet = 0x22 => "cert-get",
@@ -177,6 +178,8 @@ pub enum Request {
         skip_existing: bool,
     },
     AuditVerify,
+    /// Close the live audit log as a segment and begin a new one.
+    AuditRotate,
     /// Ask for a [`KeyEvent`] whenever a key the caller may see changes
     /// (rotation, state, certificate). Events arrive as `OP_EVENT` frames
     /// carrying this request's id, until the connection closes.
@@ -234,6 +237,7 @@ impl Request {
             Request::BackupExport { .. } => Op::BackupExport,
             Request::BackupImport { .. } => Op::BackupImport,
             Request::AuditVerify => Op::AuditVerify,
+            Request::AuditRotate => Op::AuditRotate,
             Request::Subscribe => Op::Subscribe,
             Request::CertInstall { .. } => Op::CertInstall,
             Request::CertGet { .. } => Op::CertGet,
@@ -271,6 +275,7 @@ impl Request {
             | Request::List
             | Request::BackupImport { .. }
             | Request::AuditVerify
+            | Request::AuditRotate
             | Request::Subscribe => None,
         }
     }
@@ -362,7 +367,7 @@ impl Request {
                     w.bytes(Tag::Flag, &[1]);
                 }
             }
-            Request::List | Request::AuditVerify | Request::Subscribe => {}
+            Request::List | Request::AuditVerify | Request::AuditRotate | Request::Subscribe => {}
             Request::CertInstall {
                 key,
                 version,
@@ -536,11 +541,12 @@ impl Request {
                     new_version,
                 }
             }
-            Op::List | Op::AuditVerify | Op::Subscribe => {
+            Op::List | Op::AuditVerify | Op::AuditRotate | Op::Subscribe => {
                 f.only(&[])?;
                 match op {
                     Op::List => Request::List,
                     Op::AuditVerify => Request::AuditVerify,
+                    Op::AuditRotate => Request::AuditRotate,
                     _ => Request::Subscribe,
                 }
             }
@@ -868,6 +874,7 @@ impl Response {
             | Op::CancelDeletion
             | Op::BackupImport
             | Op::AuditVerify
+            | Op::AuditRotate
             | Op::Subscribe
             | Op::CertInstall
             | Op::CertIssue => {

@@ -87,6 +87,7 @@ fn sample_requests() -> Vec<Request> {
             skip_existing: true,
         },
         Request::AuditVerify,
+        Request::AuditRotate,
         Request::Subscribe,
         Request::CertInstall {
             key: "k".into(),

@@ -100,8 +100,12 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
     let audit = audit::Audit::open(
         &settings.state_dir,
         audit_key,
-        settings.syslog,
-        settings.audit_sync,
+        &audit::Options {
+            syslog: settings.syslog,
+            sync_every: settings.audit_sync,
+            rotate_size: settings.audit_rotate_size,
+            keep_segments: settings.audit_keep_segments,
+        },
     )?;
     let policy = policy::Policy::new(&settings.grants, nix::unistd::geteuid().as_raw());
     keys::warm_up();

@@ -186,6 +186,7 @@ pub fn is_slow(op: Op) -> bool {
             | Op::BackupExport
             | Op::BackupImport
             | Op::AuditVerify
+            | Op::AuditRotate
             | Op::CertInstall
             | Op::CertCsr
             | Op::CertIssue
@@ -367,6 +368,8 @@ impl Vault {
             user: old.user.clone(),
             ..new
         };
+        self.audit
+            .set_rotation(kept.audit_rotate_size, kept.audit_keep_segments);
         self.policy.store(Arc::new(Policy::new(
             &kept.grants,
             nix::unistd::geteuid().as_raw(),
@@ -524,6 +527,7 @@ impl Vault {
                 skip_existing,
             } => self.backup_import(caller, blob, passphrase, *skip_existing),
             Request::AuditVerify => plain(self.audit_verify()),
+            Request::AuditRotate => plain(self.audit_rotate()),
             Request::Subscribe => plain(Ok(Done::new(Response::Json {
                 json: serde_json::json!({"subscribed": true}).to_string(),
             }))),
@@ -1252,14 +1256,39 @@ impl Vault {
                 format!("the audit log cannot be written ({why})"),
             ));
         }
-        let n = super::audit::verify(
+        let report = super::audit::verify(
             &self.settings.load().state_dir,
             &self.store.subkeys().audit_mac,
         )
-        .map_err(|e| OpError::new(ErrorCode::CorruptKey, e.to_string()))?
-        .records;
+        .map_err(|e| OpError::new(ErrorCode::CorruptKey, e.to_string()))?;
         Ok(Done::new(Response::Json {
-            json: serde_json::json!({"ok": true, "records": n}).to_string(),
+            json: serde_json::json!({
+                "ok": true,
+                "records": report.records,
+                "segments": report.segments,
+                "first": report.first,
+                "last": report.last,
+            })
+            .to_string(),
+        }))
+    }
+
+    fn audit_rotate(&self) -> Result<Done, OpError> {
+        let closed = self.audit.rotate().map_err(|e| {
+            let code = match *e {
+                super::audit::AuditError::NothingToRotate { .. } => ErrorCode::InvalidInput,
+                _ => ErrorCode::Storage,
+            };
+            OpError::new(code, e.to_string())
+        })?;
+        Ok(Done::new(Response::Json {
+            json: serde_json::json!({
+                "segment": closed.segment,
+                "first": closed.first,
+                "last": closed.last,
+                "deleted": closed.deleted,
+            })
+            .to_string(),
         }))
     }
 

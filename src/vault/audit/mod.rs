@@ -25,8 +25,26 @@
 //! [`writer::RESERVE`] bytes allocated ahead of its end (fallocate, size
 //! unchanged), so a disk that fills up stops key changes (their records
 //! are new files) well before it stops the audit log, and with it signing.
+//!
+//! Rotation ([`rotate`]) closes the live log as a segment,
+//! `audit-<first>-<last>.log`, listed with its digest in the authenticated
+//! [`index`], and begins a new `audit.log` whose first record chains on to
+//! the closed one's last: one chain across all segments, which `verify`
+//! follows and the start checks ([`tail`]) know, so a rotation is never
+//! taken for a cut, while a removed, altered or foreign segment is.
+//!
+//! - [`head`]    — `audit.head`: where the log ended at its last sync
+//! - [`index`]   — `audit.index`: the closed segments and their digests
+//! - [`rotate`]  — closing the live log as a segment; retention
+//! - [`segment`] — closed segments' file names, listing, hashing
+//! - [`tail`]    — the checks made at start, and finishing a rotation a crash cut short
+//! - [`verify`]  — checking the whole chain, segment by segment
+//! - [`writer`]  — the writer thread
 
 mod head;
+mod index;
+mod rotate;
+mod segment;
 mod tail;
 mod verify;
 mod writer;
@@ -39,6 +57,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use head::Anchor;
+pub use rotate::Closed;
 pub use tail::Alarm;
 pub use verify::{Record, Report};
 
@@ -75,6 +94,10 @@ pub struct Event {
     pub generation: Option<u64>,
     /// The keystore manifest's generation after a change.
     pub manifest: Option<u64>,
+    /// The closed segment a rotation or retention record is about.
+    pub segment: Option<String>,
+    /// The SHA-256 of that segment's bytes, as the index lists it.
+    pub sha256: Option<String>,
     /// A notice (refusal, counted summary) that may be dropped, and
     /// counted, while the log cannot be written. Operations never are.
     pub droppable: bool,
@@ -109,8 +132,32 @@ pub enum AuditError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("audit record {line}: {reason}")]
-    Bad { line: u64, reason: String },
+    #[error("audit record {line} ({file}): {reason}")]
+    Bad {
+        file: String,
+        line: u64,
+        reason: String,
+    },
+    #[error("closed audit segment {file} (records {first}..={last}) is missing")]
+    SegmentMissing { file: String, first: u64, last: u64 },
+    #[error("closed audit segment {file} is not what audit.index lists: {reason}")]
+    SegmentAltered { file: String, reason: String },
+    #[error(
+        "{file} is not in audit.index: a segment of another chain, or an older index was put back"
+    )]
+    SegmentUnknown { file: String },
+    #[error(
+        "audit.index is missing but closed segment {file} is here: which segments make up the chain cannot be told"
+    )]
+    IndexMissing { file: String },
+    #[error("{0}")]
+    IndexForged(String),
+    #[error("the live audit log holds no record since the last rotation (it ends at {seq}): nothing to rotate")]
+    NothingToRotate { seq: u64 },
+    #[error("the audit log cannot be written ({0})")]
+    Unwritable(String),
+    #[error("the audit writer has stopped")]
+    Stopped,
     #[error("audit log is truncated: {head} records were written, {found} remain")]
     Truncated { head: u64, found: u64 },
     #[error(
@@ -130,11 +177,35 @@ pub enum AuditError {
     },
 }
 
+/// How the log is written: syslog copy, sync period, rotation, retention.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub syslog: bool,
+    /// How often the log is fdatasync'ed (zero: every batch).
+    pub sync_every: Duration,
+    /// Rotate once the live log holds this many bytes (0: only on request).
+    pub rotate_size: u64,
+    /// Closed segments kept; older ones are deleted at a rotation (0: all).
+    pub keep_segments: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            syslog: false,
+            sync_every: Duration::from_secs(1),
+            rotate_size: 0,
+            keep_segments: 0,
+        }
+    }
+}
+
 /// What callers hand the writer thread.
 #[derive(Default)]
 struct Queue {
     events: Vec<Event>,
     flushes: Vec<mpsc::Sender<()>>,
+    rotations: Vec<rotate::Reply>,
     /// The writer waits with no deadline: the next record must wake it.
     idle: bool,
     /// Every [`Audit`] handle is gone: write what is left and stop.
@@ -187,6 +258,10 @@ struct Health {
     synced: Mutex<Anchor>,
     /// The keystore manifest's generation, written into every head.
     manifest: AtomicU64,
+    /// Rotate once the live log holds this many bytes (0: never by size).
+    rotate_size: AtomicU64,
+    /// Closed segments retention keeps (0: all).
+    keep_segments: AtomicUsize,
 }
 
 impl Health {
@@ -228,14 +303,14 @@ impl Audit {
     pub fn open(
         state_dir: &Path,
         key: ring::hmac::Key,
-        syslog: bool,
-        sync_every: Duration,
+        options: &Options,
     ) -> Result<Audit, AuditError> {
         let path = state_dir.join(LOG_FILE);
         let io = |source| AuditError::Io {
             path: path.clone(),
             source,
         };
+        let layout = tail::segments(state_dir, &path, &key)?;
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -243,13 +318,15 @@ impl Audit {
             .mode(0o600)
             .open(&path)
             .map_err(io)?;
-        let opened = tail::open(state_dir, &path, &mut file, &key)?;
+        let opened = tail::open(state_dir, &path, &mut file, &key, layout)?;
         let committed = file.metadata().map_err(io)?.len();
         let health = Arc::new(Health {
             failing: AtomicBool::new(false),
             error: Mutex::new(String::new()),
             synced: Mutex::new(opened.anchor.clone()),
             manifest: AtomicU64::new(opened.head_manifest.unwrap_or(0)),
+            rotate_size: AtomicU64::new(options.rotate_size),
+            keep_segments: AtomicUsize::new(options.keep_segments),
         });
         let mut writer = writer::Writer {
             file,
@@ -259,13 +336,20 @@ impl Audit {
             dropped: 0,
             health: health.clone(),
             path: path.clone(),
+            dir: state_dir.to_owned(),
             head_path: state_dir.join(HEAD_FILE),
+            index: opened.index,
+            own_records: 0,
             key,
             seq: opened.anchor.seq,
             prev: opened.anchor.mac.clone(),
             line: String::with_capacity(512),
-            syslog: if syslog { Syslog::connect() } else { None },
-            sync_every,
+            syslog: if options.syslog {
+                Syslog::connect()
+            } else {
+                None
+            },
+            sync_every: options.sync_every,
             unsynced: false,
             head_seq: u64::MAX,
             head_manifest: u64::MAX,
@@ -274,6 +358,7 @@ impl Audit {
         // from here on a log that ends short of its head was cut.
         writer.write_head();
         writer.reserve(0);
+        writer.publish_size();
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -389,19 +474,41 @@ impl Audit {
         self.head_manifest
     }
 
-    /// Whether the log holds the record `anchor` names, where it names it.
+    /// Whether the log holds the record `anchor` names, where it names it
+    /// (in the live log, or in the closed segment that holds it now).
     pub fn holds(&self, anchor: &Anchor) -> Result<bool, AuditError> {
-        tail::holds(&self.path, anchor).map_err(|source| AuditError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let path = tail::holder(dir, anchor.seq).unwrap_or_else(|| self.path.clone());
+        tail::holds(&path, anchor).map_err(|source| AuditError::Io { path, source })
+    }
+
+    /// Closes the live log as a segment and begins a new one that chains
+    /// on (see [`rotate`]); waits until it is done. Retention then deletes
+    /// the oldest segments past `keep_segments`.
+    pub fn rotate(&self) -> Result<Closed, Arc<AuditError>> {
+        let (tx, rx) = mpsc::channel();
+        let shared = &self.handle.shared;
+        shared.lock().rotations.push(tx);
+        shared.wake.notify_one();
+        rx.recv().unwrap_or(Err(Arc::new(AuditError::Stopped)))
+    }
+
+    /// Changes the rotation size (0: never by size) and the segments
+    /// retention keeps (0: all), from the next round on.
+    pub fn set_rotation(&self, rotate_size: u64, keep_segments: usize) {
+        self.health
+            .rotate_size
+            .store(rotate_size, Ordering::Release);
+        self.health
+            .keep_segments
+            .store(keep_segments, Ordering::Release);
     }
 }
 
 /// Checks the whole chain in `state_dir`: the number of records, or what
 /// is wrong, alarms included.
 pub fn verify(state_dir: &Path, key: &ring::hmac::Key) -> Result<Report, AuditError> {
-    let report = verify::check(state_dir, key, |_| {})?;
+    let report = verify::check_settled(state_dir, key)?;
     if !report.alarms.is_empty() {
         return Err(AuditError::Alarms {
             records: report.records,
@@ -525,6 +632,13 @@ mod tests {
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[9u8; 32])
     }
 
+    fn opts(sync_every: Duration) -> Options {
+        Options {
+            sync_every,
+            ..Options::default()
+        }
+    }
+
     fn sign_event(i: usize) -> Event {
         Event {
             caller: Some(Caller::new(1, 2, Some(3))),
@@ -537,7 +651,7 @@ mod tests {
     }
 
     fn write(dir: &Path, n: usize) {
-        let audit = Audit::open(dir, key(), false, Duration::ZERO).unwrap();
+        let audit = Audit::open(dir, key(), &opts(Duration::ZERO)).unwrap();
         for i in 0..n {
             audit.record(sign_event(i));
         }
@@ -679,7 +793,7 @@ mod tests {
     #[test]
     fn a_flood_of_records_is_written_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let audit = Audit::open(dir.path(), key(), false, Duration::from_secs(1)).unwrap();
+        let audit = Audit::open(dir.path(), key(), &opts(Duration::from_secs(1))).unwrap();
         // Big records from several threads at once: far more than one
         // round's worth of bytes reaches the writer between its rounds.
         let long = "x".repeat(600);
@@ -724,7 +838,7 @@ mod tests {
     #[test]
     fn records_reach_the_file_unflushed_whether_the_writer_is_idle_or_on_its_clock() {
         let dir = tempfile::tempdir().unwrap();
-        let audit = Audit::open(dir.path(), key(), false, Duration::from_secs(1)).unwrap();
+        let audit = Audit::open(dir.path(), key(), &opts(Duration::from_secs(1))).unwrap();
         let event = || Event::system("test", None);
         // Idle writer: the record wakes it.
         audit.record(event());
@@ -741,6 +855,252 @@ mod tests {
         assert!(lines_within(dir.path(), 52), "a record after the trickle");
         audit.flush();
         assert_eq!(records(dir.path()), 52);
+    }
+
+    /// The alarm records in the live log (where `verify` stops short of
+    /// them, at a missing segment).
+    fn recorded_alarms(dir: &Path) -> Vec<String> {
+        std::fs::read_to_string(dir.join(LOG_FILE))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"op\":\"integrity-alarm\""))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The closed segments in `dir`, oldest first.
+    fn segments(dir: &Path) -> Vec<String> {
+        segment::list(dir)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect()
+    }
+
+    fn write_and_rotate(audit: &Audit, n: usize) -> Closed {
+        for i in 0..n {
+            audit.record(sign_event(i));
+        }
+        audit.rotate().unwrap()
+    }
+
+    #[test]
+    fn rotation_closes_a_segment_the_next_one_chains_on_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path(), key(), &opts(Duration::ZERO)).unwrap();
+        let one = write_and_rotate(&audit, 5);
+        assert_eq!((one.first, one.last), (1, 5));
+        assert_eq!(one.segment, segment::name(1, 5));
+        // The new log's first record (6) names the closed segment.
+        let two = write_and_rotate(&audit, 3);
+        assert_eq!((two.first, two.last), (6, 9));
+        // Only the rotation's own record since: nothing to close.
+        assert!(matches!(
+            *audit.rotate().unwrap_err(),
+            AuditError::NothingToRotate { seq: 10 }
+        ));
+        audit.record(sign_event(0));
+        audit.flush();
+        let live = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert!(
+            live.starts_with("{\"seq\":10,")
+                && live.contains("\"op\":\"audit-segment-closed\"")
+                && live.contains(&format!("\"segment\":\"{}\"", two.segment)),
+            "{live}"
+        );
+        let report = verify(dir.path(), &key()).unwrap();
+        assert_eq!(
+            (report.records, report.first, report.last, report.segments),
+            (11, 1, 11, 2)
+        );
+        drop(audit);
+        // Reopened: no alarm, the chain goes on.
+        write(dir.path(), 1);
+        assert_eq!(verify(dir.path(), &key()).unwrap().last, 12);
+        assert!(audit_ok_after_reopen(dir.path()));
+    }
+
+    /// Opening once more raises no alarm.
+    fn audit_ok_after_reopen(dir: &Path) -> bool {
+        write(dir, 0);
+        verify(dir, &key()).is_ok()
+    }
+
+    #[test]
+    fn a_missing_altered_or_foreign_segment_names_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path(), key(), &opts(Duration::ZERO)).unwrap();
+        let names: Vec<String> = (0..3)
+            .map(|_| write_and_rotate(&audit, 4).segment)
+            .collect();
+        audit.flush();
+        drop(audit);
+        let middle = dir.path().join(&names[1]);
+        let good = std::fs::read(&middle).unwrap();
+
+        std::fs::remove_file(&middle).unwrap();
+        let e = verify(dir.path(), &key()).unwrap_err();
+        assert!(
+            matches!(&e, AuditError::SegmentMissing { file, .. } if *file == names[1]),
+            "{e}"
+        );
+        write(dir.path(), 0);
+        let found = recorded_alarms(dir.path());
+        assert!(
+            found
+                .iter()
+                .any(|a| a.contains("audit-segment-missing") && a.contains(&names[1])),
+            "{found:?}"
+        );
+
+        // An edited record inside a closed segment.
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path(), key(), &opts(Duration::ZERO)).unwrap();
+        let first = write_and_rotate(&audit, 4).segment;
+        write_and_rotate(&audit, 4);
+        audit.flush();
+        drop(audit);
+        let path = dir.path().join(&first);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("\"k1\"", "\"k7\"", 1)).unwrap();
+        let e = verify(dir.path(), &key()).unwrap_err();
+        assert!(
+            matches!(&e, AuditError::Bad { file, line: 2, .. } if *file == first),
+            "{e}"
+        );
+
+        // A segment from another vault's chain, under the same name.
+        let other = tempfile::tempdir().unwrap();
+        let audit = Audit::open(
+            other.path(),
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[5u8; 32]),
+            &opts(Duration::ZERO),
+        )
+        .unwrap();
+        for i in 0..4 {
+            audit.record(sign_event(i));
+        }
+        let theirs = audit.rotate().unwrap().segment;
+        audit.flush();
+        drop(audit);
+        assert_eq!(theirs, first);
+        std::fs::copy(other.path().join(&theirs), &path).unwrap();
+        let e = verify(dir.path(), &key()).unwrap_err();
+        assert!(e.to_string().contains(&first), "{e}");
+
+        // A segment the index does not list.
+        std::fs::write(&path, text).unwrap();
+        assert!(verify(dir.path(), &key()).is_ok());
+        std::fs::write(dir.path().join(segment::name(100, 120)), &good).unwrap();
+        let e = verify(dir.path(), &key()).unwrap_err();
+        assert!(matches!(e, AuditError::SegmentUnknown { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_rotation_cut_short_by_a_crash_is_finished_at_start() {
+        for linked in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            write(d, 6);
+            // The state just before the rotation's renames: the log and
+            // head as they were, the index already naming the segment.
+            let log = std::fs::read(d.join(LOG_FILE)).unwrap();
+            let head = std::fs::read(d.join(HEAD_FILE)).unwrap();
+            let audit = Audit::open(d, key(), &opts(Duration::ZERO)).unwrap();
+            let closed = audit.rotate().unwrap();
+            audit.flush();
+            drop(audit);
+            std::fs::remove_file(d.join(LOG_FILE)).unwrap();
+            std::fs::remove_file(d.join(&closed.segment)).unwrap();
+            std::fs::write(d.join(LOG_FILE), &log).unwrap();
+            std::fs::write(d.join(HEAD_FILE), &head).unwrap();
+            if linked {
+                std::fs::hard_link(d.join(LOG_FILE), d.join(&closed.segment)).unwrap();
+            }
+            write(d, 2);
+            let report = verify(d, &key()).unwrap();
+            assert_eq!(report.segments, 1, "linked: {linked}");
+            assert_eq!(segments(d), std::slice::from_ref(&closed.segment));
+            // 6 in the segment, 2 in the new log; no alarm, no repair.
+            assert_eq!((report.records, report.last), (8, 8), "linked: {linked}");
+        }
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest_segments_and_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let audit = Audit::open(
+            d,
+            key(),
+            &Options {
+                keep_segments: 2,
+                ..opts(Duration::ZERO)
+            },
+        )
+        .unwrap();
+        let closed: Vec<Closed> = (0..4).map(|_| write_and_rotate(&audit, 3)).collect();
+        assert_eq!(closed[2].deleted, [closed[0].segment.clone()]);
+        assert_eq!(closed[3].deleted, [closed[1].segment.clone()]);
+        assert_eq!(
+            segments(d),
+            [closed[2].segment.clone(), closed[3].segment.clone()]
+        );
+        audit.flush();
+        let report = verify(d, &key()).unwrap();
+        assert_eq!((report.first, report.segments), (closed[2].first, 2));
+        assert_eq!(
+            std::fs::read_dir(d).unwrap().count(),
+            5,
+            "2 segments, log, head, index"
+        );
+        let live = std::fs::read_to_string(d.join(LOG_FILE)).unwrap();
+        assert!(
+            live.contains(&format!(
+                "\"op\":\"audit-segment-deleted\",\"result\":\"ok\",\"count\":4,\"segment\":\"{}\"",
+                closed[1].segment
+            )),
+            "{live}"
+        );
+        drop(audit);
+        // Deleting the oldest kept segment by hand is not retention.
+        std::fs::remove_file(d.join(&closed[2].segment)).unwrap();
+        write(d, 0);
+        assert!(recorded_alarms(d)
+            .iter()
+            .any(|a| a.contains("audit-segment-missing")));
+    }
+
+    #[test]
+    fn the_log_rotates_by_size_while_records_keep_coming() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(
+            dir.path(),
+            key(),
+            &Options {
+                rotate_size: 8 << 10,
+                ..opts(Duration::from_millis(50))
+            },
+        )
+        .unwrap();
+        // The writer rotates at most once per round; a flush ends one, so
+        // rounds here hold 20 records (~3 KiB) whatever the machine's load.
+        for i in 0..2000 {
+            audit.record(sign_event(i));
+            if i % 20 == 19 {
+                audit.flush();
+            }
+        }
+        audit.flush();
+        let n = segments(dir.path()).len();
+        assert!(n >= 20, "only {n} segments");
+        for f in segment::list(dir.path()).unwrap() {
+            let len = std::fs::metadata(dir.path().join(&f.name)).unwrap().len();
+            // A segment ends with the batch that reached the size.
+            assert!(len >= 8 << 10, "{}: {len} bytes", f.name);
+        }
+        let report = verify(dir.path(), &key()).unwrap();
+        assert_eq!(report.records, 2000 + n as u64);
     }
 
     #[test]

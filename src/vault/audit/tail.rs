@@ -7,14 +7,23 @@
 //!
 //! The one thing repaired quietly is a real torn write: a partial last
 //! line beyond what the head claims, shaped as the start of the next
-//! record. Only a crash in the middle of an append leaves that.
+//! record. Only a crash in the middle of an append leaves that; and so is
+//! a rotation a crash cut short (see [`super::rotate`]), finished here.
+//!
+//! With closed segments, the live log must chain on to the last one the
+//! index lists; every listed segment must be there, at its length (its
+//! digest is `verify`'s to check: reading every segment at each start
+//! would make a start cost as much as the log is long); and no segment
+//! the index does not list may be there, except ones retention had taken
+//! out of it and not yet deleted.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::head::{self, Anchor, Head};
-use super::{split, AuditError};
+use super::index::{self, Index, INDEX_FILE};
+use super::{segment, split, AuditError, GENESIS};
 
 /// Something found at start that the vault did not do: recorded, logged,
 /// counted; the vault serves on.
@@ -45,10 +54,159 @@ pub struct Opened {
     pub head_manifest: Option<u64>,
     /// The head was of the unauthenticated format and is trusted once.
     pub legacy_head: bool,
+    /// The closed segments the live log chains on from.
+    pub index: Index,
 }
 
-/// Reads the last complete line (for the chain state) and what follows it.
-fn read_tail(file: &mut File) -> std::io::Result<Tail> {
+/// The closed segments as found at start.
+#[derive(Debug)]
+pub struct Layout {
+    /// `None`: missing where segments exist, or forged (an alarm says so).
+    index: Option<Index>,
+    alarms: Vec<Alarm>,
+}
+
+fn dir_io(dir: &Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: dir.to_owned(),
+        source,
+    }
+}
+
+/// Reads the index, finishes a rotation or a retention a crash cut short,
+/// and checks the closed segments against it (cheaply: presence and
+/// length). Runs before the live log is opened.
+pub fn segments(state_dir: &Path, log: &Path, key: &ring::hmac::Key) -> Result<Layout, AuditError> {
+    let index_path = state_dir.join(INDEX_FILE);
+    let found = segment::list(state_dir).map_err(dir_io(state_dir))?;
+    let mut alarms = Vec::new();
+    let index = match index::read(&index_path, key).map_err(dir_io(&index_path))? {
+        index::Read::Missing if found.is_empty() => Index::default(),
+        index::Read::Missing => {
+            alarms.push(Alarm {
+                kind: "audit-index-missing",
+                message: format!(
+                    "audit.index is missing but closed segment {} is here: which segments make \
+                     up the chain cannot be told",
+                    found[0].name
+                ),
+            });
+            return Ok(Layout {
+                index: None,
+                alarms,
+            });
+        }
+        index::Read::Forged(why) => {
+            alarms.push(Alarm {
+                kind: "audit-index-forged",
+                message: format!("{why}; whether closed segments were removed cannot be told"),
+            });
+            return Ok(Layout {
+                index: None,
+                alarms,
+            });
+        }
+        index::Read::Authentic(index) => index,
+    };
+    if let Some(last) = index.segments.last() {
+        finish_rotation(state_dir, log, last)?;
+    }
+    for f in segment::list(state_dir).map_err(dir_io(state_dir))? {
+        if index.segments.iter().any(|s| s.name == f.name) {
+            continue;
+        }
+        let path = state_dir.join(&f.name);
+        if f.last < index.start {
+            // Retention took it out of the index and a crash came before
+            // the file went.
+            tracing::info!(path = %path.display(), "removing an audit segment retention had retired");
+            crate::fsutil::remove_durable(&path).map_err(dir_io(&path))?;
+        } else {
+            alarms.push(Alarm {
+                kind: "audit-segment-unknown",
+                message: format!(
+                    "{} is not in audit.index: a segment of another chain, or an older index \
+                     was put back",
+                    f.name
+                ),
+            });
+        }
+    }
+    for s in &index.segments {
+        let path = state_dir.join(&s.name);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() == s.bytes => {}
+            Ok(m) => alarms.push(Alarm {
+                kind: "audit-segment-altered",
+                message: format!(
+                    "closed segment {} holds {} bytes where audit.index lists {}",
+                    s.name,
+                    m.len(),
+                    s.bytes
+                ),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => alarms.push(Alarm {
+                kind: "audit-segment-missing",
+                message: format!(
+                    "closed segment {} (records {}..={}) is missing",
+                    s.name, s.first, s.last
+                ),
+            }),
+            Err(e) => return Err(dir_io(&path)(e)),
+        }
+    }
+    Ok(Layout {
+        index: Some(index),
+        alarms,
+    })
+}
+
+/// Finishes a rotation a crash interrupted after the index named
+/// `last`: the live log is still that segment, under its own name
+/// already (a link to the same file) or not yet.
+fn finish_rotation(state_dir: &Path, log: &Path, last: &index::Segment) -> Result<(), AuditError> {
+    use std::os::unix::fs::MetadataExt;
+    let closed = state_dir.join(&last.name);
+    let (Ok(live), closed_meta) = (std::fs::metadata(log), std::fs::metadata(&closed)) else {
+        return Ok(());
+    };
+    let same = match closed_meta {
+        Ok(c) => c.dev() == live.dev() && c.ino() == live.ino(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let is_it = live.len() == last.bytes
+                && segment::first_line(log)
+                    .map_err(dir_io(log))?
+                    .and_then(|l| split(&l).map(|(seq, _, _)| seq))
+                    == Some(last.first)
+                && holds(log, &last.end()).map_err(dir_io(log))?;
+            if is_it {
+                std::fs::rename(log, &closed).map_err(dir_io(&closed))?;
+                crate::fsutil::sync_dir(state_dir).map_err(dir_io(state_dir))?;
+                tracing::info!(segment = %last.name, "finished an audit rotation a crash interrupted");
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(dir_io(&closed)(e)),
+    };
+    if same {
+        crate::fsutil::remove_durable(log).map_err(dir_io(log))?;
+        tracing::info!(segment = %last.name, "finished an audit rotation a crash interrupted");
+    }
+    Ok(())
+}
+
+/// The closed segment in `state_dir` that holds record `seq`, if any.
+pub fn holder(state_dir: &Path, seq: u64) -> Option<std::path::PathBuf> {
+    segment::list(state_dir)
+        .ok()?
+        .into_iter()
+        .find(|f| f.first <= seq && seq <= f.last)
+        .map(|f| state_dir.join(f.name))
+}
+
+/// Reads the last complete line (for the chain state) and what follows
+/// it; a log with no complete line ends at `base`.
+fn read_tail(file: &mut File, base: &Anchor) -> std::io::Result<Tail> {
     let len = file.seek(SeekFrom::End(0))?;
     let mut window = len.min(64 * 1024);
     loop {
@@ -66,7 +224,10 @@ fn read_tail(file: &mut File) -> std::io::Result<Tail> {
         }
         let Some(end) = end else {
             return Ok(Tail {
-                last: Anchor::genesis(),
+                last: Anchor {
+                    offset: 0,
+                    ..base.clone()
+                },
                 fragment: buf,
             });
         };
@@ -118,6 +279,7 @@ pub fn open(
     path: &Path,
     file: &mut File,
     key: &ring::hmac::Key,
+    layout: Layout,
 ) -> Result<Opened, AuditError> {
     let io = |source| AuditError::Io {
         path: path.to_owned(),
@@ -128,8 +290,31 @@ pub fn open(
         path: head_path.clone(),
         source,
     })?;
-    let tail = read_tail(file).map_err(io)?;
-    let mut alarms = Vec::new();
+    let first = segment::first_line(path)
+        .map_err(io)?
+        .and_then(|l| first_link(&l));
+    let Layout { index, mut alarms } = layout;
+    let index = match index {
+        Some(index) => {
+            alarms.extend(check_first(&index, first.as_ref()));
+            index
+        }
+        // No index to trust: the chain goes on from the live log's first
+        // record (or, in an empty log, from the head), alarmed already.
+        None => {
+            let (start, start_prev) = match (&first, head.seq(), head.mac()) {
+                (Some((seq, prev)), _, _) => (*seq, prev.clone()),
+                (None, Some(seq), Some(mac)) => (seq + 1, mac.to_owned()),
+                _ => (1, GENESIS.to_owned()),
+            };
+            Index {
+                start: start.max(1),
+                start_prev,
+                segments: Vec::new(),
+            }
+        }
+    };
+    let tail = read_tail(file, &index.base()).map_err(io)?;
     let mut repaired = 0;
     let claimed = head.seq().unwrap_or(0);
     if !tail.fragment.is_empty() {
@@ -194,6 +379,49 @@ pub fn open(
         repaired,
         head_manifest,
         legacy_head: legacy_head && repaired == 0,
+        index,
+    })
+}
+
+/// A record's sequence number and the MAC it chains to.
+fn first_link(line: &str) -> Option<(u64, String)> {
+    #[derive(serde::Deserialize)]
+    struct Link {
+        seq: u64,
+        prev: String,
+    }
+    let (_, body, _) = split(line)?;
+    let link: Link = serde_json::from_str(&format!("{body}}}")).ok()?;
+    Some((link.seq, link.prev))
+}
+
+/// An alarm if the live log does not begin where the closed segments (or
+/// the retained start) end.
+fn check_first(index: &Index, first: Option<&(u64, String)>) -> Option<Alarm> {
+    let (seq, prev) = first?;
+    let base = index.base();
+    let after = match index.segments.last() {
+        Some(s) => format!("closed segment {}", s.name),
+        None if base.seq == 0 => "the start of the chain".to_owned(),
+        None => format!("record {} (where retention left the chain)", base.seq),
+    };
+    if *seq > base.seq + 1 {
+        return Some(Alarm {
+            kind: "audit-cut",
+            message: format!(
+                "the log begins at record {seq} but {after} ends at record {}: records {}..={} \
+                 are missing",
+                base.seq,
+                base.seq + 1,
+                seq - 1
+            ),
+        });
+    }
+    (*seq != base.seq + 1 || *prev != base.mac).then(|| Alarm {
+        kind: "audit-replaced",
+        message: format!(
+            "the log's first record ({seq}) does not chain on to {after}: the log was replaced"
+        ),
     })
 }
 

@@ -18,6 +18,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use super::head::{self, Anchor};
+use super::index::Index;
+use super::rotate::Reply;
 use super::{json_str, Clock, Event, Health, Shared, Syslog, MAC_FIELD};
 use crate::fsutil;
 use crate::sync::Locked;
@@ -46,7 +48,14 @@ pub(super) struct Writer {
     pub dropped: u64,
     pub health: Arc<Health>,
     pub path: PathBuf,
+    /// The state dir, where closed segments and the index live.
+    pub dir: PathBuf,
     pub head_path: PathBuf,
+    /// The closed segments; the live log chains on from their end.
+    pub index: Index,
+    /// Records the last rotation began the live log with (its own):
+    /// a log holding only those has nothing to rotate.
+    pub own_records: u64,
     pub key: ring::hmac::Key,
     pub seq: u64,
     pub prev: String,
@@ -62,14 +71,18 @@ pub(super) struct Writer {
 }
 
 /// The writer's state between rounds.
-struct Round {
+pub(super) struct Round {
     /// Lines appended but not yet written to the file.
-    buf: Vec<u8>,
+    pub buf: Vec<u8>,
     /// Records in `buf`, to be taken off the pending count once written.
     in_buf: usize,
     waiters: Vec<mpsc::Sender<()>>,
+    /// Rotations asked for, answered at the end of this round.
+    pub rotations: Vec<Reply>,
+    /// A rotation by size failed: not tried again before this.
+    pub size_retry: Option<Instant>,
     taken: Vec<Event>,
-    clock: Clock,
+    pub clock: Clock,
     last_sync: Instant,
     /// When the current round takes its records; `None`: idle, the next
     /// record starts a round (and wakes the thread).
@@ -85,6 +98,8 @@ impl Writer {
             buf: Vec::with_capacity(64 * 1024),
             in_buf: 0,
             waiters: Vec::new(),
+            rotations: Vec::new(),
+            size_retry: None,
             taken: Vec::new(),
             clock: Clock::default(),
             last_sync: Instant::now(),
@@ -96,6 +111,9 @@ impl Writer {
             self.wait_for_round(shared, &mut r);
             self.append_taken(&mut r);
             self.write_buffered(shared, &mut r);
+            if self.rotate_if_due(&mut r) {
+                self.write_buffered(shared, &mut r);
+            }
             self.sync_if_due(&mut r);
             for w in r.waiters.drain(..) {
                 let _ = w.send(());
@@ -112,7 +130,7 @@ impl Writer {
         loop {
             let now = Instant::now();
             // Flushes and a stop do not wait for the round.
-            if !q.flushes.is_empty() || q.closed {
+            if !q.flushes.is_empty() || !q.rotations.is_empty() || q.closed {
                 break;
             }
             if r.due.is_none() && !q.events.is_empty() {
@@ -148,6 +166,7 @@ impl Writer {
         r.closed = q.closed;
         std::mem::swap(&mut r.taken, &mut q.events);
         r.waiters.append(&mut q.flushes);
+        r.rotations.append(&mut q.rotations);
         drop(q);
         let now = Instant::now();
         r.due = match r.due {
@@ -206,6 +225,7 @@ impl Writer {
                 shared
                     .pending
                     .fetch_sub(std::mem::take(&mut r.in_buf), Ordering::AcqRel);
+                self.publish_size();
             }
             Err(e) => {
                 if !self.health.failing() {
@@ -331,6 +351,8 @@ impl Writer {
         num(&mut line, "count", e.count.map(big));
         num(&mut line, "gen", e.generation.map(big));
         num(&mut line, "manifest", e.manifest.map(big));
+        text(&mut line, "segment", e.segment.as_deref());
+        text(&mut line, "sha256", e.sha256.as_deref());
         text(&mut line, "error", e.error.as_deref());
         line.push_str(",\"prev\":\"");
         line.push_str(&self.prev);
@@ -341,7 +363,7 @@ impl Writer {
     /// Appends a batch (synced later, by [`Writer::sync`]). On failure the
     /// log is cut back to its last whole batch (now or before the next
     /// try), so a retry appends whole lines to an intact chain.
-    fn commit(&mut self, buf: &[u8]) -> std::io::Result<()> {
+    pub(super) fn commit(&mut self, buf: &[u8]) -> std::io::Result<()> {
         if self.dirty {
             self.file.set_len(self.committed)?;
             self.dirty = false;
@@ -387,10 +409,16 @@ impl Writer {
     /// themselves are on disk and chained; only cutting off the records
     /// after the stale head would go unseen.
     pub fn write_head(&mut self) {
-        let anchor = Anchor {
-            seq: self.seq,
-            mac: self.prev.clone(),
-            offset: self.committed,
+        // An empty live log ends where the closed segments do: the head
+        // then names the last closed record, at the end of its segment.
+        let anchor = if self.committed == 0 {
+            self.index.base()
+        } else {
+            Anchor {
+                seq: self.seq,
+                mac: self.prev.clone(),
+                offset: self.committed,
+            }
         };
         let manifest = self.health.manifest.load(Ordering::Acquire);
         let bytes = head::encode(&self.key, &anchor, manifest);
