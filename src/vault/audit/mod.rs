@@ -38,7 +38,7 @@
 //! - [`rotate`]  — closing the live log as a segment; retention
 //! - [`segment`] — closed segments' file names, listing, hashing
 //! - [`tail`]    — the checks made at start, and finishing a rotation a crash cut short
-//! - [`verify`]  — checking the whole chain, segment by segment
+//! - [`verify`](mod@verify)  — checking the whole chain, segment by segment
 //! - [`writer`]  — the writer thread
 
 mod head;

@@ -4,7 +4,7 @@
 //! else can read it, and no entry can be dropped, reordered, duplicated or
 //! edited without the import being refused, naming what was done.
 //!
-//! - [`file`]  — the file: header, sealed entries, the tag over all of it
+//! - [`file`](mod@file)  — the file: header, sealed entries, the tag over all of it
 //! - [`entry`] — one key's entry: sealed, then opened and validated field by field
 //!
 //! The vault makes and reads the whole file (`backup-export` answers it,
