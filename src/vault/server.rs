@@ -281,7 +281,7 @@ impl Workers {
 /// registers (a duplicate of) the socket for writability, for that wait.
 #[allow(
     clippy::too_many_lines,
-    reason = "the connection loop and its select arms; to be split with the scheduling work"
+    reason = "one connection's loop: read, take the turn, run what was read, answer"
 )]
 async fn serve_connection(
     stream: std::os::unix::net::UnixStream,
@@ -332,36 +332,8 @@ async fn serve_connection(
     // Room held for the large frame at the front of `buf`.
     let mut room: Option<OwnedSemaphorePermit> = None;
     'conn: loop {
-        if !pending {
-            let got = match due.next() {
-                Some((at, late)) => {
-                    match tokio::time::timeout_at(at, read_some(&sock, &mut buf)).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            cut_late(&vault, &caller, late);
-                            break;
-                        }
-                    }
-                }
-                None => read_some(&sock, &mut buf).await,
-            };
-            match got {
-                Ok(0) => {
-                    if !buf.is_empty() {
-                        reject(
-                            &vault,
-                            &caller,
-                            &write,
-                            0,
-                            "connection closed inside a frame",
-                        )
-                        .await;
-                    }
-                    break;
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
+        if !pending && !read_more(&sock, &mut buf, &due, &vault, &caller, &write).await {
+            break;
         }
         let mut turn = turns.take().await;
         let began = Instant::now();
@@ -403,25 +375,14 @@ async fn serve_connection(
                 }
             };
             if is_slow(req.op()) {
-                // While this connection's slow operations are all busy,
-                // keep reading, so that a caller who leaves is noticed
-                // (and its queued work dropped) rather than waited for.
                 let permit = match slow.clone().try_acquire_owned() {
                     Ok(p) => p,
                     // Waiting is not working: others of this uid may.
                     Err(_) => {
                         turn = None;
-                        loop {
-                            tokio::select! {
-                                p = slow.clone().acquire_owned() => match p {
-                                    Ok(p) => break p,
-                                    Err(_) => break 'conn,
-                                },
-                                r = read_some(&sock, &mut buf), if buf.len() < READ_AHEAD => match r {
-                                    Ok(0) | Err(_) => break 'conn,
-                                    Ok(_) => {}
-                                },
-                            }
+                        match wait_for_slot(&slow, &sock, &mut buf).await {
+                            Some(p) => p,
+                            None => break 'conn,
                         }
                     }
                 };
@@ -509,6 +470,58 @@ async fn serve_connection(
         f.abort();
     }
     metrics::gauge!("vaultgate_vault_connections").decrement(1.0);
+}
+
+/// Reads what the caller sent next into `buf`, within the connection's
+/// deadline. False when the connection ends: the caller closed (inside a
+/// frame: rejected), it failed, or it was too slow (cut, audited).
+async fn read_more(
+    sock: &AsyncFd<std::os::unix::net::UnixStream>,
+    buf: &mut BytesMut,
+    due: &Deadlines,
+    vault: &Vault,
+    caller: &Caller,
+    write: &Out,
+) -> bool {
+    let got = match due.next() {
+        Some((at, late)) => match tokio::time::timeout_at(at, read_some(sock, buf)).await {
+            Ok(r) => r,
+            Err(_) => {
+                cut_late(vault, caller, late);
+                return false;
+            }
+        },
+        None => read_some(sock, buf).await,
+    };
+    match got {
+        Ok(0) => {
+            if !buf.is_empty() {
+                reject(vault, caller, write, 0, "connection closed inside a frame").await;
+            }
+            false
+        }
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
+
+/// Waits for one of the connection's slow-operation slots, reading on
+/// meanwhile, so that a caller who leaves is noticed (and its queued work
+/// dropped) rather than waited for. `None`: the caller left.
+async fn wait_for_slot(
+    slow: &Arc<Semaphore>,
+    sock: &AsyncFd<std::os::unix::net::UnixStream>,
+    buf: &mut BytesMut,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        tokio::select! {
+            p = slow.clone().acquire_owned() => return p.ok(),
+            r = read_some(sock, buf), if buf.len() < READ_AHEAD => match r {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            },
+        }
+    }
 }
 
 /// Tells a caller why its connection is not served, and audits it.
