@@ -11,12 +11,14 @@
 //! - [`issue`]    — CSRs and certificates made with vault keys (rcgen)
 //! - [`ops`]      — what each request does
 //! - [`admission`] — which connections are served, and the memory their partial requests hold
+//! - [`denials`]  — refusals past a few a second per connection, folded into counted records
 //! - [`fair`]     — turns on a connection worker, so one caller's flood cannot starve the others
 //! - [`server`]   — the Unix socket and per-connection pipelining
 
 pub mod admission;
 pub mod audit;
 pub mod backup;
+pub mod denials;
 pub mod envelope;
 pub mod fair;
 pub mod issue;

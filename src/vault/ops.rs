@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::audit::{Audit, Event};
 use super::backup;
+use super::denials::Denials;
 use super::envelope;
 use super::issue;
 use super::keys::{self, KeyError, Material};
@@ -380,6 +381,33 @@ impl Vault {
 
     /// Runs one request for `caller`: policy, operation, audit, metrics.
     pub fn handle(&self, caller: &Caller, req: &Request) -> Response {
+        let (response, event) = self.answer(caller, req);
+        if let Some(e) = event {
+            self.audit.record(e);
+        }
+        response
+    }
+
+    /// [`Vault::handle`], with a refusal's record left to the connection's
+    /// [`Denials`], which folds a flood of them into counts.
+    pub fn handle_counting_denials(
+        &self,
+        caller: &Caller,
+        req: &Request,
+        denials: &mut Denials,
+    ) -> Response {
+        let (response, event) = self.answer(caller, req);
+        match event {
+            Some(e) if e.result == "denied" => denials.record(e, &self.audit, now()),
+            Some(e) => self.audit.record(e),
+            None => {}
+        }
+        response
+    }
+
+    /// Runs one request: its answer and the record to audit (none for a
+    /// ping).
+    fn answer(&self, caller: &Caller, req: &Request) -> (Response, Option<Event>) {
         let op = req.op();
         let started = Instant::now();
         // Fail closed: nothing is done that could not be audited. Ping,
@@ -388,9 +416,12 @@ impl Vault {
             if let Err(why) = self.audit.admit() {
                 metrics::counter!("vaultgate_vault_requests_total", "op" => op.name(), "result" => "unaudited")
                     .increment(1);
-                return Response::error(
-                    ErrorCode::Storage,
-                    format!("refused: {why}; the vault does nothing it cannot audit"),
+                return (
+                    Response::error(
+                        ErrorCode::Storage,
+                        format!("refused: {why}; the vault does nothing it cannot audit"),
+                    ),
+                    None,
                 );
             }
         }
@@ -426,20 +457,18 @@ impl Vault {
             }
         };
         count_request(op, result, started.elapsed());
-        if op != Op::Ping {
-            self.audit.record(Event {
-                caller: Some(caller.clone()),
-                op: op.name(),
-                key,
-                version,
-                ca_version: ca.as_ref().and_then(|(_, v)| *v),
-                ca: ca.map(|(name, _)| name),
-                result,
-                error,
-                ..Event::default()
-            });
-        }
-        response
+        let event = (op != Op::Ping).then(|| Event {
+            caller: Some(caller.clone()),
+            op: op.name(),
+            key,
+            version,
+            ca_version: ca.as_ref().and_then(|(_, v)| *v),
+            ca: ca.map(|(name, _)| name),
+            result,
+            error,
+            ..Event::default()
+        });
+        (response, event)
     }
 
     /// Errors carry the key they concern when the request did not name it

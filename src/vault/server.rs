@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::{Admission, Refusal, SMALL_FRAME};
 use super::audit::Event;
+use super::denials::Denials;
 use super::fair::{Turns, TURN};
 use super::ops::{is_slow, needs_derivation, Vault};
 use super::policy::Caller;
@@ -319,6 +320,7 @@ async fn serve_connection(
     drop(settings);
     let slow = Arc::new(Semaphore::new(MAX_SLOW_PER_CONNECTION));
     let turns = Turns::of(caller.uid);
+    let mut denials = Denials::new(caller.clone());
     // A turn ended with whole requests still in `buf`: work on them before
     // reading more.
     let mut pending = false;
@@ -332,8 +334,25 @@ async fn serve_connection(
     // Room held for the large frame at the front of `buf`.
     let mut room: Option<OwnedSemaphorePermit> = None;
     'conn: loop {
-        if !pending && !read_more(&sock, &mut buf, &due, &vault, &caller, &write).await {
-            break;
+        if !pending {
+            let read = read_more(&sock, &mut buf, &due, &vault, &caller, &write);
+            let more = if denials.holding() {
+                // Counted refusals are written within about a second,
+                // even if the caller then falls silent. Cancelling the
+                // read there loses nothing: it is waiting for readability.
+                match tokio::time::timeout(Duration::from_secs(1), read).await {
+                    Ok(more) => more,
+                    Err(_) => {
+                        denials.tick(vault.audit(), super::ops::now());
+                        continue;
+                    }
+                }
+            } else {
+                read.await
+            };
+            if !more {
+                break;
+            }
         }
         let mut turn = turns.take().await;
         let began = Instant::now();
@@ -418,7 +437,7 @@ async fn serve_connection(
                     req.op(),
                 );
             } else {
-                let resp = vault.handle(&caller, &req);
+                let resp = vault.handle_counting_denials(&caller, &req, &mut denials);
                 encode_into(
                     &resp.to_frame(req.op(), frame.request_id),
                     &mut out,
@@ -443,6 +462,7 @@ async fn serve_connection(
             break;
         }
         drop(turn);
+        denials.tick(vault.audit(), super::ops::now());
         due.read(buf.is_empty(), decoded);
         if let Some(len) = needs_room {
             let Some((at, late)) = due.next() else {
@@ -469,6 +489,7 @@ async fn serve_connection(
     for f in forwarders {
         f.abort();
     }
+    denials.tick(vault.audit(), u64::MAX);
     metrics::gauge!("vaultgate_vault_connections").decrement(1.0);
 }
 

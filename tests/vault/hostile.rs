@@ -915,3 +915,74 @@ fn admin_on_a_ca_key_is_not_issuing_with_it() {
     ]);
     assert!(err.contains("path"), "{err}");
 }
+
+#[test]
+fn a_flood_of_refusals_is_folded_into_counted_records_not_written_one_by_one() {
+    let me = nix::unistd::geteuid().as_raw();
+    let v = VaultProc::start_with(Opts {
+        metrics: true,
+        config: Some(format!(
+            "[vault]\n[[vault.grant]]\nprincipal = \"uid:{me}\"\nkeys = [\"*\"]\nops = [\"admin\"]\n\
+             [[vault.grant]]\nprincipal = \"uid:{me}\"\nkeys = [\"web\"]\nops = [\"sign\"]\n"
+        )),
+        ..Opts::default()
+    });
+    v.ok(&["key", "create", "other", "--type", "ecdsa-p256"]);
+    v.ok(&["audit", "verify"]);
+    let before = v.audit_log().len();
+    // Raw pipelined refusals, as fast as the vault answers them.
+    const N: u32 = 50_000;
+    let mut wire = bytes::BytesMut::new();
+    for id in 0..N {
+        vaultgate::protocol::Request::Sign {
+            key: "other".into(),
+            version: None,
+            scheme: scheme::ECDSA_P256_SHA256,
+            message: id.to_be_bytes().to_vec(),
+        }
+        .to_frame(id)
+        .encode(&mut wire)
+        .expect("encode");
+    }
+    let mut s = UnixStream::connect(&v.socket).expect("connect");
+    let writer = {
+        let mut s = s.try_clone().expect("clone");
+        std::thread::spawn(move || s.write_all(&wire).expect("send the flood"))
+    };
+    // Every request is answered (each answer is one frame; read them all).
+    let mut answers = 0u32;
+    let mut pending = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while answers < N {
+        let n = s.read(&mut chunk).expect("read answers");
+        assert!(n > 0, "the vault hung up after {answers} answers");
+        pending.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        use vaultgate::protocol::{frame::peek_header, HEADER_LEN};
+        while let Some(len) = peek_header(&pending[at..]).expect("an answer frame") {
+            if pending.len() - at < HEADER_LEN + len {
+                break;
+            }
+            at += HEADER_LEN + len;
+            answers += 1;
+        }
+        pending.drain(..at);
+    }
+    writer.join().expect("writer");
+    drop(s);
+    // Each refusal is counted, in the metrics and in the log…
+    assert_eq!(
+        metric(&v, "vaultgate_vault_denied_total", &["op=\"sign\""]),
+        f64::from(N)
+    );
+    assert_eq!(audited_count(&v, "sign", "denied"), u64::from(N));
+    // …but the log holds a few records a second, not one per refusal.
+    let log = v.audit_log();
+    let grown = log.len() - before;
+    let records = log[before..].lines().count();
+    eprintln!("{N} refusals: {records} records, {grown} bytes of audit log");
+    assert!(
+        grown < N as usize * 2,
+        "{grown} bytes of audit log for {N} refusals ({records} records)"
+    );
+}
