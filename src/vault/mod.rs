@@ -13,6 +13,7 @@
 //! - [`admission`] — which connections are served, and the memory their partial requests hold
 //! - [`denials`]  — refusals past a few a second per connection, folded into counted records
 //! - [`fair`]     — turns on a connection worker, so one caller's flood cannot starve the others
+//! - [`space`]    — the room left on the state dir's filesystem, warned of before it runs out
 //! - [`server`]   — the Unix socket and per-connection pipelining
 
 pub mod admission;
@@ -29,6 +30,7 @@ pub mod ops;
 pub mod policy;
 pub mod record;
 pub mod server;
+pub mod space;
 
 use std::path::PathBuf;
 use std::sync::Arc;

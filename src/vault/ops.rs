@@ -161,6 +161,7 @@ pub struct Vault {
     /// Serialises keystore changes: read, modify, write, publish.
     write_lock: Mutex<()>,
     backup_keys: backup::KeyCache,
+    space: super::space::SpaceWatch,
     /// Key changes, for subscribers (proxies swapping certificates).
     events: tokio::sync::broadcast::Sender<KeyEvent>,
 }
@@ -290,6 +291,7 @@ impl Vault {
             audit,
             write_lock: Mutex::new(()),
             backup_keys: backup::KeyCache::default(),
+            space: super::space::SpaceWatch::default(),
             events: tokio::sync::broadcast::channel(1024).0,
         }
     }
@@ -1323,7 +1325,37 @@ impl Vault {
 
     /// Deletes keys whose waiting period is over and rotates keys whose
     /// `rotate_every` has passed. Called periodically by the server.
+    /// Warns (log and audit) when the state dir's filesystem runs low,
+    /// and when it has room again.
+    fn watch_space(&self) {
+        use super::space::Change;
+        let dir = self.settings.load().state_dir.clone();
+        let mib = |b: u64| b / (1 << 20);
+        match self.space.check(&dir) {
+            Some(Change::Low { free, total }) => {
+                let why = format!(
+                    "{} MiB of {} MiB free on the state dir's filesystem ({}): key changes stop when it is full, then every operation",
+                    mib(free),
+                    mib(total),
+                    dir.display()
+                );
+                tracing::warn!("{why}");
+                self.audit.record(Event::system("disk-low", Some(why)));
+            }
+            Some(Change::Recovered { free, total }) => {
+                tracing::info!(
+                    free_mib = mib(free),
+                    total_mib = mib(total),
+                    "the state dir's filesystem has room again"
+                );
+                self.audit.record(Event::system("disk-recovered", None));
+            }
+            None => {}
+        }
+    }
+
     pub fn housekeeping(&self) {
+        self.watch_space();
         if self.audit.failure().is_some() {
             return; // deletions and rotations wait until they can be audited
         }

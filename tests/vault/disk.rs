@@ -479,3 +479,65 @@ fn a_disk_filling_up_half_way_through_an_import_imports_nothing() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("restored 24 keys"));
 }
+
+#[test]
+fn a_filling_disk_is_warned_of_before_it_is_full_and_its_recovery_too() {
+    let mnt = tempfile::Builder::new()
+        .prefix("vg-disk-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let disk = Mount::tmpfs(mnt.path(), "16m");
+    let v = VaultProc::start_with(Opts {
+        state_dir: Some(disk.path.join("state")),
+        metrics: true,
+        ..Opts::default()
+    });
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    let gauge = |name: &str| {
+        let text = http_get(v.metrics.expect("vault metrics"), "/metrics");
+        crate::common::proxy::metric(&text, name, &[])
+    };
+    let size = gauge("vaultgate_vault_state_size_bytes");
+    assert_eq!(size, 16.0 * 1024.0 * 1024.0);
+    assert!(gauge("vaultgate_vault_state_free_bytes") > 0.5 * size);
+    let audited = |op: &str| {
+        v.ok(&["audit", "verify"]);
+        v.audit_log()
+            .lines()
+            .filter(|l| l.contains(&format!("\"op\":\"{op}\"")))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(audited("disk-low").is_empty());
+
+    // Something else fills the disk to 95 %: the vault still has room,
+    // and says it is running out.
+    let filler = disk.path.join("filler");
+    let mut f = std::fs::File::create(&filler).expect("filler");
+    let free = gauge("vaultgate_vault_state_free_bytes") as usize;
+    let leave = (0.05 * size) as usize;
+    f.write_all(&vec![0u8; free - leave]).expect("fill");
+    f.sync_all().expect("sync");
+    let low = wait_for("the low-space warning", Duration::from_secs(10), || {
+        audited("disk-low").into_iter().next()
+    });
+    assert!(low.contains("MiB of 16 MiB free"), "{low}");
+    assert!(gauge("vaultgate_vault_state_free_bytes") < 0.10 * size);
+    // Signing goes on, and the warning is not repeated every second.
+    let out = v.cli_stdin(
+        &["key", "sign", "web", "--scheme", "ecdsa-p256-sha256"],
+        b"m",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    drop(f);
+    std::fs::remove_file(&filler).expect("free the disk");
+    wait_for("the recovery notice", Duration::from_secs(10), || {
+        audited("disk-recovered").into_iter().next()
+    });
+    assert_eq!(audited("disk-low").len(), 1);
+}
