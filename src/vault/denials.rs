@@ -10,6 +10,10 @@
 //! record per operation with the number they stand for (`count`), when
 //! the second is over or the connection ends. `audit verify` and anyone
 //! reading the log sum `count`s; nothing is lost, only folded.
+//!
+//! Connections refused (the vault or a share of it full) are folded the
+//! same way, vault-wide: a stranger reconnecting in a loop gets the same
+//! few records a second.
 
 use super::audit::{Audit, Event};
 use super::policy::Caller;
@@ -17,9 +21,10 @@ use super::policy::Caller;
 /// Refusals a second, per connection, that get a record each.
 pub const AUDITED_PER_SECOND: u32 = 4;
 
-/// One connection's refusals this second.
+/// One connection's (or the whole vault's) refusals this second.
 pub struct Denials {
-    caller: Caller,
+    /// Whose refusals these are; none: any caller's, vault-wide.
+    caller: Option<Caller>,
     second: u64,
     audited: u32,
     /// Refusals past the allowance, by operation, not yet written.
@@ -27,7 +32,8 @@ pub struct Denials {
 }
 
 impl Denials {
-    pub fn new(caller: Caller) -> Denials {
+    /// `caller`'s refusals on one connection, or (`None`) everyone's.
+    pub fn new(caller: Option<Caller>) -> Denials {
         Denials {
             caller,
             second: 0,
@@ -62,14 +68,19 @@ impl Denials {
         if now == self.second {
             return;
         }
+        let scope = if self.caller.is_some() {
+            "on this connection"
+        } else {
+            "from any caller"
+        };
         for (op, n) in self.folded.drain(..) {
             audit.record(Event {
-                caller: Some(self.caller.clone()),
+                caller: self.caller.clone(),
                 op,
                 result: "denied",
                 count: Some(n),
                 error: Some(format!(
-                    "{n} more refusals of {op} on this connection within one second, folded into this record"
+                    "{n} more refusals of {op} {scope} within one second, folded into this record"
                 )),
                 ..Event::default()
             });

@@ -162,6 +162,8 @@ pub struct Vault {
     write_lock: Mutex<()>,
     backup_keys: backup::KeyCache,
     space: super::space::SpaceWatch,
+    /// Connections refused, vault-wide: folded past a few a second.
+    refused: Mutex<Denials>,
     /// Key changes, for subscribers (proxies swapping certificates).
     events: tokio::sync::broadcast::Sender<KeyEvent>,
 }
@@ -292,6 +294,7 @@ impl Vault {
             write_lock: Mutex::new(()),
             backup_keys: backup::KeyCache::default(),
             space: super::space::SpaceWatch::default(),
+            refused: Mutex::new(Denials::new(None)),
             events: tokio::sync::broadcast::channel(1024).0,
         }
     }
@@ -1354,8 +1357,14 @@ impl Vault {
         }
     }
 
+    /// Audits a refused connection, or folds it into this second's count.
+    pub fn refused_connection(&self, refusal: Event) {
+        self.refused.locked().record(refusal, &self.audit, now());
+    }
+
     pub fn housekeeping(&self) {
         self.watch_space();
+        self.refused.locked().tick(&self.audit, now());
         if self.audit.failure().is_some() {
             return; // deletions and rotations wait until they can be audited
         }

@@ -320,7 +320,7 @@ async fn serve_connection(
     drop(settings);
     let slow = Arc::new(Semaphore::new(MAX_SLOW_PER_CONNECTION));
     let turns = Turns::of(caller.uid);
-    let mut denials = Denials::new(caller.clone());
+    let mut denials = Denials::new(Some(caller.clone()));
     // A turn ended with whole requests still in `buf`: work on them before
     // reading more.
     let mut pending = false;
@@ -558,8 +558,9 @@ async fn refuse(
     if let Some(suppressed) = REFUSAL_LOG.allow() {
         tracing::warn!(uid = caller.uid, pid = ?caller.pid, suppressed, "{why}; refusing another");
     }
-    vault.audit().record(Event {
+    vault.refused_connection(Event {
         caller: Some(caller.clone()),
+        result: "denied",
         ..Event::system("connection-refused", Some(why.clone()))
     });
     let out = Out {
