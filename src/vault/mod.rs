@@ -3,6 +3,7 @@
 //! - [`keys`]     — key material: generate, import, sign, verify, AES-GCM
 //! - [`record`]   — one key as stored: authenticated metadata, sealed versions
 //! - [`keystore`] — the `keys/` directory, loaded at start, written crash-safely
+//! - [`manifest`] — `keys/MANIFEST`: each key's latest generation, so rollbacks are found
 //! - [`master`]   — the master key (file or passphrase) and derived subkeys
 //! - [`policy`]   — grants matched against peer credentials
 //! - [`audit`]    — the chained, tamper-evident audit log
@@ -22,6 +23,7 @@ pub mod fair;
 pub mod issue;
 pub mod keys;
 pub mod keystore;
+pub mod manifest;
 pub mod master;
 pub mod ops;
 pub mod policy;
@@ -96,7 +98,6 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
     let subkeys = master::Subkeys::derive(&master_key).map_err(|_| VaultError::Derive)?;
     drop(master_key);
     let audit_key = subkeys.audit_mac.clone();
-    let store = keystore::Keystore::open(&settings.state_dir, Arc::new(subkeys))?;
     let audit = audit::Audit::open(
         &settings.state_dir,
         audit_key,
@@ -107,6 +108,15 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
             keep_segments: settings.audit_keep_segments,
         },
     )?;
+    let store = keystore::Keystore::open(
+        &settings.state_dir,
+        Arc::new(subkeys),
+        audit.head_manifest(),
+    )?;
+    for (alarm, key) in store.take_alarms() {
+        audit.alarm(&alarm, key.as_deref());
+    }
+    audit.set_manifest(store.generation());
     let policy = policy::Policy::new(&settings.grants, nix::unistd::geteuid().as_raw());
     keys::warm_up();
     Ok(Vault::new(settings, store, policy, audit))

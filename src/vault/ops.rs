@@ -318,7 +318,8 @@ impl Vault {
     }
 
     fn put(&self, key: Key) -> Result<Arc<Key>, OpError> {
-        let key = self.store.put(key)?;
+        let key = self.store.put(key, self.audit.synced())?;
+        self.audit.set_manifest(self.store.generation());
         self.publish(&key);
         Ok(key)
     }
@@ -1226,8 +1227,9 @@ impl Vault {
         }
         let written = self
             .store
-            .put_all(fresh)
+            .put_all(fresh, self.audit.synced())
             .map_err(|e| (OpError::from(e), Named::default()))?;
+        self.audit.set_manifest(self.store.generation());
         for key in &written {
             self.publish(key);
             self.audit.record(Event {
@@ -1304,7 +1306,8 @@ impl Vault {
             let r = &key.record;
             if r.state == KeyState::PendingDeletion && r.deletion_at.is_some_and(|t| t <= now) {
                 let _guard = self.lock();
-                let result = self.store.remove(&name);
+                let result = self.store.remove(&name, self.audit.synced());
+                self.audit.set_manifest(self.store.generation());
                 let _ = self.events.send(KeyEvent {
                     key: name.clone(),
                     primary: 0,
