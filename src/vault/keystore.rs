@@ -134,6 +134,11 @@ impl Keystore {
         std::mem::take(&mut *self.alarms.locked())
     }
 
+    /// Where the audit log had got to when the manifest was last written.
+    pub fn anchor(&self) -> Option<Anchor> {
+        self.manifest.locked().anchor.clone()
+    }
+
     /// The generation of the manifest last written to disk (what
     /// `audit.head` is to record: never more than the disk holds, or the
     /// next start would take a failed write for a rollback).

@@ -116,10 +116,30 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
     for (alarm, key) in store.take_alarms() {
         audit.alarm(&alarm, key.as_deref());
     }
+    check_anchor(&store, &audit);
     audit.set_manifest(store.generation());
     let policy = policy::Policy::new(&settings.grants, nix::unistd::geteuid().as_raw());
     keys::warm_up();
     Ok(Vault::new(settings, store, policy, audit))
+}
+
+/// The manifest anchors the synced end of the log it last saw; a log
+/// that now ends before that record was replaced by an older one (with
+/// its head) or removed, which the log alone cannot tell.
+fn check_anchor(store: &keystore::Keystore, audit: &audit::Audit) {
+    let Some(anchor) = store.anchor() else { return };
+    let end = audit.synced();
+    if end.seq < anchor.seq {
+        let alarm = audit::Alarm {
+            kind: "audit-rolled-back",
+            message: format!(
+                "the keystore manifest saw the audit log at record {} (MAC {}), but the log ends at record {}: \
+                 it was replaced by an older copy, or removed",
+                anchor.seq, anchor.mac, end.seq
+            ),
+        };
+        audit.alarm(&alarm, None);
+    }
 }
 
 pub use ops::Vault;

@@ -317,8 +317,16 @@ impl Vault {
         });
     }
 
+    /// Where the audit log ends, synced, for the manifest to anchor: a
+    /// keystore change is rare, so it waits for a sync, and a log put
+    /// back from before the previous change ends short of the anchor.
+    fn anchor(&self) -> super::audit::Anchor {
+        self.audit.flush();
+        self.audit.synced()
+    }
+
     fn put(&self, key: Key) -> Result<Arc<Key>, OpError> {
-        let key = self.store.put(key, self.audit.synced())?;
+        let key = self.store.put(key, self.anchor())?;
         self.audit.set_manifest(self.store.generation());
         self.publish(&key);
         Ok(key)
@@ -1227,7 +1235,7 @@ impl Vault {
         }
         let written = self
             .store
-            .put_all(fresh, self.audit.synced())
+            .put_all(fresh, self.anchor())
             .map_err(|e| (OpError::from(e), Named::default()))?;
         self.audit.set_manifest(self.store.generation());
         for key in &written {
@@ -1270,6 +1278,7 @@ impl Vault {
                 "segments": report.segments,
                 "first": report.first,
                 "last": report.last,
+                "last_mac": report.last_mac,
             })
             .to_string(),
         }))
@@ -1306,7 +1315,7 @@ impl Vault {
             let r = &key.record;
             if r.state == KeyState::PendingDeletion && r.deletion_at.is_some_and(|t| t <= now) {
                 let _guard = self.lock();
-                let result = self.store.remove(&name, self.audit.synced());
+                let result = self.store.remove(&name, self.anchor());
                 self.audit.set_manifest(self.store.generation());
                 let _ = self.events.send(KeyEvent {
                     key: name.clone(),

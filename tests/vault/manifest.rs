@@ -217,3 +217,87 @@ fn a_removed_manifest_is_an_alarm_and_the_keys_serve_on() {
     v.restart();
     assert_eq!(alarms(&v, "manifest-missing"), 0.0);
 }
+
+#[test]
+fn an_older_audit_log_and_head_put_back_or_removed_are_alarms() {
+    let mut v = with_metrics();
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    v.ok(&["audit", "verify"]);
+    v.stop();
+    let copy = v.dir.path().join("audit-copy");
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    for f in ["audit.log", "audit.head"] {
+        std::fs::copy(v.state.join(f), copy.join(f)).expect("copy");
+    }
+    v.restart();
+    v.ok(&["key", "rotate", "web"]);
+    v.ok(&["key", "disable", "web"]);
+    v.stop();
+    // Older, and consistent with its head: the log alone cannot tell.
+    for f in ["audit.log", "audit.head"] {
+        std::fs::copy(copy.join(f), v.state.join(f)).expect("put back");
+    }
+    v.restart();
+    let err = v.err(&["audit", "verify"]);
+    assert!(err.contains("audit-rolled-back"), "{err}");
+    assert_eq!(alarms(&v, "audit-rolled-back"), 1.0);
+    let out = v.cli(&["key", "describe", "web"]);
+    assert!(out.status.success(), "the keys serve on");
+
+    // Removed altogether.
+    let mut v = with_metrics();
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    v.ok(&["key", "rotate", "web"]);
+    v.stop();
+    for f in ["audit.log", "audit.head"] {
+        std::fs::remove_file(v.state.join(f)).expect("remove");
+    }
+    v.restart();
+    let err = v.err(&["audit", "verify"]);
+    assert!(err.contains("audit-rolled-back"), "{err}");
+    signs(&v, "web");
+}
+
+#[test]
+fn audit_verify_prints_the_anchor_to_ship_elsewhere() {
+    let mut v = VaultProc::start();
+    v.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    let online = v.ok(&["audit", "verify"]);
+    let line = online
+        .lines()
+        .find(|l| l.starts_with("anchor seq="))
+        .unwrap_or_else(|| panic!("no anchor in {online}"));
+    let (seq, mac) = line
+        .trim_start_matches("anchor seq=")
+        .split_once(" mac=")
+        .expect("seq and mac");
+    let last: serde_json::Value = v
+        .audit_log()
+        .lines()
+        .last()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .expect("a record");
+    assert!(last["seq"].as_u64().expect("seq") >= seq.parse::<u64>().expect("a number"));
+    assert_eq!(mac.len(), 64, "{line}");
+    v.stop();
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["audit", "verify", "--state-dir"])
+        .arg(&v.state)
+        .output()
+        .expect("run verify");
+    let offline = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = offline
+        .lines()
+        .find(|l| l.starts_with("anchor seq="))
+        .unwrap_or_else(|| panic!("no anchor in {offline}"));
+    let last: serde_json::Value =
+        serde_json::from_str(v.audit_log().lines().last().expect("a record")).expect("record");
+    assert_eq!(
+        line,
+        format!(
+            "anchor seq={} mac={}",
+            last["seq"],
+            last["mac"].as_str().expect("mac")
+        )
+    );
+}
