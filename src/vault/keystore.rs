@@ -2,7 +2,10 @@
 //! crash-safely on every change, held in memory for the signing path.
 //!
 //! A record that fails its integrity check is kept as `Corrupt`: requests
-//! for that key get a clear error, every other key keeps working.
+//! for that key get a clear error, every other key keeps working. So is a
+//! record that does not fit `keys/MANIFEST` ([`super::manifest`]): older
+//! than it lists, listed but gone, or unknown to it; each is also an
+//! integrity alarm for the caller to raise ([`Keystore::take_alarms`]).
 //!
 //! Many keys at once (a backup restored) are written all or none: into a
 //! staging dir `keys/.stage-ID`, each file synced; renaming that dir to
