@@ -18,6 +18,8 @@ mod disk;
 mod fairness;
 #[path = "vault/hostile.rs"]
 mod hostile;
+#[path = "vault/manifest.rs"]
+mod manifest;
 #[path = "vault/privdrop.rs"]
 mod privdrop;
 #[path = "vault/rollback.rs"]
@@ -304,7 +306,7 @@ fn kill9_between_operations_loses_nothing_committed() {
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.ends_with(".json"))
+        .filter(|n| !n.ends_with(".json") && n != "MANIFEST")
         .collect();
     assert!(stray.is_empty(), "{stray:?}");
     assert!(v.ok(&["audit", "verify"]).starts_with("ok "));

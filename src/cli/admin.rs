@@ -545,6 +545,7 @@ pub fn audit(cmd: AuditCommand) -> ExitCode {
                     "{}",
                     verified(r.records, r.segments as u64, r.first, r.last)
                 );
+                println!("{}", anchor(r.last, &r.last_mac));
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),
@@ -558,6 +559,10 @@ pub fn audit(cmd: AuditCommand) -> ExitCode {
             "{}",
             verified(n("records"), n("segments"), n("first"), n("last"))
         );
+        println!(
+            "{}",
+            anchor(n("last"), v["last_mac"].as_str().unwrap_or_default())
+        );
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -570,6 +575,12 @@ fn verified(records: u64, segments: u64, first: u64, last: u64) -> String {
         format!(" ({first}..={last})")
     };
     format!("ok {records} records{range} across {segments} closed segment(s) and audit.log")
+}
+
+/// The line to ship elsewhere (see docs/security.md): a later `verify`
+/// whose chain no longer holds this record at this MAC was replaced.
+fn anchor(seq: u64, mac: &str) -> String {
+    format!("anchor seq={seq} mac={mac}")
 }
 
 fn audit_rotate(conn: Conn) -> ExitCode {

@@ -68,6 +68,8 @@ pub struct Subkeys {
     pub record_mac: ring::hmac::Key,
     /// Chains the audit log.
     pub audit_mac: ring::hmac::Key,
+    /// Authenticates the keystore manifest.
+    pub manifest_mac: ring::hmac::Key,
 }
 
 impl Subkeys {
@@ -87,6 +89,10 @@ impl Subkeys {
                 &expand(b"record mac v1")?[..],
             ),
             audit_mac: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &expand(b"audit mac v1")?[..]),
+            manifest_mac: ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                &expand(b"manifest mac v1")?[..],
+            ),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! - [`keys`]     — key material: generate, import, sign, verify, AES-GCM
 //! - [`record`]   — one key as stored: authenticated metadata, sealed versions
 //! - [`keystore`] — the `keys/` directory, loaded at start, written crash-safely
+//! - [`manifest`] — `keys/MANIFEST`: each key's latest generation, so rollbacks are found
 //! - [`master`]   — the master key (file or passphrase) and derived subkeys
 //! - [`policy`]   — grants matched against peer credentials
 //! - [`audit`]    — the chained, tamper-evident audit log
@@ -25,6 +26,7 @@ pub mod fair;
 pub mod issue;
 pub mod keys;
 pub mod keystore;
+pub mod manifest;
 pub mod master;
 pub mod ops;
 pub mod policy;
@@ -100,7 +102,6 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
     let subkeys = master::Subkeys::derive(&master_key).map_err(|_| VaultError::Derive)?;
     drop(master_key);
     let audit_key = subkeys.audit_mac.clone();
-    let store = keystore::Keystore::open(&settings.state_dir, Arc::new(subkeys))?;
     let audit = audit::Audit::open(
         &settings.state_dir,
         audit_key,
@@ -111,9 +112,38 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
             keep_segments: settings.audit_keep_segments,
         },
     )?;
+    let store = keystore::Keystore::open(
+        &settings.state_dir,
+        Arc::new(subkeys),
+        audit.head_manifest(),
+    )?;
+    for (alarm, key) in store.take_alarms() {
+        audit.alarm(&alarm, key.as_deref());
+    }
+    check_anchor(&store, &audit);
+    audit.set_manifest(store.generation());
     let policy = policy::Policy::new(&settings.grants, nix::unistd::geteuid().as_raw());
     keys::warm_up();
     Ok(Vault::new(settings, store, policy, audit))
+}
+
+/// The manifest anchors the synced end of the log it last saw; a log
+/// that now ends before that record was replaced by an older one (with
+/// its head) or removed, which the log alone cannot tell.
+fn check_anchor(store: &keystore::Keystore, audit: &audit::Audit) {
+    let Some(anchor) = store.anchor() else { return };
+    let end = audit.synced();
+    if end.seq < anchor.seq {
+        let alarm = audit::Alarm {
+            kind: "audit-rolled-back",
+            message: format!(
+                "the keystore manifest saw the audit log at record {} (MAC {}), but the log ends at record {}: \
+                 it was replaced by an older copy, or removed",
+                anchor.seq, anchor.mac, end.seq
+            ),
+        };
+        audit.alarm(&alarm, None);
+    }
 }
 
 pub use ops::Vault;

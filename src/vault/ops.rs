@@ -323,8 +323,17 @@ impl Vault {
         });
     }
 
+    /// Where the audit log ends, synced, for the manifest to anchor: a
+    /// keystore change is rare, so it waits for a sync, and a log put
+    /// back from before the previous change ends short of the anchor.
+    fn anchor(&self) -> super::audit::Anchor {
+        self.audit.flush();
+        self.audit.synced()
+    }
+
     fn put(&self, key: Key) -> Result<Arc<Key>, OpError> {
-        let key = self.store.put(key)?;
+        let key = self.store.put(key, self.anchor())?;
+        self.audit.set_manifest(self.store.generation());
         self.publish(&key);
         Ok(key)
     }
@@ -1260,8 +1269,9 @@ impl Vault {
         }
         let written = self
             .store
-            .put_all(fresh)
+            .put_all(fresh, self.anchor())
             .map_err(|e| (OpError::from(e), Named::default()))?;
+        self.audit.set_manifest(self.store.generation());
         for key in &written {
             self.publish(key);
             self.audit.record(Event {
@@ -1302,6 +1312,7 @@ impl Vault {
                 "segments": report.segments,
                 "first": report.first,
                 "last": report.last,
+                "last_mac": report.last_mac,
             })
             .to_string(),
         }))
@@ -1374,7 +1385,8 @@ impl Vault {
             let r = &key.record;
             if r.state == KeyState::PendingDeletion && r.deletion_at.is_some_and(|t| t <= now) {
                 let _guard = self.lock();
-                let result = self.store.remove(&name);
+                let result = self.store.remove(&name, self.anchor());
+                self.audit.set_manifest(self.store.generation());
                 let _ = self.events.send(KeyEvent {
                     key: name.clone(),
                     primary: 0,

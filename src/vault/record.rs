@@ -98,9 +98,19 @@ pub struct KeyRecord {
     pub rotate_every: Option<u64>,
     pub primary: u32,
     pub versions: Vec<VersionRecord>,
+    /// Bumped on every change to the key (see [`super::manifest`]); a
+    /// copy of an older record has a lower one. Records written before
+    /// generations existed read as 0 (and are left out when 0, so their
+    /// MAC still verifies).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
     /// HMAC-SHA256 (hex) over this record serialised with `mac` empty.
     #[serde(default)]
     pub mac: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why a stored record was refused. The message names the key.
@@ -116,6 +126,20 @@ pub enum RecordError {
     Seal { name: String, version: u32 },
     #[error("key {name:?}: {message}")]
     Invalid { name: String, message: String },
+    /// Older than the manifest says the key is: a copy put back.
+    #[error("key {name:?}: rolled back: its record is generation {found}, the keystore manifest says {expected}; refused")]
+    RolledBack {
+        name: String,
+        found: u64,
+        expected: u64,
+    },
+    /// Listed in the manifest, but its record is gone.
+    #[error("key {name:?}: missing: the keystore manifest lists it at generation {expected}, but keys/{name}.json is gone")]
+    Missing { name: String, expected: u64 },
+    /// A record the manifest does not know (a deleted key put back, or a
+    /// file no crash explains).
+    #[error("key {name:?}: unknown to the keystore manifest{why}; refused")]
+    Unknown { name: String, why: String },
 }
 
 /// A key in memory: its record (sealed secrets included, ready to be
@@ -180,6 +204,7 @@ impl Key {
             rotate_every,
             primary: 0,
             versions: Vec::new(),
+            generation: 0,
             mac: String::new(),
         };
         let mut key = Key {

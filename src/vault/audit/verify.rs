@@ -45,6 +45,9 @@ pub struct Report {
     /// deleted older segments).
     pub first: u64,
     pub last: u64,
+    /// The last record's MAC: with `last`, what to ship elsewhere, so a
+    /// log replaced wholesale by an older one is found there.
+    pub last_mac: String,
     /// Closed segments checked (the live log not counted).
     pub segments: usize,
     /// Records with result `alarm`: (sequence number, message).
@@ -219,6 +222,7 @@ pub fn check(
     // dir read before the vault first started; the head tells a cut.
     chain.read(&state_dir.join(LOG_FILE), LOG_FILE, key, &mut each)?;
     chain.report.last = chain.next - 1;
+    chain.report.last_mac = chain.prev.clone();
     check_head(state_dir, key, chain.report.last, &chain.prev)?;
     Ok(chain.report)
 }

@@ -162,6 +162,7 @@ pub fn rebuild(
             rotate_every: entry.rotate_every,
             primary: entry.primary,
             versions: Vec::new(),
+            generation: 0,
             mac: String::new(),
         },
         versions: BTreeMap::new(),
