@@ -53,6 +53,37 @@ pub struct Opts {
 }
 
 impl VaultProc {
+    /// `audit verify --state-dir` on this vault's state dir (with the
+    /// vault stopped): whether it passed, and what it said.
+    pub fn verify_offline(&self) -> (bool, String) {
+        let out = std::process::Command::new(super::bin())
+            .args(["audit", "verify", "--state-dir"])
+            .arg(&self.state)
+            .output()
+            .expect("run verify");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
+    /// What runs a client as another uid: `setpriv`, and the system's
+    /// python3 (one under root's home, as pyenv's, is not another uid's
+    /// to run). Fails, saying how to get them, if either is missing or
+    /// the test is not root.
+    pub fn other_uid_tools() -> (std::path::PathBuf, &'static std::path::Path) {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test runs a client as another uid and must run as root (CI does)"
+        );
+        let setpriv = super::require_tool("setpriv", "util-linux");
+        let python = std::path::Path::new("/usr/bin/python3");
+        assert!(
+            python.exists(),
+            "/usr/bin/python3 is missing: apt-get install python3"
+        );
+        (setpriv, python)
+    }
+
     pub fn start() -> VaultProc {
         VaultProc::start_with(Opts::default())
     }

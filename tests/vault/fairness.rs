@@ -47,17 +47,7 @@ const SIGN_DEADLINE: Duration = Duration::from_millis(100);
 
 #[test]
 fn a_co_tenant_flooding_its_own_key_leaves_others_within_the_signing_deadline() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test runs a client as another uid and must run as root (CI does)"
-    );
-    let setpriv = crate::common::require_tool("setpriv", "util-linux");
-    // The system's: one under root's home (pyenv) is not the tenant's to run.
-    let python = std::path::Path::new("/usr/bin/python3");
-    assert!(
-        python.exists(),
-        "/usr/bin/python3 is missing: apt-get install python3"
-    );
+    let (setpriv, python) = VaultProc::other_uid_tools();
     let v = VaultProc::start_with(Opts {
         config: Some(
             "[vault]\nsocket_mode = \"0660\"\nsocket_group = \"65534\"\n\

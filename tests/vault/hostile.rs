@@ -688,17 +688,7 @@ print(len(said) - len(refused), flush=True)
 
 #[test]
 fn callers_no_grant_names_keep_few_connections_and_none_idle() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test runs a client as another uid and must run as root (CI does)"
-    );
-    let setpriv = crate::common::require_tool("setpriv", "util-linux");
-    // The system's: one under root's home (pyenv) is not the stranger's to run.
-    let python = std::path::Path::new("/usr/bin/python3");
-    assert!(
-        python.exists(),
-        "/usr/bin/python3 is missing: apt-get install python3"
-    );
+    let (setpriv, python) = VaultProc::other_uid_tools();
     let v = VaultProc::start_with(Opts {
         metrics: true,
         config: Some(

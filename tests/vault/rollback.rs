@@ -5,8 +5,6 @@
 //! recorded as an integrity alarm (which `audit verify` fails on), logged
 //! and counted; everything else is served.
 
-use std::process::Command;
-
 use crate::common::vault::{http_get, Opts, VaultProc};
 
 fn metric(v: &VaultProc, name: &str, labels: &[&str]) -> f64 {
@@ -17,18 +15,6 @@ fn metric(v: &VaultProc, name: &str, labels: &[&str]) -> f64 {
 /// `audit verify`, online; its stderr if it fails.
 fn verify_fails(v: &VaultProc) -> String {
     v.err(&["audit", "verify"])
-}
-
-/// `audit verify --state-dir` with the vault stopped: (success, output).
-fn verify_offline(v: &VaultProc) -> (bool, String) {
-    let out = Command::new(crate::common::bin())
-        .args(["audit", "verify", "--state-dir"])
-        .arg(&v.state)
-        .output()
-        .expect("run verify");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
 }
 
 #[test]
@@ -73,7 +59,7 @@ fn a_log_cut_while_the_vault_was_stopped_is_an_alarm_not_a_fresh_start() {
     v.restart();
     assert!(verify_fails(&v).contains("audit-cut"));
     v.kill9();
-    let (ok, out) = verify_offline(&v);
+    let (ok, out) = v.verify_offline();
     assert!(!ok && out.contains("audit-cut"), "{out}");
 }
 

@@ -4,7 +4,6 @@
 //! named by `audit verify` and raised as an alarm at start.
 
 use std::path::Path;
-use std::process::Command;
 
 use vaultgate::client::VaultClient;
 use vaultgate::protocol::scheme;
@@ -26,18 +25,6 @@ fn segments(state: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// `audit verify --state-dir` with the vault stopped: (success, output).
-fn verify_offline(v: &VaultProc) -> (bool, String) {
-    let out = Command::new(crate::common::bin())
-        .args(["audit", "verify", "--state-dir"])
-        .arg(&v.state)
-        .output()
-        .expect("run verify");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
 }
 
 /// `audit rotate`: the closed segment's name, which must be in the state dir.
@@ -212,7 +199,7 @@ fn a_vault_killed_after_rotations_starts_without_an_alarm() {
         0.0
     );
     v.stop();
-    let (ok, out) = verify_offline(&v);
+    let (ok, out) = v.verify_offline();
     assert!(ok && out.contains("across 3 closed segment(s)"), "{out}");
 }
 
@@ -231,7 +218,7 @@ fn a_middle_segment_removed_while_stopped_is_named_and_raised() {
         .collect();
     v.stop();
     std::fs::remove_file(v.state.join(&closed[1])).expect("remove the middle segment");
-    let (ok, out) = verify_offline(&v);
+    let (ok, out) = v.verify_offline();
     assert!(
         !ok && out.contains(&closed[1]) && out.contains("missing"),
         "{out}"
