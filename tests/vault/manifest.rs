@@ -169,8 +169,18 @@ fn kill9_around_keystore_changes_raises_no_alarm() {
     for i in 0..6u64 {
         let name = format!("k{i}");
         v.ok(&["key", "create", &name, "--type", "ed25519"]);
-        // Kill while a rotation is on its way, at a different moment each
-        // round: before, during or after its record and manifest writes.
+        // Kill while a rotation is on its way, at a different step each
+        // round: as its request is sent, once the key's record has been
+        // replaced, once the manifest has. Watched, not timed: each step
+        // is seen on disk the moment it lands.
+        let keys = v.state.join("keys");
+        let watched = match i % 3 {
+            0 => None,
+            1 => Some(keys.join(format!("{name}.json"))),
+            _ => Some(keys.join("MANIFEST")),
+        };
+        let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let before = watched.as_deref().and_then(stamp);
         let socket = v.socket.clone();
         let rotate = std::thread::spawn(move || {
             crate::common::vault::run_cli(
@@ -179,7 +189,11 @@ fn kill9_around_keystore_changes_raises_no_alarm() {
                 b"",
             )
         });
-        std::thread::sleep(Duration::from_micros(500 * i));
+        if let Some(path) = &watched {
+            while stamp(path) == before && !rotate.is_finished() {
+                std::thread::yield_now();
+            }
+        }
         v.kill9();
         let _ = rotate.join();
         v.restart();
