@@ -12,10 +12,12 @@ set -euo pipefail
 # see who holds vault connections; nm (binutils) to read what the module
 # exports; keytool (a headless JRE) for Java's SunPKCS11. A browser for the
 # status page (headless chromium, with a font to render it in), and
-# logrotate for the package's snippet.
+# logrotate for the package's snippet. A real etcd cluster for the
+# clustered keystore (etcd-server, etcdctl from etcd-client), and protoc
+# with its well-known types, which the etcd-client crate's build needs.
 packages=(nginx apache2 curl wrk openssl testssl.sh python3-venv chromium fonts-dejavu-core logrotate
     opensc libengine-pkcs11-openssl gnutls-bin python3-pykcs11 openssh-client iproute2 binutils
-    openjdk-17-jre-headless)
+    openjdk-17-jre-headless etcd-server etcd-client protobuf-compiler libprotobuf-dev)
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
