@@ -162,6 +162,15 @@ pub(super) fn version_aad(record: &KeyRecord, version: u32) -> Vec<u8> {
 }
 
 impl KeyRecord {
+    /// The record of version `v`, if the key has one.
+    pub fn version(&self, v: u32) -> Option<&VersionRecord> {
+        self.versions.iter().find(|r| r.version == v)
+    }
+
+    pub fn version_mut(&mut self, v: u32) -> Option<&mut VersionRecord> {
+        self.versions.iter_mut().find(|r| r.version == v)
+    }
+
     fn mac_input(&self) -> Vec<u8> {
         let mut copy = self.clone();
         copy.mac.clear();
