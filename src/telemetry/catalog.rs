@@ -137,6 +137,8 @@ pub const METRICS: &[Metric] = &[
         help: "Bytes an unprivileged writer may still use on the state dir's filesystem." },
     Metric { name: "vaultgate_vault_state_size_bytes", process: Vault, kind: Gauge, labels: &[],
         help: "Size of the state dir's filesystem in bytes." },
+    Metric { name: "vaultgate_vault_store_revision", process: Vault, kind: Gauge, labels: &[],
+        help: "The keystore backend's revision this vault has applied (0 for the local store)." },
     Metric { name: "vaultgate_vault_audit_rotations_total", process: Vault, kind: Counter, labels: &[],
         help: "Audit log rotations (by size or by request)." },
     Metric { name: "vaultgate_vault_audit_behind_total", process: Vault, kind: Counter, labels: &[],

@@ -112,7 +112,7 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
             keep_segments: settings.audit_keep_segments,
         },
     )?;
-    let store = keystore::Keystore::open(
+    let store = keystore::Keystore::open_local(
         &settings.state_dir,
         Arc::new(subkeys),
         audit.head_manifest(),
