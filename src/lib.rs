@@ -7,6 +7,7 @@
 //! - [`protocol`] — the vault wire protocol: frames, fields, messages, codec
 //! - [`client`]   — multiplexed async vault client (the CLI, `run`, the proxy's key-event follower)
 //! - [`vault`]    — the signing process: keystore, keys, policy, audit, server
+//! - [`etcd`]     — the clustered keystore's etcd client: bounded calls that fail over between members
 //! - [`signer`]   — the proxy's vault client: pooled, pipelined, rustls signing keys
 //! - [`proxy`]    — TLS termination, HTTP/1.1 and HTTP/2 serving, routing, the backend client, health, access log, shutdown
 //! - [`pki`]      — certificate files and DER walks (no vault client: the vault uses it)
@@ -24,6 +25,7 @@ pub mod client;
 pub mod config;
 pub(crate) mod control;
 pub mod devca;
+pub mod etcd;
 pub(crate) mod fsutil;
 pub(crate) mod notify;
 pub(crate) mod os;
