@@ -58,6 +58,7 @@ fn accepted(path: &[&str]) -> Option<Vec<&'static str>> {
         [] => fields_of::<super::ConfigFile>(),
         ["vault"] => fields_of::<super::vault::VaultFile>(),
         ["vault", "grant"] => fields_of::<super::vault::GrantFile>(),
+        ["vault", "store"] => fields_of::<super::store::StoreFile>(),
         ["proxy"] => fields_of::<super::proxy::ProxyFile>(),
         ["proxy", "cert"] => fields_of::<super::proxy::CertFile>(),
         ["proxy", "response_headers"] => fields_of::<super::proxy::ResponseHeadersFile>(),

@@ -8,6 +8,7 @@
 //! - [`proxy`], [`run`], [`vault`]: one section each, validated into its
 //!   settings, every default in the settings type's `impl Default`
 //! - [`log`]: `[log]`, the process log's level, for whichever process reads the file
+//! - [`store`]: `[vault.store]`, where the keystore is kept (local or etcd)
 //! - [`duration`], [`size`], [`user`]: values several sections share
 //! - `keys`: the keys each section accepts; unknown ones found, and a near one suggested
 //! - [`error`]: errors located at file, line and column
@@ -20,6 +21,7 @@ pub mod log;
 pub mod proxy;
 pub mod run;
 pub mod size;
+pub mod store;
 pub mod user;
 pub mod vault;
 

@@ -209,7 +209,7 @@ fn the_vault_tables_match_the_code() {
     check(
         "## `[vault]`",
         fields_of::<super::vault::VaultFile>(),
-        &["grant"],
+        &["grant", "store"],
         &[
             ("socket", quoted(d.socket.display())),
             ("socket_mode", quoted(format!("{:04o}", d.socket_mode))),
@@ -233,6 +233,15 @@ fn the_vault_tables_match_the_code() {
         fields_of::<super::vault::GrantFile>(),
         &[],
         &[],
+    );
+    check(
+        "### `[vault.store]`",
+        fields_of::<super::store::StoreFile>(),
+        &[],
+        &[
+            ("kind", quoted("local")),
+            ("prefix", quoted(super::store::DEFAULT_PREFIX)),
+        ],
     );
 }
 

@@ -56,6 +56,8 @@ pub struct VaultFile {
     pub group: Option<Spanned<String>>,
     /// Where the running vault writes its pid, for `vaultgate reload`.
     pub pid_file: Option<Spanned<String>>,
+    /// Where the keystore is kept: the state dir, or etcd.
+    pub store: Option<super::store::StoreFile>,
     #[serde(default)]
     pub grant: Vec<GrantFile>,
 }
@@ -236,6 +238,7 @@ pub struct VaultSettings {
     pub user: Option<RunAs>,
     /// Written at start (before the switch), with its status file beside.
     pub pid_file: Option<PathBuf>,
+    pub store: super::store::StoreSettings,
     /// Empty means "no grants configured": the vault's own uid gets all.
     pub grants: Vec<Grant>,
 }
@@ -300,6 +303,7 @@ impl Default for VaultSettings {
             syslog: false,
             user: None,
             pid_file: None,
+            store: super::store::StoreSettings::Local,
             grants: Vec::new(),
         }
     }
@@ -387,6 +391,9 @@ impl VaultSettings {
             })?);
         }
         s.syslog = v.syslog.unwrap_or(false);
+        if let Some(f) = &v.store {
+            s.store = super::store::StoreSettings::from_file(loaded, f)?;
+        }
         for g in &v.grant {
             s.grants.push(validate_grant(&src, g)?);
         }

@@ -358,6 +358,9 @@ impl Vault {
         if new.user != old.user {
             ignored.push("user");
         }
+        if new.store != old.store {
+            ignored.push("store");
+        }
         let kept = VaultSettings {
             socket: old.socket.clone(),
             socket_mode: old.socket_mode,
@@ -367,6 +370,7 @@ impl Vault {
             metrics_listen: old.metrics_listen,
             syslog: old.syslog,
             user: old.user.clone(),
+            store: old.store.clone(),
             ..new
         };
         self.audit
