@@ -1313,6 +1313,7 @@ impl Vault {
                 "first": report.first,
                 "last": report.last,
                 "last_mac": report.last_mac,
+                "events": report.events,
             })
             .to_string(),
         }))
