@@ -10,6 +10,8 @@ mod common;
 
 #[path = "vault/backup.rs"]
 mod backup;
+#[path = "vault/compact.rs"]
+mod compact;
 #[path = "vault/crash.rs"]
 mod crash;
 #[path = "vault/disk.rs"]

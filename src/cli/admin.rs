@@ -543,7 +543,7 @@ pub fn audit(cmd: AuditCommand) -> ExitCode {
             Ok(r) => {
                 println!(
                     "{}",
-                    verified(r.records, r.segments as u64, r.first, r.last)
+                    verified(r.records, r.segments as u64, r.first, r.last, r.events)
                 );
                 println!("{}", anchor(r.last, &r.last_mac));
                 ExitCode::SUCCESS
@@ -557,7 +557,13 @@ pub fn audit(cmd: AuditCommand) -> ExitCode {
         let n = |k: &str| v[k].as_u64().unwrap_or(0);
         println!(
             "{}",
-            verified(n("records"), n("segments"), n("first"), n("last"))
+            verified(
+                n("records"),
+                n("segments"),
+                n("first"),
+                n("last"),
+                n("events")
+            )
         );
         println!(
             "{}",
@@ -568,13 +574,17 @@ pub fn audit(cmd: AuditCommand) -> ExitCode {
 }
 
 /// `ok N records`, then where they are: what scripts match on first.
-fn verified(records: u64, segments: u64, first: u64, last: u64) -> String {
+/// Then what they stand for, counted records summed.
+fn verified(records: u64, segments: u64, first: u64, last: u64, events: u64) -> String {
     let range = if records == 0 {
         String::new()
     } else {
         format!(" ({first}..={last})")
     };
-    format!("ok {records} records{range} across {segments} closed segment(s) and audit.log")
+    format!(
+        "ok {records} records{range} across {segments} closed segment(s) and audit.log, \
+         for {events} operations and events (counted records summed)"
+    )
 }
 
 /// The line to ship elsewhere (see docs/security.md): a later `verify`

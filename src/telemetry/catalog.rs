@@ -119,7 +119,7 @@ pub const METRICS: &[Metric] = &[
     Metric { name: "vaultgate_vault_connections", process: Vault, kind: Gauge, labels: &[],
         help: "Client connections open now." },
     Metric { name: "vaultgate_vault_disconnects_total", process: Vault, kind: Counter,
-        labels: &[("reason", Fixed(&["bad-frame", "idle", "no-grant-full", "not-reading", "slow-request", "too-many-connections", "vault-full"]))],
+        labels: &[("reason", Fixed(&["bad-frame", "idle", "no-grant-full", "not-reading", "refusals", "slow-request", "too-many-connections", "vault-full"]))],
         help: "Connections the vault ended, by reason." },
     Metric { name: "vaultgate_vault_audit_write_errors_total", process: Vault, kind: Counter, labels: &[],
         help: "Audit records that could not be written." },

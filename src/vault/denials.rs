@@ -14,12 +14,32 @@
 //! Connections refused (the vault or a share of it full) are folded the
 //! same way, vault-wide: a stranger reconnecting in a loop gets the same
 //! few records a second.
+//!
+//! And a connection is not kept open for a flood: past [`CUT_PAST`]
+//! refusals within a second it is cut ([`Denials::burst`]), and has to
+//! connect again (a reconnection, peer credentials, admission) to be
+//! refused more; its cuts are folded vault-wide like refused connections.
+
+use std::time::{Duration, Instant};
 
 use super::audit::{Audit, Event};
 use super::policy::Caller;
 
 /// Refusals a second, per connection, that get a record each.
 pub const AUDITED_PER_SECOND: u32 = 4;
+
+/// Refusals on one connection within a second past which it is cut. A
+/// caller's mistakes (a key it lacks, a grant withdrawn) come at most at
+/// its request rate, one per handshake or operation it means to make;
+/// a vault connection of a busy proxy carries a few hundred handshakes a
+/// second. Well past that, and past any one pipelined batch a client
+/// sends while starting, a connection is refused because refusals are
+/// what it sends. Being cut costs such a caller a reconnection, no more:
+/// its granted requests on a new connection are served as before.
+pub const CUT_PAST: u32 = 1000;
+
+/// The span [`CUT_PAST`] is counted over, from a burst's first refusal.
+const BURST_SPAN: Duration = Duration::from_secs(1);
 
 /// One connection's (or the whole vault's) refusals this second.
 pub struct Denials {
@@ -29,6 +49,9 @@ pub struct Denials {
     audited: u32,
     /// Refusals past the allowance, by operation, not yet written.
     folded: Vec<(&'static str, u64)>,
+    /// When the refusals [`Denials::burst`] counts began, and how many.
+    burst_since: Option<Instant>,
+    burst: u32,
 }
 
 impl Denials {
@@ -39,6 +62,8 @@ impl Denials {
             second: 0,
             audited: 0,
             folded: Vec::new(),
+            burst_since: None,
+            burst: 0,
         }
     }
 
@@ -46,6 +71,16 @@ impl Denials {
     /// or folds it into this second's count.
     pub fn record(&mut self, refusal: Event, audit: &Audit, now: u64) {
         self.tick(audit, now);
+        let at = Instant::now();
+        match self.burst_since {
+            Some(since) if at.duration_since(since) < BURST_SPAN => {
+                self.burst = self.burst.saturating_add(1);
+            }
+            _ => {
+                self.burst_since = Some(at);
+                self.burst = 1;
+            }
+        }
         if self.audited < AUDITED_PER_SECOND {
             self.audited += 1;
             audit.record(refusal);
@@ -55,6 +90,12 @@ impl Denials {
             Some((_, n)) => *n += 1,
             None => self.folded.push((refusal.op, 1)),
         }
+    }
+
+    /// Whether more than [`CUT_PAST`] refusals came within a second: the
+    /// connection is to be cut.
+    pub fn burst(&self) -> bool {
+        self.burst > CUT_PAST
     }
 
     /// Whether refusals are folded and not yet written.
@@ -80,7 +121,7 @@ impl Denials {
                 result: "denied",
                 count: Some(n),
                 error: Some(format!(
-                    "{n} more refusals of {op} {scope} within one second, folded into this record"
+                    "{n} more denied {op} {scope} within one second, folded into this record"
                 )),
                 ..Event::default()
             });

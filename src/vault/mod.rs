@@ -12,7 +12,7 @@
 //! - [`issue`]    — CSRs and certificates made with vault keys (rcgen)
 //! - [`ops`]      — what each request does
 //! - [`admission`] — which connections are served, and the memory their partial requests hold
-//! - [`denials`]  — refusals past a few a second per connection, folded into counted records
+//! - [`denials`]  — refusals past a few a second per connection, folded into counted records; a connection cut after a burst
 //! - [`fair`]     — turns on a connection worker, so one caller's flood cannot starve the others
 //! - [`space`]    — the room left on the state dir's filesystem, warned of before it runs out
 //! - [`server`]   — the Unix socket and per-connection pipelining

@@ -443,6 +443,11 @@ async fn serve_connection(
                     &mut out,
                     req.op(),
                 );
+                if denials.burst() {
+                    cut_for_refusals(&vault, &caller, &mut denials, &mut out);
+                    write_out(&write, &mut out).await;
+                    break 'conn;
+                }
             }
             if began.elapsed() >= TURN {
                 pending = true;
@@ -650,6 +655,34 @@ fn cut_late(vault: &Vault, caller: &Caller, late: Late) {
         caller: Some(caller.clone()),
         ..Event::system("disconnect", Some(format!("{late}; disconnected")))
     });
+}
+
+/// Ends a connection that sent a burst of refusals ([`Denials::burst`]):
+/// its folded refusals are written first, then the cut (folded
+/// vault-wide, as refused connections are: a caller reconnecting to be
+/// cut again gets a few records a second), and `out` gets a `denied`
+/// error saying why after the answers already in it, whose records are
+/// all queued.
+fn cut_for_refusals(vault: &Vault, caller: &Caller, denials: &mut Denials, out: &mut BytesMut) {
+    metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "refusals").increment(1);
+    denials.tick(vault.audit(), u64::MAX);
+    let why = format!(
+        "more than {} refused requests within a second; disconnected",
+        super::denials::CUT_PAST
+    );
+    if let Some(suppressed) = REFUSAL_LOG.allow() {
+        tracing::warn!(uid = caller.uid, pid = ?caller.pid, suppressed, "{why}");
+    }
+    vault.refused_connection(Event {
+        caller: Some(caller.clone()),
+        result: "denied",
+        ..Event::system("disconnect", Some(why.clone()))
+    });
+    encode_into(
+        &Response::error(ErrorCode::Denied, why).to_frame(crate::protocol::Op::Ping, 0),
+        out,
+        crate::protocol::Op::Ping,
+    );
 }
 
 /// One slow operation, run off the connection's task.

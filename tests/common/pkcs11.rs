@@ -262,6 +262,12 @@ pub fn matching<'a>(
         .filter(move |r| result.is_none_or(|want| r["result"] == want))
 }
 
+/// The operations `records` stand for: a counted record (uses folded
+/// while queued) is `count` of them.
+pub fn total<'a>(records: impl Iterator<Item = &'a serde_json::Value>) -> u64 {
+    records.map(|r| r["count"].as_u64().unwrap_or(1)).sum()
+}
+
 /// The pids with audited `op` requests as `uid`, waiting until there is
 /// at least one.
 pub fn wait_audited(v: &VaultProc, op: &str, uid: u32, result: Option<&str>) -> BTreeSet<i64> {

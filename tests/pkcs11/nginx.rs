@@ -337,14 +337,14 @@ fn a_rotated_key_keeps_signing_until_reload_then_the_new_version_signs() {
     let seq = pkcs11::audit(&v).len();
     n.handshakes(16);
     // Every one of the 16 handshakes to the ECDSA server signed once.
-    let versions = |from: usize, n: usize| -> BTreeSet<i64> {
+    let versions = |from: usize, n: u64| -> BTreeSet<i64> {
         let records = pkcs11::audit_until(&v, "the handshakes' signatures", |r| {
             r.len() >= from
-                && r[from..]
-                    .iter()
-                    .filter(|r| r["op"] == "sign-digest" && r["key"] == "web")
-                    .count()
-                    >= n
+                && pkcs11::total(
+                    r[from..]
+                        .iter()
+                        .filter(|r| r["op"] == "sign-digest" && r["key"] == "web"),
+                ) >= n
         });
         records[from..]
             .iter()

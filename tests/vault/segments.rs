@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use vaultgate::client::VaultClient;
-use vaultgate::protocol::scheme;
+use vaultgate::protocol::{scheme, Request};
 
 use crate::common::vault::{http_get, Opts, VaultProc};
 
@@ -87,6 +87,15 @@ fn the_log_rotates_by_command_and_by_size_while_signing_goes_on() {
                                     .await
                                 {
                                     return Err(format!("signature {t}-{i}: {e}"));
+                                }
+                                // Signatures alone fold into a few counted
+                                // records; a describe is a record of its own
+                                // and ends a fold, so records come by the
+                                // thousand, as from varied callers.
+                                if let Err(e) =
+                                    c.json(&Request::Describe { key: "web".into() }).await
+                                {
+                                    return Err(format!("describe {t}-{i}: {e}"));
                                 }
                             }
                             Ok(())

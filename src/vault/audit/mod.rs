@@ -33,6 +33,7 @@
 //! follows and the start checks ([`tail`]) know, so a rotation is never
 //! taken for a cut, while a removed, altered or foreign segment is.
 //!
+//! - [`fold`]    — successful uses folded into counted records while queued
 //! - [`head`]    — `audit.head`: where the log ended at its last sync
 //! - [`index`]   — `audit.index`: the closed segments and their digests
 //! - [`rotate`]  — closing the live log as a segment; retention
@@ -41,6 +42,7 @@
 //! - [`verify`](mod@verify)  — checking the whole chain, segment by segment
 //! - [`writer`]  — the writer thread
 
+mod fold;
 mod head;
 mod index;
 mod rotate;
@@ -204,6 +206,8 @@ impl Default for Options {
 #[derive(Default)]
 struct Queue {
     events: Vec<Event>,
+    /// Which of `events` later uses may be folded into.
+    folds: fold::Folds,
     flushes: Vec<mpsc::Sender<()>>,
     rotations: Vec<rotate::Reply>,
     /// The writer waits with no deadline: the next record must wake it.
@@ -396,15 +400,20 @@ impl Audit {
         Ok(audit)
     }
 
-    /// Queues a record. Never blocks the caller (beyond a short lock),
-    /// and wakes the writer only if it is idle.
+    /// Queues a record, or counts a successful use in one queued for the
+    /// same caller, key and version ([`fold`]). Never blocks the caller
+    /// (beyond a short lock), and wakes the writer only if it is idle.
     pub fn record(&self, event: Event) {
         let shared = &self.handle.shared;
+        let mut guard = shared.lock();
+        let q = &mut *guard;
+        if q.folds.fold(&mut q.events, &event) {
+            return;
+        }
         shared.pending.fetch_add(1, Ordering::AcqRel);
-        let mut q = shared.lock();
         q.events.push(event);
         let wake = std::mem::take(&mut q.idle);
-        drop(q);
+        drop(guard);
         if wake {
             shared.wake.notify_one();
         }

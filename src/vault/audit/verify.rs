@@ -55,6 +55,11 @@ pub struct Report {
     /// Records the vault could not write while the log was failing,
     /// counted by its `audit-dropped` records.
     pub dropped: u64,
+    /// What the records stand for: a record with a `count` (folded uses,
+    /// folded refusals) is that many operations or refusals, any other
+    /// one. The log's own records (`audit-*`, whose `count` is about
+    /// records or segments) are not counted.
+    pub events: u64,
 }
 
 /// Where the chain has got to while checking.
@@ -133,6 +138,9 @@ impl Chain {
             }
             if record.op == "audit-dropped" {
                 self.report.dropped += record.count.unwrap_or(0);
+            }
+            if !record.op.starts_with("audit-") {
+                self.report.events += record.count.unwrap_or(1);
             }
             each(&record);
             mac.clone_into(&mut self.prev);

@@ -165,6 +165,7 @@ impl Writer {
         q.idle = false;
         r.closed = q.closed;
         std::mem::swap(&mut r.taken, &mut q.events);
+        q.folds.taken();
         r.waiters.append(&mut q.flushes);
         r.rotations.append(&mut q.rotations);
         drop(q);
