@@ -69,92 +69,95 @@ impl StoreSettings {
                 }
                 Ok(StoreSettings::Local)
             }
-            "etcd" => {
-                let kind_span = f.kind.as_ref().map_or(0..0, Spanned::span);
-                let Some(endpoints) = &f.endpoints else {
-                    return Err(src.error(
-                        kind_span,
-                        "kind = \"etcd\" needs endpoints = [\"http://host:2379\", …]",
-                    ));
-                };
-                if endpoints.get_ref().is_empty() {
-                    return Err(src.error(endpoints.span(), "endpoints is empty"));
-                }
-                let tls = f.tls_ca.is_some() || f.tls_cert.is_some();
-                for e in endpoints.get_ref() {
-                    let scheme_ok = if tls {
-                        e.starts_with("https://")
-                    } else {
-                        e.starts_with("http://") || e.starts_with("https://")
-                    };
-                    let rest = e.split_once("://").map_or("", |(_, r)| r);
-                    if !scheme_ok || rest.is_empty() || rest.contains('/') {
-                        let want = if tls {
-                            "https://host:port (TLS is configured)"
-                        } else {
-                            "http://host:port or https://host:port"
-                        };
-                        return Err(src.error(
-                            endpoints.span(),
-                            format!("invalid etcd endpoint {e:?}: expected {want}"),
-                        ));
-                    }
-                }
-                let prefix = match &f.prefix {
-                    Some(p) => {
-                        let v = p.get_ref();
-                        if !v.starts_with('/') || !v.ends_with('/') || v.len() < 2 {
-                            return Err(src.error(
-                                p.span(),
-                                format!("invalid prefix {v:?}: a path that starts and ends with '/', e.g. \"{DEFAULT_PREFIX}\""),
-                            ));
-                        }
-                        v.clone()
-                    }
-                    None => DEFAULT_PREFIX.to_owned(),
-                };
-                let Some(node) = &f.node else {
-                    return Err(src.error(
-                        kind_span,
-                        "kind = \"etcd\" needs node = \"NAME\", this node's name, unique in the cluster",
-                    ));
-                };
-                let n = node.get_ref();
-                if n.is_empty()
-                    || n.len() > 64
-                    || !n
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                {
-                    return Err(src.error(
-                        node.span(),
-                        format!("invalid node name {n:?}: 1-64 of A-Z a-z 0-9 . _ -"),
-                    ));
-                }
-                if f.tls_cert.is_some() != f.tls_key.is_some() {
-                    let span = f
-                        .tls_cert
-                        .as_ref()
-                        .or(f.tls_key.as_ref())
-                        .map_or(0..0, Spanned::span);
-                    return Err(src.error(span, "tls_cert and tls_key go together"));
-                }
-                let path = |p: &Option<Spanned<String>>| {
-                    p.as_ref().map(|p| loaded.resolve(p.get_ref().as_ref()))
-                };
-                Ok(StoreSettings::Etcd(EtcdStore {
-                    endpoints: endpoints.get_ref().clone(),
-                    prefix,
-                    node: n.clone(),
-                    tls_ca: path(&f.tls_ca),
-                    tls_cert: path(&f.tls_cert),
-                    tls_key: path(&f.tls_key),
-                }))
-            }
+            "etcd" => etcd(loaded, f),
             other => Err(src.error(
                 f.kind.as_ref().map_or(0..0, Spanned::span),
                 format!("invalid store kind {other:?}: expected \"local\" or \"etcd\""),
             )),
         }
     }
+}
+
+/// `[vault.store]` with `kind = "etcd"`.
+fn etcd(loaded: &Loaded, f: &StoreFile) -> Result<StoreSettings, ConfigError> {
+    let src = loaded.source();
+    let kind_span = f.kind.as_ref().map_or(0..0, Spanned::span);
+    let Some(endpoints) = &f.endpoints else {
+        return Err(src.error(
+            kind_span,
+            "kind = \"etcd\" needs endpoints = [\"http://host:2379\", …]",
+        ));
+    };
+    if endpoints.get_ref().is_empty() {
+        return Err(src.error(endpoints.span(), "endpoints is empty"));
+    }
+    let tls = f.tls_ca.is_some() || f.tls_cert.is_some();
+    for e in endpoints.get_ref() {
+        let scheme_ok = if tls {
+            e.starts_with("https://")
+        } else {
+            e.starts_with("http://") || e.starts_with("https://")
+        };
+        let rest = e.split_once("://").map_or("", |(_, r)| r);
+        if !scheme_ok || rest.is_empty() || rest.contains('/') {
+            let want = if tls {
+                "https://host:port (TLS is configured)"
+            } else {
+                "http://host:port or https://host:port"
+            };
+            return Err(src.error(
+                endpoints.span(),
+                format!("invalid etcd endpoint {e:?}: expected {want}"),
+            ));
+        }
+    }
+    let prefix = match &f.prefix {
+        Some(p) => {
+            let v = p.get_ref();
+            if !v.starts_with('/') || !v.ends_with('/') || v.len() < 2 {
+                return Err(src.error(
+                        p.span(),
+                        format!("invalid prefix {v:?}: a path that starts and ends with '/', e.g. \"{DEFAULT_PREFIX}\""),
+                    ));
+            }
+            v.clone()
+        }
+        None => DEFAULT_PREFIX.to_owned(),
+    };
+    let Some(node) = &f.node else {
+        return Err(src.error(
+            kind_span,
+            "kind = \"etcd\" needs node = \"NAME\", this node's name, unique in the cluster",
+        ));
+    };
+    let n = node.get_ref();
+    if n.is_empty()
+        || n.len() > 64
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(src.error(
+            node.span(),
+            format!("invalid node name {n:?}: 1-64 of A-Z a-z 0-9 . _ -"),
+        ));
+    }
+    if f.tls_cert.is_some() != f.tls_key.is_some() {
+        let span = f
+            .tls_cert
+            .as_ref()
+            .or(f.tls_key.as_ref())
+            .map_or(0..0, Spanned::span);
+        return Err(src.error(span, "tls_cert and tls_key go together"));
+    }
+    let path =
+        |p: &Option<Spanned<String>>| p.as_ref().map(|p| loaded.resolve(p.get_ref().as_ref()));
+    Ok(StoreSettings::Etcd(EtcdStore {
+        endpoints: endpoints.get_ref().clone(),
+        prefix,
+        node: n.clone(),
+        tls_ca: path(&f.tls_ca),
+        tls_cert: path(&f.tls_cert),
+        tls_key: path(&f.tls_key),
+    }))
 }

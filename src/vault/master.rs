@@ -97,6 +97,18 @@ impl Subkeys {
     }
 }
 
+impl Subkeys {
+    /// The value every node of a cluster must derive from its master key
+    /// (kept in the shared store): never the key, and not a value that
+    /// opens anything.
+    pub fn cluster_check(&self) -> String {
+        hex::encode(ring::hmac::sign(
+            &self.manifest_mac,
+            b"vaultgate cluster master check v1",
+        ))
+    }
+}
+
 fn check_value(master: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, master);
     hex::encode(ring::hmac::sign(&key, CHECK_LABEL))

@@ -83,6 +83,8 @@ pub enum VaultError {
     },
     #[error(transparent)]
     Switch(#[from] crate::os::DropError),
+    #[error("cannot start the keystore's follower thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Opens the state dir and builds the vault (no socket yet).
@@ -112,11 +114,7 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
             keep_segments: settings.audit_keep_segments,
         },
     )?;
-    let store = keystore::Keystore::open_local(
-        &settings.state_dir,
-        Arc::new(subkeys),
-        audit.head_manifest(),
-    )?;
+    let store = open_store(&settings, Arc::new(subkeys), audit.head_manifest())?;
     for (alarm, key) in store.take_alarms() {
         audit.alarm(&alarm, key.as_deref());
     }
@@ -125,6 +123,51 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
     let policy = policy::Policy::new(&settings.grants, nix::unistd::geteuid().as_raw());
     keys::warm_up();
     Ok(Vault::new(settings, store, policy, audit))
+}
+
+/// The keystore `[vault.store]` names: the state dir's, or the
+/// cluster's on etcd (after checking this node's master key is the
+/// cluster's), with this node's manifest of what it has seen kept in
+/// `state_dir/cluster`.
+fn open_store(
+    settings: &VaultSettings,
+    subkeys: Arc<master::Subkeys>,
+    head_manifest: Option<u64>,
+) -> Result<keystore::Keystore, VaultError> {
+    use crate::config::store::StoreSettings;
+    let cfg = match &settings.store {
+        StoreSettings::Local => {
+            return Ok(keystore::Keystore::open_local(
+                &settings.state_dir,
+                subkeys,
+                head_manifest,
+            )?)
+        }
+        StoreSettings::Etcd(cfg) => cfg,
+    };
+    let etcd = crate::etcd::Etcd::connect(&crate::etcd::EtcdConfig {
+        endpoints: cfg.endpoints.clone(),
+        prefix: cfg.prefix.clone(),
+        tls_ca: cfg.tls_ca.clone(),
+        tls_cert: cfg.tls_cert.clone(),
+        tls_key: cfg.tls_key.clone(),
+    })
+    .map_err(|e| keystore::StoreError::Etcd(Box::new(e)))?;
+    let backend = keystore::etcd::EtcdBackend::new(etcd);
+    backend.claim_master(&subkeys.cluster_check())?;
+    let dir = settings.state_dir.join("cluster");
+    crate::fsutil::ensure_dir(&dir, 0o700).map_err(|source| VaultError::StateDir {
+        path: dir.clone(),
+        source,
+    })?;
+    tracing::info!(node = %cfg.node, endpoints = ?cfg.endpoints, prefix = %cfg.prefix, "keystore on etcd");
+    Ok(keystore::Keystore::open(
+        Box::new(backend),
+        &dir,
+        subkeys,
+        head_manifest,
+        true,
+    )?)
 }
 
 /// The manifest anchors the synced end of the log it last saw; a log
@@ -274,6 +317,16 @@ pub async fn run(
     tracing::info!(socket = %socket.display(), "vault listening");
     on_ready(&vault.settings());
     crate::notify::ready(&format!("vault listening on {}", socket.display()));
+
+    // Changes other vault nodes make to a shared keystore; a thread of
+    // its own, as applying one writes this node's manifest.
+    {
+        let vault = vault.clone();
+        std::thread::Builder::new()
+            .name("store-follow".into())
+            .spawn(move || vault.follow_store())
+            .map_err(VaultError::Thread)?;
+    }
 
     let housekeeping = {
         let vault = vault.clone();

@@ -329,6 +329,13 @@ impl Key {
     }
 
     /// The material of `version`, or of the primary version.
+    /// Whether `rotate_every` has passed since the last rotation.
+    pub fn rotation_due(&self, now: u64) -> bool {
+        let r = &self.record;
+        r.rotate_every
+            .is_some_and(|every| r.rotated.unwrap_or(r.created).saturating_add(every) <= now)
+    }
+
     pub fn material(&self, version: Option<u32>) -> Option<(u32, &Arc<Material>)> {
         let v = version.unwrap_or(self.record.primary);
         self.versions.get(&v).map(|m| (v, m))

@@ -18,6 +18,9 @@ pub(super) struct Check {
     /// Whether the manifest was read and verified (if not, the records
     /// found are taken as they are).
     trusted: bool,
+    /// Whether other nodes write the store too: a name this node never
+    /// saw is one created elsewhere, not planted.
+    shared: bool,
     /// Whether the manifest must be written again.
     dirty: bool,
     alarms: Vec<(Alarm, Option<String>)>,
@@ -31,10 +34,16 @@ impl Check {
 
     /// Reads the manifest in `dir` and holds it against the generation
     /// `audit.head` recorded.
-    pub(super) fn new(dir: &Path, subkeys: &Subkeys, head: Option<u64>) -> std::io::Result<Check> {
+    pub(super) fn new(
+        dir: &Path,
+        subkeys: &Subkeys,
+        head: Option<u64>,
+        shared: bool,
+    ) -> std::io::Result<Check> {
         let mut check = Check {
             manifest: Manifest::new(),
             trusted: false,
+            shared,
             dirty: true,
             alarms: Vec::new(),
         };
@@ -79,15 +88,24 @@ impl Check {
     /// a crash interrupted (to be finished).
     pub(super) fn admit(&mut self, name: &str, key: Key, now: u64) -> Option<Slot> {
         let found = key.record.generation;
-        let verdict = if self.trusted {
-            self.manifest.judge(name, found)
-        } else {
+        let known =
+            self.manifest.keys.contains_key(name) || self.manifest.deleted.contains_key(name);
+        let verdict = if !self.trusted || (self.shared && !known) {
             Verdict::Ahead
+        } else {
+            match self.manifest.judge(name, found) {
+                // In a shared store the tombstone replaces the record in
+                // one write: no crash leaves the record behind it.
+                Verdict::Deleting { tombstone } if self.shared => Verdict::Unknown {
+                    why: format!(" (the key was deleted at generation {tombstone}; this is its record put back)"),
+                },
+                v => v,
+            }
         };
         let refused = match verdict {
             Verdict::Current => None,
             Verdict::Ahead => {
-                if self.trusted {
+                if self.trusted && !self.shared {
                     tracing::info!(
                         key = name,
                         generation = found,
@@ -132,6 +150,37 @@ impl Check {
                 Slot::Corrupt(e)
             }
         })
+    }
+
+    /// Raises `e`, found at start, as an alarm of `kind`.
+    pub(super) fn refuse(&mut self, kind: &'static str, e: &RecordError, name: &str) {
+        self.alarm(kind, e.to_string(), Some(name));
+    }
+
+    /// A tombstone found for `name` at `generation`: the deletion noted,
+    /// or, if the manifest knows the key newer than that, refused as a
+    /// tombstone put back over a key created again.
+    pub(super) fn tombstone(&mut self, name: &str, generation: u64) -> Option<Slot> {
+        match self.manifest.keys.get(name) {
+            Some(&known) if known >= generation => {
+                let e = RecordError::RolledBack {
+                    name: name.to_owned(),
+                    found: generation,
+                    expected: known,
+                };
+                self.alarm("key-rolled-back", e.to_string(), Some(name));
+                Some(Slot::Corrupt(e))
+            }
+            _ => {
+                let old = self.manifest.deleted.get(name).copied().unwrap_or(0);
+                if generation > old {
+                    self.manifest.keys.remove(name);
+                    self.manifest.deleted.insert(name.to_owned(), generation);
+                    self.dirty = true;
+                }
+                None
+            }
+        }
     }
 
     /// A slot for each key the manifest lists but whose record is gone.

@@ -72,6 +72,19 @@ impl Backend for LocalBackend {
         Ok(listing)
     }
 
+    fn get(&self, name: &str) -> Result<Option<Stored>, StoreError> {
+        let path = self.path(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(Stored {
+                name: name.to_owned(),
+                bytes,
+                revision: 0,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
     fn put(&self, name: &str, bytes: &[u8], _expect: Expect) -> Result<u64, StoreError> {
         let path = self.path(name);
         fsutil::write_atomic(&path, bytes, 0o600)
@@ -112,7 +125,8 @@ impl Backend for LocalBackend {
         Ok(0)
     }
 
-    fn delete(&self, name: &str, _expect: Expect) -> Result<u64, StoreError> {
+    /// The manifest keeps deleted names here: no tombstone is written.
+    fn delete(&self, name: &str, _expect: Expect, _tombstone: &[u8]) -> Result<u64, StoreError> {
         let path = self.path(name);
         match fsutil::remove_durable(&path) {
             Ok(()) => Ok(0),

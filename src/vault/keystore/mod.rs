@@ -2,7 +2,10 @@
 //! durably on every change, held in memory for the signing path.
 //!
 //! Where the records live is a [`Backend`]: [`local`](mod@local), files in
-//! the state dir (the embedded default). The keystore itself owns what
+//! the state dir (the embedded default), or [`etcd`](mod@etcd), one store
+//! every node of a cluster shares, whose changes by other nodes arrive by
+//! [`Follow`] and are applied as they come ([`Keystore::apply`]); a
+//! deleted key leaves a [`tombstone`](mod@tombstone) there. The keystore itself owns what
 //! does not depend on where: sealing, generations and the manifest, the
 //! in-memory copy every request reads.
 //!
@@ -14,7 +17,9 @@
 //! [`check`](mod@check) holds records found at start against it.
 
 mod check;
+pub mod etcd;
 pub mod local;
+mod tombstone;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +47,13 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Another node changed key `name` since this one read it.
+    #[error("key {name:?} was changed by another node meanwhile")]
+    Conflict { name: String },
+    #[error(transparent)]
+    Etcd(Box<crate::etcd::EtcdError>),
+    #[error("this node's master key is not the one the cluster under etcd prefix {prefix:?} is sealed with (its check value differs): give every node the same master key")]
+    MasterMismatch { prefix: String },
 }
 
 /// One record as a backend holds it: the sealed bytes, and the revision
@@ -74,12 +86,47 @@ pub enum Expect {
 /// change is durable when it returns, or did not happen.
 pub trait Backend: Send + Sync {
     fn list(&self) -> Result<Listing, StoreError>;
+    fn get(&self, name: &str) -> Result<Option<Stored>, StoreError>;
     /// Writes `name`'s record if it is as `expect` says; returns the new
     /// revision.
     fn put(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StoreError>;
     /// Writes records of keys that do not exist, all or none.
     fn put_all(&self, records: &[(String, Vec<u8>)]) -> Result<u64, StoreError>;
-    fn delete(&self, name: &str, expect: Expect) -> Result<u64, StoreError>;
+    /// Deletes `name`'s record; a store other nodes read keeps
+    /// `tombstone` in its place.
+    fn delete(&self, name: &str, expect: Expect, tombstone: &[u8]) -> Result<u64, StoreError>;
+    /// Changes others make after revision `after`; none for a store only
+    /// this process writes.
+    fn follow(&self, _after: u64) -> Option<Box<dyn Follow>> {
+        None
+    }
+}
+
+/// A change to the store that another node made.
+pub enum Change {
+    Put(Stored),
+    /// A record deleted outright (no tombstone: not by a vault node).
+    Deleted {
+        name: String,
+        revision: u64,
+    },
+    /// Everything, read again (the change stream had ended).
+    Relisted(Listing),
+}
+
+pub trait Follow: Send {
+    /// The next change, or `None` after waiting `wait` for one.
+    fn next(&mut self, wait: std::time::Duration) -> Option<Change>;
+}
+
+/// What applying another node's change did here.
+pub enum Applied {
+    /// The key is now this (created, changed, or recovered).
+    Changed(Arc<Key>),
+    Deleted(String),
+    /// Refused: the record is older than one seen, forged, or gone
+    /// without a tombstone; the key as held keeps being served.
+    Refused(Alarm, String),
 }
 
 /// A key's slot and the revision of the record it came from.
@@ -110,6 +157,10 @@ pub struct Keystore {
     alarms: Mutex<Vec<(Alarm, Option<String>)>>,
     /// The backend revision the keystore has applied (0 for the local one).
     applied: AtomicU64,
+    /// Whether other nodes write the backend too.
+    shared: bool,
+    /// Deleted keys' tombstones in a shared backend: their revisions.
+    gone: Mutex<HashMap<String, u64>>,
 }
 
 impl Keystore {
@@ -121,25 +172,35 @@ impl Keystore {
     ) -> Result<Keystore, StoreError> {
         let backend = local::LocalBackend::open(state_dir)?;
         let manifest_dir = backend.dir().to_owned();
-        Keystore::open(Box::new(backend), &manifest_dir, subkeys, head_manifest)
+        Keystore::open(
+            Box::new(backend),
+            &manifest_dir,
+            subkeys,
+            head_manifest,
+            false,
+        )
     }
 
     /// Loads every record `backend` holds and checks each against the
     /// manifest in `manifest_dir` (see [`super::manifest`]).
     /// `head_manifest` is the manifest generation `audit.head` recorded.
     /// What does not fit is refused by name and left in
-    /// [`Keystore::take_alarms`].
+    /// [`Keystore::take_alarms`]. `shared`: other nodes write `backend`
+    /// too (names this node never saw are theirs; deletions are
+    /// tombstones).
     pub fn open(
         backend: Box<dyn Backend>,
         manifest_dir: &Path,
         subkeys: Arc<Subkeys>,
         head_manifest: Option<u64>,
+        shared: bool,
     ) -> Result<Keystore, StoreError> {
         let io = |source| StoreError::Io {
             path: manifest_dir.to_owned(),
             source,
         };
-        let mut check = Check::new(manifest_dir, &subkeys, head_manifest).map_err(io)?;
+        let mut check = Check::new(manifest_dir, &subkeys, head_manifest, shared).map_err(io)?;
+        let mut gone = HashMap::new();
         let now = super::ops::now();
         let listing = backend.list()?;
         let listing_revision = listing.revision;
@@ -159,13 +220,26 @@ impl Keystore {
             );
         }
         for stored in listing.records {
-            let name = stored.name;
+            let name = stored.name.clone();
+            if shared {
+                if let Some(found) = check_tombstone(&mut check, &subkeys, &name, &stored) {
+                    match found {
+                        Some(held) => {
+                            slots.insert(name, held);
+                        }
+                        None => {
+                            gone.insert(name, stored.revision);
+                        }
+                    }
+                    continue;
+                }
+            }
             let slot = match Key::from_bytes(&subkeys, &format!("{name}.json"), &stored.bytes) {
                 Ok(key) => match check.admit(&name, key, now) {
                     Some(slot) => slot,
                     None => {
                         tracing::warn!(key = name, "finishing a deletion a crash interrupted");
-                        backend.delete(&name, Expect::At(stored.revision))?;
+                        backend.delete(&name, Expect::At(stored.revision), &[])?;
                         continue;
                     }
                 },
@@ -199,6 +273,8 @@ impl Keystore {
             manifest: Mutex::new(manifest),
             alarms: Mutex::new(alarms),
             applied: AtomicU64::new(0),
+            shared,
+            gone: Mutex::new(gone),
         })
         .inspect(|store| store.applied(listing_revision))
     }
@@ -264,9 +340,13 @@ impl Keystore {
 
     /// What a change to `name` expects the backend to hold.
     fn expect(&self, name: &str) -> Expect {
-        match self.slots.read_locked().get(name) {
-            Some(h) => Expect::At(h.revision),
-            None => Expect::Absent,
+        let revision = match self.slots.read_locked().get(name) {
+            Some(h) => h.revision,
+            None => self.gone.locked().get(name).copied().unwrap_or(0),
+        };
+        match revision {
+            0 => Expect::Absent,
+            r => Expect::At(r),
         }
     }
 
@@ -284,6 +364,7 @@ impl Keystore {
         manifest.note(key.name(), key.record.generation);
         self.write_manifest(&mut manifest, anchor);
         let key = Arc::new(key);
+        self.gone.locked().remove(key.name());
         self.slots.write_locked().insert(
             key.name().to_owned(),
             Held {
@@ -325,25 +406,254 @@ impl Keystore {
         Ok(keys)
     }
 
-    /// Deletes a key's record for good: its tombstone goes into the
-    /// manifest first, so a crash in between leaves a record the next
-    /// start knows to finish deleting.
+    /// Deletes a key's record for good. Locally its tombstone goes into
+    /// the manifest first, so a crash in between leaves a record the next
+    /// start knows to finish deleting; in a shared store the tombstone
+    /// replaces the record in one write, then the manifest notes it.
     pub fn remove(&self, name: &str, anchor: Anchor) -> Result<(), StoreError> {
         let mut manifest = self.manifest.locked();
         let mut next = manifest.clone();
         next.note_deleted(name);
-        next.anchor = Some(anchor);
-        next.write(&self.manifest_dir, &self.subkeys.manifest_mac)
-            .map_err(|source| StoreError::Io {
-                path: self.manifest_dir.join(manifest::FILE),
-                source,
-            })?;
-        self.written.store(next.generation, Ordering::Release);
+        let tomb = tombstone::seal(
+            &self.subkeys.manifest_mac,
+            name,
+            next.deleted.get(name).copied().unwrap_or(0),
+        );
+        let expect = self.expect(name);
+        if self.shared {
+            let revision = self.backend.delete(name, expect, &tomb)?;
+            self.applied(revision);
+            self.gone.locked().insert(name.to_owned(), revision);
+            self.write_manifest(&mut next, anchor);
+        } else {
+            next.anchor = Some(anchor);
+            next.write(&self.manifest_dir, &self.subkeys.manifest_mac)
+                .map_err(|source| StoreError::Io {
+                    path: self.manifest_dir.join(manifest::FILE),
+                    source,
+                })?;
+            self.written.store(next.generation, Ordering::Release);
+            *manifest = next;
+            self.backend.delete(name, expect, &tomb)?;
+            self.slots.write_locked().remove(name);
+            return Ok(());
+        }
         *manifest = next;
-        let revision = self.backend.delete(name, self.expect(name))?;
-        self.applied(revision);
         self.slots.write_locked().remove(name);
         Ok(())
+    }
+}
+
+/// A tombstone found at start in a shared store: `None` if `stored` is
+/// not one; else the slot to hold (refused), or none (the key is gone).
+fn check_tombstone(
+    check: &mut Check,
+    subkeys: &Subkeys,
+    name: &str,
+    stored: &Stored,
+) -> Option<Option<Held>> {
+    let slot = match tombstone::read(&subkeys.manifest_mac, name, &stored.bytes) {
+        tombstone::Read::NotOne => return None,
+        tombstone::Read::Deleted(generation) => check.tombstone(name, generation),
+        tombstone::Read::Forged => {
+            let e = RecordError::Unknown {
+                name: name.to_owned(),
+                why: " (a tombstone that fails its integrity check)".into(),
+            };
+            check.refuse("key-unknown", &e, name);
+            Some(Slot::Corrupt(e))
+        }
+    };
+    Some(slot.map(|slot| Held {
+        slot,
+        revision: stored.revision,
+    }))
+}
+
+impl Keystore {
+    /// The changes other nodes make, from what this keystore has applied.
+    pub fn follow(&self) -> Option<Box<dyn Follow>> {
+        self.backend.follow(self.applied.load(Ordering::Acquire))
+    }
+
+    /// Reads `name` from the backend now (a change to it lost a race)
+    /// and applies what is there.
+    pub fn refresh(&self, name: &str) -> Result<Vec<Applied>, StoreError> {
+        Ok(match self.backend.get(name)? {
+            Some(stored) => self.apply(Change::Put(stored)),
+            None => self.apply(Change::Deleted {
+                name: name.to_owned(),
+                revision: 0,
+            }),
+        })
+    }
+
+    /// Applies a change another node made: a newer record replaces the
+    /// one held; an older one (a copy put back), a forged one or one
+    /// deleted without a tombstone is refused, and the key as held keeps
+    /// being served. The revision is taken either way, so this node's
+    /// next change to the key replaces what was refused.
+    pub fn apply(&self, change: Change) -> Vec<Applied> {
+        let mut manifest = self.manifest.locked();
+        match change {
+            Change::Put(stored) => self.apply_put(&mut manifest, stored).into_iter().collect(),
+            Change::Deleted { name, revision } => {
+                self.apply_deleted(&name, revision).into_iter().collect()
+            }
+            Change::Relisted(listing) => {
+                self.applied(listing.revision);
+                let listed: std::collections::HashSet<String> =
+                    listing.records.iter().map(|r| r.name.clone()).collect();
+                let mut out: Vec<Applied> = listing
+                    .records
+                    .into_iter()
+                    .filter_map(|stored| self.apply_put(&mut manifest, stored))
+                    .collect();
+                let vanished: Vec<String> = self
+                    .slots
+                    .read_locked()
+                    .iter()
+                    .filter(|(n, h)| h.revision != 0 && !listed.contains(*n))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in vanished {
+                    out.extend(self.apply_deleted(&name, listing.revision));
+                }
+                out
+            }
+        }
+    }
+
+    fn held_revision(&self, name: &str) -> u64 {
+        match self.slots.read_locked().get(name) {
+            Some(h) => h.revision,
+            None => self.gone.locked().get(name).copied().unwrap_or(0),
+        }
+    }
+
+    /// Keeps the key as held (or marks it corrupt if none is) at
+    /// `revision`, and says why.
+    fn refuse(&self, name: &str, revision: u64, kind: &'static str, e: RecordError) -> Applied {
+        tracing::error!(key = name, error = %e, "refusing a record from the shared store");
+        metrics::counter!("vaultgate_vault_store_refused_total", "kind" => kind).increment(1);
+        let mut slots = self.slots.write_locked();
+        match slots.get_mut(name) {
+            Some(h) => h.revision = revision,
+            None => {
+                slots.insert(
+                    name.to_owned(),
+                    Held {
+                        slot: Slot::Corrupt(e.clone()),
+                        revision,
+                    },
+                );
+            }
+        }
+        Applied::Refused(
+            Alarm {
+                kind,
+                message: format!("{e}; the key is served as this node holds it"),
+            },
+            name.to_owned(),
+        )
+    }
+
+    fn apply_put(&self, manifest: &mut Manifest, stored: Stored) -> Option<Applied> {
+        let Stored {
+            name,
+            bytes,
+            revision,
+        } = stored;
+        if revision <= self.held_revision(&name) {
+            return None; // this node's own change, or one applied already
+        }
+        self.applied(revision);
+        let anchor = manifest.anchor.clone().unwrap_or_else(Anchor::genesis);
+        let known = manifest.keys.get(&name).copied();
+        let deleted = manifest.deleted.get(&name).copied();
+        match tombstone::read(&self.subkeys.manifest_mac, &name, &bytes) {
+            tombstone::Read::Deleted(generation) => {
+                if let Some(known) = known.filter(|k| *k >= generation) {
+                    let e = RecordError::RolledBack {
+                        name: name.clone(),
+                        found: generation,
+                        expected: known,
+                    };
+                    return Some(self.refuse(&name, revision, "key-rolled-back", e));
+                }
+                manifest.keys.remove(&name);
+                manifest.deleted.insert(name.clone(), generation);
+                manifest.generation += 1;
+                self.write_manifest(manifest, anchor);
+                self.slots.write_locked().remove(&name);
+                self.gone.locked().insert(name.clone(), revision);
+                return Some(Applied::Deleted(name));
+            }
+            tombstone::Read::Forged => {
+                let e = RecordError::Unknown {
+                    name: name.clone(),
+                    why: " (a tombstone that fails its integrity check)".into(),
+                };
+                return Some(self.refuse(&name, revision, "key-unknown", e));
+            }
+            tombstone::Read::NotOne => {}
+        }
+        let key = match Key::from_bytes(&self.subkeys, &format!("{name}.json"), &bytes) {
+            Ok(key) => key,
+            Err(e) => return Some(self.refuse(&name, revision, "key-corrupt", e)),
+        };
+        let found = key.record.generation;
+        let floor = match (known, deleted) {
+            (Some(k), _) => Some(k + 1),
+            (None, Some(t)) => Some(t),
+            (None, None) => None,
+        };
+        if let Some(expected) = floor.filter(|f| found < *f) {
+            let e = RecordError::RolledBack {
+                name: name.clone(),
+                found,
+                expected,
+            };
+            return Some(self.refuse(&name, revision, "key-rolled-back", e));
+        }
+        manifest.note(&name, found);
+        self.write_manifest(manifest, anchor);
+        let key = Arc::new(key);
+        self.gone.locked().remove(&name);
+        self.slots.write_locked().insert(
+            name,
+            Held {
+                slot: Slot::Ready(key.clone()),
+                revision,
+            },
+        );
+        Some(Applied::Changed(key))
+    }
+
+    /// A record deleted outright: no vault node does that (a deletion is
+    /// a tombstone), so it is refused.
+    fn apply_deleted(&self, name: &str, revision: u64) -> Option<Applied> {
+        if revision != 0 && revision <= self.held_revision(name) {
+            return None;
+        }
+        self.applied(revision);
+        let expected = self.manifest_generation_of(name)?;
+        let e = RecordError::Missing {
+            name: name.to_owned(),
+            expected,
+        };
+        // Revision 0: absent, so this node's next change creates it again.
+        Some(self.refuse(name, 0, "key-missing", e))
+    }
+
+    fn manifest_generation_of(&self, name: &str) -> Option<u64> {
+        self.slots
+            .read_locked()
+            .get(name)
+            .and_then(|h| match &h.slot {
+                Slot::Ready(k) => Some(k.record.generation),
+                Slot::Corrupt(_) => None,
+            })
     }
 }
 

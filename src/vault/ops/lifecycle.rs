@@ -147,6 +147,13 @@ impl Vault {
         let material = Material::generate(current.key_type())?;
         let _guard = self.lock();
         let mut key = (*self.find(name)?).clone();
+        if scheduled && !key.rotation_due(now()) {
+            // Another node rotated it first (a shared store).
+            return Err(OpError::new(
+                ErrorCode::InvalidInput,
+                format!("key {name:?} was rotated meanwhile; not due again yet"),
+            ));
+        }
         Self::start_grace(&mut key, self.settings.load().sign_grace.as_secs());
         let version = key.add_version(self.store.subkeys(), material, Origin::Generated, now())?;
         let key = self.put(key)?;

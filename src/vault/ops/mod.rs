@@ -42,6 +42,9 @@ use crate::sync::Locked;
 pub struct OpError {
     pub code: ErrorCode,
     pub message: String,
+    /// The key whose change lost a race with another node's: read it
+    /// again and decide again.
+    lost_race: Option<String>,
 }
 
 impl OpError {
@@ -49,9 +52,14 @@ impl OpError {
         OpError {
             code,
             message: message.into(),
+            lost_race: None,
         }
     }
 }
+
+/// How many times a change that lost a race to another node is decided
+/// again on the newer record before the caller is told.
+const RACE_RETRIES: u32 = 8;
 
 impl From<KeyError> for OpError {
     fn from(e: KeyError) -> Self {
@@ -72,7 +80,14 @@ impl From<KeyError> for OpError {
 
 impl From<StoreError> for OpError {
     fn from(e: StoreError) -> Self {
-        OpError::new(ErrorCode::Storage, format!("keystore not changed: {e}"))
+        let lost_race = match &e {
+            StoreError::Conflict { name } => Some(name.clone()),
+            _ => None,
+        };
+        OpError {
+            lost_race,
+            ..OpError::new(ErrorCode::Storage, format!("keystore not changed: {e}"))
+        }
     }
 }
 
@@ -429,7 +444,7 @@ impl Vault {
                 );
             }
         }
-        let outcome = self.dispatch(caller, req);
+        let outcome = self.dispatch_deciding_again(caller, req);
         let (response, key, version, ca, result, error) = match outcome {
             Ok(done) => (
                 done.response,
@@ -473,6 +488,70 @@ impl Vault {
             ..Event::default()
         });
         (response, event)
+    }
+
+    /// [`Vault::dispatch`], run again on the newer record when its change
+    /// lost a race with another node's (a shared store): so two nodes
+    /// rotating one key at once both succeed, one version each.
+    fn dispatch_deciding_again(
+        &self,
+        caller: &Caller,
+        req: &Request,
+    ) -> Result<Done, (OpError, Named)> {
+        let mut tries = 0;
+        loop {
+            let outcome = self.dispatch(caller, req);
+            let name = match &outcome {
+                Err((e, _)) if tries < RACE_RETRIES => e.lost_race.clone(),
+                _ => None,
+            };
+            let Some(name) = name else {
+                return outcome;
+            };
+            tries += 1;
+            metrics::counter!("vaultgate_vault_store_conflicts_total").increment(1);
+            match self.store.refresh(&name) {
+                Ok(applied) => self.take_applied(applied),
+                Err(e) => return Err((e.into(), Named::key(&name))),
+            }
+        }
+    }
+
+    /// Makes changes other nodes made known here: subscribers told,
+    /// refusals audited.
+    pub fn take_applied(&self, applied: Vec<super::keystore::Applied>) {
+        use super::keystore::Applied;
+        if applied.is_empty() {
+            return;
+        }
+        for a in applied {
+            match a {
+                Applied::Changed(key) => self.publish(&key),
+                Applied::Deleted(name) => {
+                    let _ = self.events.send(KeyEvent {
+                        key: name,
+                        primary: 0,
+                        json: "null".into(),
+                    });
+                }
+                Applied::Refused(alarm, name) => self.audit.alarm(&alarm, Some(&name)),
+            }
+        }
+        self.audit.set_manifest(self.store.generation());
+    }
+
+    /// Follows the changes other nodes make to a shared store, for as
+    /// long as the process runs; returns at once for a local store.
+    pub fn follow_store(&self) {
+        let Some(mut follow) = self.store.follow() else {
+            return;
+        };
+        loop {
+            if let Some(change) = follow.next(std::time::Duration::from_secs(1)) {
+                let applied = self.store.apply(change);
+                self.take_applied(applied);
+            }
+        }
     }
 
     /// Errors carry the key they concern when the request did not name it

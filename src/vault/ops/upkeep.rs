@@ -29,6 +29,7 @@ impl Vault {
                 "first": report.first,
                 "last": report.last,
                 "last_mac": report.last_mac,
+                "events": report.events,
             })
             .to_string(),
         }))
@@ -114,11 +115,7 @@ impl Vault {
                     ..Event::system("delete", error)
                 });
                 tracing::info!(key = %name, "deleted key after its waiting period");
-            } else if r.state == KeyState::Enabled
-                && r.rotate_every.is_some_and(|every| {
-                    r.rotated.unwrap_or(r.created).saturating_add(every) <= now
-                })
-            {
+            } else if r.state == KeyState::Enabled && key.rotation_due(now) {
                 let result = self.rotate(&name, true);
                 let (version, error) = match &result {
                     Ok(d) => (d.version, None),

@@ -1,0 +1,255 @@
+//! The etcd backend: one keystore shared by every vault node of a
+//! cluster ([`crate::etcd`] is the client under it).
+//!
+//! Under the configured prefix: `keys/NAME`, the same sealed record a
+//! local keystore keeps in `keys/NAME.json` (or a deleted key's
+//! [`super::tombstone`]); `master-check`, the check value of the master
+//! key the cluster's records are sealed under. etcd sees names, sizes
+//! and timing, never key bytes.
+//!
+//! Every change is one transaction that compares the record's revision
+//! with the one this node read, so two nodes changing one key at once
+//! cannot both win; the loser re-reads and decides again. A change whose
+//! answer was lost (a member died mid-call) is recognised by reading the
+//! key back: the bytes are this node's (each seal is unique) or not.
+//! Changes made on other nodes arrive by [`Follow`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Backend, Change, Expect, Follow, Listing, StoreError, Stored};
+use crate::etcd::{Condition, Etcd, EtcdError, Watch, WatchEvent, Write};
+
+const KEYS: &str = "keys/";
+const MASTER_CHECK: &str = "master-check";
+
+pub struct EtcdBackend {
+    etcd: Arc<Etcd>,
+}
+
+fn key_of(name: &str) -> String {
+    format!("{KEYS}{name}")
+}
+
+fn unavailable(e: EtcdError) -> StoreError {
+    match e {
+        EtcdError::Conflict { key, .. } => StoreError::Conflict {
+            name: key.strip_prefix(KEYS).unwrap_or(&key).to_owned(),
+        },
+        e => StoreError::Etcd(Box::new(e)),
+    }
+}
+
+impl EtcdBackend {
+    pub fn new(etcd: Etcd) -> EtcdBackend {
+        EtcdBackend {
+            etcd: Arc::new(etcd),
+        }
+    }
+
+    /// Holds `check` (the master key's check value) against the
+    /// cluster's, writing it if this is the cluster's first node.
+    pub fn claim_master(&self, check: &str) -> Result<(), StoreError> {
+        let etcd = &self.etcd;
+        loop {
+            let found = etcd.block_on(etcd.get(MASTER_CHECK)).map_err(unavailable)?;
+            match found {
+                Some(entry) if entry.value == check.as_bytes() => return Ok(()),
+                Some(_) => {
+                    return Err(StoreError::MasterMismatch {
+                        prefix: etcd.prefix().to_owned(),
+                    })
+                }
+                None => match etcd.block_on(etcd.create(MASTER_CHECK, check.as_bytes())) {
+                    Ok(_) => {
+                        tracing::info!(prefix = etcd.prefix(), "first node of this cluster: its master key's check value is the cluster's");
+                        return Ok(());
+                    }
+                    // Another node was first: compare with its value.
+                    Err(EtcdError::Conflict { .. }) => continue,
+                    Err(e) => return Err(unavailable(e)),
+                },
+            }
+        }
+    }
+
+    fn listing(&self) -> Result<Listing, StoreError> {
+        let etcd = &self.etcd;
+        let listed = etcd.block_on(etcd.list(KEYS)).map_err(unavailable)?;
+        let mut listing = Listing {
+            revision: listed.revision as u64,
+            ..Listing::default()
+        };
+        for e in listed.entries {
+            if let Some(name) = e.key.strip_prefix(KEYS) {
+                listing.records.push(Stored {
+                    name: name.to_owned(),
+                    bytes: e.value,
+                    revision: e.mod_revision as u64,
+                });
+            }
+        }
+        Ok(listing)
+    }
+
+    /// A transaction that failed its compare, or whose answer was lost:
+    /// committed if the key now holds exactly `bytes`.
+    fn ours(&self, name: &str, bytes: Option<&[u8]>, e: EtcdError) -> Result<u64, StoreError> {
+        let EtcdError::Conflict {
+            maybe_ours: true, ..
+        } = e
+        else {
+            return Err(unavailable(e));
+        };
+        let etcd = &self.etcd;
+        let now = etcd
+            .block_on(etcd.get(&key_of(name)))
+            .map_err(unavailable)?;
+        match (now, bytes) {
+            (Some(entry), Some(b)) if entry.value == b => {
+                tracing::info!(key = name, "a change whose answer was lost had committed");
+                Ok(entry.mod_revision as u64)
+            }
+            _ => Err(StoreError::Conflict {
+                name: name.to_owned(),
+            }),
+        }
+    }
+}
+
+fn condition(name: &str, expect: Expect) -> Condition {
+    match expect {
+        Expect::Absent => Condition::Absent { key: key_of(name) },
+        Expect::At(revision) => Condition::ModRevision {
+            key: key_of(name),
+            revision: revision as i64,
+        },
+    }
+}
+
+impl Backend for EtcdBackend {
+    fn list(&self) -> Result<Listing, StoreError> {
+        self.listing()
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Stored>, StoreError> {
+        let etcd = &self.etcd;
+        let found = etcd
+            .block_on(etcd.get(&key_of(name)))
+            .map_err(unavailable)?;
+        Ok(found.map(|e| Stored {
+            name: name.to_owned(),
+            bytes: e.value,
+            revision: e.mod_revision as u64,
+        }))
+    }
+
+    fn put(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StoreError> {
+        let etcd = &self.etcd;
+        let writes = [Write::Put {
+            key: key_of(name),
+            value: bytes.to_vec(),
+        }];
+        match etcd.block_on(etcd.commit(&[condition(name, expect)], &writes)) {
+            Ok(revision) => Ok(revision as u64),
+            Err(e) => self.ours(name, Some(bytes), e),
+        }
+    }
+
+    fn put_all(&self, records: &[(String, Vec<u8>)]) -> Result<u64, StoreError> {
+        let etcd = &self.etcd;
+        let conditions: Vec<Condition> = records
+            .iter()
+            .map(|(name, _)| condition(name, Expect::Absent))
+            .collect();
+        let writes: Vec<Write> = records
+            .iter()
+            .map(|(name, bytes)| Write::Put {
+                key: key_of(name),
+                value: bytes.clone(),
+            })
+            .collect();
+        match etcd.block_on(etcd.commit(&conditions, &writes)) {
+            Ok(revision) => Ok(revision as u64),
+            Err(e) => match records.first() {
+                Some((name, bytes)) => self.ours(name, Some(bytes), e),
+                None => Err(unavailable(e)),
+            },
+        }
+    }
+
+    fn delete(&self, name: &str, expect: Expect, tombstone: &[u8]) -> Result<u64, StoreError> {
+        // The tombstone takes the record's place: see `super::tombstone`.
+        self.put(name, tombstone, expect)
+    }
+
+    fn follow(&self, after: u64) -> Option<Box<dyn Follow>> {
+        Some(Box::new(EtcdFollow {
+            watch: Some(self.etcd.watch(KEYS, after as i64 + 1)),
+            backend: EtcdBackend {
+                etcd: self.etcd.clone(),
+            },
+        }))
+    }
+}
+
+/// The changes under `keys/` after a revision, re-listing when the watch
+/// ends (compaction past it, or etcd unreachable for too long).
+struct EtcdFollow {
+    backend: EtcdBackend,
+    /// None: ended, to be re-listed and watched again.
+    watch: Option<Watch>,
+}
+
+impl Follow for EtcdFollow {
+    fn next(&mut self, wait: Duration) -> Option<Change> {
+        let Some(watch) = &mut self.watch else {
+            metrics::counter!("vaultgate_vault_store_watch_restarts_total").increment(1);
+            return match self.backend.listing() {
+                Ok(listing) => {
+                    self.watch = Some(self.backend.etcd.watch(KEYS, listing.revision as i64 + 1));
+                    Some(Change::Relisted(listing))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot re-list the keystore; serving what is held, retrying");
+                    metrics::counter!("vaultgate_vault_store_errors_total").increment(1);
+                    std::thread::park_timeout(wait);
+                    None
+                }
+            };
+        };
+        let name = |key: &str| key.strip_prefix(KEYS).map(str::to_owned);
+        match watch.recv_timeout(wait)? {
+            WatchEvent::Put {
+                key,
+                value,
+                mod_revision,
+            } => Some(Change::Put(Stored {
+                name: name(&key)?,
+                bytes: value,
+                revision: mod_revision as u64,
+            })),
+            WatchEvent::Delete { key, mod_revision } => Some(Change::Deleted {
+                name: name(&key)?,
+                revision: mod_revision as u64,
+            }),
+            WatchEvent::Compacted { compact_revision } => {
+                tracing::warn!(
+                    compact_revision,
+                    "etcd compacted past this node's watch: re-listing"
+                );
+                self.watch = None;
+                None
+            }
+            WatchEvent::Broken {
+                next_revision,
+                error,
+            } => {
+                tracing::warn!(next_revision, error = %error, "the keystore watch broke: re-listing");
+                metrics::counter!("vaultgate_vault_store_errors_total").increment(1);
+                self.watch = None;
+                None
+            }
+        }
+    }
+}
