@@ -39,21 +39,31 @@ fn fenced_write(etcd: &Etcd, fence: &Condition, value: &[u8]) -> Result<i64, Etc
     ))
 }
 
+/// Candidate a elected (with its fence), then b standing, its key at etcd.
+fn a_leads_b_waits(
+    cluster: &EtcdCluster,
+    etcd_a: &Etcd,
+    etcd_b: &Etcd,
+) -> (Campaign, Condition, Campaign) {
+    let mut a = etcd_a
+        .block_on(etcd_a.campaign(ELECTION, "vault-a", TTL))
+        .expect("campaign a");
+    let fence_a = leads(&mut a, Duration::from_secs(5));
+    let b = etcd_b
+        .block_on(etcd_b.campaign(ELECTION, "vault-b", TTL))
+        .expect("campaign b");
+    wait_for("b's candidacy at etcd", Duration::from_secs(5), || {
+        (candidates(cluster) == 2).then_some(())
+    });
+    (a, fence_a, b)
+}
+
 #[test]
 fn the_next_candidate_leads_when_the_leader_resigns_and_the_old_fence_fails() {
     let cluster = EtcdCluster::start(3);
     let etcd_a = crate::client_in_order(&cluster, &[0, 1, 2]);
     let etcd_b = crate::client_in_order(&cluster, &[1, 2, 0]);
-    let mut a = etcd_a
-        .block_on(etcd_a.campaign(ELECTION, "vault-a", TTL))
-        .expect("campaign a");
-    let fence_a = leads(&mut a, Duration::from_secs(5));
-    let mut b = etcd_b
-        .block_on(etcd_b.campaign(ELECTION, "vault-b", TTL))
-        .expect("campaign b");
-    wait_for("b's candidacy at etcd", Duration::from_secs(5), || {
-        (candidates(&cluster) == 2).then_some(())
-    });
+    let (a, fence_a, mut b) = a_leads_b_waits(&cluster, &etcd_a, &etcd_b);
     // Through a's lease refreshes, b keeps waiting: one leader at a time.
     let later = Instant::now() + TTL + Duration::from_secs(1);
     while Instant::now() < later {
@@ -91,16 +101,7 @@ fn the_next_candidate_leads_when_the_leader_resigns_and_the_old_fence_fails() {
 fn a_lease_revoked_at_etcd_is_reported_lost_and_the_next_candidate_leads() {
     let cluster = EtcdCluster::start(3);
     let etcd = crate::client(&cluster);
-    let mut a = etcd
-        .block_on(etcd.campaign(ELECTION, "vault-a", TTL))
-        .expect("campaign a");
-    let fence_a = leads(&mut a, Duration::from_secs(5));
-    let mut b = etcd
-        .block_on(etcd.campaign(ELECTION, "vault-b", TTL))
-        .expect("campaign b");
-    wait_for("b's candidacy at etcd", Duration::from_secs(5), || {
-        (candidates(&cluster) == 2).then_some(())
-    });
+    let (mut a, fence_a, mut b) = a_leads_b_waits(&cluster, &etcd, &etcd);
     assert!(!b.is_leader());
 
     // As when a's lease expired behind its back: etcd drops it.
