@@ -14,6 +14,8 @@ mod election;
 mod failover;
 #[path = "cluster/kv.rs"]
 mod kv;
+#[path = "cluster/tls.rs"]
+mod tls;
 #[path = "cluster/watch.rs"]
 mod watch;
 

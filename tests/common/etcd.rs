@@ -37,7 +37,17 @@ struct Member {
 
 pub struct EtcdCluster {
     members: Vec<Member>,
+    /// The client side of a cluster started with [`EtcdCluster::start_tls`].
+    pub tls: Option<ClientTls>,
     dir: tempfile::TempDir,
+}
+
+/// The CA that signed the members' certificate, and a client
+/// certificate they accept.
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 fn etcd_bin(tool: &str) -> PathBuf {
@@ -62,6 +72,17 @@ fn free_port(addr: Ipv4Addr) -> u16 {
 impl EtcdCluster {
     /// `n` members, all healthy when this returns.
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, false)
+    }
+
+    /// As [`start`](Self::start), clients served over https only and
+    /// only with a client certificate of the cluster's test CA
+    /// (`--client-cert-auth`).
+    pub fn start_tls(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, true)
+    }
+
+    fn start_with(n: usize, tls: bool) -> EtcdCluster {
         assert!((1..=9).contains(&n), "1 to 9 members");
         let etcd = etcd_bin("etcd");
         etcd_bin("etcdctl");
@@ -87,11 +108,17 @@ impl EtcdCluster {
             .map(|(i, p)| format!("m{i}={p}"))
             .collect();
         let token = format!("vg-{pid}-{c}");
+        let (scheme, server_tls, client_tls) = if tls {
+            let (server, client) = tls_files(dir.path(), &addrs);
+            ("https", server, Some(client))
+        } else {
+            ("http", Vec::new(), None)
+        };
         let mut members = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
             let name = format!("m{i}");
-            let client_url = format!("http://{addr}:{}", free_port(*addr));
-            let args: Vec<String> = [
+            let client_url = format!("{scheme}://{addr}:{}", free_port(*addr));
+            let mut args: Vec<String> = [
                 "--name",
                 &name,
                 "--data-dir",
@@ -118,6 +145,7 @@ impl EtcdCluster {
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
+            args.extend(server_tls.iter().cloned());
             let log = dir.path().join(format!("{name}.log"));
             let child = spawn(&etcd, &args, &log);
             members.push(Member {
@@ -129,7 +157,11 @@ impl EtcdCluster {
                 state: State::Running,
             });
         }
-        let cluster = EtcdCluster { members, dir };
+        let cluster = EtcdCluster {
+            members,
+            tls: client_tls,
+            dir,
+        };
         for i in 0..n {
             cluster.wait_healthy(i);
         }
@@ -226,13 +258,19 @@ impl EtcdCluster {
     }
 
     fn etcdctl_at(&self, urls: &[&str], args: &[&str]) -> std::process::Output {
-        Command::new(etcd_bin("etcdctl"))
-            .env("ETCDCTL_API", "3")
+        let mut cmd = Command::new(etcd_bin("etcdctl"));
+        cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", urls.join(",")))
-            .args(["--dial-timeout=1s", "--command-timeout=3s"])
-            .args(args)
-            .output()
-            .expect("run etcdctl")
+            .args(["--dial-timeout=1s", "--command-timeout=3s"]);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&t.ca)
+                .arg("--cert")
+                .arg(&t.cert)
+                .arg("--key")
+                .arg(&t.key);
+        }
+        cmd.args(args).output().expect("run etcdctl")
     }
 
     /// Compacts the store's history up to its current revision, which it
@@ -270,6 +308,42 @@ fn member_leads(stdout: &[u8]) -> bool {
         return false;
     };
     id != 0 && id == leader
+}
+
+/// A test CA, one server certificate for every member's address, and a
+/// client certificate: the members' TLS arguments and the client's files.
+fn tls_files(dir: &std::path::Path, addrs: &[Ipv4Addr]) -> (Vec<String>, ClientTls) {
+    let ca = super::proxy::TestCa::new(dir);
+    let names: Vec<String> = addrs.iter().map(Ipv4Addr::to_string).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (server_cert, server_key) = (dir.join("server.pem"), dir.join("server-key.pem"));
+    ca.file_cert(
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        &names,
+        &server_cert,
+        &server_key,
+    );
+    let client = ClientTls {
+        ca: ca.pem_path.clone(),
+        cert: dir.join("client.pem"),
+        key: dir.join("client-key.pem"),
+    };
+    ca.file_cert(
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        &["vault-a"],
+        &client.cert,
+        &client.key,
+    );
+    let args = [
+        ("--cert-file", &server_cert),
+        ("--key-file", &server_key),
+        ("--trusted-ca-file", &ca.pem_path),
+    ]
+    .iter()
+    .flat_map(|(flag, path)| [(*flag).to_owned(), path.display().to_string()])
+    .chain(["--client-cert-auth".to_owned()])
+    .collect();
+    (args, client)
 }
 
 fn spawn(etcd: &std::path::Path, args: &[String], log: &std::path::Path) -> Child {
