@@ -6,6 +6,7 @@ use std::time::Duration;
 use vaultgate::etcd::{Etcd, Watch, WatchEvent};
 
 use crate::common::etcd::EtcdCluster;
+use crate::common::wait_for;
 
 const EVENT: Duration = Duration::from_secs(10);
 
@@ -126,4 +127,52 @@ fn a_watch_moves_to_another_member_when_its_own_dies() {
             "every change once, in order, across the member's death"
         );
     }
+}
+
+#[test]
+fn without_quorum_a_watch_breaks_and_resumes_from_where_it_stopped() {
+    let mut cluster = EtcdCluster::start(3);
+    let etcd = crate::client(&cluster);
+    let from = put(&etcd, "keys/a", b"0");
+    let mut w = etcd.watch("keys/", from + 1);
+    put(&etcd, "keys/a", b"1");
+    let mut last = from;
+    assert_eq!(
+        next(&mut w, &mut last),
+        ("put", "keys/a".into(), b"1".to_vec())
+    );
+
+    // Quorum lost: the watch cannot be carried by a member that does not
+    // know the latest writes, so it ends rather than going quiet.
+    cluster.stop(0);
+    cluster.stop(1);
+    let next_revision = match w.recv_timeout(Duration::from_secs(20)) {
+        Some(WatchEvent::Broken {
+            next_revision,
+            error,
+        }) => {
+            assert!(error.to_string().contains("store unavailable"), "{error}");
+            next_revision
+        }
+        other => panic!("want Broken, got {other:?}"),
+    };
+    assert_eq!(
+        next_revision,
+        last + 1,
+        "it stopped after the last change it passed on"
+    );
+
+    cluster.cont(0);
+    cluster.cont(1);
+    let rev = wait_for("writes to work again", Duration::from_secs(15), || {
+        let seen = etcd.block_on(etcd.get("keys/a")).ok()??;
+        etcd.block_on(etcd.replace("keys/a", b"2", seen.mod_revision))
+            .ok()
+    });
+    let mut again = etcd.watch("keys/", next_revision);
+    assert_eq!(
+        next(&mut again, &mut last),
+        ("put", "keys/a".into(), b"2".to_vec())
+    );
+    assert_eq!(last, rev);
 }
