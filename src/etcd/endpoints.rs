@@ -5,16 +5,19 @@
 //! member keeps getting its share of requests. So each endpoint gets its
 //! own channel, and a request that meets a transport error, a timeout or
 //! a "no leader" goes to the next one, round after round, until an
-//! overall deadline. The endpoint that last answered is tried first.
+//! overall deadline. The endpoint that last answered is tried first, and
+//! one that just hung or refused connections is tried last for a while,
+//! so one dead member does not cost every request a timeout.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 use tokio::time::Instant;
 
 use super::error::{AttemptError, EtcdError};
+use crate::sync::Locked;
 
 /// One attempt at one endpoint: long enough for a commit through a
 /// healthy cluster, short enough that a hung member costs little.
@@ -30,6 +33,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Between rounds once every endpoint failed at once (all refusing, or
 /// all without a leader while one is elected).
 const ROUND_PAUSE: Duration = Duration::from_millis(100);
+/// How long a member that hung or refused a connection goes to the back
+/// of the queue.
+const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
 /// Which members may answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +65,14 @@ impl Member {
 
 pub(crate) struct Endpoints {
     members: Vec<Member>,
+    health: Mutex<Health>,
+}
+
+struct Health {
     /// The member that answered last, tried first next time.
-    preferred: AtomicUsize,
+    preferred: usize,
+    /// Until when each member is tried only after the others.
+    suspect_until: Vec<Option<Instant>>,
 }
 
 /// How a call ended, besides its value.
@@ -104,9 +116,13 @@ impl Endpoints {
                 any: connect(false).await?,
             });
         }
+        let suspect_until = vec![None; members.len()];
         Ok(Endpoints {
             members,
-            preferred: AtomicUsize::new(0),
+            health: Mutex::new(Health {
+                preferred: 0,
+                suspect_until,
+            }),
         })
     }
 
@@ -138,7 +154,7 @@ impl Endpoints {
     {
         let started = Instant::now();
         let n = self.members.len();
-        let first = self.preferred.load(Ordering::Relaxed);
+        let order = self.order(started);
         let mut last = None;
         for attempt in 0.. {
             let now = Instant::now();
@@ -149,12 +165,15 @@ impl Endpoints {
             if remaining.is_zero() {
                 break;
             }
-            let i = (first + attempt) % n;
+            let i = order[attempt % n];
             let member = &self.members[i];
             let budget = remaining.min(REQUEST_TIMEOUT);
             match tokio::time::timeout(budget, f(member.client(needs))).await {
                 Ok(Ok(value)) => {
-                    self.preferred.store(i, Ordering::Relaxed);
+                    let mut health = self.health.locked();
+                    health.preferred = i;
+                    health.suspect_until[i] = None;
+                    drop(health);
                     return Ok(Answered {
                         value,
                         retried: attempt > 0,
@@ -168,6 +187,9 @@ impl Endpoints {
                     })
                 }
                 Ok(Err(source)) => {
+                    if unreachable_member(&source) {
+                        self.suspect(i);
+                    }
                     tracing::debug!(endpoint = %member.url, %op, error = %source, "etcd attempt failed");
                     last = Some(AttemptError::Rpc {
                         endpoint: member.url.clone(),
@@ -175,6 +197,7 @@ impl Endpoints {
                     });
                 }
                 Err(_) => {
+                    self.suspect(i);
                     tracing::debug!(endpoint = %member.url, %op, "etcd attempt timed out");
                     last = Some(AttemptError::Timeout {
                         endpoint: member.url.clone(),
@@ -193,6 +216,31 @@ impl Endpoints {
             })),
         })
     }
+}
+
+impl Endpoints {
+    /// The members in the order to try them: from the preferred one on,
+    /// those not suspect first.
+    fn order(&self, now: Instant) -> Vec<usize> {
+        let health = self.health.locked();
+        let n = self.members.len();
+        let mut order: Vec<usize> = (0..n).map(|k| (health.preferred + k) % n).collect();
+        order.sort_by_key(|&i| health.suspect_until[i].is_some_and(|t| t > now));
+        order
+    }
+
+    fn suspect(&self, i: usize) {
+        self.health.locked().suspect_until[i] = Some(Instant::now() + SUSPECT_FOR);
+    }
+}
+
+/// Whether the member itself could not be reached (as opposed to
+/// answering that it cannot serve).
+fn unreachable_member(e: &etcd_client::Error) -> bool {
+    matches!(
+        e,
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)
+    )
 }
 
 /// Whether another member might answer where this one failed: the

@@ -144,3 +144,98 @@ impl Drop for Etcd {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoints: &[&str]) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+            prefix: "/vaultgate/".into(),
+            ..EtcdConfig::default()
+        }
+    }
+
+    fn refused(config: &EtcdConfig) -> EtcdError {
+        match Etcd::connect(config) {
+            Ok(_) => panic!("{config:?} was accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_bad_configuration_is_refused_naming_what_is_wrong() {
+        assert!(matches!(refused(&config(&[])), EtcdError::NoEndpoints));
+        let mut c = config(&["http://127.0.0.1:2379"]);
+        c.prefix.clear();
+        assert!(matches!(refused(&c), EtcdError::EmptyPrefix));
+
+        let e = refused(&config(&["http://127.0.0.1:2379", "127.0.0.2:2379"]));
+        assert!(
+            matches!(&e, EtcdError::BadEndpoint { endpoint, why: EndpointProblem::Scheme } if endpoint == "127.0.0.2:2379"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("`127.0.0.2:2379`"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_connect() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("ca.pem");
+        let mut c = config(&["https://127.0.0.1:2379"]);
+        c.tls_ca = Some(missing.clone());
+        let e = refused(&c);
+        assert!(
+            matches!(&e, EtcdError::Tls { path, .. } if *path == missing),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains(&missing.display().to_string()),
+            "{e}"
+        );
+
+        let mut c = config(&["https://127.0.0.1:2379"]);
+        c.tls_cert = Some(dir.path().join("cert.pem"));
+        assert!(matches!(
+            refused(&c),
+            EtcdError::TlsIncomplete {
+                given: "tls_cert",
+                missing: "tls_key"
+            }
+        ));
+
+        // TLS configured, yet an endpoint in plain http: refused, not
+        // silently sent in the clear.
+        std::fs::write(&missing, b"").expect("write ca");
+        let mut c = config(&["https://127.0.0.1:2379", "http://127.0.0.2:2379"]);
+        c.tls_ca = Some(missing);
+        let e = refused(&c);
+        assert!(
+            matches!(&e, EtcdError::BadEndpoint { endpoint, why: EndpointProblem::PlainWithTls } if endpoint == "http://127.0.0.2:2379"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_that_is_down_answers_unavailable_within_the_deadline() {
+        // Nothing listens on port 1 of these loopback addresses.
+        let etcd = Etcd::connect(&config(&["http://127.0.0.1:1", "http://127.0.0.2:1"]))
+            .expect("connect is lazy");
+        let t = std::time::Instant::now();
+        let e = etcd
+            .block_on(etcd.create("k", b"v"))
+            .expect_err("nobody there");
+        assert!(
+            t.elapsed() <= OVERALL_TIMEOUT + REQUEST_TIMEOUT,
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(matches!(e, EtcdError::Unavailable { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("store unavailable") && text.contains("http://127.0.0.2:1"),
+            "{text}"
+        );
+    }
+}

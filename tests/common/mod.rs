@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod etcd;
 pub mod pkcs11;
 pub mod proxy;
 pub mod raw;
