@@ -22,6 +22,9 @@ use super::{Etcd, Revision, Shared};
 
 /// Events a watcher has not taken yet; past this the stream waits.
 const BACKLOG: usize = 1024;
+/// Before opening a stream again: a member that cancels every watch it
+/// is given (it lost its leader) must not be asked in a tight loop.
+const REOPEN_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub enum WatchEvent {
@@ -119,7 +122,7 @@ async fn drive(
             }
         };
         match follow(&shared, &mut stream, &mut next, &tx).await {
-            Ended::Reopen => continue,
+            Ended::Reopen => tokio::time::sleep(REOPEN_PAUSE).await,
             Ended::Done => return,
         }
     }
