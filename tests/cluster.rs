@@ -16,6 +16,8 @@ mod failover;
 mod kv;
 #[path = "cluster/tls.rs"]
 mod tls;
+#[path = "cluster/vaults.rs"]
+mod vaults;
 #[path = "cluster/watch.rs"]
 mod watch;
 

@@ -54,7 +54,7 @@ impl Vault {
     /// Restores a backup, all of it or nothing: the file is parsed,
     /// authenticated and every entry validated, every name checked
     /// against the grants and the keystore, before the first is written;
-    /// then all are written at once ([`Keystore::put_all`]).
+    /// then all are written at once ([`Keystore::put_all`](crate::vault::keystore::Keystore::put_all)).
     pub(super) fn backup_import(
         &self,
         caller: &Caller,

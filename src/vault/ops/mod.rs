@@ -510,7 +510,11 @@ impl Vault {
             };
             tries += 1;
             metrics::counter!("vaultgate_vault_store_conflicts_total").increment(1);
-            match self.store.refresh(&name) {
+            let refreshed = {
+                let _guard = self.lock();
+                self.store.refresh(&name)
+            };
+            match refreshed {
                 Ok(applied) => self.take_applied(applied),
                 Err(e) => return Err((e.into(), Named::key(&name))),
             }
@@ -548,7 +552,13 @@ impl Vault {
         };
         loop {
             if let Some(change) = follow.next(std::time::Duration::from_secs(1)) {
-                let applied = self.store.apply(change);
+                // Under the write lock: a change of this node's reads a
+                // key, modifies it and writes it expecting the revision
+                // it read, which must not move in between.
+                let applied = {
+                    let _guard = self.lock();
+                    self.store.apply(change)
+                };
                 self.take_applied(applied);
             }
         }
@@ -729,6 +739,9 @@ impl Vault {
             )
         })
     }
+
+    /// Serialises changes to the keystore on this node, and the applying
+    /// of other nodes' changes with them.
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write_lock.locked()
     }

@@ -1,0 +1,358 @@
+//! Vault nodes sharing one keystore on a real 3-member etcd cluster: a
+//! change made on any node is served by every node, racing changes each
+//! land once, older copies written into etcd are refused, and losing
+//! etcd's quorum stops changes but not signing.
+
+use std::time::{Duration, Instant};
+
+use crate::common::etcd::EtcdCluster;
+use crate::common::vault::{Opts, VaultProc};
+use crate::common::wait_for;
+
+/// How long a change made on one node may take to be served by another.
+const PROPAGATION: Duration = Duration::from_secs(10);
+
+fn store_config(cluster: &EtcdCluster, prefix: &str, node: &str) -> String {
+    let endpoints: Vec<String> = cluster
+        .endpoints()
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect();
+    format!(
+        "[vault]\nmin_deletion_wait = \"1s\"\nsign_grace = \"1s\"\n\n[vault.store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\nnode = \"{node}\"\n",
+        endpoints.join(", ")
+    )
+}
+
+/// The first node of a cluster under `prefix`: its master key becomes
+/// the cluster's.
+fn first_node(cluster: &EtcdCluster, prefix: &str) -> VaultProc {
+    VaultProc::start_with(Opts {
+        config: Some(store_config(cluster, prefix, "a")),
+        ..Opts::default()
+    })
+}
+
+/// A state dir holding `from`'s master key, as an operator seeds a new
+/// node (docs/clustering.md).
+fn seeded_state(from: &VaultProc) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("vg-node-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    for f in ["master.key", "keystore.json"] {
+        std::fs::copy(from.state.join(f), state.join(f)).expect("copy master key");
+    }
+    dir
+}
+
+fn another_node(
+    cluster: &EtcdCluster,
+    prefix: &str,
+    node: &str,
+    seed: &VaultProc,
+) -> (VaultProc, tempfile::TempDir) {
+    let dir = seeded_state(seed);
+    let v = VaultProc::start_with(Opts {
+        config: Some(store_config(cluster, prefix, node)),
+        state_dir: Some(dir.path().join("state")),
+        ..Opts::default()
+    });
+    (v, dir)
+}
+
+fn describe(v: &VaultProc, key: &str) -> Option<serde_json::Value> {
+    let out = v.cli(&["key", "describe", key]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("describe is JSON"))
+}
+
+fn primary(v: &VaultProc, key: &str) -> Option<u64> {
+    describe(v, key).and_then(|d| d["primary"].as_u64())
+}
+
+/// Waits until `v` serves `key` with primary version `version`.
+fn wait_primary(v: &VaultProc, key: &str, version: u64) {
+    wait_for(
+        &format!("{key} at version {version} on {}", v.socket.display()),
+        PROPAGATION,
+        || (primary(v, key) == Some(version)).then_some(()),
+    );
+}
+
+fn versions(v: &VaultProc, key: &str) -> Vec<u64> {
+    let d = describe(v, key).expect("describe");
+    let mut out: Vec<u64> = d["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|x| x["version"].as_u64().expect("version number"))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+fn sign(v: &VaultProc, key: &str, version: &str) -> std::process::Output {
+    v.cli_stdin(
+        &[
+            "key",
+            "sign",
+            key,
+            "--scheme",
+            "ecdsa-p256-sha256",
+            "--version",
+            version,
+        ],
+        b"hello cluster",
+    )
+}
+
+#[test]
+fn a_key_created_on_one_node_and_rotated_on_another_is_served_by_every_node() {
+    let cluster = EtcdCluster::start(3);
+    let prefix = "/vg-serve/";
+    let a = first_node(&cluster, prefix);
+    let (b, _bd) = another_node(&cluster, prefix, "b", &a);
+    let (c, _cd) = another_node(&cluster, prefix, "c", &a);
+
+    a.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    wait_primary(&b, "web", 1);
+    b.ok(&["key", "rotate", "web"]);
+    wait_primary(&c, "web", 2);
+    wait_primary(&a, "web", 2);
+    let signed = sign(&c, "web", "2");
+    assert!(
+        signed.status.success(),
+        "node c cannot sign with the version node b made: {}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+
+    // Data encrypted before three rotations made on three nodes decrypts
+    // on every node after them.
+    a.ok(&["key", "create", "data", "--type", "aes-256"]);
+    wait_primary(&c, "data", 1);
+    let sealed = c
+        .cli_stdin(&["data", "encrypt", "--key", "data"], b"kept secret")
+        .stdout;
+    assert!(!sealed.is_empty(), "encrypt on c gave nothing");
+    for (i, node) in [&a, &b, &c].into_iter().enumerate() {
+        let next = primary(node, "data").expect("data") + 1;
+        node.ok(&["key", "rotate", "data"]);
+        assert_eq!(primary(node, "data"), Some(next), "rotation {i}");
+        for other in [&a, &b, &c] {
+            wait_primary(other, "data", next);
+        }
+    }
+    assert_eq!(versions(&b, "data"), [1, 2, 3, 4]);
+    for node in [&a, &b, &c] {
+        assert_eq!(
+            node.cli_stdin(&["data", "decrypt"], &sealed).stdout,
+            b"kept secret",
+            "{} cannot decrypt",
+            node.socket.display()
+        );
+    }
+
+    // A deletion made on one node is seen by every node.
+    b.ok(&["key", "create", "scratch", "--type", "ed25519"]);
+    wait_primary(&a, "scratch", 1);
+    b.ok(&["key", "schedule-deletion", "scratch", "--wait", "1s"]);
+    for node in [&a, &b, &c] {
+        wait_for("scratch deleted everywhere", PROPAGATION, || {
+            describe(node, "scratch").is_none().then_some(())
+        });
+    }
+    for node in [&a, &b, &c] {
+        node.ok(&["audit", "verify"]);
+    }
+}
+
+#[test]
+fn two_nodes_rotating_one_key_at_once_make_consecutive_versions_none_lost() {
+    let cluster = EtcdCluster::start(3);
+    let prefix = "/vg-race/";
+    let a = first_node(&cluster, prefix);
+    let (b, _bd) = another_node(&cluster, prefix, "b", &a);
+    a.ok(&["key", "create", "hot", "--type", "ed25519"]);
+    wait_primary(&b, "hot", 1);
+    const EACH: usize = 8;
+    let made = std::thread::scope(|s| {
+        let rotate = |v: &'static str, node: &VaultProc| {
+            let node_socket = node.socket.clone();
+            s.spawn(move || {
+                let mut made = Vec::new();
+                for _ in 0..EACH {
+                    let out = std::process::Command::new(crate::common::bin())
+                        .args(["key", "rotate", "hot"])
+                        .env("VAULTGATE_SOCKET", &node_socket)
+                        .output()
+                        .expect("run rotate");
+                    assert!(
+                        out.status.success(),
+                        "a rotation on {v} failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    // "rotated hot: primary version N"
+                    let said = String::from_utf8_lossy(&out.stdout);
+                    let n = said
+                        .trim()
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or_else(|| panic!("rotate said {said:?}"));
+                    made.push(n);
+                }
+                made
+            })
+        };
+        let ta = rotate("a", &a);
+        let tb = rotate("b", &b);
+        let mut made = ta.join().expect("a");
+        made.extend(tb.join().expect("b"));
+        made
+    });
+    let mut made = made;
+    made.sort_unstable();
+    let want: Vec<u64> = (2..=(1 + 2 * EACH as u64)).collect();
+    assert_eq!(
+        made, want,
+        "each rotation made its own, consecutive version"
+    );
+    wait_primary(&a, "hot", 1 + 2 * EACH as u64);
+    wait_primary(&b, "hot", 1 + 2 * EACH as u64);
+    let all: Vec<u64> = (1..=(1 + 2 * EACH as u64)).collect();
+    assert_eq!(versions(&a, "hot"), all);
+    assert_eq!(versions(&b, "hot"), all);
+}
+
+#[test]
+fn an_older_record_written_into_etcd_is_refused_by_every_node_and_audited() {
+    let cluster = EtcdCluster::start(3);
+    let prefix = "/vg-rollback/";
+    let a = first_node(&cluster, prefix);
+    let (b, _bd) = another_node(&cluster, prefix, "b", &a);
+    a.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    wait_primary(&b, "web", 1);
+    let old = cluster.etcdctl(&["get", "--print-value-only", &format!("{prefix}keys/web")]);
+    let old = old.trim_end_matches('\n').to_owned();
+    let record: serde_json::Value = serde_json::from_str(&old).expect("a record");
+    assert_eq!(record["name"], "web", "not web's record: {old}");
+    a.ok(&["key", "disable", "web"]);
+    for node in [&a, &b] {
+        wait_for("web disabled everywhere", PROPAGATION, || {
+            (describe(node, "web")?["state"] == "disabled").then_some(())
+        });
+    }
+    // Someone with write access to etcd puts the enabled record back.
+    cluster.etcdctl(&["put", &format!("{prefix}keys/web"), &old]);
+    for node in [&a, &b] {
+        wait_for(
+            "the put-back record refused and audited",
+            PROPAGATION,
+            || {
+                node.audit_log()
+                    .lines()
+                    .any(|l| l.contains("key-rolled-back") && l.contains("\"web\""))
+                    .then_some(())
+            },
+        );
+        assert_eq!(
+            describe(node, "web").expect("web")["state"],
+            "disabled",
+            "{} took the old record",
+            node.socket.display()
+        );
+        let signed = sign(node, "web", "1");
+        assert!(!signed.status.success(), "a disabled key signed again");
+    }
+    // The next change on a node replaces the refused record.
+    b.ok(&["key", "enable", "web"]);
+    wait_for("web enabled on a", PROPAGATION, || {
+        (describe(&a, "web")?["state"] == "enabled").then_some(())
+    });
+}
+
+#[test]
+fn a_node_with_another_master_key_refuses_to_start() {
+    let cluster = EtcdCluster::start(3);
+    let prefix = "/vg-master/";
+    let a = first_node(&cluster, prefix);
+    a.ok(&["key", "create", "web", "--type", "ed25519"]);
+    // A node whose state dir has its own, new master key.
+    let mut stranger = VaultProc::start_with(Opts {
+        config: Some(store_config(&cluster, "/vg-master-other/", "x")),
+        ..Opts::default()
+    });
+    stranger.stop();
+    let config = stranger.dir.path().join("vault.toml");
+    std::fs::write(&config, store_config(&cluster, prefix, "x")).expect("write config");
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["vault", "--config"])
+        .arg(&config)
+        .arg("--socket")
+        .arg(stranger.dir.path().join("x.sock"))
+        .arg("--state-dir")
+        .arg(&stranger.state)
+        .output()
+        .expect("run vault");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a node with another master key started"
+    );
+    assert!(
+        stderr.contains("master key") && stderr.contains(prefix),
+        "the refusal does not say why: {stderr}"
+    );
+}
+
+#[test]
+fn without_etcd_quorum_nodes_keep_signing_and_changes_fail_until_it_returns() {
+    let mut cluster = EtcdCluster::start(3);
+    let prefix = "/vg-quorum/";
+    let a = first_node(&cluster, prefix);
+    let (b, _bd) = another_node(&cluster, prefix, "b", &a);
+    a.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    wait_primary(&b, "web", 1);
+
+    cluster.stop(1);
+    cluster.stop(2);
+    for node in [&a, &b] {
+        let signed = sign(node, "web", "1");
+        assert!(
+            signed.status.success(),
+            "signing stopped without quorum: {}",
+            String::from_utf8_lossy(&signed.stderr)
+        );
+    }
+    let started = Instant::now();
+    let refused = a.err(&["key", "rotate", "web"]);
+    assert!(
+        refused.contains("store unavailable"),
+        "not a clear error: {refused}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the failing rotation took {:?}",
+        started.elapsed()
+    );
+    cluster.cont(1);
+    cluster.cont(2);
+    // Once etcd has a leader again, a rotation works and both serve it.
+    let version = wait_for(
+        "a rotation after quorum returned",
+        Duration::from_secs(30),
+        || {
+            let out = a.cli(&["key", "rotate", "web"]);
+            out.status
+                .success()
+                .then(|| primary(&a, "web").expect("web"))
+        },
+    );
+    wait_primary(&b, "web", version);
+    let signed = sign(&b, "web", &version.to_string());
+    assert!(signed.status.success(), "b cannot sign the new version");
+}
