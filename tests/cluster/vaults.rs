@@ -356,3 +356,80 @@ fn without_etcd_quorum_nodes_keep_signing_and_changes_fail_until_it_returns() {
     let signed = sign(&b, "web", &version.to_string());
     assert!(signed.status.success(), "b cannot sign the new version");
 }
+
+/// The leaf certificate a TLS server at `addr` serves for `name`
+/// (openssl's view; self-signed, so not verified).
+fn served_leaf(addr: std::net::SocketAddr, name: &str) -> Option<String> {
+    let openssl = crate::common::require_tool("openssl", "openssl");
+    let out = std::process::Command::new(openssl)
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            name,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end = text[start..].find("-----END CERTIFICATE-----")? + start;
+    Some(text[start..end].to_owned())
+}
+
+fn leaf_of(chain: &str) -> String {
+    let end = chain
+        .find("-----END CERTIFICATE-----")
+        .expect("a certificate");
+    chain[chain
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate")..end]
+        .to_owned()
+}
+
+#[test]
+fn a_proxy_on_one_node_serves_the_certificate_of_a_rotation_made_on_another() {
+    let cluster = EtcdCluster::start(3);
+    let prefix = "/vg-proxy/";
+    let a = first_node(&cluster, prefix);
+    let (b, bd) = another_node(&cluster, prefix, "b", &a);
+    a.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    a.ok(&["cert", "issue", "web", "--name", "web.test"]);
+    wait_for("web's certificate on b", PROPAGATION, || {
+        let out = b.cli(&["cert", "show", "web"]);
+        out.status.success().then_some(())
+    });
+    let cert = bd.path().join("web.pem");
+    std::fs::write(&cert, b.ok(&["cert", "show", "web"])).expect("write cert");
+    let backend = crate::common::backends::Nginx::start("b1");
+    let proxy_dir = bd.path();
+    let proxy = crate::common::proxy::ProxyProc::start(
+        proxy_dir,
+        &crate::common::proxy::config(
+            &b.socket,
+            &[(&["web.test"], &cert, "vault:web")],
+            &[backend.addr],
+            "",
+            "",
+        ),
+    );
+    let first = wait_for("the proxy serving web", PROPAGATION, || {
+        served_leaf(proxy.addr, "web.test")
+    });
+    assert_eq!(first, leaf_of(&a.ok(&["cert", "show", "web"])));
+
+    // Rotated and re-issued on node a; the proxy talks only to node b.
+    a.ok(&["key", "rotate", "web"]);
+    a.ok(&["cert", "issue", "web"]);
+    let after = leaf_of(&a.ok(&["cert", "show", "web"]));
+    assert_ne!(after, first);
+    let rotated = Instant::now();
+    wait_for("the proxy on b serving a's rotation", PROPAGATION, || {
+        (served_leaf(proxy.addr, "web.test")? == after).then_some(())
+    });
+    eprintln!(
+        "served {:?} after the rotation on the other node",
+        rotated.elapsed()
+    );
+}
