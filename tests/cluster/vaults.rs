@@ -54,11 +54,21 @@ fn another_node(
     node: &str,
     seed: &VaultProc,
 ) -> (VaultProc, tempfile::TempDir) {
+    another_node_with(cluster, prefix, node, seed, Opts::default())
+}
+
+fn another_node_with(
+    cluster: &EtcdCluster,
+    prefix: &str,
+    node: &str,
+    seed: &VaultProc,
+    opts: Opts,
+) -> (VaultProc, tempfile::TempDir) {
     let dir = seeded_state(seed);
     let v = VaultProc::start_with(Opts {
         config: Some(store_config(cluster, prefix, node)),
         state_dir: Some(dir.path().join("state")),
-        ..Opts::default()
+        ..opts
     });
     (v, dir)
 }
@@ -432,4 +442,170 @@ fn a_proxy_on_one_node_serves_the_certificate_of_a_rotation_made_on_another() {
         "served {:?} after the rotation on the other node",
         rotated.elapsed()
     );
+}
+
+fn signal(v: &VaultProc, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(v.child.id() as i32);
+    nix::sys::signal::kill(pid, sig).expect("signal the vault");
+}
+
+#[test]
+fn a_node_behind_an_etcd_compaction_lists_again_and_keeps_up() {
+    let mut cluster = EtcdCluster::start(3);
+    let prefix = "/vg-compact/";
+    let a = first_node(&cluster, prefix);
+    let (b, _bd) = another_node_with(
+        &cluster,
+        prefix,
+        "b",
+        &a,
+        Opts {
+            metrics: true,
+            ..Opts::default()
+        },
+    );
+    let restarts = || {
+        let text = crate::common::vault::http_get(b.metrics.expect("metrics"), "/metrics");
+        crate::common::proxy::metric(&text, "vaultgate_vault_store_watch_restarts_total", &[])
+    };
+    a.ok(&["key", "create", "web", "--type", "ed25519"]);
+    wait_primary(&b, "web", 1);
+    let before = restarts();
+    // b is frozen while every member restarts, so its watch is cut with
+    // nothing pending; the changes after that are compacted away before
+    // b wakes up to watch again from where it was.
+    signal(&b, nix::sys::signal::Signal::SIGSTOP);
+    for i in 0..3 {
+        cluster.restart(i);
+    }
+    for _ in 0..3 {
+        a.ok(&["key", "rotate", "web"]);
+    }
+    a.ok(&["key", "create", "later", "--type", "ed25519"]);
+    cluster.compact_now();
+    signal(&b, nix::sys::signal::Signal::SIGCONT);
+    wait_primary(&b, "web", 4);
+    wait_primary(&b, "later", 1);
+    assert!(restarts() > before, "b caught up without listing again");
+    // ... and follows the changes after it.
+    a.ok(&["key", "rotate", "later"]);
+    wait_primary(&b, "later", 2);
+}
+
+#[test]
+fn signing_through_two_nodes_loses_nothing_while_the_etcd_leader_is_killed() {
+    let mut cluster = EtcdCluster::start(3);
+    let prefix = "/vg-leader/";
+    let a = first_node(&cluster, prefix);
+    let (b, _bd) = another_node(&cluster, prefix, "b", &a);
+    a.ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    wait_primary(&b, "web", 1);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (signed, failed) = std::thread::scope(|s| {
+        let load = |node: &VaultProc| {
+            let socket = node.socket.clone();
+            let stop = &stop;
+            s.spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let out = crate::common::vault::run_cli(
+                        std::process::Command::new(crate::common::bin()).args([
+                            "key",
+                            "sign",
+                            "web",
+                            "--scheme",
+                            "ecdsa-p256-sha256",
+                        ]),
+                        &socket,
+                        b"under a leader change",
+                    );
+                    if out.status.success() {
+                        ok += 1;
+                    } else {
+                        failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
+                    }
+                }
+                (ok, failed)
+            })
+        };
+        let la = load(&a);
+        let lb = load(&b);
+        // Signing goes on before, during and after the leader's death.
+        let leader = cluster.leader();
+        cluster.kill(leader);
+        let killed = Instant::now();
+        let version = wait_for(
+            "a rotation after the leader died",
+            Duration::from_secs(15),
+            || {
+                let out = a.cli(&["key", "rotate", "web"]);
+                out.status
+                    .success()
+                    .then(|| primary(&a, "web").expect("web"))
+            },
+        );
+        eprintln!(
+            "changes resumed {:?} after the leader was killed",
+            killed.elapsed()
+        );
+        wait_primary(&b, "web", version);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (oa, fa) = la.join().expect("a's load");
+        let (ob, fb) = lb.join().expect("b's load");
+        (oa + ob, [fa, fb].concat())
+    });
+    assert!(failed.is_empty(), "failed signatures: {failed:?}");
+    assert!(signed > 10, "only {signed} signatures made");
+}
+
+#[test]
+fn a_node_killed_amid_racing_rotations_leaves_consecutive_versions() {
+    let cluster = EtcdCluster::start(3);
+    let prefix = "/vg-kill/";
+    let a = first_node(&cluster, prefix);
+    let (mut b, _bd) = another_node(&cluster, prefix, "b", &a);
+    a.ok(&["key", "create", "hot", "--type", "ed25519"]);
+    wait_primary(&b, "hot", 1);
+    let rotations = |node: &VaultProc, n: usize| {
+        let socket = node.socket.clone();
+        move || {
+            (0..n)
+                .filter(|_| {
+                    crate::common::vault::run_cli(
+                        std::process::Command::new(crate::common::bin())
+                            .args(["key", "rotate", "hot"]),
+                        &socket,
+                        b"",
+                    )
+                    .status
+                    .success()
+                })
+                .count() as u64
+        }
+    };
+    let on_a = std::thread::spawn(rotations(&a, 12));
+    let on_b = std::thread::spawn(rotations(&b, 40));
+    // Killed once some of its rotations have landed.
+    wait_for("rotations from b", Duration::from_secs(20), || {
+        (primary(&a, "hot")? >= 6).then_some(())
+    });
+    b.kill9();
+    let made_a = on_a.join().expect("a");
+    let made_b = on_b.join().expect("b");
+    assert_eq!(made_a, 12, "a's rotations must all succeed");
+    let v = versions(&a, "hot");
+    let newest = *v.last().expect("versions");
+    assert_eq!(
+        v,
+        (1..=newest).collect::<Vec<u64>>(),
+        "versions not consecutive"
+    );
+    // Every acknowledged rotation is there; one of b's may have committed
+    // with its answer lost to the kill.
+    let acknowledged = 1 + made_a + made_b;
+    assert!(
+        newest == acknowledged || newest == acknowledged + 1,
+        "{newest} versions for {acknowledged} acknowledged"
+    );
+    assert_eq!(primary(&a, "hot"), Some(newest));
 }
