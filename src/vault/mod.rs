@@ -119,10 +119,39 @@ pub fn open(settings: VaultSettings) -> Result<Vault, VaultError> {
         audit.alarm(&alarm, key.as_deref());
     }
     check_anchor(&store, &audit);
+    check_shared_anchor(&store, &audit);
     audit.set_manifest(store.generation());
     let policy = policy::Policy::new(&settings.grants, nix::unistd::geteuid().as_raw());
     keys::warm_up();
     Ok(Vault::new(settings, store, policy, audit))
+}
+
+/// A shared store keeps where this node's log stood: a log that now ends
+/// before it was cut back or replaced (with its state dir, which the
+/// manifest's own anchor cannot tell).
+fn check_shared_anchor(store: &keystore::Keystore, audit: &audit::Audit) {
+    let anchor = match store.audit_anchor() {
+        Ok(Some(a)) => a,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read this node's audit anchor from the store");
+            return;
+        }
+    };
+    let end = audit.synced();
+    let replaced = end.seq < anchor.seq || (end.seq == anchor.seq && end.mac != anchor.mac);
+    if replaced {
+        let alarm = audit::Alarm {
+            kind: "audit-rolled-back",
+            message: format!(
+                "the shared store holds this node's audit log at record {} (MAC {}), but the log ends at record {} (MAC {}): \
+                 it was cut back or replaced",
+                anchor.seq, anchor.mac, end.seq, end.mac
+            ),
+        };
+        audit.alarm(&alarm, None);
+    }
+    store.put_audit_anchor(&audit.synced());
 }
 
 /// The keystore `[vault.store]` names: the state dir's, or the
@@ -153,7 +182,7 @@ fn open_store(
         tls_key: cfg.tls_key.clone(),
     })
     .map_err(|e| keystore::StoreError::Etcd(Box::new(e)))?;
-    let backend = keystore::etcd::EtcdBackend::new(etcd);
+    let backend = keystore::etcd::EtcdBackend::new(etcd, &cfg.node);
     backend.claim_master(&subkeys.cluster_check())?;
     let dir = settings.state_dir.join("cluster");
     crate::fsutil::ensure_dir(&dir, 0o700).map_err(|source| VaultError::StateDir {

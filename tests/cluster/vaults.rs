@@ -609,3 +609,53 @@ fn a_node_killed_amid_racing_rotations_leaves_consecutive_versions() {
     );
     assert_eq!(primary(&a, "hot"), Some(newest));
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("cp");
+    assert!(
+        out.status.success(),
+        "cp -a: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_node_state_dir_put_back_from_an_older_copy_is_found_by_the_anchor_in_etcd() {
+    let cluster = EtcdCluster::start(3);
+    let prefix = "/vg-anchor/";
+    let a = first_node(&cluster, prefix);
+    let (mut b, bd) = another_node(&cluster, prefix, "b", &a);
+    b.ok(&["key", "create", "web", "--type", "ed25519"]);
+    // A consistent copy of b's whole state dir: log, head, manifests.
+    b.stop();
+    let old = bd.path().join("old-state");
+    copy_dir(&b.state, &old);
+    let (child, metrics) = b.try_start_again().expect("b restarts");
+    b.child = child;
+    b.metrics = metrics;
+    for _ in 0..3 {
+        b.ok(&["key", "rotate", "web"]);
+    }
+    b.ok(&["audit", "verify"]);
+    // The older copy put back while b is stopped: consistent in itself,
+    // so only the anchor outside the node can tell.
+    b.stop();
+    std::fs::remove_dir_all(&b.state).expect("rm state");
+    copy_dir(&old, &b.state);
+    let (child, metrics) = b.try_start_again().expect("b restarts");
+    b.child = child;
+    b.metrics = metrics;
+    let log = b.audit_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("audit-rolled-back") && l.contains("shared store")),
+        "the put-back log was not found out: {log}"
+    );
+    // Its keys are still the cluster's newest.
+    wait_primary(&b, "web", 4);
+}

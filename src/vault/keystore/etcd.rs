@@ -19,12 +19,15 @@ use std::time::Duration;
 
 use super::{Backend, Change, Expect, Follow, Listing, StoreError, Stored};
 use crate::etcd::{Condition, Etcd, EtcdError, Watch, WatchEvent, Write};
+use crate::vault::audit::Anchor;
 
 const KEYS: &str = "keys/";
 const MASTER_CHECK: &str = "master-check";
 
 pub struct EtcdBackend {
     etcd: Arc<Etcd>,
+    /// This node's name: where its audit anchor goes.
+    node: String,
 }
 
 fn key_of(name: &str) -> String {
@@ -41,10 +44,15 @@ fn unavailable(e: EtcdError) -> StoreError {
 }
 
 impl EtcdBackend {
-    pub fn new(etcd: Etcd) -> EtcdBackend {
+    pub fn new(etcd: Etcd, node: &str) -> EtcdBackend {
         EtcdBackend {
             etcd: Arc::new(etcd),
+            node: node.to_owned(),
         }
+    }
+
+    fn anchor_key(&self) -> String {
+        format!("audit/{}", self.node)
     }
 
     /// Holds `check` (the master key's check value) against the
@@ -183,11 +191,32 @@ impl Backend for EtcdBackend {
         self.put(name, tombstone, expect)
     }
 
+    fn put_audit_anchor(&self, anchor: &Anchor) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(anchor).unwrap_or_default();
+        let etcd = &self.etcd;
+        let writes = [Write::Put {
+            key: self.anchor_key(),
+            value,
+        }];
+        etcd.block_on(etcd.commit(&[], &writes))
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    fn audit_anchor(&self) -> Result<Option<Anchor>, StoreError> {
+        let etcd = &self.etcd;
+        let found = etcd
+            .block_on(etcd.get(&self.anchor_key()))
+            .map_err(unavailable)?;
+        Ok(found.and_then(|e| serde_json::from_slice(&e.value).ok()))
+    }
+
     fn follow(&self, after: u64) -> Option<Box<dyn Follow>> {
         Some(Box::new(EtcdFollow {
             watch: Some(self.etcd.watch(KEYS, after as i64 + 1)),
             backend: EtcdBackend {
                 etcd: self.etcd.clone(),
+                node: self.node.clone(),
             },
         }))
     }

@@ -100,6 +100,15 @@ pub trait Backend: Send + Sync {
     fn follow(&self, _after: u64) -> Option<Box<dyn Follow>> {
         None
     }
+    /// Keeps where this node's audit log had got to (synced) outside the
+    /// node, so a log cut back or replaced is found; a store kept in the
+    /// state dir has nowhere else to keep it.
+    fn put_audit_anchor(&self, _anchor: &Anchor) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn audit_anchor(&self) -> Result<Option<Anchor>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// A change to the store that another node made.
@@ -471,6 +480,21 @@ fn check_tombstone(
 }
 
 impl Keystore {
+    /// Where this node's audit log stood when last anchored outside it
+    /// (a shared store); none for a local store.
+    pub fn audit_anchor(&self) -> Result<Option<Anchor>, StoreError> {
+        self.backend.audit_anchor()
+    }
+
+    /// Anchors `anchor` outside the node; a failure is logged (the next
+    /// anchoring carries the newer position).
+    pub fn put_audit_anchor(&self, anchor: &Anchor) {
+        if let Err(e) = self.backend.put_audit_anchor(anchor) {
+            tracing::warn!(error = %e, seq = anchor.seq, "could not anchor the audit log's head in the store");
+            metrics::counter!("vaultgate_vault_store_errors_total").increment(1);
+        }
+    }
+
     /// The changes other nodes make, from what this keystore has applied.
     pub fn follow(&self) -> Option<Box<dyn Follow>> {
         self.backend.follow(self.applied.load(Ordering::Acquire))

@@ -190,6 +190,8 @@ pub struct Vault {
     refused: Mutex<Denials>,
     /// Key changes, for subscribers (proxies swapping certificates).
     events: tokio::sync::broadcast::Sender<KeyEvent>,
+    /// The audit record last anchored in a shared store, and when.
+    anchored: Mutex<(u64, Instant)>,
 }
 
 pub fn now() -> u64 {
@@ -297,6 +299,7 @@ impl Vault {
             space: super::space::SpaceWatch::default(),
             refused: Mutex::new(Denials::new(None)),
             events: tokio::sync::broadcast::channel(1024).0,
+            anchored: Mutex::new((0, Instant::now())),
         }
     }
 
@@ -329,7 +332,9 @@ impl Vault {
     /// back from before the previous change ends short of the anchor.
     fn anchor(&self) -> super::audit::Anchor {
         self.audit.flush();
-        self.audit.synced()
+        let anchor = self.audit.synced();
+        self.store.put_audit_anchor(&anchor);
+        anchor
     }
 
     fn put(&self, key: Key) -> Result<Arc<Key>, OpError> {

@@ -7,6 +7,9 @@ use crate::sync::Locked;
 use crate::vault::audit::Event;
 use crate::vault::record::KeyState;
 
+/// How often a moving audit log's end is anchored in a shared store.
+const ANCHOR_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Vault {
     pub(super) fn audit_verify(&self) -> Result<Done, OpError> {
         self.audit.flush();
@@ -21,6 +24,19 @@ impl Vault {
             &self.store.subkeys().audit_mac,
         )
         .map_err(|e| OpError::new(ErrorCode::CorruptKey, e.to_string()))?;
+        if let Ok(Some(anchor)) = self.store.audit_anchor() {
+            let cut = report.last < anchor.seq
+                || (report.last == anchor.seq && report.last_mac != anchor.mac);
+            if cut {
+                return Err(OpError::new(
+                    ErrorCode::CorruptKey,
+                    format!(
+                        "the audit log ends at record {} (MAC {}), but the shared store holds it at record {} (MAC {}): it was cut back or replaced",
+                        report.last, report.last_mac, anchor.seq, anchor.mac
+                    ),
+                ));
+            }
+        }
         Ok(Done::new(Response::Json {
             json: serde_json::json!({
                 "ok": true,
@@ -85,6 +101,17 @@ impl Vault {
         }
     }
 
+    /// Anchors the audit log's synced end in a shared store every few
+    /// seconds it has moved, besides at every change.
+    fn anchor_now_and_then(&self) {
+        let mut last = self.anchored.locked();
+        let synced = self.audit.synced();
+        if synced.seq != last.0 && last.1.elapsed() >= ANCHOR_EVERY {
+            self.store.put_audit_anchor(&synced);
+            *last = (synced.seq, std::time::Instant::now());
+        }
+    }
+
     /// Audits a refused connection, or folds it into this second's count.
     pub fn refused_connection(&self, refusal: Event) {
         self.refused.locked().record(refusal, &self.audit, now());
@@ -92,6 +119,7 @@ impl Vault {
 
     pub fn housekeeping(&self) {
         self.watch_space();
+        self.anchor_now_and_then();
         self.refused.locked().tick(&self.audit, now());
         if self.audit.failure().is_some() {
             return; // deletions and rotations wait until they can be audited
