@@ -139,6 +139,8 @@ pub const METRICS: &[Metric] = &[
         help: "Size of the state dir's filesystem in bytes." },
     Metric { name: "vaultgate_vault_store_revision", process: Vault, kind: Gauge, labels: &[],
         help: "The keystore backend's revision this vault has applied (0 for the local store)." },
+    Metric { name: "vaultgate_vault_scheduler", process: Vault, kind: Gauge, labels: &[],
+        help: "1 while this node runs scheduled rotations and deletions (always, for a local store; the elected node, in a cluster)." },
     Metric { name: "vaultgate_vault_store_conflicts_total", process: Vault, kind: Counter, labels: &[],
         help: "Key changes that lost a race with another node's and were decided again on the newer record." },
     Metric { name: "vaultgate_vault_store_refused_total", process: Vault, kind: Counter,

@@ -659,3 +659,71 @@ fn a_node_state_dir_put_back_from_an_older_copy_is_found_by_the_anchor_in_etcd()
     // Its keys are still the cluster's newest.
     wait_primary(&b, "web", 4);
 }
+
+fn scheduler_gauge(v: &VaultProc) -> f64 {
+    let text = crate::common::vault::http_get(v.metrics.expect("metrics"), "/metrics");
+    crate::common::proxy::metric(&text, "vaultgate_vault_scheduler", &[])
+}
+
+fn scheduled_rotations(v: &VaultProc) -> usize {
+    v.audit_log()
+        .lines()
+        .filter(|l| l.contains("\"op\":\"scheduled-rotate\"") && !l.contains("\"error\""))
+        .count()
+}
+
+#[test]
+fn one_node_runs_scheduled_rotations_and_another_takes_over_when_it_dies() {
+    let cluster = EtcdCluster::start(3);
+    let prefix = "/vg-sched/";
+    let with_metrics = Opts {
+        metrics: true,
+        ..Opts::default()
+    };
+    let mut a = VaultProc::start_with(Opts {
+        config: Some(store_config(&cluster, prefix, "a")),
+        ..with_metrics.clone()
+    });
+    let (mut b, _bd) = another_node_with(&cluster, prefix, "b", &a, with_metrics);
+    a.ok(&[
+        "key",
+        "create",
+        "auto",
+        "--type",
+        "ed25519",
+        "--rotate-every",
+        "2s",
+    ]);
+    // Exactly one scheduler, and only it rotates.
+    let leader = wait_for("one scheduler elected", Duration::from_secs(20), || match (
+        scheduler_gauge(&a),
+        scheduler_gauge(&b),
+    ) {
+        (x, y) if x == 1.0 && y == 0.0 => Some('a'),
+        (x, y) if x == 0.0 && y == 1.0 => Some('b'),
+        _ => None,
+    });
+    wait_for("two scheduled rotations", Duration::from_secs(20), || {
+        (primary(&a, "auto")? >= 3).then_some(())
+    });
+    let (sched, other) = if leader == 'a' {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    assert!(scheduled_rotations(sched) >= 2);
+    assert_eq!(scheduled_rotations(other), 0, "the other node rotated too");
+    let versions_now = versions(other, "auto");
+    assert_eq!(
+        versions_now,
+        (1..=*versions_now.last().expect("versions")).collect::<Vec<u64>>()
+    );
+    // The scheduler dies; the other is elected within its lease and
+    // carries on.
+    sched.kill9();
+    let before = primary(other, "auto").expect("auto");
+    wait_for("the survivor scheduling", Duration::from_secs(30), || {
+        (scheduler_gauge(other) == 1.0 && primary(other, "auto")? > before + 1).then_some(())
+    });
+    assert!(scheduled_rotations(other) >= 1);
+}

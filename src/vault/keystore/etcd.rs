@@ -18,16 +18,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Backend, Change, Expect, Follow, Listing, StoreError, Stored};
-use crate::etcd::{Condition, Etcd, EtcdError, Watch, WatchEvent, Write};
+use std::sync::Mutex;
+
+use crate::etcd::{Campaign, Condition, Etcd, EtcdError, Leadership, Watch, WatchEvent, Write};
+use crate::sync::Locked;
 use crate::vault::audit::Anchor;
 
 const KEYS: &str = "keys/";
 const MASTER_CHECK: &str = "master-check";
+/// The election of the node that runs scheduled work.
+const SCHEDULER: &str = "scheduler";
+/// The scheduler's lease: how long a dead scheduler's work waits.
+const SCHEDULER_TTL: Duration = Duration::from_secs(10);
 
 pub struct EtcdBackend {
     etcd: Arc<Etcd>,
-    /// This node's name: where its audit anchor goes.
+    /// This node's name: where its audit anchor goes, who campaigns.
     node: String,
+    /// This node's candidacy to be the scheduler, once asked for.
+    scheduler: Mutex<Option<Campaign>>,
 }
 
 fn key_of(name: &str) -> String {
@@ -36,8 +45,12 @@ fn key_of(name: &str) -> String {
 
 fn unavailable(e: EtcdError) -> StoreError {
     match e {
-        EtcdError::Conflict { key, .. } => StoreError::Conflict {
-            name: key.strip_prefix(KEYS).unwrap_or(&key).to_owned(),
+        // Only records and the scheduler's fence are compared.
+        EtcdError::Conflict { key, .. } => match key.strip_prefix(KEYS) {
+            Some(name) => StoreError::Conflict {
+                name: name.to_owned(),
+            },
+            None => StoreError::NotScheduler,
         },
         e => StoreError::Etcd(Box::new(e)),
     }
@@ -48,6 +61,7 @@ impl EtcdBackend {
         EtcdBackend {
             etcd: Arc::new(etcd),
             node: node.to_owned(),
+            scheduler: Mutex::new(None),
         }
     }
 
@@ -152,13 +166,24 @@ impl Backend for EtcdBackend {
         }))
     }
 
-    fn put(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StoreError> {
+    fn put(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        expect: Expect,
+        scheduled: bool,
+    ) -> Result<u64, StoreError> {
         let etcd = &self.etcd;
         let writes = [Write::Put {
             key: key_of(name),
             value: bytes.to_vec(),
         }];
-        match etcd.block_on(etcd.commit(&[condition(name, expect)], &writes)) {
+        let mut conditions = vec![condition(name, expect)];
+        if scheduled {
+            let fence = self.scheduler.locked().as_ref().and_then(Campaign::fence);
+            conditions.push(fence.ok_or(StoreError::NotScheduler)?);
+        }
+        match etcd.block_on(etcd.commit(&conditions, &writes)) {
             Ok(revision) => Ok(revision as u64),
             Err(e) => self.ours(name, Some(bytes), e),
         }
@@ -186,9 +211,36 @@ impl Backend for EtcdBackend {
         }
     }
 
-    fn delete(&self, name: &str, expect: Expect, tombstone: &[u8]) -> Result<u64, StoreError> {
+    fn delete(
+        &self,
+        name: &str,
+        expect: Expect,
+        tombstone: &[u8],
+        scheduled: bool,
+    ) -> Result<u64, StoreError> {
         // The tombstone takes the record's place: see `super::tombstone`.
-        self.put(name, tombstone, expect)
+        self.put(name, tombstone, expect, scheduled)
+    }
+
+    /// Campaigns (again, after a loss) and says whether this node leads.
+    fn schedules(&self) -> bool {
+        let mut campaign = self.scheduler.locked();
+        if campaign
+            .as_ref()
+            .is_none_or(|c| matches!(c.state(), Leadership::Lost(_)))
+        {
+            let etcd = &self.etcd;
+            *campaign = match etcd.block_on(etcd.campaign(SCHEDULER, &self.node, SCHEDULER_TTL)) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot stand for scheduler");
+                    None
+                }
+            };
+        }
+        let leads = campaign.as_ref().is_some_and(Campaign::is_leader);
+        metrics::gauge!("vaultgate_vault_scheduler").set(if leads { 1.0 } else { 0.0 });
+        leads
     }
 
     fn put_audit_anchor(&self, anchor: &Anchor) -> Result<(), StoreError> {
@@ -217,6 +269,7 @@ impl Backend for EtcdBackend {
             backend: EtcdBackend {
                 etcd: self.etcd.clone(),
                 node: self.node.clone(),
+                scheduler: Mutex::new(None),
             },
         }))
     }

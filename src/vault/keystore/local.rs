@@ -85,7 +85,13 @@ impl Backend for LocalBackend {
         }
     }
 
-    fn put(&self, name: &str, bytes: &[u8], _expect: Expect) -> Result<u64, StoreError> {
+    fn put(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        _expect: Expect,
+        _scheduled: bool,
+    ) -> Result<u64, StoreError> {
         let path = self.path(name);
         fsutil::write_atomic(&path, bytes, 0o600)
             .map_err(|source| StoreError::Io { path, source })?;
@@ -126,7 +132,13 @@ impl Backend for LocalBackend {
     }
 
     /// The manifest keeps deleted names here: no tombstone is written.
-    fn delete(&self, name: &str, _expect: Expect, _tombstone: &[u8]) -> Result<u64, StoreError> {
+    fn delete(
+        &self,
+        name: &str,
+        _expect: Expect,
+        _tombstone: &[u8],
+        _scheduled: bool,
+    ) -> Result<u64, StoreError> {
         let path = self.path(name);
         match fsutil::remove_durable(&path) {
             Ok(()) => Ok(0),

@@ -50,6 +50,10 @@ pub enum StoreError {
     /// Another node changed key `name` since this one read it.
     #[error("key {name:?} was changed by another node meanwhile")]
     Conflict { name: String },
+    /// A scheduled change from a node that is not (or no longer) the
+    /// cluster's scheduler.
+    #[error("this node is not the cluster's scheduler (another node was elected)")]
+    NotScheduler,
     #[error(transparent)]
     Etcd(Box<crate::etcd::EtcdError>),
     #[error("this node's master key is not the one the cluster under etcd prefix {prefix:?} is sealed with (its check value differs): give every node the same master key")]
@@ -88,13 +92,33 @@ pub trait Backend: Send + Sync {
     fn list(&self) -> Result<Listing, StoreError>;
     fn get(&self, name: &str) -> Result<Option<Stored>, StoreError>;
     /// Writes `name`'s record if it is as `expect` says; returns the new
-    /// revision.
-    fn put(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StoreError>;
+    /// revision. `scheduled`: a change of the scheduler's (a scheduled
+    /// rotation or deletion), made only while this node is the one
+    /// scheduler ([`Backend::schedules`]), fenced against it being so no
+    /// longer.
+    fn put(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        expect: Expect,
+        scheduled: bool,
+    ) -> Result<u64, StoreError>;
     /// Writes records of keys that do not exist, all or none.
     fn put_all(&self, records: &[(String, Vec<u8>)]) -> Result<u64, StoreError>;
     /// Deletes `name`'s record; a store other nodes read keeps
     /// `tombstone` in its place.
-    fn delete(&self, name: &str, expect: Expect, tombstone: &[u8]) -> Result<u64, StoreError>;
+    fn delete(
+        &self,
+        name: &str,
+        expect: Expect,
+        tombstone: &[u8],
+        scheduled: bool,
+    ) -> Result<u64, StoreError>;
+    /// Whether this node runs scheduled work now: always, for a store
+    /// only it writes; for a shared one, while elected.
+    fn schedules(&self) -> bool {
+        true
+    }
     /// Changes others make after revision `after`; none for a store only
     /// this process writes.
     fn follow(&self, _after: u64) -> Option<Box<dyn Follow>> {
@@ -248,7 +272,7 @@ impl Keystore {
                     Some(slot) => slot,
                     None => {
                         tracing::warn!(key = name, "finishing a deletion a crash interrupted");
-                        backend.delete(&name, Expect::At(stored.revision), &[])?;
+                        backend.delete(&name, Expect::At(stored.revision), &[], false)?;
                         continue;
                     }
                 },
@@ -362,13 +386,19 @@ impl Keystore {
     /// Writes `key` durably, then makes it visible. If the write fails,
     /// nothing changes, in the backend or in memory. Callers serialise
     /// writes. `anchor` is where the audit log ended, for the manifest.
-    pub fn put(&self, mut key: Key, anchor: Anchor) -> Result<Arc<Key>, StoreError> {
+    /// `scheduled`: a scheduled change (see [`Backend::put`]).
+    pub fn put(
+        &self,
+        mut key: Key,
+        anchor: Anchor,
+        scheduled: bool,
+    ) -> Result<Arc<Key>, StoreError> {
         let mut manifest = self.manifest.locked();
         key.record.generation = manifest.next_generation(key.name());
         let bytes = key.seal_to_bytes(&self.subkeys);
         let revision = self
             .backend
-            .put(key.name(), &bytes, self.expect(key.name()))?;
+            .put(key.name(), &bytes, self.expect(key.name()), scheduled)?;
         self.applied(revision);
         manifest.note(key.name(), key.record.generation);
         self.write_manifest(&mut manifest, anchor);
@@ -419,7 +449,7 @@ impl Keystore {
     /// the manifest first, so a crash in between leaves a record the next
     /// start knows to finish deleting; in a shared store the tombstone
     /// replaces the record in one write, then the manifest notes it.
-    pub fn remove(&self, name: &str, anchor: Anchor) -> Result<(), StoreError> {
+    pub fn remove(&self, name: &str, anchor: Anchor, scheduled: bool) -> Result<(), StoreError> {
         let mut manifest = self.manifest.locked();
         let mut next = manifest.clone();
         next.note_deleted(name);
@@ -430,7 +460,7 @@ impl Keystore {
         );
         let expect = self.expect(name);
         if self.shared {
-            let revision = self.backend.delete(name, expect, &tomb)?;
+            let revision = self.backend.delete(name, expect, &tomb, scheduled)?;
             self.applied(revision);
             self.gone.locked().insert(name.to_owned(), revision);
             self.write_manifest(&mut next, anchor);
@@ -443,7 +473,7 @@ impl Keystore {
                 })?;
             self.written.store(next.generation, Ordering::Release);
             *manifest = next;
-            self.backend.delete(name, expect, &tomb)?;
+            self.backend.delete(name, expect, &tomb, scheduled)?;
             self.slots.write_locked().remove(name);
             return Ok(());
         }
@@ -480,6 +510,11 @@ fn check_tombstone(
 }
 
 impl Keystore {
+    /// Whether this node runs scheduled rotations and deletions now.
+    pub fn schedules(&self) -> bool {
+        self.backend.schedules()
+    }
+
     /// Where this node's audit log stood when last anchored outside it
     /// (a shared store); none for a local store.
     pub fn audit_anchor(&self) -> Result<Option<Anchor>, StoreError> {
@@ -755,7 +790,7 @@ mod tests {
         let Some(Ok(k)) = store.get("old") else {
             panic!("old not served")
         };
-        store.put((*k).clone(), Anchor::genesis()).unwrap();
+        store.put((*k).clone(), Anchor::genesis(), false).unwrap();
         drop(store);
         let store = Keystore::open_local(state.path(), sk.clone(), Some(generation + 1)).unwrap();
         assert!(store.take_alarms().is_empty());

@@ -156,7 +156,7 @@ impl Vault {
         }
         Self::start_grace(&mut key, self.settings.load().sign_grace.as_secs());
         let version = key.add_version(self.store.subkeys(), material, Origin::Generated, now())?;
-        let key = self.put(key)?;
+        let key = self.put_as(key, scheduled)?;
         Ok(Done::new(Self::describe_json(&key)).key(name, Some(version)))
     }
 

@@ -338,7 +338,13 @@ impl Vault {
     }
 
     fn put(&self, key: Key) -> Result<Arc<Key>, OpError> {
-        let key = self.store.put(key, self.anchor())?;
+        self.put_as(key, false)
+    }
+
+    /// [`Vault::put`]; `scheduled`: a change the scheduler makes, fenced
+    /// in a cluster against another node having been elected since.
+    fn put_as(&self, key: Key, scheduled: bool) -> Result<Arc<Key>, OpError> {
+        let key = self.store.put(key, self.anchor(), scheduled)?;
         self.audit.set_manifest(self.store.generation());
         self.publish(&key);
         Ok(key)

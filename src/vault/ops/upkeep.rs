@@ -124,13 +124,16 @@ impl Vault {
         if self.audit.failure().is_some() {
             return; // deletions and rotations wait until they can be audited
         }
+        if !self.store.schedules() {
+            return; // another node of the cluster runs them
+        }
         let now = now();
         for (name, key) in self.store.list() {
             let Ok(key) = key else { continue };
             let r = &key.record;
             if r.state == KeyState::PendingDeletion && r.deletion_at.is_some_and(|t| t <= now) {
                 let _guard = self.lock();
-                let result = self.store.remove(&name, self.anchor());
+                let result = self.store.remove(&name, self.anchor(), true);
                 self.audit.set_manifest(self.store.generation());
                 let _ = self.events.send(KeyEvent {
                     key: name.clone(),
