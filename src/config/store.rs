@@ -161,3 +161,101 @@ fn etcd(loaded: &Loaded, f: &StoreFile) -> Result<StoreSettings, ConfigError> {
         tls_key: path(&f.tls_key),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::vault::VaultSettings;
+
+    fn store(text: &str) -> Result<StoreSettings, ConfigError> {
+        let loaded = super::super::parse(Path::new("/etc/vg/v.toml"), text.to_owned())?;
+        VaultSettings::from_loaded(&loaded).map(|s| s.store)
+    }
+
+    #[test]
+    fn an_etcd_store_validates_and_resolves_its_files() {
+        let s = store(
+            r#"
+[vault.store]
+kind = "etcd"
+endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+node = "vault-a"
+tls_ca = "etcd-ca.pem"
+tls_cert = "/etc/vg/a.pem"
+tls_key = "/etc/vg/a.key"
+"#,
+        )
+        .unwrap();
+        let StoreSettings::Etcd(e) = s else {
+            panic!("not etcd: {s:?}")
+        };
+        assert_eq!(e.prefix, DEFAULT_PREFIX);
+        assert_eq!(e.node, "vault-a");
+        assert_eq!(e.tls_ca, Some(PathBuf::from("/etc/vg/etcd-ca.pem")));
+        assert_eq!(store("[vault]\n").unwrap(), StoreSettings::Local);
+        assert_eq!(
+            store("[vault.store]\nkind = \"local\"\n").unwrap(),
+            StoreSettings::Local
+        );
+    }
+
+    #[test]
+    fn a_bad_store_is_refused_at_its_line_and_column() {
+        let etcd = "[vault.store]\nkind = \"etcd\"\n";
+        for (text, line, says) in [
+            (
+                "[vault.store]\nkind = \"zookeeper\"\n".to_owned(),
+                2,
+                "invalid store kind",
+            ),
+            (format!("{etcd}node = \"a\"\n"), 2, "needs endpoints"),
+            (
+                format!("{etcd}endpoints = [\"127.0.0.1:2379\"]\nnode = \"a\"\n"),
+                3,
+                "invalid etcd endpoint",
+            ),
+            (
+                format!("{etcd}endpoints = [\"http://e:2379\"]\n"),
+                2,
+                "needs node",
+            ),
+            (
+                format!("{etcd}endpoints = [\"http://e:2379\"]\nnode = \"a b\"\n"),
+                4,
+                "invalid node name",
+            ),
+            (
+                format!("{etcd}endpoints = [\"http://e:2379\"]\nnode = \"a\"\nprefix = \"vg\"\n"),
+                5,
+                "invalid prefix",
+            ),
+            (
+                format!(
+                    "{etcd}endpoints = [\"http://e:2379\"]\nnode = \"a\"\ntls_ca = \"ca.pem\"\n"
+                ),
+                3,
+                "https://",
+            ),
+            (
+                format!(
+                    "{etcd}endpoints = [\"https://e:2379\"]\nnode = \"a\"\ntls_cert = \"c.pem\"\n"
+                ),
+                5,
+                "go together",
+            ),
+            (
+                "[vault.store]\nendpoints = [\"http://e:2379\"]\n".to_owned(),
+                2,
+                "is for kind = \"etcd\"",
+            ),
+        ] {
+            let e = store(&text).expect_err(&text).to_string();
+            assert!(
+                e.contains(&format!("v.toml:{line}:")) && e.contains(says),
+                "{text:?}: {e}"
+            );
+        }
+    }
+}
