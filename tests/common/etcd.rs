@@ -18,6 +18,9 @@ static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 
 /// How long a (re)started member may take to report healthy.
 const READY: Duration = Duration::from_secs(20);
+/// How long a SIGSTOPped member's threads may take to all stop: tens of
+/// milliseconds on a loaded machine.
+const STOPPED: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum State {
@@ -185,10 +188,20 @@ impl EtcdCluster {
         m.state = State::Dead;
     }
 
-    /// SIGSTOP: a hung member, its sockets open and silent.
+    /// SIGSTOP: a hung member, its sockets open and silent. Returns once
+    /// every thread of it has stopped: `kill` only queues the signal, and
+    /// on a busy machine the member's other threads run on for tens of
+    /// milliseconds until the one picked to take it is scheduled, long
+    /// enough to ack a write the test means to fail for want of quorum.
     pub fn stop(&mut self, i: usize) {
         self.signal(i, Signal::SIGSTOP);
         self.members[i].state = State::Stopped;
+        let pid = self.members[i].child.id();
+        wait_for(
+            &format!("every thread of etcd member {i} (pid {pid}) stopped"),
+            STOPPED,
+            || all_threads_stopped(pid).then_some(()),
+        );
     }
 
     /// SIGCONT after [`stop`](Self::stop).
@@ -293,6 +306,25 @@ impl EtcdCluster {
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
+}
+
+/// Whether no thread of process `pid` can run: each stopped by a signal
+/// (`T` in its `/proc` stat) or already gone.
+fn all_threads_stopped(pid: u32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("threads of etcd pid {pid}: {e}"));
+    tasks.filter_map(Result::ok).all(|task| {
+        // A thread that exited meanwhile has no stat left: it runs no more.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            return true;
+        };
+        // The state follows the command name, which may hold spaces and
+        // parentheses: take it after the last `)`.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        matches!(state, Some("T" | "Z" | "X"))
+    })
 }
 
 /// Whether `endpoint status -w json` output is from the member that leads.
