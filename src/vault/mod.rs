@@ -349,11 +349,11 @@ pub async fn run(
 
     // Changes other vault nodes make to a shared keystore; a thread of
     // its own, as applying one writes this node's manifest.
-    {
+    if let Some(follow) = vault.store_changes() {
         let vault = vault.clone();
         std::thread::Builder::new()
             .name("store-follow".into())
-            .spawn(move || vault.follow_store())
+            .spawn(move || vault.follow_store(follow))
             .map_err(VaultError::Thread)?;
     }
 

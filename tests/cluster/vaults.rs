@@ -105,6 +105,26 @@ fn versions(v: &VaultProc, key: &str) -> Vec<u64> {
     out
 }
 
+/// `key rotate hot` on the vault at `socket`: the version it made, or
+/// what it said when it failed.
+fn rotate_on(socket: &std::path::Path) -> Result<u64, String> {
+    let out = crate::common::vault::run_cli(
+        std::process::Command::new(crate::common::bin()).args(["key", "rotate", "hot"]),
+        socket,
+        b"",
+    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    // "rotated hot: primary version N"
+    let said = String::from_utf8_lossy(&out.stdout);
+    said.trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| format!("rotate said {said:?}"))
+}
+
 fn sign(v: &VaultProc, key: &str, version: &str) -> std::process::Output {
     v.cli_stdin(
         &[
@@ -195,24 +215,8 @@ fn two_nodes_rotating_one_key_at_once_make_consecutive_versions_none_lost() {
             s.spawn(move || {
                 let mut made = Vec::new();
                 for _ in 0..EACH {
-                    let out = std::process::Command::new(crate::common::bin())
-                        .args(["key", "rotate", "hot"])
-                        .env("VAULTGATE_SOCKET", &node_socket)
-                        .output()
-                        .expect("run rotate");
-                    assert!(
-                        out.status.success(),
-                        "a rotation on {v} failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    // "rotated hot: primary version N"
-                    let said = String::from_utf8_lossy(&out.stdout);
-                    let n = said
-                        .trim()
-                        .rsplit(' ')
-                        .next()
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .unwrap_or_else(|| panic!("rotate said {said:?}"));
+                    let n = rotate_on(&node_socket)
+                        .unwrap_or_else(|e| panic!("a rotation on {v} failed: {e}"));
                     made.push(n);
                 }
                 made
@@ -568,20 +572,7 @@ fn a_node_killed_amid_racing_rotations_leaves_consecutive_versions() {
     wait_primary(&b, "hot", 1);
     let rotations = |node: &VaultProc, n: usize| {
         let socket = node.socket.clone();
-        move || {
-            (0..n)
-                .filter(|_| {
-                    crate::common::vault::run_cli(
-                        std::process::Command::new(crate::common::bin())
-                            .args(["key", "rotate", "hot"]),
-                        &socket,
-                        b"",
-                    )
-                    .status
-                    .success()
-                })
-                .count() as u64
-        }
+        move || (0..n).filter(|_| rotate_on(&socket).is_ok()).count() as u64
     };
     let on_a = std::thread::spawn(rotations(&a, 12));
     let on_b = std::thread::spawn(rotations(&b, 40));

@@ -77,18 +77,25 @@ pub fn require_root(why: &str) {
     );
 }
 
-/// The `Key:\tvalue` lines of one /proc status file.
-fn status_fields(path: &std::path::Path) -> std::collections::HashMap<String, String> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| {
-            (
-                k.to_owned(),
-                v.split_whitespace().collect::<Vec<_>>().join(" "),
-            )
-        })
-        .collect()
+/// The `Key:\tvalue` lines of one /proc status file; `None` if its
+/// thread ended since it was listed (a blocking-pool thread idles out).
+fn status_fields(path: &std::path::Path) -> Option<std::collections::HashMap<String, String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("{}: {e}", path.display()),
+    };
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| {
+                (
+                    k.to_owned(),
+                    v.split_whitespace().collect::<Vec<_>>().join(" "),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Asserts that every thread of `pid` (each has its own credentials and
@@ -100,7 +107,9 @@ pub fn assert_runs_as(pid: i32, uid: u32, gid: u32, groups: &[u32]) {
     let mut n = 0;
     for task in tasks {
         let path = task.expect("task entry").path().join("status");
-        let f = status_fields(&path);
+        let Some(f) = status_fields(&path) else {
+            continue;
+        };
         let want_groups: Vec<String> = groups.iter().map(u32::to_string).collect();
         let ctx = format!("{}: {f:?}", path.display());
         assert_eq!(f["Uid"], format!("{uid} {uid} {uid} {uid}"), "{ctx}");

@@ -555,12 +555,14 @@ impl Vault {
         self.audit.set_manifest(self.store.generation());
     }
 
-    /// Follows the changes other nodes make to a shared store, for as
-    /// long as the process runs; returns at once for a local store.
-    pub fn follow_store(&self) {
-        let Some(mut follow) = self.store.follow() else {
-            return;
-        };
+    /// The changes other nodes make to a shared store; none for a local
+    /// store.
+    pub fn store_changes(&self) -> Option<Box<dyn super::keystore::Follow>> {
+        self.store.follow()
+    }
+
+    /// Applies `follow`'s changes for as long as the process runs.
+    pub fn follow_store(&self, mut follow: Box<dyn super::keystore::Follow>) {
         loop {
             if let Some(change) = follow.next(std::time::Duration::from_secs(1)) {
                 // Under the write lock: a change of this node's reads a
