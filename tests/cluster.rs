@@ -14,6 +14,8 @@ mod election;
 mod failover;
 #[path = "cluster/kv.rs"]
 mod kv;
+#[path = "cluster/migrate.rs"]
+mod migrate;
 #[path = "cluster/tls.rs"]
 mod tls;
 #[path = "cluster/vaults.rs"]

@@ -44,6 +44,12 @@ pub enum Command {
     /// Wrapped backups of every key and version.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// The keystore's home: move a single node's keystore into a cluster.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// A vault cluster on etcd, read from etcd itself.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 }
 
 #[derive(Debug, Args)]
@@ -395,6 +401,41 @@ pub enum BackupCommand {
         passphrase_env: Option<String>,
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Move a stopped single-node vault's keystore (every key, version and
+    /// certificate) into an empty cluster on etcd, all or nothing.
+    Migrate {
+        /// A node's config file: its `[vault.store]` (kind = "etcd") is the
+        /// cluster, its `[vault] master_key` how to read the old keystore.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// The old vault's state dir (the vault stopped).
+        #[arg(long)]
+        from_state_dir: PathBuf,
+        /// etcd's --max-request-bytes, if the members were started with more than the default.
+        #[arg(long, default_value_t = crate::vault::migrate::MAX_REQUEST_BYTES)]
+        etcd_max_request_bytes: usize,
+        /// etcd's --max-txn-ops, if the members were started with more than the default.
+        #[arg(long, default_value_t = crate::vault::migrate::MAX_TXN_OPS)]
+        etcd_max_txn_ops: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every registered vault node, each etcd endpoint's state and the key
+    /// count; exits non-zero when etcd cannot answer.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Config file whose `[vault.store]` names the cluster [default: config/vaultgate.toml here, else the built-in default's]
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
     },
 }
 

@@ -4,6 +4,8 @@
 //! - [`args`]: the command line (clap)
 //! - [`vault`], [`proxy`], [`run`]: the long-running commands
 //! - [`admin`]: `key`, `data`, `cert`, `audit`, `backup`, through the vault socket
+//! - [`store`]: `store migrate`, a single node's keystore into a cluster
+//! - [`cluster`]: `cluster status`, read from etcd directly
 //! - [`check`]: `check`, which validates a config and its files (`reload`
 //!   itself is here, below)
 //! - [`demo_backend`]: the page `run` serves until a real backend listens
@@ -11,9 +13,11 @@
 pub mod admin;
 pub mod args;
 pub mod check;
+pub mod cluster;
 pub mod demo_backend;
 pub mod proxy;
 pub mod run;
+pub mod store;
 pub mod vault;
 
 use std::process::ExitCode;
@@ -32,6 +36,8 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Cert(c) => admin::cert(c),
         Command::Audit(c) => admin::audit(c),
         Command::Backup(c) => admin::backup(c),
+        Command::Store(c) => store::main(c),
+        Command::Cluster(c) => cluster::main(c),
     }
 }
 

@@ -47,6 +47,19 @@ pub struct EtcdStore {
 
 pub const DEFAULT_PREFIX: &str = "/vaultgate/";
 
+impl EtcdStore {
+    /// The etcd client's settings for this store.
+    pub fn client_config(&self) -> crate::etcd::EtcdConfig {
+        crate::etcd::EtcdConfig {
+            endpoints: self.endpoints.clone(),
+            prefix: self.prefix.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
+    }
+}
+
 impl StoreSettings {
     pub fn from_file(loaded: &Loaded, f: &StoreFile) -> Result<StoreSettings, ConfigError> {
         let src = loaded.source();

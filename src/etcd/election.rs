@@ -259,7 +259,7 @@ async fn elect(
 
 /// Refreshes the lease every third of its ttl until it cannot; returns
 /// why it ended.
-async fn keep_alive(shared: &Shared, lease: i64, ttl: Duration) -> Lost {
+pub(super) async fn keep_alive(shared: &Shared, lease: i64, ttl: Duration) -> Lost {
     let mut refreshed = Instant::now();
     loop {
         tokio::time::sleep(ttl / 3).await;

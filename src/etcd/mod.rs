@@ -5,6 +5,7 @@
 //! - [`kv`]        — listings and compare-guarded transactions under the prefix
 //! - [`watch`]     — changes from a revision, resumed across members, ended by compaction
 //! - [`election`]  — one leader at a time on a kept-alive lease, with a fence for its writes
+//! - [`register`]  — a key held on a kept-alive lease while its process lives (a node's name)
 //! - [`status`]    — each member's view (leader, revision), for `cluster status`
 //! - [`tls`]       — the CA and client certificate files, read into rustls options
 //! - [`error`]     — [`EtcdError`], naming the endpoint, key or file
@@ -27,6 +28,7 @@ mod election;
 mod endpoints;
 mod error;
 mod kv;
+mod register;
 mod status;
 mod tls;
 mod watch;
@@ -39,6 +41,7 @@ pub use election::{Campaign, Leadership, Lost};
 pub use endpoints::{OVERALL_TIMEOUT, REQUEST_TIMEOUT};
 pub use error::{AttemptError, EndpointProblem, EtcdError};
 pub use kv::{Condition, Entry, Listing, Write};
+pub use register::{Refusal, Registration};
 pub use status::{EndpointStatus, MemberStatus};
 pub use watch::{Watch, WatchEvent};
 

@@ -5,6 +5,8 @@
 //! - [`keystore`] — the `keys/` directory, loaded at start, written crash-safely
 //! - [`manifest`] — `keys/MANIFEST`: each key's latest generation, so rollbacks are found
 //! - [`master`]   — the master key (file or passphrase) and derived subkeys
+//! - [`node`]     — this node's entry in its cluster's list, held while it runs
+//! - [`migrate`]  — a single node's keystore moved into an empty cluster
 //! - [`policy`]   — grants matched against peer credentials
 //! - [`audit`]    — the chained, tamper-evident audit log
 //! - [`envelope`] — the ciphertext blob format of encrypt/decrypt
@@ -28,6 +30,8 @@ pub mod keys;
 pub mod keystore;
 pub mod manifest;
 pub mod master;
+pub mod migrate;
+pub mod node;
 pub mod ops;
 pub mod policy;
 pub mod record;
@@ -85,6 +89,8 @@ pub enum VaultError {
     Switch(#[from] crate::os::DropError),
     #[error("cannot start the keystore's follower thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Node(#[from] node::NodeError),
 }
 
 /// Opens the state dir and builds the vault (no socket yet).
@@ -197,6 +203,29 @@ fn open_store(
         head_manifest,
         true,
     )?)
+}
+
+/// [`open`], for a node of a cluster after taking its name in the
+/// cluster's list: a second node of that name refuses to start before
+/// it opens anything.
+fn open_registered(
+    settings: VaultSettings,
+) -> Result<(Vault, Option<node::Registered>), VaultError> {
+    let registered = match &settings.store {
+        crate::config::store::StoreSettings::Etcd(cfg) => {
+            Some(node::register(cfg, &settings.socket)?)
+        }
+        crate::config::store::StoreSettings::Local => None,
+    };
+    match open(settings) {
+        Ok(v) => Ok((v, registered)),
+        Err(e) => {
+            if let Some(r) = registered {
+                r.close();
+            }
+            Err(e)
+        }
+    }
 }
 
 /// The manifest anchors the synced end of the log it last saw; a log
@@ -314,12 +343,12 @@ pub async fn run(
             return Err(e.into());
         }
     }
-    let opened = tokio::task::spawn_blocking(move || open(settings))
+    let opened = tokio::task::spawn_blocking(move || open_registered(settings))
         .await
         .map_err(|_| VaultError::Derive)
         .and_then(|r| r);
-    let vault = match opened {
-        Ok(v) => Arc::new(v),
+    let (vault, registered) = match opened {
+        Ok((v, registered)) => (Arc::new(v), registered),
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
             return Err(e);
@@ -373,6 +402,9 @@ pub async fn run(
     crate::notify::stopping();
     housekeeping.abort();
     reloads.abort();
+    if let Some(r) = registered {
+        let _ = tokio::task::spawn_blocking(move || r.close()).await;
+    }
     let _ = std::fs::remove_file(&socket);
     if let Some(f) = &vault.settings().pid_file {
         let _ = std::fs::remove_file(f);

@@ -12,7 +12,7 @@ use crate::common::wait_for;
 /// How long a change made on one node may take to be served by another.
 const PROPAGATION: Duration = Duration::from_secs(10);
 
-fn store_config(cluster: &EtcdCluster, prefix: &str, node: &str) -> String {
+pub(crate) fn store_config(cluster: &EtcdCluster, prefix: &str, node: &str) -> String {
     let endpoints: Vec<String> = cluster
         .endpoints()
         .iter()
@@ -26,7 +26,7 @@ fn store_config(cluster: &EtcdCluster, prefix: &str, node: &str) -> String {
 
 /// The first node of a cluster under `prefix`: its master key becomes
 /// the cluster's.
-fn first_node(cluster: &EtcdCluster, prefix: &str) -> VaultProc {
+pub(crate) fn first_node(cluster: &EtcdCluster, prefix: &str) -> VaultProc {
     VaultProc::start_with(Opts {
         config: Some(store_config(cluster, prefix, "a")),
         ..Opts::default()
@@ -35,7 +35,7 @@ fn first_node(cluster: &EtcdCluster, prefix: &str) -> VaultProc {
 
 /// A state dir holding `from`'s master key, as an operator seeds a new
 /// node (docs/clustering.md).
-fn seeded_state(from: &VaultProc) -> tempfile::TempDir {
+pub(crate) fn seeded_state(from: &VaultProc) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("vg-node-")
         .tempdir_in("/tmp")
@@ -48,7 +48,7 @@ fn seeded_state(from: &VaultProc) -> tempfile::TempDir {
     dir
 }
 
-fn another_node(
+pub(crate) fn another_node(
     cluster: &EtcdCluster,
     prefix: &str,
     node: &str,
@@ -73,7 +73,7 @@ fn another_node_with(
     (v, dir)
 }
 
-fn describe(v: &VaultProc, key: &str) -> Option<serde_json::Value> {
+pub(crate) fn describe(v: &VaultProc, key: &str) -> Option<serde_json::Value> {
     let out = v.cli(&["key", "describe", key]);
     out.status
         .success()

@@ -527,6 +527,16 @@ pub fn verify(state_dir: &Path, key: &ring::hmac::Key) -> Result<Report, AuditEr
     Ok(report)
 }
 
+/// The keystore manifest generation the authentic `audit.head` in
+/// `state_dir` records, read without opening the log (an offline tool's
+/// view of what the vault checks at start); `None` without one.
+pub fn head_manifest(state_dir: &Path, key: &ring::hmac::Key) -> std::io::Result<Option<u64>> {
+    Ok(match head::read(&state_dir.join(HEAD_FILE), key)? {
+        head::Head::Authentic { manifest, .. } => Some(manifest),
+        _ => None,
+    })
+}
+
 /// Reads every verified record in order (for the keystore's check of its
 /// manifest against the chain). Alarms do not stop it.
 #[expect(
