@@ -996,7 +996,10 @@ fn upgrade_protocols(
     Ok(Some(out))
 }
 
-fn listen_addrs(src: &Source, v: &Spanned<OneOrMany>) -> Result<Vec<SocketAddr>, ConfigError> {
+pub(super) fn listen_addrs(
+    src: &Source,
+    v: &Spanned<OneOrMany>,
+) -> Result<Vec<SocketAddr>, ConfigError> {
     let items = v.get_ref().items();
     if items.is_empty() {
         return Err(src.error(v.span(), "listen must name at least one address"));
