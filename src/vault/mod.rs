@@ -310,10 +310,7 @@ pub async fn run(
         settings.socket_group,
         user.as_ref(),
     )?;
-    let tls = match &settings.tls {
-        Some(t) => Some(tls::bind(t).await?),
-        None => None,
-    };
+    let tls = tls::bind_opt(settings.tls.as_ref()).await?;
     let status = match &settings.pid_file {
         Some(f) => Some(Arc::new(write_pid_file(
             f,
@@ -359,11 +356,6 @@ pub async fn run(
     ));
 
     tracing::info!(socket = %socket.display(), "vault listening");
-    if let Some(t) = &tls {
-        for addr in t.addrs() {
-            tracing::info!(%addr, "vault listening for mutual TLS");
-        }
-    }
     on_ready(&vault.settings());
     crate::notify::ready(&format!("vault listening on {}", socket.display()));
 

@@ -93,6 +93,14 @@ impl std::fmt::Display for Refused {
     }
 }
 
+/// [`bind`], if `tls_listen` is set.
+pub async fn bind_opt(t: Option<&TlsListen>) -> Result<Option<Listeners>, VaultError> {
+    match t {
+        Some(t) => Ok(Some(bind(t).await?)),
+        None => Ok(None),
+    }
+}
+
 /// Binds every `tls_listen` address and reads the certificate, key and
 /// client CA.
 pub async fn bind(t: &TlsListen) -> Result<Listeners, VaultError> {
@@ -124,6 +132,9 @@ impl Listeners {
 
     /// Accepts on every listener; the tasks end with the returned guard.
     pub fn serve(self, shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
+        for addr in self.addrs() {
+            tracing::info!(%addr, "vault listening for mutual TLS");
+        }
         self.listeners
             .into_iter()
             .map(|l| tokio::spawn(accept(l, self.acceptor.clone(), shared.clone())))
