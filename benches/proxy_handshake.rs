@@ -112,7 +112,8 @@ fn server_with_provider(
 fn benches(c: &mut Criterion) {
     let vault = start_vault();
     let pool = VaultPool::start(PoolOptions {
-        sockets: vec![vault.socket.clone()],
+        sockets: vec![vaultgate::signer::Endpoint::Unix(vault.socket.clone())],
+        tls: None,
         connections_per_socket: 2,
         timeout: Duration::from_secs(1),
         plain_wait: Duration::from_micros(100),

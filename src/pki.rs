@@ -18,6 +18,8 @@ pub enum PkiError {
     },
     #[error("{path}: no certificate in PEM file", path = .path.display())]
     NoCert { path: PathBuf },
+    #[error("{path}: no private key in PEM file", path = .path.display())]
+    NoKey { path: PathBuf },
 }
 
 // ---- DER ----
@@ -109,6 +111,40 @@ pub fn read_pem_certs(
         });
     }
     Ok(certs)
+}
+
+/// Reads the (first) private key of a PEM file: PKCS#8, PKCS#1 or SEC1.
+pub fn read_pem_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, PkiError> {
+    let io = |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let data = std::fs::read(path).map_err(io)?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(io)?
+        .ok_or_else(|| PkiError::NoKey {
+            path: path.to_owned(),
+        })
+}
+
+/// The identity a client certificate (DER) names: its first URI subject
+/// alternative name (a SPIFFE id, say), else its first DNS name.
+pub fn san_identity(cert_der: &[u8]) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let names = &san.value.general_names;
+    let uri = names.iter().find_map(|n| match n {
+        GeneralName::URI(u) => Some(*u),
+        _ => None,
+    });
+    let dns = || {
+        names.iter().find_map(|n| match n {
+            GeneralName::DNSName(d) => Some(*d),
+            _ => None,
+        })
+    };
+    uri.or_else(dns).map(str::to_owned)
 }
 
 /// When a certificate (DER) stops being valid, as Unix seconds.

@@ -31,6 +31,8 @@ mod isolation;
 mod logs;
 #[path = "proxy/metrics.rs"]
 mod metrics;
+#[path = "proxy/mtls.rs"]
+mod mtls;
 #[path = "proxy/notify.rs"]
 mod notify;
 #[path = "proxy/origin.rs"]

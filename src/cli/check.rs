@@ -4,7 +4,6 @@
 //! every certificate or key that does not load or match; the exit code is
 //! non-zero if there was any.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -140,6 +139,9 @@ pub fn check(loaded: &Loaded) -> (Vec<String>, Vec<String>) {
             return (errors, notes);
         }
     };
+    if let Err(e) = settings.vault_client_tls() {
+        errors.push(format!("[proxy.vault_tls]: {e}"));
+    }
     let mut pool: Option<Option<VaultPool>> = None;
     for spec in &settings.certs {
         if let KeyRef::Vault(name) = &spec.key {
@@ -162,7 +164,7 @@ pub fn check(loaded: &Loaded) -> (Vec<String>, Vec<String>) {
                 notes.push(format!(
                     "{}: vault not reachable at {}: vault:{name} not compared with its certificate",
                     spec.key_at,
-                    display_sockets(&settings.vault_sockets)
+                    display_sockets(&settings.vaults)
                 ));
                 continue;
             };
@@ -178,7 +180,8 @@ pub fn check(loaded: &Loaded) -> (Vec<String>, Vec<String>) {
 
 fn connect(settings: &ProxySettings) -> Option<VaultPool> {
     let pool = VaultPool::start(PoolOptions {
-        sockets: settings.vault_sockets.clone(),
+        sockets: settings.vaults.clone(),
+        tls: settings.vault_client_tls().ok().flatten(),
         connections_per_socket: 1,
         timeout: Duration::from_secs(5),
         plain_wait: Duration::from_millis(1),
@@ -187,9 +190,9 @@ fn connect(settings: &ProxySettings) -> Option<VaultPool> {
         .then_some(pool)
 }
 
-fn display_sockets(s: &[PathBuf]) -> String {
+fn display_sockets(s: &[crate::signer::Endpoint]) -> String {
     s.iter()
-        .map(|p| p.display().to_string())
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -276,7 +276,8 @@ fn bootstrap(
     run: &RunSettings,
 ) -> Result<(VaultPool, DevCa), DevCaError> {
     let pool = VaultPool::start(PoolOptions {
-        sockets: vec![vault.socket.clone()],
+        sockets: vec![crate::signer::Endpoint::Unix(vault.socket.clone())],
+        tls: None,
         connections_per_socket: 1,
         timeout: Duration::from_secs(10),
         plain_wait: Duration::from_millis(1),

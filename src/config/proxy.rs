@@ -81,6 +81,11 @@ pub struct ProxyFile {
     pub metrics_listen: Option<Spanned<String>>,
     /// Vault sockets in failover order; default: `[vault].socket`.
     pub vault_sockets: Option<Spanned<Vec<String>>>,
+    /// Vault endpoints, `unix:PATH` or `tls://HOST:PORT` (instead of
+    /// `vault_sockets`).
+    pub vaults: Option<Spanned<Vec<String>>>,
+    /// The proxy's side of mutual TLS to `tls://` vaults.
+    pub vault_tls: Option<VaultTlsFile>,
     /// Persistent connections per vault socket.
     pub vault_connections: Option<Spanned<u32>>,
     pub sign_timeout: Option<Spanned<String>>,
@@ -518,6 +523,25 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultTlsFile {
+    /// CA certificates (PEM) the vaults' certificates are checked against.
+    pub ca: Spanned<String>,
+    /// The proxy's client certificate chain (PEM).
+    pub cert: Spanned<String>,
+    /// Its private key (PEM file).
+    pub key: Spanned<String>,
+}
+
+/// `[proxy.vault_tls]`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Everything the proxy needs to start, validated.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -526,7 +550,9 @@ pub struct ProxySettings {
     /// Tokio worker threads for connections; `None`: one per core.
     pub workers: Option<usize>,
     pub metrics_listen: Option<SocketAddr>,
-    pub vault_sockets: Vec<PathBuf>,
+    /// Vault endpoints in failover order.
+    pub vaults: Vec<crate::signer::Endpoint>,
+    pub vault_tls: Option<VaultTls>,
     pub vault_connections: usize,
     pub sign_timeout: Duration,
     pub sign_plain_wait: Duration,
@@ -592,7 +618,10 @@ impl Default for ProxySettings {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8443))],
             workers: None,
             metrics_listen: None,
-            vault_sockets: vec![PathBuf::from(super::vault::DEFAULT_SOCKET)],
+            vaults: vec![crate::signer::Endpoint::Unix(PathBuf::from(
+                super::vault::DEFAULT_SOCKET,
+            ))],
+            vault_tls: None,
             vault_connections: 2,
             sign_timeout: Duration::from_millis(100),
             sign_plain_wait: Duration::from_millis(2),
@@ -649,7 +678,8 @@ impl ProxySettings {
             .as_ref()
             .map(|m| parse_addr(&src, m, "metrics_listen"))
             .transpose()?;
-        let (vault_sockets, vault_connections) = vault_client(loaded, &src, p, &vault)?;
+        let (vaults, vault_connections) = vault_client(loaded, &src, p, &vault)?;
+        let vault_tls = vault_tls(loaded, &src, p, &vaults)?;
         let sign_timeout = duration::parse_opt(&src, &p.sign_timeout)?.unwrap_or(d.sign_timeout);
         let sign_plain_wait =
             duration::parse_opt(&src, &p.sign_plain_wait)?.unwrap_or(d.sign_plain_wait);
@@ -678,7 +708,8 @@ impl ProxySettings {
             listen,
             workers,
             metrics_listen,
-            vault_sockets,
+            vaults,
+            vault_tls,
             vault_connections,
             sign_timeout,
             sign_plain_wait,
@@ -748,24 +779,50 @@ fn response_headers(src: &Source, p: &ProxyFile) -> Result<ResponseHeaders, Conf
     Ok(out)
 }
 
-/// `vault_sockets` (default: the `[vault]` socket) and
+/// `vaults` or `vault_sockets` (default: the `[vault]` socket) and
 /// `vault_connections`, which the vault's per-uid limit bounds.
 fn vault_client(
     loaded: &Loaded,
     src: &Source,
     p: &ProxyFile,
     vault: &super::vault::VaultSettings,
-) -> Result<(Vec<PathBuf>, usize), ConfigError> {
-    let sockets = match &p.vault_sockets {
-        Some(v) if v.get_ref().is_empty() => {
+) -> Result<(Vec<crate::signer::Endpoint>, usize), ConfigError> {
+    use crate::signer::Endpoint;
+    let sockets = match (&p.vaults, &p.vault_sockets) {
+        (Some(v), Some(_)) => {
+            return Err(src.error(
+                v.span(),
+                "vaults and vault_sockets are both set; vault_sockets is the Unix-only spelling of vaults: keep one",
+            ))
+        }
+        (Some(v), None) if v.get_ref().is_empty() => {
+            return Err(src.error(v.span(), "vaults must name at least one vault"))
+        }
+        (Some(v), None) => {
+            let mut out = Vec::with_capacity(v.get_ref().len());
+            for item in v.get_ref() {
+                let e = Endpoint::parse(item).ok_or_else(|| {
+                    src.error(
+                        v.span(),
+                        format!("invalid vault endpoint {item:?}: expected \"unix:PATH\" or \"tls://HOST:PORT\""),
+                    )
+                })?;
+                out.push(match e {
+                    Endpoint::Unix(p) => Endpoint::Unix(loaded.resolve(&p)),
+                    tls => tls,
+                });
+            }
+            out
+        }
+        (None, Some(v)) if v.get_ref().is_empty() => {
             return Err(src.error(v.span(), "vault_sockets must name at least one socket"))
         }
-        Some(v) => v
+        (None, Some(v)) => v
             .get_ref()
             .iter()
-            .map(|s| loaded.resolve(s.as_ref()))
+            .map(|s| Endpoint::Unix(loaded.resolve(s.as_ref())))
             .collect(),
-        None => vec![vault.socket.clone()],
+        (None, None) => vec![Endpoint::Unix(vault.socket.clone())],
     };
     let default = ProxySettings::default().vault_connections as u32;
     let connections = positive(src, &p.vault_connections, default, "vault_connections")? as usize;
@@ -780,6 +837,53 @@ fn vault_client(
         ));
     }
     Ok((sockets, connections))
+}
+
+impl ProxySettings {
+    /// The client side of mutual TLS to the `tls://` vaults, read from
+    /// `[proxy.vault_tls]`'s files.
+    pub fn vault_client_tls(
+        &self,
+    ) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, crate::signer::endpoint::ClientTlsError>
+    {
+        self.vault_tls
+            .as_ref()
+            .map(|t| crate::signer::endpoint::client_config(&t.ca, &t.cert, &t.key))
+            .transpose()
+    }
+
+    /// The Unix sockets among the vaults, in order.
+    pub fn vault_unix_sockets(&self) -> Vec<PathBuf> {
+        self.vaults
+            .iter()
+            .filter_map(|e| e.unix_path().map(PathBuf::from))
+            .collect()
+    }
+}
+
+/// `[proxy.vault_tls]`: needed by, and only by, `tls://` vaults.
+fn vault_tls(
+    loaded: &Loaded,
+    src: &Source,
+    p: &ProxyFile,
+    vaults: &[crate::signer::Endpoint],
+) -> Result<Option<VaultTls>, ConfigError> {
+    let any_tls = vaults.iter().any(crate::signer::Endpoint::is_tls);
+    match &p.vault_tls {
+        None if any_tls => {
+            let span = p.vaults.as_ref().map_or(0..0, Spanned::span);
+            Err(src.error(
+                span,
+                "a tls:// vault needs [proxy.vault_tls] (ca, cert and key)",
+            ))
+        }
+        None => Ok(None),
+        Some(t) => Ok(Some(VaultTls {
+            ca: loaded.resolve(t.ca.get_ref().as_ref()),
+            cert: loaded.resolve(t.cert.get_ref().as_ref()),
+            key: loaded.resolve(t.key.get_ref().as_ref()),
+        })),
+    }
 }
 
 /// The access log's line format.
@@ -996,7 +1100,10 @@ fn upgrade_protocols(
     Ok(Some(out))
 }
 
-fn listen_addrs(src: &Source, v: &Spanned<OneOrMany>) -> Result<Vec<SocketAddr>, ConfigError> {
+pub(super) fn listen_addrs(
+    src: &Source,
+    v: &Spanned<OneOrMany>,
+) -> Result<Vec<SocketAddr>, ConfigError> {
     let items = v.get_ref().items();
     if items.is_empty() {
         return Err(src.error(v.span(), "listen must name at least one address"));
@@ -1323,13 +1430,57 @@ balance = "hash:header:X-User"
     }
 
     #[test]
+    fn vaults_mix_kinds_and_are_not_vault_sockets_too() {
+        let with = |keys: &str| {
+            MINIMAL.replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:0\"\n{keys}"),
+            )
+        };
+        let tls = "[proxy.vault_tls]\nca = \"ca.pem\"\ncert = \"e.pem\"\nkey = \"e.key\"\n";
+        let s = settings(&with(&format!(
+            "vaults = [\"unix:run/v.sock\", \"tls://vault-a.internal:7700\"]\n{tls}"
+        )))
+        .unwrap();
+        assert_eq!(
+            s.vaults,
+            vec![
+                crate::signer::Endpoint::Unix(PathBuf::from("/etc/vg/run/v.sock")),
+                crate::signer::Endpoint::Tls {
+                    host: "vault-a.internal".into(),
+                    port: 7700
+                }
+            ]
+        );
+        assert_eq!(s.vault_tls.unwrap().key, PathBuf::from("/etc/vg/e.key"));
+        let both = settings(&with("vaults = [\"unix:/a\"]\nvault_sockets = [\"/a\"]")).unwrap_err();
+        assert!(
+            both.to_string().contains("p.toml:4:") && both.to_string().contains("both set"),
+            "{both}"
+        );
+        let bad = settings(&with("vaults = [\"/run/v.sock\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("invalid vault endpoint \"/run/v.sock\""),
+            "{bad}"
+        );
+        let no_tls = settings(&with("vaults = [\"tls://h:1\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(no_tls.contains("needs [proxy.vault_tls]"), "{no_tls}");
+    }
+
+    #[test]
     fn minimal_section_validates_with_defaults() {
         let s = settings(MINIMAL).unwrap();
         assert_eq!(s.certs[0].key, KeyRef::Vault("default".into()));
         assert_eq!(s.certs[0].cert, PathBuf::from("/etc/vg/c.pem"));
         assert_eq!(
-            s.vault_sockets,
-            vec![PathBuf::from(super::super::vault::DEFAULT_SOCKET)]
+            s.vaults,
+            vec![crate::signer::Endpoint::Unix(PathBuf::from(
+                super::super::vault::DEFAULT_SOCKET
+            ))]
         );
         assert_eq!(s.sign_timeout, Duration::from_millis(100));
         assert_eq!(s.min_tls_version, TlsVersion::Tls12);

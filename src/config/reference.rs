@@ -94,7 +94,7 @@ fn the_proxy_tables_match_the_code() {
     check(
         "## `[proxy]`",
         fields_of::<super::proxy::ProxyFile>(),
-        &["cert", "route", "upstream", "response_headers"],
+        &["cert", "route", "upstream", "response_headers", "vault_tls"],
         &[
             ("listen", quoted(d.listen[0])),
             ("vault_connections", d.vault_connections.to_string()),
@@ -118,6 +118,12 @@ fn the_proxy_tables_match_the_code() {
             ("upgrade_protocols", format!("{:?}", d.upgrade_protocols)),
             ("client_ip_headers", quoted(d.forwarded.client_ip.name())),
         ],
+    );
+    check(
+        "### `[proxy.vault_tls]`",
+        fields_of::<super::proxy::VaultTlsFile>(),
+        &[],
+        &[],
     );
     check(
         "### `[proxy.response_headers]`",

@@ -19,6 +19,15 @@ pub struct VaultFile {
     pub socket_mode: Option<Spanned<String>>,
     /// Group given the socket, so members (the proxy's user) can connect.
     pub socket_group: Option<Spanned<String>>,
+    /// Also listen on TCP for callers over mutual TLS (TLS 1.3, client
+    /// certificate required): one address or a list.
+    pub tls_listen: Option<Spanned<super::proxy::OneOrMany>>,
+    /// The vault's own certificate chain (PEM) for `tls_listen`.
+    pub tls_cert: Option<Spanned<String>>,
+    /// Its private key (PEM).
+    pub tls_key: Option<Spanned<String>>,
+    /// The CA (PEM) that issues the certificates callers present.
+    pub client_ca: Option<Spanned<String>>,
     pub state_dir: Option<Spanned<String>>,
     /// "file" (a 0600 key file in the state dir, created on first start),
     /// "passphrase-env:VAR" or "passphrase-stdin".
@@ -65,7 +74,8 @@ pub struct VaultFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantFile {
-    /// "owner", "uid:N", "gid:N", "user:NAME" or "group:NAME".
+    /// "owner", "uid:N", "gid:N", "user:NAME", "group:NAME" or
+    /// "cert:IDENTITY" (a pattern; callers over mutual TLS).
     pub principal: Spanned<String>,
     /// Key name patterns (`*` and `?` wildcards).
     pub keys: Spanned<Vec<String>>,
@@ -103,10 +113,13 @@ impl std::str::FromStr for MasterKeySource {
 }
 
 /// Who a grant is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Uid(u32),
     Gid(u32),
+    /// A caller over mutual TLS whose certificate identity (URI SAN, else
+    /// DNS SAN) matches this pattern (`*` and `?` wildcards).
+    Cert(String),
     /// The uid the vault runs as once started: after a switch to `user`,
     /// that user, not root.
     Owner,
@@ -214,12 +227,64 @@ pub fn admin_ops() -> Vec<Op> {
         .collect()
 }
 
+/// `tls_listen` and the files it serves with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListen {
+    pub addrs: Vec<std::net::SocketAddr>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+/// `tls_listen` with `tls_cert`, `tls_key` and `client_ca`: all four or
+/// none.
+fn tls_listen(
+    loaded: &Loaded,
+    src: &Source,
+    v: &VaultFile,
+) -> Result<Option<TlsListen>, ConfigError> {
+    let files = [
+        ("tls_cert", &v.tls_cert),
+        ("tls_key", &v.tls_key),
+        ("client_ca", &v.client_ca),
+    ];
+    let Some(listen) = &v.tls_listen else {
+        if let Some((name, Some(f))) = files.iter().find(|(_, f)| f.is_some()) {
+            return Err(src.error(f.span(), format!("{name} is set but tls_listen is not")));
+        }
+        return Ok(None);
+    };
+    let mut paths = Vec::with_capacity(3);
+    for (name, f) in files {
+        match f {
+            Some(f) => paths.push(loaded.resolve(f.get_ref().as_ref())),
+            None => {
+                return Err(src.error(
+                    listen.span(),
+                    format!("tls_listen needs {name} too (tls_cert, tls_key and client_ca)"),
+                ))
+            }
+        }
+    }
+    let client_ca = paths.pop().unwrap_or_default();
+    let key = paths.pop().unwrap_or_default();
+    let cert = paths.pop().unwrap_or_default();
+    Ok(Some(TlsListen {
+        addrs: super::proxy::listen_addrs(src, listen)?,
+        cert,
+        key,
+        client_ca,
+    }))
+}
+
 /// Everything the vault needs to start, validated.
 #[derive(Debug, Clone)]
 pub struct VaultSettings {
     pub socket: PathBuf,
     pub socket_mode: u32,
     pub socket_group: Option<u32>,
+    /// The mutual-TLS listeners, if any.
+    pub tls: Option<TlsListen>,
     pub state_dir: PathBuf,
     pub master_key: MasterKeySource,
     pub min_deletion_wait: Duration,
@@ -289,6 +354,7 @@ impl Default for VaultSettings {
             socket: PathBuf::from(DEFAULT_SOCKET),
             socket_mode: 0o660,
             socket_group: None,
+            tls: None,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             master_key: MasterKeySource::File,
             min_deletion_wait: WEEK,
@@ -344,6 +410,7 @@ impl VaultSettings {
         if let Some(g) = &v.socket_group {
             s.socket_group = Some(resolve_group(g.get_ref()).map_err(|e| src.error(g.span(), e))?);
         }
+        s.tls = tls_listen(loaded, &src, v)?;
         s.user = super::user::resolve(&src, &v.user, &v.group)?;
         if let Some(m) = &v.master_key {
             s.master_key = m
@@ -460,10 +527,21 @@ pub fn is_name_char(c: char) -> bool {
 
 fn parse_principal(s: &str) -> Result<Principal, String> {
     let bad = || {
-        format!("invalid principal {s:?}: expected \"owner\", \"uid:N\", \"gid:N\", \"user:NAME\" or \"group:NAME\"")
+        format!("invalid principal {s:?}: expected \"owner\", \"uid:N\", \"gid:N\", \"user:NAME\", \"group:NAME\" or \"cert:IDENTITY\"")
     };
     if s == "owner" {
         return Ok(Principal::Owner);
+    }
+    if let Some(identity) = s.strip_prefix("cert:") {
+        // Identities are URIs or DNS names: no spaces or controls.
+        if identity.is_empty()
+            || identity
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(bad());
+        }
+        return Ok(Principal::Cert(identity.to_owned()));
     }
     let (kind, value) = s.split_once(':').ok_or_else(bad)?;
     match kind {

@@ -132,9 +132,15 @@ impl Proxy {
                 );
             }
         }
+        let tls = if needs_vault {
+            settings.vault_client_tls().map_err(TlsError::VaultTls)?
+        } else {
+            None
+        };
         let pool = needs_vault.then(|| {
             VaultPool::start(PoolOptions {
-                sockets: settings.vault_sockets.clone(),
+                sockets: settings.vaults.clone(),
+                tls,
                 connections_per_socket: settings.vault_connections,
                 timeout: settings.sign_timeout,
                 plain_wait: settings.sign_plain_wait,
@@ -200,7 +206,8 @@ impl Proxy {
     pub fn apply_config(&self, new: ProxySettings) -> Result<Vec<&'static str>, ReloadError> {
         let old = self.live.load_full();
         let mut ignored = Vec::new();
-        if new.vault_sockets != self.settings.vault_sockets
+        if new.vaults != self.settings.vaults
+            || new.vault_tls != self.settings.vault_tls
             || new.vault_connections != self.settings.vault_connections
         {
             ignored.push("vault_sockets");

@@ -141,7 +141,8 @@ async fn follow_vault_events(proxy: Arc<Proxy>) {
     }
     let serves =
         |proxy: &Proxy, key: &str| key == "*" || served_vault_keys(proxy).iter().any(|k| k == key);
-    let sockets = proxy.settings.vault_sockets.clone();
+    // Key events are followed on the Unix sockets only.
+    let sockets = proxy.settings.vault_unix_sockets();
     let why = "new certificates arrive by file change or SIGHUP only, and a disabled key's sessions keep resuming (\"cert-get\" is needed too)";
     crate::client::follow_key_events(sockets, Duration::from_secs(5), why, |followed| {
         let proxy = proxy.clone();

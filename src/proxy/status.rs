@@ -131,7 +131,7 @@ fn vault(proxy: &Proxy) -> Value {
                 .find(|s| s.path == path)
                 .and_then(|s| s.error.as_ref())
                 .map(|e| e.to_string());
-            json!({"path": path.display().to_string(), "up": up, "error": if up > 0 { None } else { error }})
+            json!({"path": path.to_string(), "up": up, "error": if up > 0 { None } else { error }})
         })
         .collect();
     json!({"connections_per_socket": pool.connections_per_socket(), "sockets": sockets})

@@ -9,31 +9,32 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use super::endpoint::Endpoint;
 use crate::protocol::{frame, Frame};
 use crate::sync::Locked;
 
 /// A live connection. Dropping it closes the socket.
 pub struct Conn {
     /// The write half and a reused encode buffer.
-    writer: Mutex<(UnixStream, BytesMut)>,
+    writer: Mutex<(Link, BytesMut)>,
     /// The read half; used only by the caller whose turn it is to read.
     reader: Mutex<Reader>,
     state: Mutex<State>,
     dead: AtomicBool,
     next_id: AtomicU32,
-    stream: UnixStream,
+    stream: Link,
 }
 
 struct Reader {
-    stream: UnixStream,
+    stream: Link,
     buf: BytesMut,
     chunk: Box<[u8]>,
 }
@@ -75,13 +76,178 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// can notice its own deadline.
 const READ_TICK: Duration = Duration::from_millis(1);
 
+/// The bytes under a connection: a Unix socket, or TLS over TCP.
+enum Link {
+    Unix(UnixStream),
+    Tls(Arc<TlsLink>),
+}
+
+/// A TLS session over one TCP socket. The socket is read without the
+/// session's lock (a blocking read would hold off every writer); what
+/// came is then fed to the session under it.
+struct TlsLink {
+    tcp: TcpStream,
+    session: Mutex<rustls::ClientConnection>,
+}
+
+/// How long a connect to a `tls://` vault, and its handshake, may take.
+const TLS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Link {
+    fn connect(
+        endpoint: &Endpoint,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> std::io::Result<Link> {
+        match endpoint {
+            Endpoint::Unix(path) => Ok(Link::Unix(UnixStream::connect(path)?)),
+            Endpoint::Tls { host, port } => {
+                let config = tls.ok_or_else(|| {
+                    std::io::Error::other("no [proxy.vault_tls] to connect over TLS with")
+                })?;
+                let tcp = connect_tcp(host, *port)?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
+                let mut session = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(std::io::Error::other)?;
+                tcp.set_read_timeout(Some(TLS_CONNECT_TIMEOUT))?;
+                tcp.set_write_timeout(Some(TLS_CONNECT_TIMEOUT))?;
+                let mut io = &tcp;
+                while session.is_handshaking() {
+                    session.complete_io(&mut io)?;
+                }
+                Ok(Link::Tls(Arc::new(TlsLink {
+                    tcp,
+                    session: Mutex::new(session),
+                })))
+            }
+        }
+    }
+
+    fn try_clone(&self) -> std::io::Result<Link> {
+        match self {
+            Link::Unix(s) => s.try_clone().map(Link::Unix),
+            Link::Tls(t) => Ok(Link::Tls(t.clone())),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Duration) -> std::io::Result<()> {
+        match self {
+            Link::Unix(s) => s.set_write_timeout(Some(t)),
+            Link::Tls(l) => l.tcp.set_write_timeout(Some(t)),
+        }
+    }
+
+    fn set_read_timeout(&self, t: Duration) -> std::io::Result<()> {
+        match self {
+            Link::Unix(s) => s.set_read_timeout(Some(t)),
+            Link::Tls(l) => l.tcp.set_read_timeout(Some(t)),
+        }
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Link::Unix(s) => s.write_all(data),
+            Link::Tls(l) => {
+                let mut session = lock(&l.session);
+                session.writer().write_all(data)?;
+                let mut io = &l.tcp;
+                while session.wants_write() {
+                    session.write_tls(&mut io)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// One read, its plaintext appended to `buf`: `Ok(0)` once the vault
+    /// closed; the socket's timeout passes through as an error.
+    fn read_into(&mut self, chunk: &mut [u8], buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Link::Unix(s) => {
+                let n = s.read(chunk)?;
+                buf.extend_from_slice(&chunk[..n]);
+                Ok(n)
+            }
+            Link::Tls(l) => {
+                let n = (&l.tcp).read(chunk)?;
+                if n == 0 {
+                    return Ok(0);
+                }
+                let mut session = lock(&l.session);
+                let mut input = &chunk[..n];
+                let before = buf.len();
+                // Fed a record at a time and drained as it goes: the
+                // session buffers only so much plaintext unread.
+                while !input.is_empty() {
+                    session.read_tls(&mut input)?;
+                    session
+                        .process_new_packets()
+                        .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))?;
+                    let mut plain = [0u8; 4096];
+                    loop {
+                        match session.reader().read(&mut plain) {
+                            Ok(0) => return Ok(0),
+                            Ok(m) => buf.extend_from_slice(&plain[..m]),
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                // A session message (a key update) may need an answer.
+                let mut io = &l.tcp;
+                while session.wants_write() {
+                    session.write_tls(&mut io)?;
+                }
+                // Only session messages came: nothing to deliver, but
+                // the connection is alive.
+                Ok((buf.len() - before).max(1))
+            }
+        }
+    }
+
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Link::Unix(s) => s.as_fd(),
+            Link::Tls(l) => l.tcp.as_fd(),
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Link::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Link::Tls(l) => l.tcp.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
+/// The first address of `host` that takes a connection.
+fn connect_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(ErrorKind::NotFound, format!("{host} has no address"));
+    for addr in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, TLS_CONNECT_TIMEOUT) {
+            Ok(s) => {
+                // Answers are small and latency is the point.
+                s.set_nodelay(true)?;
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 impl Conn {
-    pub fn connect(path: &Path) -> std::io::Result<Conn> {
-        let stream = UnixStream::connect(path)?;
+    pub fn connect(
+        endpoint: &Endpoint,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> std::io::Result<Conn> {
+        let stream = Link::connect(endpoint, tls)?;
         let reader = stream.try_clone()?;
         let writer = stream.try_clone()?;
-        writer.set_write_timeout(Some(SEND_TIMEOUT))?;
-        reader.set_read_timeout(Some(READ_TICK))?;
+        writer.set_write_timeout(SEND_TIMEOUT)?;
+        reader.set_read_timeout(READ_TICK)?;
         Ok(Conn {
             writer: Mutex::new((writer, BytesMut::with_capacity(1024))),
             reader: Mutex::new(Reader {
@@ -103,8 +269,7 @@ impl Conn {
     /// The socket, for the supervisor to watch for the vault's hang-up
     /// (a hang-up is noticed without reading, so idle connections too).
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.stream.as_fd()
+        self.stream.fd()
     }
 
     /// Gives the connection up: the vault hung up (or it is unusable).
@@ -210,9 +375,9 @@ impl Conn {
     fn read_once(&self) -> bool {
         let mut r = lock(&self.reader);
         let Reader { stream, buf, chunk } = &mut *r;
-        let n = match stream.read(chunk) {
+        match stream.read_into(chunk, buf) {
             Ok(0) => return false,
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e)
                 if matches!(
                     e.kind(),
@@ -223,7 +388,6 @@ impl Conn {
             }
             Err(_) => return false,
         };
-        buf.extend_from_slice(&chunk[..n]);
         let mut st = lock(&self.state);
         loop {
             match frame::decode(buf) {
@@ -250,7 +414,7 @@ impl Conn {
 
     fn mark_dead(&self) {
         self.dead.store(true, Ordering::Release);
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.stream.shutdown();
         // Every waiter wakes to find its request gone: "closed".
         let mut st = lock(&self.state);
         for w in st.pending.values() {
@@ -269,7 +433,7 @@ fn hand_over(st: &State) {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.stream.shutdown();
     }
 }
 

@@ -1,12 +1,15 @@
 //! The proxy's side of the vault: a pool ([`pool`]) of blocking,
-//! pipelined vault connections ([`conn`]), and rustls signing keys whose
+//! pipelined vault connections ([`conn`]) to its endpoints, Unix sockets
+//! or mutual TLS ([`endpoint`]), and rustls signing keys whose
 //! signatures are made by the vault ([`key`]). No private key bytes ever
 //! enter this process.
 
 pub mod conn;
+pub mod endpoint;
 pub mod key;
 pub mod pool;
 
+pub use endpoint::Endpoint;
 pub use key::VaultKey;
 pub use pool::{PoolOptions, SocketState, VaultPool};
 

@@ -1,5 +1,11 @@
-//! A few persistent vault connections per socket, kept alive by a
-//! reconnecting supervisor thread, with failover in the configured order.
+//! A few persistent vault connections per endpoint (Unix socket or
+//! mutual TLS), kept alive by a reconnecting supervisor thread that also
+//! pings each endpoint now and then. The endpoint with the lowest measured
+//! round trip is used (in the configured order among those alike); the
+//! others are failovers. An endpoint that takes a request and neither
+//! answers nor hangs up within half the deadline (a frozen vault, a cut
+//! link) is passed over from then on, and the request goes again to the
+//! next one, within the same deadline.
 //!
 //! [`VaultPool::call`] is synchronous because rustls asks for signatures
 //! synchronously. It never stalls the tokio reactor for long: it waits
@@ -7,12 +13,12 @@
 //! would take), then hands the worker thread over with `block_in_place`.
 
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::conn::{Conn, Sent, WaitError};
+use super::endpoint::Endpoint;
 use super::SignerError;
 use crate::protocol::{Frame, Request, Response, MAX_BODY};
 use crate::sync::Locked;
@@ -20,8 +26,11 @@ use crate::sync::Locked;
 /// Tuning of a [`VaultPool`].
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
-    /// Vault sockets in failover order: the first live one is used.
-    pub sockets: Vec<PathBuf>,
+    /// Vault endpoints in failover order (among those with alike round
+    /// trips, the first live one is used).
+    pub sockets: Vec<Endpoint>,
+    /// The client side of mutual TLS, for `tls://` endpoints.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub connections_per_socket: usize,
     /// Hard limit for one call, queueing included.
     pub timeout: Duration,
@@ -43,7 +52,7 @@ pub struct VaultPool {
 /// One vault socket as the pool last found it.
 #[derive(Debug, Clone)]
 pub struct SocketState {
-    pub path: PathBuf,
+    pub path: Endpoint,
     /// Why the last connect failed; `None` if it connected.
     pub error: Option<Arc<std::io::Error>>,
 }
@@ -51,12 +60,8 @@ pub struct SocketState {
 impl std::fmt::Display for SocketState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.error {
-            Some(e) => write!(f, "{}: {e}", self.path.display()),
-            None => write!(
-                f,
-                "{}: connected, but the vault did not answer",
-                self.path.display()
-            ),
+            Some(e) => write!(f, "{}: {e}", self.path),
+            None => write!(f, "{}: connected, but the vault did not answer", self.path),
         }
     }
 }
@@ -80,7 +85,28 @@ struct Inner {
     /// Why the last connect failed, per socket: what a proxy that cannot
     /// reach any vault says at start.
     last_errors: Mutex<Vec<Option<Arc<std::io::Error>>>>,
+    /// Per endpoint: how it answers.
+    health: Vec<Health>,
 }
+
+/// What the pool measured of one endpoint.
+#[derive(Default)]
+struct Health {
+    /// Moving average of ping round trips, in microseconds (0: none yet).
+    rtt_us: AtomicU64,
+    /// Until when (ms after `epoch`) it is passed over: it took a request
+    /// or a ping and did not answer in time. A ping answered clears it.
+    unhealthy_until_ms: AtomicU64,
+}
+
+/// How long an endpoint that failed to answer is passed over, unless a
+/// ping answers first.
+const UNHEALTHY_FOR: Duration = Duration::from_secs(5);
+/// How often the supervisor pings each endpoint.
+const PING_EVERY: Duration = Duration::from_millis(500);
+/// Round trips this close are alike: the configured order decides, so
+/// endpoints on one host do not trade places on noise.
+const RTT_ALIKE_US: u64 = 1000;
 
 /// The supervisor's first wait after a failed reconnect.
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
@@ -122,6 +148,7 @@ impl VaultPool {
             last_nudge_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             last_errors: Mutex::new(vec![None; n_sockets]),
+            health: (0..n_sockets).map(|_| Health::default()).collect(),
         });
         inner.reconnect_dead();
         let weak = Arc::downgrade(&inner);
@@ -167,7 +194,7 @@ impl VaultPool {
 
     /// Each vault socket and how many of its connections are up (of
     /// `connections_per_socket`), for the status page.
-    pub fn connections(&self) -> Vec<(PathBuf, usize)> {
+    pub fn connections(&self) -> Vec<(Endpoint, usize)> {
         let mut up = vec![0; self.inner.opts.sockets.len()];
         for s in &self.inner.slots {
             if s.live().is_some() {
@@ -256,7 +283,16 @@ impl VaultPool {
                 continue;
             };
             sent_count += 1;
-            match wait(&conn, &sent, deadline, self.inner.opts.plain_wait) {
+            // With another endpoint to go to, this one gets half the
+            // deadline: one that neither answers nor hangs up (frozen,
+            // cut off) then costs a retry, not the handshake.
+            let others = self.inner.others_live(socket);
+            let until = if others {
+                (Instant::now() + timeout / 2).min(deadline)
+            } else {
+                deadline
+            };
+            match wait(&conn, &sent, until, self.inner.opts.plain_wait) {
                 Ok(frame) => {
                     return match Response::from_frame(op, &frame)? {
                         Response::Error { code, message } => {
@@ -267,7 +303,14 @@ impl VaultPool {
                 }
                 Err(WaitError::Timeout) => {
                     conn.cancel(sent.id);
-                    return Err(SignerError::Timeout { op, timeout });
+                    if until >= deadline {
+                        return Err(SignerError::Timeout { op, timeout });
+                    }
+                    metrics::counter!("vaultgate_proxy_vault_resent_total").increment(1);
+                    self.inner
+                        .mark_unhealthy(socket, "did not answer within half the sign timeout");
+                    hung_up.insert(socket);
+                    last_err = SignerError::Timeout { op, timeout };
                 }
                 Err(WaitError::Closed) => {
                     metrics::counter!("vaultgate_proxy_vault_resent_total").increment(1);
@@ -295,11 +338,12 @@ impl Inner {
     fn pick(&self, avoid: &SocketSet) -> Option<(usize, Arc<Conn>)> {
         let n = self.slots.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let sockets = 0..self.opts.sockets.len();
-        let order = sockets
-            .clone()
+        let ranked = self.ranked();
+        let order = ranked
+            .iter()
+            .copied()
             .filter(|&s| !avoid.contains(s))
-            .chain(sockets.filter(|&s| avoid.contains(s)));
+            .chain(ranked.iter().copied().filter(|&s| avoid.contains(s)));
         for socket in order {
             for i in 0..n {
                 let slot = &self.slots[(start + i) % n];
@@ -311,8 +355,8 @@ impl Inner {
                     if prev != socket {
                         metrics::counter!("vaultgate_proxy_vault_failovers_total").increment(1);
                         tracing::warn!(
-                            from = %self.opts.sockets[prev].display(),
-                            to = %self.opts.sockets[socket].display(),
+                            from = %self.opts.sockets[prev],
+                            to = %self.opts.sockets[socket],
                             "vault failover"
                         );
                     }
@@ -321,6 +365,86 @@ impl Inner {
             }
         }
         None
+    }
+
+    /// Endpoint indexes, best first: healthy before unhealthy, then by
+    /// round trip (in steps of [`RTT_ALIKE_US`]), then as configured.
+    fn ranked(&self) -> Vec<usize> {
+        let now = self.now_ms();
+        let mut order: Vec<usize> = (0..self.opts.sockets.len()).collect();
+        order.sort_by_key(|&i| {
+            let h = &self.health[i];
+            let unhealthy = h.unhealthy_until_ms.load(Ordering::Relaxed) > now;
+            (
+                unhealthy,
+                h.rtt_us.load(Ordering::Relaxed) / RTT_ALIKE_US,
+                i,
+            )
+        });
+        order
+    }
+
+    /// Whether an endpoint other than `socket`, not passed over, has a
+    /// live connection.
+    fn others_live(&self, socket: usize) -> bool {
+        let now = self.now_ms();
+        self.slots.iter().any(|s| {
+            s.socket != socket
+                && self.health[s.socket]
+                    .unhealthy_until_ms
+                    .load(Ordering::Relaxed)
+                    <= now
+                && s.live().is_some()
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn mark_unhealthy(&self, socket: usize, why: &str) {
+        let until = self.now_ms() + UNHEALTHY_FOR.as_millis() as u64;
+        let was = self.health[socket]
+            .unhealthy_until_ms
+            .swap(until, Ordering::Relaxed);
+        if was <= self.now_ms() {
+            metrics::counter!("vaultgate_proxy_vault_unhealthy_total").increment(1);
+            tracing::warn!(endpoint = %self.opts.sockets[socket], "vault endpoint {why}; passed over until it answers a ping");
+        }
+    }
+
+    /// A ping's round trip: folded into the average, and the endpoint is
+    /// healthy again.
+    fn answered(&self, socket: usize, rtt: Duration) {
+        let h = &self.health[socket];
+        let sample = (rtt.as_micros() as u64).max(1);
+        let old = h.rtt_us.load(Ordering::Relaxed);
+        let avg = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
+        h.rtt_us.store(avg, Ordering::Relaxed);
+        if h.unhealthy_until_ms.swap(0, Ordering::Relaxed) > self.now_ms() {
+            tracing::info!(endpoint = %self.opts.sockets[socket], "vault endpoint answers again");
+        }
+    }
+
+    /// Pings every endpoint on one of its live connections.
+    fn ping_all(&self) {
+        for socket in 0..self.opts.sockets.len() {
+            let conn = self
+                .slots
+                .iter()
+                .filter(|s| s.socket == socket)
+                .find_map(Slot::live);
+            let Some(conn) = conn else { continue };
+            match ping(&conn) {
+                Ok(rtt) => self.answered(socket, rtt),
+                Err(WaitError::Timeout) => self.mark_unhealthy(socket, "did not answer a ping"),
+                Err(WaitError::Closed) => {}
+            }
+        }
     }
 
     /// One reconnect attempt for every dead slot; returns whether all are up.
@@ -339,16 +463,17 @@ impl Inner {
             // A connection that was up and died: said once, when it is
             // found dead (the reconnect attempts that follow are debug).
             if slot.conn.locked().take().is_some() {
-                tracing::warn!(socket = %path.display(), "lost a vault connection; reconnecting");
+                tracing::warn!(socket = %path, "lost a vault connection; reconnecting");
             }
-            match Conn::connect(path).and_then(probe) {
-                Ok(c) => {
+            match Conn::connect(path, self.opts.tls.as_ref()).and_then(probe) {
+                Ok((c, rtt)) => {
+                    self.answered(slot.socket, rtt);
                     *slot.conn.locked() = Some(Arc::new(c));
                     self.last_errors.locked()[slot.socket] = None;
                 }
                 Err(e) => {
                     all_up = false;
-                    tracing::debug!(socket = %path.display(), error = %e, "vault connect failed");
+                    tracing::debug!(socket = %path, error = %e, "vault connect failed");
                     self.last_errors.locked()[slot.socket] = Some(Arc::new(e));
                 }
             }
@@ -395,23 +520,33 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 /// its socket before its keystore is open, and a killed one's listener
 /// lingers while its threads exit. A handshake sent there would wait out
 /// the whole sign timeout instead of going to a vault that answers.
-fn probe(conn: Conn) -> std::io::Result<Conn> {
-    let ping = Request::Ping {
-        payload: Vec::new(),
-    };
-    let answered = conn
-        .send(|id| ping.to_frame(id))
-        .map(|sent| conn.wait(&sent, Instant::now() + PROBE_TIMEOUT));
-    match answered {
-        Some(Ok(_)) => Ok(conn),
-        Some(Err(WaitError::Timeout)) => Err(std::io::Error::new(
+fn probe(conn: Conn) -> std::io::Result<(Conn, Duration)> {
+    match ping(&conn) {
+        Ok(rtt) => Ok((conn, rtt)),
+        Err(WaitError::Timeout) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "the vault took the connection but did not answer a ping",
         )),
-        _ => Err(std::io::Error::new(
+        Err(WaitError::Closed) => Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,
             "the vault closed the connection before answering a ping",
         )),
+    }
+}
+
+/// A ping on `conn` and its round trip, within [`PROBE_TIMEOUT`].
+fn ping(conn: &Conn) -> Result<Duration, WaitError> {
+    let ping = Request::Ping {
+        payload: Vec::new(),
+    };
+    let start = Instant::now();
+    let sent = conn.send(|id| ping.to_frame(id)).ok_or(WaitError::Closed)?;
+    match conn.wait(&sent, start + PROBE_TIMEOUT) {
+        Ok(_) => Ok(start.elapsed()),
+        Err(e) => {
+            conn.cancel(sent.id);
+            Err(e)
+        }
     }
 }
 
@@ -425,11 +560,18 @@ fn supervise(weak: std::sync::Weak<Inner>, gone: UnixStream) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        if inner.reconnect_dead() {
+        let all_up = inner.reconnect_dead();
+        // With one endpoint there is nothing to rank or fail over to: no
+        // pings, and a healthy pool costs no periodic wake-ups.
+        let pings = inner.opts.sockets.len() > 1;
+        if pings {
+            inner.ping_all();
+        }
+        if all_up {
             backoff = MIN_BACKOFF;
             let conns: Vec<Arc<Conn>> = inner.slots.iter().filter_map(Slot::live).collect();
             drop(inner);
-            if !wait_for_hangup(&conns, &gone) {
+            if !wait_for_hangup(&conns, &gone, pings.then_some(PING_EVERY)) {
                 return;
             }
         } else {
@@ -442,9 +584,10 @@ fn supervise(weak: std::sync::Weak<Inner>, gone: UnixStream) {
 }
 
 /// Blocks until one of `conns` is hung up or shut down (and closes those
-/// that are), or `gone` says the pool was dropped: then false. Only the
+/// that are), or `ping_every` passed, or `gone` says the pool was
+/// dropped: then false. Only the
 /// hang-up is watched (POLLRDHUP), so answers arriving wake nobody here.
-fn wait_for_hangup(conns: &[Arc<Conn>], gone: &UnixStream) -> bool {
+fn wait_for_hangup(conns: &[Arc<Conn>], gone: &UnixStream, ping_every: Option<Duration>) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let hangup = PollFlags::from_bits_retain(libc::POLLRDHUP);
@@ -452,7 +595,12 @@ fn wait_for_hangup(conns: &[Arc<Conn>], gone: &UnixStream) -> bool {
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(conns.len() + 1);
         fds.push(PollFd::new(gone.as_fd(), PollFlags::POLLIN));
         fds.extend(conns.iter().map(|c| PollFd::new(c.fd(), hangup)));
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = ping_every
+            .and_then(|t| PollTimeout::try_from(t).ok())
+            .unwrap_or(PollTimeout::NONE);
+        match poll(&mut fds, timeout) {
+            // Time to ping.
+            Ok(0) => return true,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
@@ -518,6 +666,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::{frame, Op};
+    use std::path::PathBuf;
 
     /// Answers every Sign with a signature equal to its request id, in
     /// reverse order of arrival per read; never answers when `silent`.
@@ -567,7 +716,8 @@ mod tests {
 
     fn pool(socket: PathBuf, timeout: Duration) -> VaultPool {
         let p = VaultPool::start(PoolOptions {
-            sockets: vec![socket],
+            sockets: vec![Endpoint::Unix(socket)],
+            tls: None,
             connections_per_socket: 1,
             timeout,
             plain_wait: Duration::from_micros(50),
@@ -627,7 +777,8 @@ mod tests {
     fn no_vault_means_unavailable_not_a_hang() {
         let dir = tempfile::tempdir().unwrap();
         let p = VaultPool::start(PoolOptions {
-            sockets: vec![dir.path().join("none.sock")],
+            sockets: vec![Endpoint::Unix(dir.path().join("none.sock"))],
+            tls: None,
             connections_per_socket: 2,
             timeout: Duration::from_millis(50),
             plain_wait: Duration::from_micros(50),
@@ -675,7 +826,8 @@ mod tests {
         let held = UnixListener::bind(&mute).unwrap();
         let live = fake_vault(dir.path(), false);
         let p = VaultPool::start(PoolOptions {
-            sockets: vec![mute, live],
+            sockets: vec![Endpoint::Unix(mute), Endpoint::Unix(live)],
+            tls: None,
             connections_per_socket: 1,
             timeout: Duration::from_millis(100),
             plain_wait: Duration::from_micros(50),
@@ -742,7 +894,8 @@ mod tests {
         let dying = hanging_up_vault(dir.path());
         let live = fake_vault(dir.path(), false);
         let p = VaultPool::start(PoolOptions {
-            sockets: vec![dying, live],
+            sockets: vec![Endpoint::Unix(dying), Endpoint::Unix(live)],
+            tls: None,
             connections_per_socket: 4,
             timeout: Duration::from_secs(5),
             plain_wait: Duration::from_micros(50),

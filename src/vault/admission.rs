@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::policy::Caller;
+use super::policy::{Caller, Party};
 use crate::sync::Locked;
 
 pub use crate::protocol::MAX_CONNECTIONS_PER_UID;
@@ -34,19 +34,20 @@ pub const SMALL_FRAME: usize = 16 * 1024;
 pub const LARGE_FRAME_BUDGET: usize = 32 << 20;
 
 /// Why a connection was not served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// All [`MAX_CONNECTIONS`] are in use.
     Full,
     /// The callers no grant names hold all of their share.
     UnknownFull,
-    /// This uid holds [`MAX_CONNECTIONS_PER_UID`] already.
-    PerUid(u32),
+    /// This uid (or certificate identity) holds
+    /// [`MAX_CONNECTIONS_PER_UID`] already.
+    PerUid(Party),
 }
 
 impl Refusal {
     /// The `reason` label of `vaultgate_vault_disconnects_total`.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(&self) -> &'static str {
         match self {
             Refusal::Full => "vault-full",
             Refusal::UnknownFull => "no-grant-full",
@@ -66,9 +67,9 @@ impl std::fmt::Display for Refusal {
                 f,
                 "callers no grant names hold {MAX_UNKNOWN_CONNECTIONS} connections already, the most they may together"
             ),
-            Refusal::PerUid(uid) => write!(
+            Refusal::PerUid(party) => write!(
                 f,
-                "uid {uid} already holds {MAX_CONNECTIONS_PER_UID} connections, the most one uid may"
+                "{party} already holds {MAX_CONNECTIONS_PER_UID} connections, the most one caller may"
             ),
         }
     }
@@ -112,10 +113,11 @@ impl Admission {
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refusal::Full)?;
+        let party = caller.party();
         let uid = self
             .per_uid
-            .enter(caller.uid)
-            .ok_or(Refusal::PerUid(caller.uid))?;
+            .enter(party.clone())
+            .ok_or(Refusal::PerUid(party))?;
         Ok(Admitted {
             known,
             _total: total,
@@ -145,15 +147,15 @@ impl Admitted {
     }
 }
 
-/// Open connections by uid.
+/// Open connections by uid (or certificate identity).
 #[derive(Default)]
-struct PerUid(std::sync::Mutex<HashMap<u32, usize>>);
+struct PerUid(std::sync::Mutex<HashMap<Party, usize>>);
 
 impl PerUid {
     /// Counts a connection for `uid`, unless it already holds the most.
-    fn enter(self: &Arc<Self>, uid: u32) -> Option<UidSlot> {
+    fn enter(self: &Arc<Self>, uid: Party) -> Option<UidSlot> {
         let mut m = self.0.locked();
-        let n = m.entry(uid).or_default();
+        let n = m.entry(uid.clone()).or_default();
         if *n >= MAX_CONNECTIONS_PER_UID {
             return None;
         }
@@ -168,7 +170,7 @@ impl PerUid {
 /// One counted connection; uncounted on drop.
 struct UidSlot {
     counts: Arc<PerUid>,
-    uid: u32,
+    uid: Party,
 }
 
 impl Drop for UidSlot {
@@ -203,7 +205,10 @@ mod tests {
         for _ in 0..MAX_CONNECTIONS_PER_UID {
             held.push(a.admit(&proxy, true).unwrap());
         }
-        assert_eq!(a.admit(&proxy, true).err(), Some(Refusal::PerUid(33)));
+        assert_eq!(
+            a.admit(&proxy, true).err(),
+            Some(Refusal::PerUid(Party::Uid(33)))
+        );
         // a refused connection took nothing
         held.truncate(MAX_UNKNOWN_CONNECTIONS - 1);
         assert!(a.admit(&stranger(6000), false).is_ok());

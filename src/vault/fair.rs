@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use super::policy::Party;
+
 /// The longest a connection works before others on its worker get a
 /// turn: far above one fast request (tens of microseconds), so a turn
 /// still answers a whole batch of the usual ones in one write.
@@ -27,7 +29,7 @@ pub const TURN: Duration = Duration::from_millis(1);
 thread_local! {
     /// Each uid's turn on this worker thread. Held weakly: an entry lives
     /// as long as that uid has a connection here.
-    static TURNS: RefCell<HashMap<u32, Weak<Semaphore>>> = RefCell::new(HashMap::new());
+    static TURNS: RefCell<HashMap<Party, Weak<Semaphore>>> = RefCell::new(HashMap::new());
 }
 
 /// A connection's place in its uid's turns on the worker it runs on.
@@ -38,7 +40,7 @@ pub struct Turns {
 impl Turns {
     /// The turns of `uid` on the calling worker thread. Call it on the
     /// thread the connection is served on (its tasks stay there).
-    pub fn of(uid: u32) -> Turns {
+    pub fn of(uid: Party) -> Turns {
         TURNS.with(|turns| {
             let mut turns = turns.borrow_mut();
             if let Some(existing) = turns.get(&uid).and_then(Weak::upgrade) {
@@ -71,9 +73,9 @@ mod tests {
             .build()
             .expect("rt");
         rt.block_on(async {
-            let a1 = Turns::of(1);
-            let a2 = Turns::of(1);
-            let b = Turns::of(2);
+            let a1 = Turns::of(Party::Uid(1));
+            let a2 = Turns::of(Party::Uid(1));
+            let b = Turns::of(Party::Uid(2));
             let held = a1.take().await.expect("turn");
             // Another connection of uid 1 waits; uid 2 does not.
             assert!(a2.uid.try_acquire().is_err());
@@ -85,9 +87,9 @@ mod tests {
 
     #[test]
     fn a_uid_that_left_is_forgotten() {
-        let first = Turns::of(7);
+        let first = Turns::of(Party::Uid(7));
         drop(first);
-        let _other = Turns::of(8);
-        TURNS.with(|t| assert!(!t.borrow().contains_key(&7)));
+        let _other = Turns::of(Party::Uid(8));
+        TURNS.with(|t| assert!(!t.borrow().contains_key(&Party::Uid(7))));
     }
 }

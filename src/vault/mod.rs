@@ -18,6 +18,8 @@
 //! - [`fair`]     — turns on a connection worker, so one caller's flood cannot starve the others
 //! - [`space`]    — the room left on the state dir's filesystem, warned of before it runs out
 //! - [`server`]   — the Unix socket and per-connection pipelining
+//! - [`stream`]   — a connection's bytes: the Unix socket, or TLS over TCP
+//! - [`tls`]      — the mutual-TLS listeners: certificate identities as callers
 
 pub mod admission;
 pub mod audit;
@@ -37,6 +39,8 @@ pub mod policy;
 pub mod record;
 pub mod server;
 pub mod space;
+pub mod stream;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,6 +65,13 @@ pub enum VaultError {
     Store(#[from] keystore::StoreError),
     #[error("socket {path}: {message}", path = .path.display())]
     Socket { path: PathBuf, message: String },
+    #[error("tls_listen {addr}: {source}")]
+    TlsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}", path = .path.display())]
+    TlsFiles { path: PathBuf, message: String },
     #[error("pid file {path}: {source}", path = .path.display())]
     PidFile {
         path: PathBuf,
@@ -328,6 +339,7 @@ pub async fn run(
         settings.socket_group,
         user.as_ref(),
     )?;
+    let tls = tls::bind_opt(settings.tls.as_ref()).await?;
     let status = match &settings.pid_file {
         Some(f) => Some(Arc::new(write_pid_file(
             f,
@@ -398,7 +410,7 @@ pub async fn run(
         })
     };
 
-    server::serve(listener, vault.clone(), crate::os::shutdown_signal()).await;
+    server::serve(listener, tls, vault.clone(), crate::os::shutdown_signal()).await;
     crate::notify::stopping();
     housekeeping.abort();
     reloads.abort();

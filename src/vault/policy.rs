@@ -1,5 +1,6 @@
 //! Who may do what: grants from the config, matched against the caller's
-//! peer credentials. Deny by default; root is an ordinary uid here.
+//! peer credentials or verified client certificate. Deny by default;
+//! root is an ordinary uid here.
 
 use std::sync::Arc;
 
@@ -8,10 +9,18 @@ use wildmatch::WildMatch;
 use crate::config::vault::{CaRight, Grant, Principal};
 use crate::protocol::Op;
 
-/// A caller, as the kernel reported it on connect: uid, gid and pid
-/// (`SO_PEERCRED`) and supplementary groups (`SO_PEERGROUPS`).
+/// A caller: a process on this host, as the kernel reported it on
+/// connect, or a peer over mutual TLS, as its verified certificate names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
+pub enum Caller {
+    Local(Local),
+    Remote(Remote),
+}
+
+/// A caller on the Unix socket: uid, gid and pid (`SO_PEERCRED`) and
+/// supplementary groups (`SO_PEERGROUPS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
@@ -19,17 +28,80 @@ pub struct Caller {
     pub groups: Arc<[u32]>,
 }
 
+/// A caller over mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// The verified client certificate's URI SAN (else its first DNS SAN);
+    /// `None` before (or without) a verified certificate, which no grant
+    /// names.
+    pub identity: Option<Arc<str>>,
+    pub peer: std::net::SocketAddr,
+}
+
+/// Whom connection limits and turns are counted for: a uid, or a
+/// certificate identity (every remote caller without one counts as one).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Party {
+    Uid(u32),
+    Cert(Option<Arc<str>>),
+}
+
+impl std::fmt::Display for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Party::Uid(uid) => write!(f, "uid {uid}"),
+            Party::Cert(Some(id)) => write!(f, "cert:{id}"),
+            Party::Cert(None) => f.write_str("a TLS peer with no verified certificate"),
+        }
+    }
+}
+
 impl Caller {
-    /// A caller in no supplementary group.
+    /// A local caller in no supplementary group.
     pub fn new(uid: u32, gid: u32, pid: Option<i32>) -> Caller {
-        Caller {
+        Caller::Local(Local {
             uid,
             gid,
             pid,
             groups: Arc::from([]),
+        })
+    }
+
+    pub fn local(&self) -> Option<&Local> {
+        match self {
+            Caller::Local(l) => Some(l),
+            Caller::Remote(_) => None,
         }
     }
 
+    pub fn remote(&self) -> Option<&Remote> {
+        match self {
+            Caller::Remote(r) => Some(r),
+            Caller::Local(_) => None,
+        }
+    }
+
+    pub fn party(&self) -> Party {
+        match self {
+            Caller::Local(l) => Party::Uid(l.uid),
+            Caller::Remote(r) => Party::Cert(r.identity.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Local(l) => match l.pid {
+                Some(pid) => write!(f, "uid {} (pid {pid})", l.uid),
+                None => write!(f, "uid {}", l.uid),
+            },
+            Caller::Remote(r) => write!(f, "{} from {}", self.party(), r.peer),
+        }
+    }
+}
+
+impl Local {
     /// Whether the caller is in group `gid`, as the kernel decides for
     /// file access: its gid or one of its supplementary groups.
     pub fn in_group(&self, gid: u32) -> bool {
@@ -39,6 +111,8 @@ impl Caller {
 
 struct CompiledGrant {
     principal: Principal,
+    /// A `cert:` principal's pattern.
+    cert: Option<WildMatch>,
     keys: Vec<WildMatch>,
     ops: Vec<Op>,
     ca: Vec<CaRight>,
@@ -47,11 +121,17 @@ struct CompiledGrant {
 impl CompiledGrant {
     /// Whether the grant is for `caller`.
     fn names(&self, caller: &Caller) -> bool {
-        match self.principal {
-            Principal::Uid(u) => u == caller.uid,
-            Principal::Gid(gid) => caller.in_group(gid),
-            // resolved to a uid in `Policy::new`
-            Principal::Owner => false,
+        // A uid grant never names a remote caller, a certificate grant
+        // never a local one.
+        match (&self.principal, caller) {
+            (Principal::Uid(u), Caller::Local(l)) => *u == l.uid,
+            (Principal::Gid(gid), Caller::Local(l)) => l.in_group(*gid),
+            (Principal::Cert(_), Caller::Remote(r)) => match (&self.cert, &r.identity) {
+                (Some(pattern), Some(id)) => pattern.matches(id),
+                _ => false,
+            },
+            // `Owner` is resolved to a uid in `Policy::new`
+            _ => false,
         }
     }
 
@@ -90,9 +170,13 @@ impl Policy {
             grants: grants
                 .iter()
                 .map(|g| CompiledGrant {
-                    principal: match g.principal {
+                    principal: match &g.principal {
                         Principal::Owner => Principal::Uid(owner_uid),
-                        p => p,
+                        p => p.clone(),
+                    },
+                    cert: match &g.principal {
+                        Principal::Cert(pattern) => Some(WildMatch::new(pattern)),
+                        _ => None,
                     },
                     keys: g.keys.iter().map(|k| WildMatch::new(k)).collect(),
                     ops: g.ops.clone(),
@@ -198,16 +282,49 @@ mod tests {
             }],
             0,
         );
-        let member = Caller {
+        let member = Caller::Local(Local {
             groups: Arc::from([20, 50]),
-            ..caller(1000, 1000)
-        };
+            uid: 1000,
+            gid: 1000,
+            pid: None,
+        });
         assert!(p.allows(&member, Op::Sign, Some("web1")));
-        let outsider = Caller {
+        let outsider = Caller::Local(Local {
             groups: Arc::from([20, 51]),
-            ..caller(1000, 1000)
-        };
+            uid: 1000,
+            gid: 1000,
+            pid: None,
+        });
         assert!(!p.allows(&outsider, Op::Sign, Some("web1")));
+    }
+
+    #[test]
+    fn cert_grants_name_remote_identities_only() {
+        let p = Policy::new(
+            &[Grant {
+                principal: Principal::Cert("spiffe://example/proxy/*".into()),
+                keys: vec!["*".into()],
+                ops: use_ops(),
+                ca: Vec::new(),
+            }],
+            0,
+        );
+        let remote = |id: Option<&str>| {
+            Caller::Remote(Remote {
+                identity: id.map(Arc::from),
+                peer: "127.0.0.1:1".parse().unwrap(),
+            })
+        };
+        let edge = remote(Some("spiffe://example/proxy/edge-1"));
+        assert!(p.allows(&edge, Op::Sign, Some("web")));
+        assert!(!p.allows(&edge, Op::Rotate, Some("web")));
+        assert!(!p.names(&remote(Some("spiffe://example/admin"))));
+        assert!(!p.names(&remote(None)));
+        // the vault's own uid (0 here) is not a certificate
+        assert!(!p.names(&caller(0, 0)));
+        // nor is a remote caller ever a uid
+        let owner = Policy::new(&[], 0);
+        assert!(!owner.names(&edge));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The vault's socket: binding it safely, accepting callers, and serving
-//! each connection's pipelined requests.
+//! each connection's pipelined requests (Unix or mutual-TLS callers alike).
 //!
 //! Each connection's reader decodes every complete frame it has, runs the
 //! fast operations (sign, encrypt, …) right there, and writes all their
@@ -15,12 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::cell::RefCell;
-use std::io::{ErrorKind, Read, Write};
-
 use bytes::BytesMut;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::net::UnixListener;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -31,7 +26,8 @@ use super::audit::Event;
 use super::denials::Denials;
 use super::fair::{Turns, TURN};
 use super::ops::{is_slow, needs_derivation, Vault};
-use super::policy::Caller;
+use super::policy::{Caller, Local};
+use super::stream::{Sink, Source};
 use super::VaultError;
 use crate::config::user::RunAs;
 use crate::protocol::{frame, ErrorCode, Frame, KeyEvent, Request, Response};
@@ -86,23 +82,15 @@ static REFUSAL_LOG: Quiet = Quiet::new();
 /// A connection's sending side, shared by the reader (fast answers), slow
 /// operations and event forwarding.
 struct Out {
-    /// Serialises whole answers; the socket itself is in `sock`.
-    turn: Mutex<()>,
-    sock: Arc<AsyncFd<std::os::unix::net::UnixStream>>,
+    /// Serialises whole answers.
+    sink: Mutex<Sink>,
     /// A caller that does not read its answers for this long is cut off.
     timeout: Duration,
 }
 
-/// Bytes read per `recv`, shared by all connections of a worker thread:
-/// a whole pipelined batch arrives in one call, at no per-connection cost.
-const READ_CHUNK: usize = 64 * 1024;
 /// Unprocessed bytes read from a connection whose slow operations are all
 /// busy; past this it is no longer read until one finishes.
 const READ_AHEAD: usize = 64 * 1024;
-
-thread_local! {
-    static READ_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 /// Binds the vault socket at `path` with `mode` (and `group`), refusing a
 /// path where another process listens and replacing a stale socket.
@@ -172,9 +160,42 @@ pub fn bind(
     Ok(listener)
 }
 
-/// Accepts and serves connections until `shutdown` resolves.
+/// What serving a connection needs, whichever listener took it.
+pub struct Shared {
+    vault: Arc<Vault>,
+    workers: Workers,
+    admission: Admission,
+    derivations: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// The connection worker the next connection goes to.
+    pub fn worker(&self) -> &tokio::runtime::Handle {
+        self.workers.next()
+    }
+
+    /// Serves one connection to its end; call it on a worker.
+    pub async fn serve(&self, conn: (Source, Sink), caller: Caller) {
+        serve_connection(
+            conn,
+            caller,
+            self.vault.clone(),
+            &self.admission,
+            self.derivations.clone(),
+        )
+        .await;
+    }
+}
+
+/// Accepts and serves connections (on the Unix socket, and on the TLS
+/// listeners if any) until `shutdown` resolves.
 pub async fn serve(
     listener: UnixListener,
+    tls: Option<super::tls::Listeners>,
     vault: Arc<Vault>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -185,21 +206,30 @@ pub async fn serve(
             return;
         }
     };
-    let admission = Arc::new(Admission::default());
-    let derivations = Arc::new(Semaphore::new(MAX_DERIVATIONS));
+    let shared = Arc::new(Shared {
+        vault,
+        workers,
+        admission: Admission::default(),
+        derivations: Arc::new(Semaphore::new(MAX_DERIVATIONS)),
+    });
+    let tls_tasks = tls.map(|t| t.serve(&shared)).unwrap_or_default();
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(1);
     loop {
         let accepted = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             a = listener.accept() => a,
         };
         match accepted {
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(1);
-                let caller = stream.peer_cred().map(|c| Caller {
-                    groups: peer_groups(&stream),
-                    ..Caller::new(c.uid(), c.gid(), c.pid())
+                let caller = stream.peer_cred().map(|c| {
+                    Caller::Local(Local {
+                        groups: peer_groups(&stream),
+                        uid: c.uid(),
+                        gid: c.gid(),
+                        pid: c.pid(),
+                    })
                 });
                 // Hand the socket to a worker's own reactor.
                 let std_stream = match stream.into_std() {
@@ -216,11 +246,14 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let vault = vault.clone();
-                let admission = admission.clone();
-                let derivations = derivations.clone();
-                workers.next().spawn(async move {
-                    serve_connection(std_stream, caller, vault, &admission, derivations).await;
+                let conn_shared = shared.clone();
+                shared.worker().spawn(async move {
+                    match super::stream::unix(std_stream) {
+                        Ok(conn) => conn_shared.serve(conn, caller).await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot register a connection; closing")
+                        }
+                    }
                 });
             }
             Err(e) => {
@@ -230,6 +263,9 @@ pub async fn serve(
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+    for t in tls_tasks {
+        t.abort();
     }
 }
 
@@ -274,52 +310,35 @@ impl Workers {
     }
 }
 
-/// Serves one connection. The socket is registered for readability only:
-/// with writability too, every read of an answer by the caller (which
-/// frees send-buffer space) woke this thread for nothing — most of an
-/// extra `epoll_wait` and context switch per signature. Writes go straight
-/// to the non-blocking socket; only one that finds the buffer full
-/// registers (a duplicate of) the socket for writability, for that wait.
+/// Serves one connection, Unix or TLS ([`super::stream`]).
 #[allow(
     clippy::too_many_lines,
     reason = "one connection's loop: read, take the turn, run what was read, answer"
 )]
 async fn serve_connection(
-    stream: std::os::unix::net::UnixStream,
+    (mut sock, sink): (Source, Sink),
     caller: Caller,
     vault: Arc<Vault>,
     admission: &Admission,
     derivations: Arc<Semaphore>,
 ) {
-    if let Err(e) = stream.set_nonblocking(true) {
-        tracing::warn!(error = %e, "cannot set a connection non-blocking; closing");
-        return;
-    }
-    let sock = match crate::os::register_unix_stream(stream, Interest::READABLE) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot register a connection; closing");
-            return;
-        }
-    };
     let admitted = match admission.admit(&caller, vault.knows(&caller)) {
         Ok(a) => a,
         Err(refusal) => {
-            refuse(&vault, &caller, sock, refusal).await;
+            refuse(&vault, &caller, sink, &refusal).await;
             return;
         }
     };
     metrics::gauge!("vaultgate_vault_connections").increment(1.0);
     let settings = vault.settings();
     let write = Arc::new(Out {
-        turn: Mutex::new(()),
-        sock: sock.clone(),
+        sink: Mutex::new(sink),
         timeout: settings.client_write_timeout,
     });
     let mut due = Deadlines::new(settings.client_read_timeout, admitted.known);
     drop(settings);
     let slow = Arc::new(Semaphore::new(MAX_SLOW_PER_CONNECTION));
-    let turns = Turns::of(caller.uid);
+    let turns = Turns::of(caller.party());
     let mut denials = Denials::new(Some(caller.clone()));
     // A turn ended with whole requests still in `buf`: work on them before
     // reading more.
@@ -335,7 +354,7 @@ async fn serve_connection(
     let mut room: Option<OwnedSemaphorePermit> = None;
     'conn: loop {
         if !pending {
-            let read = read_more(&sock, &mut buf, &due, &vault, &caller, &write);
+            let read = read_more(&mut sock, &mut buf, &due, &vault, &caller, &write);
             let more = if denials.holding() {
                 // Counted refusals are written within about a second,
                 // even if the caller then falls silent. Cancelling the
@@ -399,7 +418,7 @@ async fn serve_connection(
                     // Waiting is not working: others of this uid may.
                     Err(_) => {
                         turn = None;
-                        match wait_for_slot(&slow, &sock, &mut buf).await {
+                        match wait_for_slot(&slow, &mut sock, &mut buf).await {
                             Some(p) => p,
                             None => break 'conn,
                         }
@@ -502,7 +521,7 @@ async fn serve_connection(
 /// deadline. False when the connection ends: the caller closed (inside a
 /// frame: rejected), it failed, or it was too slow (cut, audited).
 async fn read_more(
-    sock: &AsyncFd<std::os::unix::net::UnixStream>,
+    sock: &mut Source,
     buf: &mut BytesMut,
     due: &Deadlines,
     vault: &Vault,
@@ -510,14 +529,14 @@ async fn read_more(
     write: &Out,
 ) -> bool {
     let got = match due.next() {
-        Some((at, late)) => match tokio::time::timeout_at(at, read_some(sock, buf)).await {
+        Some((at, late)) => match tokio::time::timeout_at(at, sock.read_some(buf)).await {
             Ok(r) => r,
             Err(_) => {
                 cut_late(vault, caller, late);
                 return false;
             }
         },
-        None => read_some(sock, buf).await,
+        None => sock.read_some(buf).await,
     };
     match got {
         Ok(0) => {
@@ -536,13 +555,13 @@ async fn read_more(
 /// dropped) rather than waited for. `None`: the caller left.
 async fn wait_for_slot(
     slow: &Arc<Semaphore>,
-    sock: &AsyncFd<std::os::unix::net::UnixStream>,
+    sock: &mut Source,
     buf: &mut BytesMut,
 ) -> Option<OwnedSemaphorePermit> {
     loop {
         tokio::select! {
             p = slow.clone().acquire_owned() => return p.ok(),
-            r = read_some(sock, buf), if buf.len() < READ_AHEAD => match r {
+            r = sock.read_some(buf), if buf.len() < READ_AHEAD => match r {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             },
@@ -551,17 +570,12 @@ async fn wait_for_slot(
 }
 
 /// Tells a caller why its connection is not served, and audits it.
-async fn refuse(
-    vault: &Vault,
-    caller: &Caller,
-    sock: Arc<AsyncFd<std::os::unix::net::UnixStream>>,
-    refusal: Refusal,
-) {
+async fn refuse(vault: &Vault, caller: &Caller, sink: Sink, refusal: &Refusal) {
     metrics::counter!("vaultgate_vault_disconnects_total", "reason" => refusal.reason())
         .increment(1);
     let why = refusal.to_string();
     if let Some(suppressed) = REFUSAL_LOG.allow() {
-        tracing::warn!(uid = caller.uid, pid = ?caller.pid, suppressed, "{why}; refusing another");
+        tracing::warn!(%caller, suppressed, "{why}; refusing another");
     }
     vault.refused_connection(Event {
         caller: Some(caller.clone()),
@@ -569,8 +583,7 @@ async fn refuse(
         ..Event::system("connection-refused", Some(why.clone()))
     });
     let out = Out {
-        turn: Mutex::new(()),
-        sock,
+        sink: Mutex::new(sink),
         timeout: Duration::from_secs(1),
     };
     let mut buf = BytesMut::new();
@@ -671,7 +684,7 @@ fn cut_for_refusals(vault: &Vault, caller: &Caller, denials: &mut Denials, out: 
         super::denials::CUT_PAST
     );
     if let Some(suppressed) = REFUSAL_LOG.allow() {
-        tracing::warn!(uid = caller.uid, pid = ?caller.pid, suppressed, "{why}");
+        tracing::warn!(%caller, suppressed, "{why}");
     }
     vault.refused_connection(Event {
         caller: Some(caller.clone()),
@@ -767,96 +780,15 @@ fn encode_into(frame: &Frame, out: &mut BytesMut, op: crate::protocol::Op) {
     }
 }
 
-/// Waits until the socket is readable and appends what one `recv` gets to
-/// `buf`. `Ok(0)`: the peer closed.
-async fn read_some(
-    sock: &AsyncFd<std::os::unix::net::UnixStream>,
-    buf: &mut BytesMut,
-) -> std::io::Result<usize> {
-    loop {
-        let mut ready = sock.readable().await?;
-        let got = READ_SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            if scratch.len() < READ_CHUNK {
-                scratch.resize(READ_CHUNK, 0);
-            }
-            loop {
-                match (&mut sock.get_ref()).read(&mut scratch[..]) {
-                    Ok(n) => {
-                        buf.extend_from_slice(&scratch[..n]);
-                        return Ok(n);
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        });
-        match got {
-            Ok(n) => {
-                // A short read emptied the socket (stream sockets return
-                // all that is queued, up to the buffer): wait for the next
-                // edge instead of paying a `recv` that says EAGAIN, as
-                // tokio's own streams do.
-                if n > 0 && n < READ_CHUNK {
-                    ready.clear_ready();
-                }
-                return Ok(n);
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => ready.clear_ready(),
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Writes and clears `out`; false if the peer is gone or not reading.
 async fn write_out(write: &Out, out: &mut BytesMut) -> bool {
     if out.is_empty() {
         return true;
     }
-    let _turn = write.turn.lock().await;
-    let ok = write_all(&write.sock, out, write.timeout).await;
+    let mut sink = write.sink.lock().await;
+    let ok = sink.write_all(out, write.timeout).await;
     out.clear();
     ok
-}
-
-/// Writes all of `data` within `timeout`. The socket is only written
-/// to directly; a full send buffer (a caller not reading) is waited on
-/// through a writability registration made for that wait alone.
-async fn write_all(
-    sock: &AsyncFd<std::os::unix::net::UnixStream>,
-    mut data: &[u8],
-    timeout: Duration,
-) -> bool {
-    let mut deadline = None;
-    let mut waiter: Option<AsyncFd<std::os::unix::net::UnixStream>> = None;
-    while !data.is_empty() {
-        match (&mut sock.get_ref()).write(data) {
-            Ok(0) => return false,
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let deadline =
-                    *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
-                if waiter.is_none() {
-                    let registered = sock
-                        .get_ref()
-                        .try_clone()
-                        .and_then(|dup| crate::os::register_unix_stream(dup, Interest::WRITABLE));
-                    match registered {
-                        Ok(w) => waiter = Some(w),
-                        Err(_) => return false,
-                    }
-                }
-                let Some(w) = &waiter else { return false };
-                match tokio::time::timeout_at(deadline, w.writable()).await {
-                    Ok(Ok(mut ready)) => ready.clear_ready(),
-                    _ => return false,
-                }
-            }
-            Err(_) => return false,
-        }
-    }
-    true
 }
 
 /// The caller's supplementary groups; none if the kernel will not say
@@ -876,7 +808,7 @@ fn peer_groups(stream: &tokio::net::UnixStream) -> std::sync::Arc<[u32]> {
 /// closes the connection.
 async fn reject(vault: &Vault, caller: &Caller, write: &Out, id: u32, why: &str) {
     if let Some(suppressed) = BAD_FRAME_LOG.allow() {
-        tracing::warn!(uid = caller.uid, pid = ?caller.pid, error = %why, suppressed, "bad frame; closing connection");
+        tracing::warn!(%caller, error = %why, suppressed, "bad frame; closing connection");
     }
     metrics::counter!("vaultgate_vault_bad_frames_total").increment(1);
     metrics::counter!("vaultgate_vault_disconnects_total", "reason" => "bad-frame").increment(1);

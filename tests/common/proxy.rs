@@ -236,7 +236,8 @@ impl TestCa {
 
 pub fn pool(vault: &VaultProc) -> VaultPool {
     let pool = VaultPool::start(PoolOptions {
-        sockets: vec![vault.socket.clone()],
+        sockets: vec![vaultgate::signer::Endpoint::Unix(vault.socket.clone())],
+        tls: None,
         connections_per_socket: 1,
         timeout: Duration::from_secs(10),
         plain_wait: Duration::from_millis(1),

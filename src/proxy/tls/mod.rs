@@ -61,6 +61,8 @@ pub enum TlsError {
     },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("[proxy.vault_tls]: {0}")]
+    VaultTls(crate::signer::endpoint::ClientTlsError),
 }
 
 fn sockets_text(sockets: &[crate::signer::SocketState]) -> String {

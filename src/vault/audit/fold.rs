@@ -35,6 +35,7 @@
 //! so finding one is a short scan, not a map lookup per signature.
 
 use super::Event;
+use crate::vault::policy::{Caller, Remote};
 
 /// Records open to folding at once.
 const OPEN: usize = 16;
@@ -95,14 +96,25 @@ fn foldable(e: &Event) -> bool {
 
 /// Whether `b` is the same use as `a`, by the same caller.
 fn same(a: &Event, b: &Event) -> bool {
-    let who = |e: &Event| e.caller.as_ref().map(|c| (c.uid, c.gid, c.pid));
+    // A local caller is its uid, gid and pid (its groups are the
+    // process's); a remote one its identity and address.
+    #[derive(PartialEq)]
+    enum Who<'a> {
+        Local(u32, u32, Option<i32>),
+        Remote(&'a Remote),
+    }
+    fn who(e: &Event) -> Option<Who<'_>> {
+        e.caller.as_ref().map(|c| match c {
+            Caller::Local(l) => Who::Local(l.uid, l.gid, l.pid),
+            Caller::Remote(r) => Who::Remote(r),
+        })
+    }
     a.op == b.op && a.key == b.key && a.version == b.version && who(a) == who(b)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vault::policy::Caller;
 
     fn sign(key: &str, pid: i32) -> Event {
         Event {

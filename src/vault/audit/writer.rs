@@ -23,6 +23,7 @@ use super::rotate::Reply;
 use super::{json_str, Clock, Event, Health, Shared, Syslog, MAC_FIELD};
 use crate::fsutil;
 use crate::sync::Locked;
+use crate::vault::policy::Caller;
 
 /// Longest a record waits before its batch is written, under load.
 const COMMIT_EVERY: Duration = Duration::from_millis(10);
@@ -335,13 +336,16 @@ impl Writer {
                 json_str(line, v);
             }
         };
-        num(&mut line, "uid", e.caller.as_ref().map(|c| c.uid.into()));
-        num(&mut line, "gid", e.caller.as_ref().map(|c| c.gid.into()));
-        num(
-            &mut line,
-            "pid",
-            e.caller.as_ref().and_then(|c| c.pid).map(i64::from),
-        );
+        let local = e.caller.as_ref().and_then(Caller::local);
+        num(&mut line, "uid", local.map(|c| c.uid.into()));
+        num(&mut line, "gid", local.map(|c| c.gid.into()));
+        num(&mut line, "pid", local.and_then(|c| c.pid).map(i64::from));
+        // A remote caller: its certificate identity (none if it showed no
+        // valid one) and where it connected from.
+        if let Some(r) = e.caller.as_ref().and_then(Caller::remote) {
+            text(&mut line, "identity", r.identity.as_deref());
+            text(&mut line, "peer", Some(&r.peer.to_string()));
+        }
         text(&mut line, "op", Some(e.op));
         text(&mut line, "key", e.key.as_deref());
         num(&mut line, "version", e.version.map(i64::from));

@@ -171,7 +171,7 @@ fn denied(caller: &Caller, op: Op, missing: String) -> OpError {
     metrics::counter!("vaultgate_vault_denied_total", "op" => op.name()).increment(1);
     OpError::new(
         ErrorCode::Denied,
-        format!("uid {} has no grant for {missing}", caller.uid),
+        format!("{} has no grant for {missing}", caller.party()),
     )
 }
 
