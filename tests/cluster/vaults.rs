@@ -702,7 +702,10 @@ fn one_node_runs_scheduled_rotations_and_another_takes_over_when_it_dies() {
     } else {
         (&mut b, &mut a)
     };
-    assert!(scheduled_rotations(sched) >= 2);
+    // A rotation is served before its record reaches the log.
+    wait_for("the scheduler's records", Duration::from_secs(10), || {
+        (scheduled_rotations(sched) >= 2).then_some(())
+    });
     assert_eq!(scheduled_rotations(other), 0, "the other node rotated too");
     let versions_now = versions(other, "auto");
     assert_eq!(
@@ -716,5 +719,7 @@ fn one_node_runs_scheduled_rotations_and_another_takes_over_when_it_dies() {
     wait_for("the survivor scheduling", Duration::from_secs(30), || {
         (scheduler_gauge(other) == 1.0 && primary(other, "auto")? > before + 1).then_some(())
     });
-    assert!(scheduled_rotations(other) >= 1);
+    wait_for("the survivor's records", Duration::from_secs(10), || {
+        (scheduled_rotations(other) >= 1).then_some(())
+    });
 }
