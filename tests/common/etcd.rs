@@ -16,8 +16,10 @@ use super::wait_for;
 /// other test's cluster uses.
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 
-/// How long a (re)started member may take to report healthy.
-const READY: Duration = Duration::from_secs(20);
+/// How long a (re)started member may take to report healthy: a health
+/// check needs the cluster's quorum, and on a loaded 2-core machine with
+/// other clusters starting beside it an election has taken over 20 s.
+const READY: Duration = Duration::from_secs(60);
 /// How long a SIGSTOPped member's threads may take to all stop: tens of
 /// milliseconds on a loaded machine.
 const STOPPED: Duration = Duration::from_secs(5);
