@@ -67,10 +67,16 @@ impl std::fmt::Display for Refusal {
                 f,
                 "callers no grant names hold {MAX_UNKNOWN_CONNECTIONS} connections already, the most they may together"
             ),
-            Refusal::PerUid(party) => write!(
-                f,
-                "{party} already holds {MAX_CONNECTIONS_PER_UID} connections, the most one caller may"
-            ),
+            Refusal::PerUid(party) => {
+                let one = match party {
+                    Party::Uid(_) => "uid",
+                    Party::Cert(_) => "identity",
+                };
+                write!(
+                    f,
+                    "{party} already holds {MAX_CONNECTIONS_PER_UID} connections, the most one {one} may"
+                )
+            }
         }
     }
 }
