@@ -65,16 +65,15 @@ fn the_next_candidate_leads_when_the_leader_resigns_and_the_old_fence_fails() {
     let etcd_b = crate::client_in_order(&cluster, &[1, 2, 0]);
     let (a, fence_a, mut b) = a_leads_b_waits(&cluster, &etcd_a, &etcd_b);
     // Through a's lease refreshes, b keeps waiting: one leader at a time.
-    let later = Instant::now() + TTL + Duration::from_secs(1);
-    while Instant::now() < later {
-        assert!(
-            a.is_leader() && !b.is_leader(),
-            "a {:?}, b {:?}",
-            a.state(),
-            b.state()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Any change of b's state ends the wait early and fails the check.
+    let state = b.wait_for(TTL + Duration::from_secs(1), |s| {
+        !matches!(s, Leadership::Campaigning)
+    });
+    assert!(
+        a.is_leader() && matches!(state, Leadership::Campaigning),
+        "a {:?}, b {state:?}",
+        a.state()
+    );
     fenced_write(&etcd_a, &fence_a, b"by a").expect("the leader's fenced write");
 
     let t = Instant::now();
