@@ -28,6 +28,8 @@ mod privdrop;
 mod rollback;
 #[path = "vault/segments.rs"]
 mod segments;
+#[path = "vault/starting.rs"]
+mod starting;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -345,6 +345,33 @@ pub enum CertCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Make a client identity for a proxy that reaches vaults over mutual
+    /// TLS: a new private key written here (it never passes through the
+    /// vault) and a certificate for it signed by a CA key the vault holds.
+    /// Writes NAME.key (0600) and NAME.pem (leaf, then the CA's chain).
+    IssueClient {
+        /// File name stem of what is written, e.g. the proxy's host name.
+        name: String,
+        /// The vault key of the issuing CA (needs `cert-sign` and
+        /// `ca-issue` on it).
+        #[arg(long)]
+        ca: String,
+        /// URI subject alternative name (repeatable), e.g.
+        /// spiffe://example/proxy/edge-1: what `cert:` grants match.
+        #[arg(long = "uri", required = true)]
+        uris: Vec<String>,
+        /// DNS name or IP address (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// Directory to write NAME.key and NAME.pem into.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -195,6 +195,7 @@ pub const fn grant_groups(op: Op) -> (bool, bool) {
         Op::CertInstall
         | Op::CertCsr
         | Op::CertIssue
+        | Op::CertSign
         | Op::Create
         | Op::Import
         | Op::Rotate
@@ -606,7 +607,7 @@ ops = ["use"]
         assert_eq!(
             names(admin_ops()),
             "create import list describe rotate enable disable schedule-deletion cancel-deletion \
-             backup-export backup-import audit-verify audit-rotate subscribe cert-install cert-get cert-csr cert-issue"
+             backup-export backup-import audit-verify audit-rotate subscribe cert-install cert-get cert-csr cert-issue cert-sign"
         );
     }
 

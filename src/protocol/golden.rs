@@ -21,6 +21,7 @@ const DOC: &str = include_str!("../../docs/PROTOCOL.md");
 
 /// One request per opcode, with every field the opcode defines (optional
 /// ones included), so the golden bytes show each field's encoding.
+#[allow(clippy::too_many_lines, reason = "one arm per opcode")]
 fn request(op: Op) -> Request {
     let key = || "web".to_owned();
     let secret = |b: &[u8]| Zeroizing::new(b.to_vec());
@@ -117,6 +118,11 @@ fn request(op: Op) -> Request {
             version: Some(2),
             params: r#"{"ca":"ca"}"#.into(),
         },
+        Op::CertSign => Request::CertSign {
+            key: key(),
+            version: None,
+            params: r#"{"csr":"PEM"}"#.into(),
+        },
     }
 }
 
@@ -152,7 +158,7 @@ fn answer(op: Op) -> Response {
             ciphertext: vec![0xc1, 0xc2],
         },
         Op::BackupExport => Response::BackupEntry { blob: vec![0xb1] },
-        Op::CertGet | Op::CertCsr => Response::Certificate {
+        Op::CertGet | Op::CertCsr | Op::CertSign => Response::Certificate {
             version: 2,
             chain_pem: "PEM".into(),
         },

@@ -44,6 +44,7 @@ wire_enum! {
         CertGet = 0x22 => "cert-get",
         CertCsr = 0x23 => "cert-csr",
         CertIssue = 0x24 => "cert-issue",
+        CertSign = 0x25 => "cert-sign",
     }
 }
 
@@ -212,6 +213,16 @@ pub enum Request {
         version: Option<u32>,
         params: String,
     },
+    /// Sign a certificate for a key the vault does not hold (a proxy's
+    /// client identity) with the CA key `key`; `params` is JSON
+    /// `{"csr": PEM, "uris": [...], "names": [...], "days": N}`. The CSR
+    /// gives only the public key (its signature proves possession); the
+    /// names are the caller's.
+    CertSign {
+        key: String,
+        version: Option<u32>,
+        params: String,
+    },
 }
 
 impl Request {
@@ -243,6 +254,7 @@ impl Request {
             Request::CertGet { .. } => Op::CertGet,
             Request::CertCsr { .. } => Op::CertCsr,
             Request::CertIssue { .. } => Op::CertIssue,
+            Request::CertSign { .. } => Op::CertSign,
         }
     }
 
@@ -268,7 +280,8 @@ impl Request {
             | Request::CertInstall { key, .. }
             | Request::CertGet { key, .. }
             | Request::CertCsr { key, .. }
-            | Request::CertIssue { key, .. } => Some(key),
+            | Request::CertIssue { key, .. }
+            | Request::CertSign { key, .. } => Some(key),
             Request::BackupExport { key, .. } => key.as_deref(),
             Request::Ping { .. }
             | Request::Decrypt { .. }
@@ -386,6 +399,11 @@ impl Request {
                 params,
             }
             | Request::CertIssue {
+                key,
+                version,
+                params,
+            }
+            | Request::CertSign {
                 key,
                 version,
                 params,
@@ -565,25 +583,29 @@ impl Request {
                     version: f.opt_u32(Tag::KeyVersion)?,
                 }
             }
-            Op::CertCsr | Op::CertIssue => {
+            Op::CertCsr | Op::CertIssue | Op::CertSign => {
                 f.only(&[Tag::KeyName, Tag::KeyVersion, Tag::Json])?;
                 let (key, version, params) = (
                     key(&f)?,
                     f.opt_u32(Tag::KeyVersion)?,
                     f.str(Tag::Json)?.to_owned(),
                 );
-                if op == Op::CertCsr {
-                    Request::CertCsr {
+                match op {
+                    Op::CertCsr => Request::CertCsr {
                         key,
                         version,
                         params,
-                    }
-                } else {
-                    Request::CertIssue {
+                    },
+                    Op::CertIssue => Request::CertIssue {
                         key,
                         version,
                         params,
-                    }
+                    },
+                    _ => Request::CertSign {
+                        key,
+                        version,
+                        params,
+                    },
                 }
             }
             Op::Describe | Op::Rotate | Op::Enable | Op::Disable | Op::CancelDeletion => {
@@ -856,7 +878,7 @@ impl Response {
                     blob: f.bytes(Tag::Blob)?.to_vec(),
                 }
             }
-            Op::CertGet | Op::CertCsr => {
+            Op::CertGet | Op::CertCsr | Op::CertSign => {
                 f.only(&[Tag::KeyVersion, Tag::Pem])?;
                 Response::Certificate {
                     version: f.u32(Tag::KeyVersion)?,

@@ -37,6 +37,10 @@ pub enum IssueError {
     PathLenTooLong { asked: u8, issuer: u8 },
     #[error("a path length of {0} for a certificate that is not a CA's")]
     PathLenNotCa(u8),
+    #[error("the CSR does not parse or its signature does not verify: {0}")]
+    Csr(String),
+    #[error("invalid URI {uri:?} for a subject alternative name: {message}")]
+    Uri { uri: String, message: String },
 }
 
 /// Why a certificate chain cannot be bound to a key version.
@@ -259,12 +263,7 @@ pub fn issue(req: Issue) -> Result<String, IssueError> {
     // A minute of slack for clocks slightly behind ours.
     p.not_before = now - Duration::from_secs(60);
     p.not_after = now + lifetime;
-    let mut serial = [0u8; 16];
-    serial.copy_from_slice(
-        &super::keys::random_bytes(16).map_err(|e| IssueError::Rcgen(e.to_string()))?,
-    );
-    serial[0] &= 0x7f;
-    p.serial_number = Some(serial.to_vec().into());
+    p.serial_number = Some(serial()?.into());
     if req.is_ca {
         p.is_ca = IsCa::Ca(ca_constraints(
             issuer.as_ref().map(|(_, _, params)| &params.is_ca),
@@ -290,14 +289,88 @@ pub fn issue(req: Issue) -> Result<String, IssueError> {
             // strict verifiers (Python's cryptography) insist.
             p.use_authority_key_identifier_extension = true;
             let leaf = p.signed_by(&subject, &ca_cert, &ca_key).map_err(rc)?;
-            let mut chain = leaf.pem();
-            if !chain.ends_with('\n') {
-                chain.push('\n');
-            }
-            chain.push_str(ca_chain);
-            Ok(chain)
+            Ok(with_chain(leaf.pem(), ca_chain))
         }
     }
+}
+
+/// A certificate for a key held elsewhere, signed by a CA key held here.
+pub struct Sign<'a> {
+    /// PKCS#10, PEM: only its public key is used; its signature proves
+    /// that whoever asks holds the private key.
+    pub csr_pem: &'a str,
+    /// URI subject alternative names (a SPIFFE id, the vault's `cert:`
+    /// identity).
+    pub uris: &'a [String],
+    /// DNS names and IP addresses.
+    pub names: &'a [String],
+    pub lifetime: Duration,
+    /// The issuing CA's key and its chain (PEM, CA certificate first).
+    pub ca: (&'a Arc<Material>, &'a str),
+}
+
+/// Signs a client certificate (clientAuth, not a CA) for the CSR's key;
+/// returns the leaf followed by the CA's chain, PEM. The names are the
+/// caller's, never the CSR's: the one who may sign decides who it names.
+pub fn sign_client(req: Sign) -> Result<String, IssueError> {
+    let rc = |e: rcgen::Error| IssueError::Rcgen(e.to_string());
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(req.csr_pem)
+        .map_err(|e| IssueError::Csr(e.to_string()))?;
+    let mut p = params(&Names {
+        names: req.names.to_vec(),
+        common_name: req.uris.first().or(req.names.first()).cloned(),
+    })?;
+    for uri in req.uris {
+        let ia5 = uri
+            .as_str()
+            .try_into()
+            .map_err(|e: rcgen::Error| IssueError::Uri {
+                uri: uri.clone(),
+                message: e.to_string(),
+            })?;
+        p.subject_alt_names.push(rcgen::SanType::URI(ia5));
+    }
+    if p.subject_alt_names.is_empty() {
+        return Err(IssueError::NoNames);
+    }
+    let days = req.lifetime.as_secs() / 86400;
+    if days > u64::from(MAX_LIFETIME_DAYS) {
+        return Err(IssueError::Lifetime { days });
+    }
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - Duration::from_secs(60);
+    p.not_after = now + req.lifetime;
+    p.serial_number = Some(serial()?.into());
+    crate::pki::mark_not_ca(&mut p);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    let (ca_material, ca_chain) = req.ca;
+    let ca_params = CertificateParams::from_ca_cert_der(&first_der(ca_chain, "CA")?)
+        .map_err(|_| IssueError::Parse { what: "CA" })?;
+    if !matches!(ca_params.is_ca, IsCa::Ca(_)) {
+        return Err(IssueError::IssuerNotCa);
+    }
+    let ca_key = key_pair(ca_material)?;
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(rc)?;
+    csr.params = p;
+    let leaf = csr.signed_by(&ca_cert, &ca_key).map_err(rc)?;
+    Ok(with_chain(leaf.pem(), ca_chain))
+}
+
+/// A positive 128-bit serial number (RFC 5280 4.1.2.2: at most 20 octets).
+fn serial() -> Result<Vec<u8>, IssueError> {
+    let mut serial = super::keys::random_bytes(16).map_err(|e| IssueError::Rcgen(e.to_string()))?;
+    serial[0] &= 0x7f;
+    Ok(serial.to_vec())
+}
+
+fn with_chain(mut leaf: String, ca_chain: &str) -> String {
+    if !leaf.ends_with('\n') {
+        leaf.push('\n');
+    }
+    leaf.push_str(ca_chain);
+    leaf
 }
 
 #[cfg(test)]

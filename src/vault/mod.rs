@@ -17,6 +17,7 @@
 //! - [`denials`]  — refusals past a few a second per connection, folded into counted records; a connection cut after a burst
 //! - [`fair`]     — turns on a connection worker, so one caller's flood cannot starve the others
 //! - [`space`]    — the room left on the state dir's filesystem, warned of before it runs out
+//! - [`listen`]   — sockets bound early (as root) that listen only once the keystore is open
 //! - [`server`]   — the Unix socket and per-connection pipelining
 //! - [`stream`]   — a connection's bytes: the Unix socket, or TLS over TCP
 //! - [`tls`]      — the mutual-TLS listeners: certificate identities as callers
@@ -30,6 +31,7 @@ pub mod fair;
 pub mod issue;
 pub mod keys;
 pub mod keystore;
+pub mod listen;
 pub mod manifest;
 pub mod master;
 pub mod migrate;
@@ -373,6 +375,7 @@ pub async fn run(
     if let Some((listener, handle)) = metrics {
         serve_metrics(listener, handle);
     }
+    let (listener, tls) = listen(&socket, listener, tls)?;
 
     // The handler is in place before anyone is told the vault is up: a
     // SIGHUP that came first would end the process (its default action).
@@ -428,6 +431,20 @@ pub async fn run(
     vault.audit().flush();
     tracing::info!("vault stopped");
     Ok(())
+}
+
+/// Starts listening on what was bound: only now, with the keystore
+/// open, does a connect succeed.
+fn listen(
+    socket: &std::path::Path,
+    unix: listen::Bound,
+    tls: Option<tls::Listeners>,
+) -> Result<(tokio::net::UnixListener, Option<tls::Listening>), VaultError> {
+    let unix = unix.listen_unix().map_err(|e| VaultError::Socket {
+        path: socket.to_owned(),
+        message: format!("cannot listen: {e}"),
+    })?;
+    Ok((unix, tls.map(tls::Listeners::listen).transpose()?))
 }
 
 /// Makes the state dir the vault's `user`'s, the way a database treats

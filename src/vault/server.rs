@@ -93,7 +93,8 @@ struct Out {
 const READ_AHEAD: usize = 64 * 1024;
 
 /// Binds the vault socket at `path` with `mode` (and `group`), refusing a
-/// path where another process listens and replacing a stale socket.
+/// path where another process listens and replacing a stale socket. It
+/// listens only once the keystore is open ([`super::listen`]).
 /// With an `owner` (the user the vault is about to switch to), the socket
 /// is that user's, in `group` or else the user's group, and a socket
 /// directory created here is the user's too, so the vault can still
@@ -103,7 +104,7 @@ pub fn bind(
     mode: u32,
     group: Option<u32>,
     owner: Option<&RunAs>,
-) -> Result<UnixListener, VaultError> {
+) -> Result<super::listen::Bound, VaultError> {
     let err = |message: String| VaultError::Socket {
         path: path.to_owned(),
         message,
@@ -145,7 +146,7 @@ pub fn bind(
     }
     // Bind under a tight umask so the socket is never briefly open to all.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let listener = UnixListener::bind(path);
+    let listener = super::listen::unix(path);
     nix::sys::stat::umask(old);
     let listener = listener.map_err(|e| err(e.to_string()))?;
     if uid.is_some() || gid.is_some() {
@@ -195,7 +196,7 @@ impl Shared {
 /// listeners if any) until `shutdown` resolves.
 pub async fn serve(
     listener: UnixListener,
-    tls: Option<super::tls::Listeners>,
+    tls: Option<super::tls::Listening>,
     vault: Arc<Vault>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {

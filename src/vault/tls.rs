@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::audit::Event;
+use super::listen::Bound;
 use super::ops::Vault;
 use super::policy::{Caller, Remote};
 use super::server::Shared;
@@ -28,7 +29,7 @@ use crate::config::vault::TlsListen;
 /// The listeners and what they serve with, made before the vault drops
 /// its privileges (the key file may be root's, the port below 1024).
 pub struct Listeners {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Bound>,
     acceptor: TlsAcceptor,
 }
 
@@ -107,12 +108,10 @@ pub async fn bind(t: &TlsListen) -> Result<Listeners, VaultError> {
     let acceptor = TlsAcceptor::from(Arc::new(server_config(t)?));
     let mut listeners = Vec::with_capacity(t.addrs.len());
     for addr in &t.addrs {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| VaultError::TlsListen {
-                addr: *addr,
-                source,
-            })?;
+        let l = super::listen::tcp(*addr).map_err(|source| VaultError::TlsListen {
+            addr: *addr,
+            source,
+        })?;
         listeners.push(l);
     }
     Ok(Listeners {
@@ -122,19 +121,36 @@ pub async fn bind(t: &TlsListen) -> Result<Listeners, VaultError> {
 }
 
 impl Listeners {
-    /// Where each listener is bound (port 0 resolved).
-    pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+    /// Starts listening on every address (once the vault can answer).
+    pub fn listen(self) -> Result<Listening, VaultError> {
+        let mut listeners = Vec::with_capacity(self.listeners.len());
+        for bound in self.listeners {
+            let addr = bound.local_addr().map_err(|source| VaultError::TlsListen {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            let l = bound
+                .listen_tcp()
+                .map_err(|source| VaultError::TlsListen { addr, source })?;
+            tracing::info!(%addr, "vault listening for mutual TLS");
+            listeners.push(l);
+        }
+        Ok(Listening {
+            listeners,
+            acceptor: self.acceptor,
+        })
     }
+}
 
+/// The listeners, accepting.
+pub struct Listening {
+    listeners: Vec<TcpListener>,
+    acceptor: TlsAcceptor,
+}
+
+impl Listening {
     /// Accepts on every listener; the tasks end with the returned guard.
     pub fn serve(self, shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
-        for addr in self.addrs() {
-            tracing::info!(%addr, "vault listening for mutual TLS");
-        }
         self.listeners
             .into_iter()
             .map(|l| tokio::spawn(accept(l, self.acceptor.clone(), shared.clone())))
@@ -202,22 +218,31 @@ async fn accept(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared
         shared.worker().spawn(async move {
             let vault = shared2.vault();
             let timeout = vault.settings().client_read_timeout;
-            match handshake(std_stream, peer, &acceptor, vault, timeout).await {
-                Ok((tls, caller)) => shared2.serve(super::stream::tls(tls), caller).await,
+            match handshake(std_stream, &acceptor, timeout).await {
+                // Over the network a caller no grant names is not kept on
+                // to be refused request by request: it is refused here,
+                // once, and told why in a frame it can read.
+                Ok((tls, identity)) if !vault.knows(&identity_caller(&identity, peer)) => {
+                    let refused = Refused::NoGrant(identity);
+                    refuse(vault, peer, &refused);
+                    tell(tls, &refused).await;
+                }
+                Ok((tls, identity)) => {
+                    let caller = identity_caller(&identity, peer);
+                    shared2.serve(super::stream::tls(tls), caller).await;
+                }
                 Err(refused) => refuse(vault, peer, &refused),
             }
         });
     }
 }
 
-/// The handshake, within the read timeout, and the caller it proves.
+/// The handshake, within the read timeout, and the identity it proves.
 async fn handshake(
     std_stream: std::net::TcpStream,
-    peer: SocketAddr,
     acceptor: &TlsAcceptor,
-    vault: &Vault,
     timeout: Duration,
-) -> Result<(super::stream::Tls, Caller), Refused> {
+) -> Result<(super::stream::Tls, String), Refused> {
     let stream = std_stream
         .set_nonblocking(true)
         .and_then(|()| TcpStream::from_std(std_stream))
@@ -236,16 +261,35 @@ async fn handshake(
         .and_then(|c| c.first())
         .and_then(|leaf| crate::pki::san_identity(leaf))
         .ok_or(Refused::NoIdentity)?;
-    let caller = Caller::Remote(Remote {
-        identity: Some(identity.as_str().into()),
+    Ok((tls, identity))
+}
+
+fn identity_caller(identity: &str, peer: SocketAddr) -> Caller {
+    Caller::Remote(Remote {
+        identity: Some(identity.into()),
         peer,
-    });
-    // Over the network a caller no grant names is not kept on to be
-    // refused request by request: it is refused here, once.
-    if !vault.knows(&caller) {
-        return Err(Refused::NoGrant(identity));
+    })
+}
+
+/// A `denied` error (request id 0) saying why, then close_notify: what a
+/// Unix caller past a connection limit is told, so a misconfigured proxy
+/// logs the reason rather than "connection closed".
+async fn tell(mut tls: super::stream::Tls, refused: &Refused) {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = bytes::BytesMut::new();
+    if crate::protocol::Response::error(crate::protocol::ErrorCode::Denied, refused.to_string())
+        .to_frame(crate::protocol::Op::Ping, 0)
+        .encode(&mut buf)
+        .is_err()
+    {
+        return;
     }
-    Ok((tls, caller))
+    // A caller that does not read does not hold the task.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tls.write_all(&buf).await?;
+        tls.shutdown().await
+    })
+    .await;
 }
 
 fn refuse(vault: &Vault, peer: SocketAddr, refused: &Refused) {

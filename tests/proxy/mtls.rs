@@ -98,6 +98,11 @@ struct TlsVault {
 
 impl TlsVault {
     fn start(state_from: Option<&Path>) -> TlsVault {
+        TlsVault::start_trusting(state_from, None)
+    }
+
+    /// With `client_ca` in place of the test's clients CA, if given.
+    fn start_trusting(state_from: Option<&Path>, client_ca: Option<&Path>) -> TlsVault {
         let dir = tempfile::Builder::new()
             .prefix("vg-mtls-")
             .tempdir_in("/tmp")
@@ -115,7 +120,7 @@ impl TlsVault {
              [[vault.grant]]\nprincipal = \"cert:spiffe://example/proxy/*\"\nkeys = [\"*\"]\nops = [\"use\"]\n",
             cert.display(),
             key.display(),
-            clients.pem.display()
+            client_ca.unwrap_or(&clients.pem).display()
         );
         let vault = VaultProc::start_with(Opts {
             config: Some(config),
@@ -239,7 +244,8 @@ fn raw_client(
             payload: b"hi".to_vec(),
         },
     ) {
-        Ok(_) => Ok(s),
+        Ok(Response::Pong { .. }) => Ok(s),
+        Ok(other) => Err(format!("{other:?}")),
         Err(e) => Err(e),
     }
 }
@@ -286,7 +292,15 @@ fn every_refused_tls_caller_is_audited_and_counted_and_use_is_not_rotate() {
     let (c, k) = v
         .clients
         .client(d, "nobody", "spiffe://example/batch/job-1");
-    assert!(raw_client(&v, Some((&c, &k))).is_err());
+    // Past the handshake, it is told why before the connection closes.
+    let Err(told) = raw_client(&v, Some((&c, &k))) else {
+        panic!("a certificate no grant names was served");
+    };
+    assert!(
+        told.contains("Denied")
+            && told.contains("no grant names cert:spiffe://example/batch/job-1"),
+        "{told}"
+    );
 
     for reason in ["no-certificate", "unknown-ca", "expired", "no-grant"] {
         let label = format!("reason=\"{reason}\"");
@@ -349,6 +363,110 @@ fn every_refused_tls_caller_is_audited_and_counted_and_use_is_not_rotate() {
             .then_some(a)
     });
     assert!(!audit.is_empty());
+}
+
+#[test]
+fn a_client_identity_issued_by_a_vault_held_ca_signs_and_use_cannot_mint_one() {
+    // The fleet's CA is a vault key; the vault that holds it trusts it.
+    let mut first = VaultProc::start();
+    first.ok(&["key", "create", "clients-ca", "--type", "ecdsa-p256"]);
+    first.ok(&[
+        "cert",
+        "issue",
+        "clients-ca",
+        "--is-ca",
+        "--common-name",
+        "fleet",
+    ]);
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_pem = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca_pem, first.ok(&["cert", "show", "clients-ca"])).expect("write CA");
+    let uri = "spiffe://example/proxy/edge-2";
+    let out_dir = dir.path().to_str().expect("utf-8");
+    let printed = first.ok(&[
+        "cert",
+        "issue-client",
+        "edge-2",
+        "--ca",
+        "clients-ca",
+        "--uri",
+        uri,
+        "--out-dir",
+        out_dir,
+    ]);
+    let (key, cert) = (dir.path().join("edge-2.key"), dir.path().join("edge-2.pem"));
+    assert_eq!(
+        printed,
+        format!(
+            "key {}\ncertificate {}\nidentity cert:{uri}\n",
+            key.display(),
+            cert.display()
+        )
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "client key mode {mode:o}");
+    // An outside verifier agrees it is a client certificate of that CA.
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-purpose", "sslclient", "-CAfile"])
+        .arg(&ca_pem)
+        .arg(&cert)
+        .output()
+        .expect("openssl (apt install openssl)");
+    assert!(
+        verify.status.success(),
+        "openssl verify: {}",
+        String::from_utf8_lossy(&verify.stdout) + String::from_utf8_lossy(&verify.stderr)
+    );
+    first.stop();
+
+    let v = TlsVault::start_trusting(Some(&first.state), Some(&ca_pem));
+    v.vault
+        .ok(&["key", "create", "web", "--type", "ecdsa-p256"]);
+    let mut s = raw_client(&v, Some((&cert, &key))).expect("issued identity served");
+    // A use grant may not have the CA sign, however it asks.
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key"))
+        .and_then(|r| r.pem())
+        .expect("csr");
+    let minted = call(
+        &mut s,
+        &Request::CertSign {
+            key: "clients-ca".into(),
+            version: None,
+            params: serde_json::json!({"csr": csr, "uris": ["spiffe://example/admin"]}).to_string(),
+        },
+    );
+    match minted {
+        Ok(Response::Error { code, .. }) => assert_eq!(code, ErrorCode::Denied),
+        other => panic!("cert-sign with a use grant: {other:?}"),
+    }
+    let signed = call(
+        &mut s,
+        &Request::Sign {
+            key: "web".into(),
+            version: None,
+            scheme: vaultgate::protocol::scheme::ECDSA_P256_SHA256,
+            message: b"m".to_vec(),
+        },
+    );
+    assert!(
+        matches!(signed, Ok(Response::Signature { .. })),
+        "{signed:?}"
+    );
+    let audit = wait_for(
+        "the issued identity's signature audited",
+        Duration::from_secs(5),
+        || {
+            let a = v.vault.audit_log();
+            a.lines()
+                .any(|l| {
+                    l.contains("\"op\":\"sign\"") && l.contains(&format!("\"identity\":\"{uri}\""))
+                })
+                .then_some(a)
+        },
+    );
+    assert!(audit.contains("\"op\":\"cert-sign\""), "{audit}");
 }
 
 #[test]

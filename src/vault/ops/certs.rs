@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{check_length, Done, Named, OpError, Vault};
 use crate::config::vault::CaRight;
-use crate::protocol::{ErrorCode, Response};
+use crate::protocol::{ErrorCode, Op, Response};
 use crate::vault::issue;
 use crate::vault::keys::Material;
 use crate::vault::policy::Caller;
@@ -24,6 +24,22 @@ struct IssueParams {
     is_ca: bool,
     path_len: Option<u8>,
 }
+
+/// Parameters of `cert-sign`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignParams {
+    csr: String,
+    #[serde(default)]
+    uris: Vec<String>,
+    #[serde(default)]
+    names: Vec<String>,
+    days: Option<u32>,
+}
+
+/// A client identity is short-lived by default: a fleet reissues, and a
+/// lost proxy's certificate stops working by itself.
+const CLIENT_DAYS: u32 = 90;
 
 fn issue_error(e: issue::IssueError) -> OpError {
     let code = match e {
@@ -106,7 +122,8 @@ impl Vault {
         } else {
             CaRight::Issue
         };
-        self.authorize_ca(caller, right, ca).map_err(with_ca)?;
+        self.authorize_ca(caller, Op::CertIssue, right, ca)
+            .map_err(with_ca)?;
         let ca_key = self.usable(ca).map_err(with_ca)?;
         let (cv, cm) = Self::version(&ca_key, None).map_err(with_ca)?;
         let chain = Self::chain_of(&ca_key, cv)
@@ -168,6 +185,44 @@ impl Vault {
         }
         let key = self.put(key)?;
         Ok(Done::new(Self::describe_json(&key)).key(name, Some(v)))
+    }
+
+    /// Signs a client certificate for a key held elsewhere with CA key
+    /// `ca`. Minting identities the vault's own `cert:` grants trust is
+    /// the CA's power, so beside the `cert-sign` grant on the CA key it
+    /// takes the CA's `ca-issue` right, as `cert-issue` does.
+    pub(super) fn cert_sign(
+        &self,
+        caller: &Caller,
+        ca: &str,
+        version: Option<u32>,
+        params: &str,
+    ) -> Result<Done, OpError> {
+        let p: SignParams = serde_json::from_str(params)
+            .map_err(|e| OpError::new(ErrorCode::InvalidInput, format!("sign parameters: {e}")))?;
+        self.authorize_ca(caller, Op::CertSign, CaRight::Issue, ca)?;
+        let ca_key = self.usable(ca)?;
+        let (cv, cm) = Self::version(&ca_key, version)?;
+        let chain = Self::chain_of(&ca_key, cv).ok_or_else(|| {
+            OpError::new(
+                ErrorCode::NotFound,
+                format!("CA key {ca:?} version {cv} has no certificate; issue it one with is_ca"),
+            )
+        })?;
+        let days = p.days.unwrap_or(CLIENT_DAYS);
+        let signed = issue::sign_client(issue::Sign {
+            csr_pem: &p.csr,
+            uris: &p.uris,
+            names: &p.names,
+            lifetime: std::time::Duration::from_secs(u64::from(days) * 86400),
+            ca: (cm, &chain),
+        })
+        .map_err(issue_error)?;
+        Ok(Done::new(Response::Certificate {
+            version: cv,
+            chain_pem: signed,
+        })
+        .key(ca, Some(cv)))
     }
 
     fn chain_of(key: &Key, version: u32) -> Option<String> {

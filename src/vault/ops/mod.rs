@@ -220,6 +220,7 @@ pub fn is_slow(op: Op) -> bool {
             | Op::CertInstall
             | Op::CertCsr
             | Op::CertIssue
+            | Op::CertSign
     )
 }
 
@@ -579,6 +580,7 @@ impl Vault {
 
     /// Errors carry the key they concern when the request did not name it
     /// (decrypt, backup import).
+    #[allow(clippy::too_many_lines, reason = "one arm per request")]
     fn dispatch(&self, caller: &Caller, req: &Request) -> Result<Done, (OpError, Named)> {
         let op = req.op();
         let plain_err = |e| (e, Named::default());
@@ -682,6 +684,11 @@ impl Vault {
                 version,
                 params,
             } => self.cert_issue(caller, key, *version, params),
+            Request::CertSign {
+                key,
+                version,
+                params,
+            } => plain(self.cert_sign(caller, key, *version, params)),
         }
     }
 
@@ -701,15 +708,17 @@ impl Vault {
 
     /// Whether `caller` may have CA key `ca` sign a certificate of the
     /// kind `right` names (`cert-issue` is checked on the subject alone).
-    fn authorize_ca(&self, caller: &Caller, right: CaRight, ca: &str) -> Result<(), OpError> {
+    fn authorize_ca(
+        &self,
+        caller: &Caller,
+        op: Op,
+        right: CaRight,
+        ca: &str,
+    ) -> Result<(), OpError> {
         if self.policy.load().allows_ca(caller, right, ca) {
             return Ok(());
         }
-        Err(denied(
-            caller,
-            Op::CertIssue,
-            format!("{right} with CA key {ca:?}"),
-        ))
+        Err(denied(caller, op, format!("{right} with CA key {ca:?}")))
     }
 
     /// The key, present and parsed (any state).
