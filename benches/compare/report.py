@@ -27,7 +27,10 @@ TARGETS = [
 ]
 UNDER_TEST = "vg-vault"
 TEST_ORDER = ["keepalive-1k", "download-1m", "full-ecdsa", "full-rsa", "resumed", "h2-1k", "rss-idle"]
-SYSTEM_ORDER = ["nginx", "haproxy", "vg-vault", "vg-file"]
+SYSTEM_ORDER = ["nginx", "haproxy", "vg-vault", "vg-file", "vg-mtls"]
+# The price of reaching the vault over TCP + mutual TLS instead of its Unix
+# socket: vg-mtls against vg-vault, CPU per handshake of proxy + vault.
+MTLS_TARGETS = [("full-ecdsa", 1.15), ("full-rsa", 1.15)]
 
 
 def percentile(sorted_values, p):
@@ -190,6 +193,11 @@ def table(a):
                         parts.append(f"{'CPU' if what == 'cpu' else what} ≤ {lim:.2f}×{rref} → {verdict(ok)}")
                 line += "  " + "; ".join(parts)
             print(line)
+        for t, lim in MTLS_TARGETS:
+            rt = ratio(value("vg-mtls", test, "cpu"), value(UNDER_TEST, test, "cpu"))
+            if t == test and rt is not None:
+                print(f"{test:<13} {'mtls÷unix':<9} {'':>14} {'':>7} {'':>7} {'':>6} {'':>7} {'':>10} "
+                      f"{fmt(rt, '.2f'):>8} {'':>8} {'':>5}  vault over mTLS ≤ {lim:.2f} → {verdict(rt <= lim)}")
         if test == "full-ecdsa" and (test, "cpu", "vg-file") in verdicts:
             rt, lim, ok = verdicts[(test, "cpu", "vg-file")]
             print(f"{test:<13} {'vault÷file':<9} {'':>14} {'':>7} {'':>7} {'':>6} {'':>7} {'':>10} "

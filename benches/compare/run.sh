@@ -37,7 +37,10 @@ DL_CONNS=${DL_CONNS:-16}      # wrk connections for 1 MiB downloads
 H2_CONNS=${H2_CONNS:-4}       # h2load connections ...
 H2_STREAMS=${H2_STREAMS:-8}   # ... and streams in flight on each
 IDLE_CONNS=${IDLE_CONNS:-10000}
-SYSTEMS=${SYSTEMS:-nginx haproxy vg-vault vg-file}
+SYSTEMS=${SYSTEMS:-nginx haproxy vg-vault vg-file vg-mtls}
+# vg-mtls: the vault: keys of vg-vault reached over mutual TLS on TCP
+# instead of the Unix socket (same vault); only the signing tests tell them apart.
+MTLS_TESTS=${MTLS_TESTS:-full-ecdsa full-rsa}
 TESTS=${TESTS:-rss-idle keepalive-1k download-1m full-ecdsa full-rsa resumed h2-1k}
 # vaultgate with file: keys differs from vault: keys only in the signer;
 # its RSS with idle connections is the vault: proxy's minus the vault.
@@ -120,13 +123,13 @@ wait_until() { # SECONDS WHAT COMMAND...: poll every 0.1 s
 }
 
 # --- ports, files, certificates --------------------------------------------
-read -r p_backend p_nginx p_haproxy p_vgvault p_vgfile m_vgvault m_vgfile < <(python3 -c '
+read -r p_backend p_nginx p_haproxy p_vgvault p_vgfile m_vgvault m_vgfile p_vgmtls m_vgmtls p_vaulttls < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(7)]
+ss = [socket.socket() for _ in range(10)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
-declare -A port=([nginx]=$p_nginx [haproxy]=$p_haproxy [vg-vault]=$p_vgvault [vg-file]=$p_vgfile)
-declare -A metrics=([vg-vault]=$m_vgvault [vg-file]=$m_vgfile)
+declare -A port=([nginx]=$p_nginx [haproxy]=$p_haproxy [vg-vault]=$p_vgvault [vg-file]=$p_vgfile [vg-mtls]=$p_vgmtls)
+declare -A metrics=([vg-vault]=$m_vgvault [vg-file]=$m_vgfile [vg-mtls]=$m_vgmtls)
 
 mkdir -p "$work/www" "$work/certs" "$OUT"
 chmod 755 "$work/www"
@@ -147,6 +150,24 @@ for k in ecdsa rsa; do
         -addext "basicConstraints=critical,CA:FALSE" -addext keyUsage=digitalSignature \
         -addext extendedKeyUsage=serverAuth -out "$c/$k.pem" 2>/dev/null
     cat "$c/$k.pem" "$c/$k.key" >"$c/$k.haproxy.pem"
+done
+
+# Mutual TLS between vg-mtls and the vault: a CA, the vault's certificate
+# for 127.0.0.1 and the proxy's client identity.
+openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$c/mtls-ca.key" \
+    -sha256 -days 2 -subj /CN=bench-ca -addext "basicConstraints=critical,CA:TRUE" \
+    -addext keyUsage=keyCertSign -out "$c/mtls-ca.pem" 2>/dev/null
+for who in vault edge; do
+    case $who in
+        vault) ext="subjectAltName=IP:127.0.0.1
+extendedKeyUsage=serverAuth" ;;
+        edge) ext="subjectAltName=URI:spiffe://bench/proxy/edge
+extendedKeyUsage=clientAuth" ;;
+    esac
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$c/mtls-$who.key" \
+        -subj "/CN=$who" -out "$c/mtls-$who.csr" 2>/dev/null
+    openssl x509 -req -in "$c/mtls-$who.csr" -CA "$c/mtls-ca.pem" -CAkey "$c/mtls-ca.key" \
+        -CAcreateserial -days 2 -sha256 -extfile <(echo "$ext") -out "$c/mtls-$who.pem" 2>/dev/null
 done
 
 # Client-side signature algorithms (OpenSSL config read by wrk): offering
@@ -278,9 +299,27 @@ fi
 
 # --- terminator: vaultgate, vault: and file: keys ---------------------------
 vault_pid=
-if [[ " $SYSTEMS " == *" vg-vault "* ]]; then
+if [[ " $SYSTEMS " == *" vg-vault "* || " $SYSTEMS " == *" vg-mtls "* ]]; then
     mkdir -p "$work/vault"
+    cat >"$work/vault.toml" <<EOF
+[vault]
+tls_listen = "127.0.0.1:$p_vaulttls"
+tls_cert = "$c/mtls-vault.pem"
+tls_key = "$c/mtls-vault.key"
+client_ca = "$c/mtls-ca.pem"
+
+[[vault.grant]]
+principal = "uid:$(id -u)"
+keys = ["*"]
+ops = ["all"]
+
+[[vault.grant]]
+principal = "cert:spiffe://bench/proxy/edge"
+keys = ["*"]
+ops = ["use"]
+EOF
     taskset -c "$SERVER_CPU" env RUST_LOG=warn "$BIN" vault --socket "$work/vault.sock" \
+        --config "$work/vault.toml" \
         --state-dir "$work/vault" --ready-line >"$work/vault.out" 2>"$work/vault.err" &
     vault_pid=$!
     pids+=($!)
@@ -289,11 +328,15 @@ if [[ " $SYSTEMS " == *" vg-vault "* ]]; then
     "$BIN" key import tls-rsa --pem "$c/rsa.key" --socket "$work/vault.sock" >/dev/null
 fi
 vg_config() { # SYSTEM KEYREF-ECDSA KEYREF-RSA
+    local vaults="vault_sockets = [\"$work/vault.sock\"]"
+    if [ "$1" = vg-mtls ]; then
+        vaults="vaults = [\"tls://127.0.0.1:$p_vaulttls\"]"
+    fi
     cat <<EOF
 [proxy]
 listen = "127.0.0.1:${port[$1]}"
 metrics_listen = "127.0.0.1:${metrics[$1]}"
-vault_sockets = ["$work/vault.sock"]
+$vaults
 workers = 1
 min_tls_version = "1.3"
 default_server_name = "localhost"
@@ -319,11 +362,15 @@ upstream = "backend"
 [proxy.upstream.backend]
 backends = ["127.0.0.1:$p_backend"]
 EOF
+    if [ "$1" = vg-mtls ]; then
+        printf '\n[proxy.vault_tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' \
+            "$c/mtls-ca.pem" "$c/mtls-edge.pem" "$c/mtls-edge.key"
+    fi
 }
-for sys in vg-vault vg-file; do
+for sys in vg-vault vg-file vg-mtls; do
     [[ " $SYSTEMS " == *" $sys "* ]] || continue
     cfg=$work/$sys.toml
-    if [ $sys = vg-vault ]; then
+    if [ $sys != vg-file ]; then
         vg_config $sys vault:tls-ecdsa vault:tls-rsa >"$cfg"
     else
         vg_config $sys "file:$c/ecdsa.key" "file:$c/rsa.key" >"$cfg"
@@ -369,7 +416,7 @@ procs() { # SYSTEM: the terminator's pids (nginx: master + workers; vg-vault: pr
     echo "$p"
     case $1 in
         nginx) pgrep -P "$p" || true ;;
-        vg-vault) echo "$vault_pid" ;;
+        vg-vault | vg-mtls) echo "$vault_pid" ;;
     esac
 }
 cpu_ticks() { # PIDS...: utime + stime of every thread of each, in clock ticks
@@ -524,6 +571,8 @@ for test in $TESTS; do
     for sys in $SYSTEMS; do
         if [ "$test" = rss-idle ]; then
             [[ " $RSS_SYSTEMS " == *" $sys "* ]] && measure_rss "$sys"
+        elif [ "$sys" = vg-mtls ] && [[ " $MTLS_TESTS " != *" $test "* ]]; then
+            continue
         else
             measure "$sys" "$test"
         fi

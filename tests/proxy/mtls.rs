@@ -5,7 +5,8 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -85,6 +86,29 @@ fn free_port(ip: &str) -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// A TLS vault's config on a free port of `ip`, its certificate issued
+/// by `vaults` into `dir`: root administers on the Unix socket,
+/// `cert:spiffe://example/proxy/*` may use every key.
+fn vault_config(dir: &Path, ip: &str, vaults: &Ca, client_ca: &Path) -> (SocketAddr, String) {
+    let san = SanType::IpAddress(ip.parse().expect("ip"));
+    let (cert, key) = vaults.issue(dir, &format!("vault-{ip}"), san, false, false);
+    let addr: SocketAddr = format!("{ip}:{}", free_port(ip)).parse().expect("addr");
+    let config = format!(
+        "[vault]\ntls_listen = \"{addr}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n\
+         [[vault.grant]]\nprincipal = \"uid:0\"\nkeys = [\"*\"]\nops = [\"all\"]\n\
+         [[vault.grant]]\nprincipal = \"cert:spiffe://example/proxy/*\"\nkeys = [\"*\"]\nops = [\"use\"]\n",
+        cert.display(),
+        key.display(),
+        client_ca.display()
+    );
+    (addr, config)
+}
+
+fn vault_metric(v: &VaultProc, name: &str, labels: &[&str]) -> f64 {
+    let text = http_get(v.metrics.expect("metrics"), "/metrics");
+    metric(&text, name, labels)
+}
+
 /// A vault with `tls_listen` on 127.0.0.11: its server certificate from
 /// `vaults`, client certificates from `clients`; root administers on the
 /// Unix socket, `cert:spiffe://example/proxy/*` may use every key.
@@ -109,18 +133,11 @@ impl TlsVault {
             .expect("temp dir");
         let vaults = Ca::new(dir.path(), "vaults-ca");
         let clients = Ca::new(dir.path(), "clients-ca");
-        let ip = SanType::IpAddress("127.0.0.11".parse().expect("ip"));
-        let (cert, key) = vaults.issue(dir.path(), "vault-a", ip, false, false);
-        let addr: SocketAddr = format!("127.0.0.11:{}", free_port("127.0.0.11"))
-            .parse()
-            .expect("addr");
-        let config = format!(
-            "[vault]\ntls_listen = \"{addr}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n\
-             [[vault.grant]]\nprincipal = \"uid:0\"\nkeys = [\"*\"]\nops = [\"all\"]\n\
-             [[vault.grant]]\nprincipal = \"cert:spiffe://example/proxy/*\"\nkeys = [\"*\"]\nops = [\"use\"]\n",
-            cert.display(),
-            key.display(),
-            client_ca.unwrap_or(&clients.pem).display()
+        let (addr, config) = vault_config(
+            dir.path(),
+            "127.0.0.11",
+            &vaults,
+            client_ca.unwrap_or(&clients.pem),
         );
         let vault = VaultProc::start_with(Opts {
             config: Some(config),
@@ -138,8 +155,31 @@ impl TlsVault {
     }
 
     fn metric(&self, name: &str, labels: &[&str]) -> f64 {
-        let text = http_get(self.vault.metrics.expect("metrics"), "/metrics");
-        metric(&text, name, labels)
+        vault_metric(&self.vault, name, labels)
+    }
+
+    /// A second TLS vault on `ip` with a copy of this one's state (the
+    /// same keys), its certificate from the same CA, trusting the same
+    /// clients. Stops this vault for the copy and starts it again.
+    fn sibling(&mut self, ip: &str) -> (VaultProc, SocketAddr) {
+        self.vault.stop();
+        let copy = self.dir.path().join(format!("state-{ip}"));
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&self.vault.state)
+            .arg(&copy)
+            .status()
+            .expect("cp");
+        assert!(status.success());
+        self.vault.restart();
+        let (addr, config) = vault_config(self.dir.path(), ip, &self.vaults, &self.clients.pem);
+        let vault = VaultProc::start_with(Opts {
+            config: Some(config),
+            metrics: true,
+            state_dir: Some(copy),
+            ..Opts::default()
+        });
+        (vault, addr)
     }
 
     /// `[proxy] vaults` and `[proxy.vault_tls]` for the edge-1 identity.
@@ -499,48 +539,8 @@ fn a_killed_or_frozen_tls_vault_costs_no_handshake_with_a_unix_vault_beside_it()
         &cert,
         &("sign_timeout = \"400ms\"\n".to_owned() + &a.proxy_vault_config(&vaults)),
     );
-    let ca = site.pem_path.clone();
-    // Curl load: full handshakes back to back until told to stop.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let workers: Vec<_> = (0..3)
-        .map(|_| {
-            let (stop, failures, done, ca) =
-                (stop.clone(), failures.clone(), done.clone(), ca.clone());
-            let (port, ip) = (p.addr.port(), p.addr.ip());
-            std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let resolve = format!("localhost:{port}:{ip}");
-                    let url = format!("https://localhost:{port}/");
-                    let out = crate::common::proxy::curl(&[
-                        "-sS",
-                        "--max-time",
-                        "5",
-                        "--cacert",
-                        ca.to_str().unwrap_or(""),
-                        "--resolve",
-                        &resolve,
-                        &url,
-                    ]);
-                    if out.status.success() {
-                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    } else {
-                        failures
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(String::from_utf8_lossy(&out.stderr).into_owned());
-                    }
-                }
-            })
-        })
-        .collect();
-    let served = |n: usize| {
-        let from = done.load(std::sync::atomic::Ordering::Relaxed);
-        wait_for("handshakes served", Duration::from_secs(20), || {
-            (done.load(std::sync::atomic::Ordering::Relaxed) >= from + n).then_some(())
-        });
-    };
+    let load = Load::start(&p, &site.pem_path);
+    let served = |n| load.served(n);
     let a_signed = || {
         a.metric(
             "vaultgate_vault_requests_total",
@@ -583,15 +583,251 @@ fn a_killed_or_frozen_tls_vault_costs_no_handshake_with_a_unix_vault_beside_it()
     // Killed: its connections close, B takes over.
     a.vault.kill9();
     served(20);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in workers {
-        let _ = w.join();
-    }
-    let failed = failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let total = done.load(std::sync::atomic::Ordering::Relaxed);
+    let (total, failed) = load.finish();
     eprintln!(
         "mixed failover: {total} handshakes, {} failed",
         failed.len()
     );
     assert!(failed.is_empty(), "failed handshakes: {failed:?}");
+}
+
+/// Curl load on a proxy serving `localhost`: full handshakes back to
+/// back from three clients until finished; counts what was served and
+/// keeps every failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(p: &ProxyProc, ca: &Path) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+        let done = Arc::new(AtomicUsize::new(0));
+        let workers = (0..3)
+            .map(|_| {
+                let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
+                let ca = ca.to_owned();
+                let (port, ip) = (p.addr.port(), p.addr.ip());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let resolve = format!("localhost:{port}:{ip}");
+                        let url = format!("https://localhost:{port}/");
+                        let out = crate::common::proxy::curl(&[
+                            "-sS",
+                            "--max-time",
+                            "5",
+                            "--cacert",
+                            ca.to_str().unwrap_or(""),
+                            "--resolve",
+                            &resolve,
+                            &url,
+                        ]);
+                        if out.status.success() {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failures
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(String::from_utf8_lossy(&out.stderr).into_owned());
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            done,
+            failures,
+            workers,
+        }
+    }
+
+    /// Waits until `n` more handshakes have been served.
+    fn served(&self, n: usize) {
+        let from = self.done.load(Ordering::Relaxed);
+        wait_for("handshakes served", Duration::from_secs(20), || {
+            (self.done.load(Ordering::Relaxed) >= from + n).then_some(())
+        });
+    }
+
+    /// Stops the clients: how many were served, and each failure.
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            let _ = w.join();
+        }
+        let failed = self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        (self.done.load(Ordering::Relaxed), failed)
+    }
+}
+
+/// A TCP relay standing for the network between a proxy and a vault.
+/// `cut` holds every byte in flight, and every new connection, as a
+/// partitioned link does, closing nothing; `restore` lets them through,
+/// late, as TCP's retransmissions would once the link is back.
+struct Relay {
+    addr: SocketAddr,
+    link: Arc<Link>,
+}
+
+#[derive(Default)]
+struct Link {
+    cut: Mutex<bool>,
+    changed: Condvar,
+    closed: AtomicBool,
+}
+
+impl Link {
+    fn wait_open(&self) {
+        let mut cut = self.cut.lock().unwrap_or_else(|e| e.into_inner());
+        while *cut {
+            cut = self.changed.wait(cut).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn set(&self, cut: bool) {
+        *self.cut.lock().unwrap_or_else(|e| e.into_inner()) = cut;
+        self.changed.notify_all();
+    }
+}
+
+impl Relay {
+    /// Listens on a free port of `ip` and relays to `to`.
+    fn start(ip: &str, to: SocketAddr) -> Relay {
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("relay bind");
+        let addr = listener.local_addr().expect("relay addr");
+        let link = Arc::new(Link::default());
+        let l = link.clone();
+        std::thread::spawn(move || {
+            for down in listener.incoming() {
+                if l.closed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(down) = down else { continue };
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    l.wait_open();
+                    let Ok(up) = TcpStream::connect(to) else {
+                        return;
+                    };
+                    let (Ok(down2), Ok(up2)) = (down.try_clone(), up.try_clone()) else {
+                        return;
+                    };
+                    let l2 = l.clone();
+                    std::thread::spawn(move || pump(down2, up2, &l2));
+                    pump(up, down, &l);
+                });
+            }
+        });
+        Relay { addr, link }
+    }
+
+    fn cut(&self) {
+        self.link.set(true);
+    }
+
+    fn restore(&self) {
+        self.link.set(false);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.link.closed.store(true, Ordering::Relaxed);
+        self.restore();
+        // Wakes the accept loop to see it is closed.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// Copies `from` to `to`, each chunk held while the link is cut.
+fn pump(mut from: TcpStream, mut to: TcpStream, link: &Link) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                link.wait_open();
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+#[test]
+fn the_link_to_the_nearest_vault_cut_costs_no_handshake_and_traffic_returns_with_it() {
+    // Vaults A and B over TLS, each behind a relay: alike round trips,
+    // so A (first) signs while its link is up.
+    let mut a = TlsVault::start(None);
+    let site = crate::common::proxy::TestCa::new(a.dir.path());
+    let cert = a.dir.path().join("web.pem");
+    site.vault_cert(&a.vault, "web", "ecdsa-p256", &["localhost"], &cert);
+    let (b, b_addr) = a.sibling("127.0.0.12");
+    let (ra, rb) = (
+        Relay::start("127.0.0.11", a.addr),
+        Relay::start("127.0.0.12", b_addr),
+    );
+    let vaults = format!("\"tls://{}\", \"tls://{}\"", ra.addr, rb.addr);
+    let (p, _backend) = proxy(
+        a.dir.path(),
+        &cert,
+        &("sign_timeout = \"400ms\"\n".to_owned() + &a.proxy_vault_config(&vaults)),
+    );
+    let signed = |v: &VaultProc| {
+        vault_metric(
+            v,
+            "vaultgate_vault_requests_total",
+            &["op=\"sign\"", "result=\"ok\""],
+        )
+    };
+    let load = Load::start(&p, &site.pem_path);
+    load.served(10);
+    wait_for("vault A signing", Duration::from_secs(30), || {
+        (signed(&a.vault) >= 5.0).then_some(())
+    });
+
+    // The link to A cut mid-load: B takes the handshakes.
+    ra.cut();
+    let b_before = signed(&b);
+    load.served(20);
+    wait_for(
+        "vault B signing while A is cut off",
+        Duration::from_secs(30),
+        || (signed(&b) >= b_before + 10.0).then_some(()),
+    );
+    let unhealthy = metric(
+        &p.metrics_text(),
+        "vaultgate_proxy_vault_unhealthy_total",
+        &[],
+    );
+    assert!(
+        unhealthy >= 1.0,
+        "the cut-off vault was not marked unhealthy"
+    );
+
+    // The link back: A answers its pings again and, first among alike
+    // round trips, signs again.
+    ra.restore();
+    let a_before = signed(&a.vault);
+    wait_for("vault A signing again", Duration::from_secs(30), || {
+        (signed(&a.vault) >= a_before + 10.0).then_some(())
+    });
+    load.served(10);
+    let (total, failed) = load.finish();
+    eprintln!(
+        "link cut and restored: {total} handshakes, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed handshakes: {failed:?}");
+    drop(rb);
 }
