@@ -94,7 +94,7 @@ const READ_AHEAD: usize = 64 * 1024;
 
 /// Binds the vault socket at `path` with `mode` (and `group`), refusing a
 /// path where another process listens and replacing a stale socket. It
-/// listens only once the keystore is open ([`super::listen`]).
+/// listens only once the keystore is open ([`super::listen()`]).
 /// With an `owner` (the user the vault is about to switch to), the socket
 /// is that user's, in `group` or else the user's group, and a socket
 /// directory created here is the user's too, so the vault can still
