@@ -17,7 +17,7 @@
 //! - [`denials`]  — refusals past a few a second per connection, folded into counted records; a connection cut after a burst
 //! - [`fair`]     — turns on a connection worker, so one caller's flood cannot starve the others
 //! - [`space`]    — the room left on the state dir's filesystem, warned of before it runs out
-//! - [`mod@listen`] — sockets bound early (as root) that listen only once the keystore is open
+//! - [`listen`](mod@listen) — sockets bound early (as root) that listen only once the keystore is open
 //! - [`server`]   — the Unix socket and per-connection pipelining
 //! - [`stream`]   — a connection's bytes: the Unix socket, or TLS over TCP
 //! - [`tls`]      — the mutual-TLS listeners: certificate identities as callers
